@@ -1,1 +1,25 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # Where to start
+//!
+//! - [`ThreadPool`]: a work-stealing pool; [`ThreadPool::global`] is the default one.
+//! - [`join`] and [`scope`]: fork-join on the current pool.
+//! - [`ThreadPool::submit`] → [`Task`]: Python's `apply_async` / `Executor.submit`, with
+//!   [`as_completed`].
+
+mod error;
+mod pool;
+mod sync;
+mod task;
+
+pub use error::{TaskError, ThreadPoolBuildError};
+pub use pool::{
+    NUM_THREADS_ENV, Scope, ThreadPool, ThreadPoolBuilder, current_num_threads,
+    current_thread_index, join, scope,
+};
+pub use task::{AsCompleted, Task, as_completed, submit};
+
+/// The names most programs need: `use parpool::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Task, TaskError, ThreadPool, ThreadPoolBuilder, as_completed};
+}

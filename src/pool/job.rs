@@ -1,0 +1,232 @@
+//! Type-erased jobs, and the panic policy that surrounds them.
+//!
+//! A [`JobRef`] is a pointer plus the function that runs it: what the deques and the
+//! injector carry. Three owners exist:
+//!
+//! - [`StackJob`]: lives in the stack frame of a `join`, whose owner does not return before
+//!   the job ran (it waits on the job's latch), so the pointer stays valid;
+//! - [`HeapJob`]: a boxed closure that frees itself when run (`scope` spawns, tasks,
+//!   `install` from outside).
+//!
+//! # Panic policy
+//!
+//! User code always runs under [`catch_unwind`](std::panic::catch_unwind) (or, on the
+//! `join` fast path, under a guard that finishes the protocol while unwinding) and the
+//! payload is re-raised at the join point. Internal code that must not be interrupted holds
+//! an [`AbortIfPanic`] guard: a panic there would leave a latch unset or a job half-run, so
+//! the process aborts instead of corrupting memory.
+
+use std::any::Any;
+use std::cell::UnsafeCell;
+use std::panic::{self, AssertUnwindSafe};
+
+use super::latch::Latch;
+
+/// A job's outcome: its value or the panic it raised.
+pub(crate) type Outcome<T> = std::thread::Result<T>;
+
+/// Runs `f`, catching a panic as the `Err` payload.
+#[inline]
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Outcome<R> {
+    panic::catch_unwind(AssertUnwindSafe(f))
+}
+
+/// Unwraps an outcome, re-raising a caught panic on this thread.
+#[inline]
+pub(crate) fn resume<R>(outcome: Outcome<R>) -> R {
+    match outcome {
+        Ok(value) => value,
+        Err(payload) => panic::resume_unwind(payload),
+    }
+}
+
+/// Aborts the process if dropped during unwinding: wrap internal critical sections with
+/// it and `mem::forget` it on the normal path.
+#[derive(Debug)]
+pub(crate) struct AbortIfPanic;
+
+impl Drop for AbortIfPanic {
+    fn drop(&mut self) {
+        eprintln!("parpool: unexpected panic inside the scheduler; aborting");
+        std::process::abort();
+    }
+}
+
+/// A job that can run on any worker.
+pub(crate) trait Job {
+    /// Runs the job.
+    ///
+    /// # Safety
+    ///
+    /// `this` must come from the matching `JobRef` constructor, and each `JobRef` runs at
+    /// most once.
+    unsafe fn execute(this: *const ());
+}
+
+/// A type-erased pointer to a job. Each `JobRef` must be executed exactly once, or the
+/// job's closure leaks (heap jobs) or its owner waits forever (stack jobs).
+#[derive(Debug)]
+pub(crate) struct JobRef {
+    pointer: *const (),
+    execute_fn: unsafe fn(*const ()),
+}
+
+// SAFETY: a JobRef is only created for jobs whose closures are `Send`, and its pointer is
+// dereferenced by exactly one thread (whichever executes it).
+unsafe impl Send for JobRef {}
+// SAFETY: sharing a JobRef only shares the pointer value; see `Send`.
+unsafe impl Sync for JobRef {}
+
+impl JobRef {
+    /// Erases the job's type.
+    ///
+    /// # Safety
+    ///
+    /// `data` must stay valid until the returned `JobRef` has been executed.
+    #[inline]
+    unsafe fn new<T: Job>(data: *const T) -> JobRef {
+        JobRef {
+            pointer: data.cast(),
+            execute_fn: <T as Job>::execute,
+        }
+    }
+
+    /// Whether `self` and `other` point at the same job.
+    #[inline]
+    pub(crate) fn same(&self, other: &JobRef) -> bool {
+        std::ptr::eq(self.pointer, other.pointer)
+    }
+
+    /// Runs the job.
+    ///
+    /// # Safety
+    ///
+    /// The job behind the pointer must still be alive (the constructor's contract) and not
+    /// have been executed through another copy of this `JobRef`.
+    #[inline]
+    pub(crate) unsafe fn execute(self) {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { (self.execute_fn)(self.pointer) }
+    }
+
+    /// A second handle to the same job, used when one copy sits in a private frame list
+    /// and the other is published to a deque. Only one of the two may ever be executed.
+    #[inline]
+    pub(crate) fn duplicate(&self) -> JobRef {
+        JobRef {
+            pointer: self.pointer,
+            execute_fn: self.execute_fn,
+        }
+    }
+}
+
+/// A job stored in the stack frame of the thread that waits for it (the `b` half of a
+/// `join`). Its latch is set once the result is written.
+pub(crate) struct StackJob<L: Latch, F, R> {
+    pub(crate) latch: L,
+    func: UnsafeCell<Option<F>>,
+    result: UnsafeCell<Option<Outcome<R>>>,
+}
+
+impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
+    pub(crate) fn new(func: F, latch: L) -> Self {
+        StackJob {
+            latch,
+            func: UnsafeCell::new(Some(func)),
+            result: UnsafeCell::new(None),
+        }
+    }
+
+    /// A `JobRef` to this job.
+    ///
+    /// # Safety
+    ///
+    /// The caller keeps `self` alive (does not move or drop it) until the job has run or
+    /// has been taken back with [`StackJob::take_func`].
+    #[inline]
+    pub(crate) unsafe fn as_job_ref(&self) -> JobRef {
+        // SAFETY: validity until execution is the caller's promise.
+        unsafe { JobRef::new(self) }
+    }
+
+    /// Takes the closure back to run it inline (the job was never handed to another
+    /// thread, or was popped back from the own deque before anyone stole it).
+    #[inline]
+    pub(crate) fn take_func(&self) -> F {
+        // SAFETY: only the owning thread calls this, and only while no other thread can
+        // reach the job (it is private, or was just popped from the owner's own deque).
+        unsafe { (*self.func.get()).take() }.expect("join job taken twice")
+    }
+
+    /// The result written by whichever thread executed the job.
+    ///
+    /// # Safety
+    ///
+    /// The latch must have been observed set (which orders the result write before this
+    /// read).
+    #[inline]
+    pub(crate) unsafe fn into_outcome(self) -> Outcome<R> {
+        self.result
+            .into_inner()
+            .expect("join job finished without a result")
+    }
+}
+
+impl<L: Latch, F: FnOnce() -> R + Send, R: Send> Job for StackJob<L, F, R> {
+    unsafe fn execute(this: *const ()) {
+        // SAFETY: `this` came from `as_job_ref`, whose caller keeps the job alive until
+        // its latch is set below.
+        let this = unsafe { &*this.cast::<Self>() };
+        let abort = AbortIfPanic;
+        // SAFETY: the job is executed once; the owner does not touch `func` or `result`
+        // while the job is published and not yet finished.
+        let func = unsafe { (*this.func.get()).take() }.expect("join job executed twice");
+        // SAFETY: as above; nothing else reads `result` before the latch is set.
+        unsafe { *this.result.get() = Some(catch(func)) };
+        // HAZARD: once the latch is set the owner may return and free `this`; `set` reads
+        // everything it needs before publishing.
+        // SAFETY: `this.latch` is alive here, and `set` does not touch it afterwards.
+        unsafe { L::set(&this.latch) };
+        std::mem::forget(abort);
+    }
+}
+
+/// A job on the heap; running it frees it. The closure does its own signalling.
+pub(crate) struct HeapJob<F> {
+    func: F,
+}
+
+impl<F: FnOnce() + Send> HeapJob<F> {
+    /// Boxes `func` into a job.
+    ///
+    /// # Safety
+    ///
+    /// Everything `func` borrows must outlive the job's execution (the `scope` and the
+    /// blocking callers guarantee it by waiting for the job).
+    pub(crate) unsafe fn into_job_ref(func: F) -> JobRef {
+        let raw = Box::into_raw(Box::new(HeapJob { func }));
+        // SAFETY: the box stays allocated until `execute` reclaims it.
+        unsafe { JobRef::new(raw) }
+    }
+
+    /// Boxes a `'static` closure into a job: always safe.
+    pub(crate) fn into_static_job_ref(func: F) -> JobRef
+    where
+        F: 'static,
+    {
+        // SAFETY: a 'static closure borrows nothing that could end before it runs.
+        unsafe { Self::into_job_ref(func) }
+    }
+}
+
+impl<F: FnOnce() + Send> Job for HeapJob<F> {
+    unsafe fn execute(this: *const ()) {
+        // SAFETY: `this` came from `Box::into_raw` in `into_job_ref` and runs once.
+        let job = unsafe { Box::from_raw(this.cast::<Self>().cast_mut()) };
+        (job.func)();
+    }
+}
+
+/// Type-erased panic payloads are `Send` but not `Sync`; this wrapper lets one sit in a
+/// shared slot that only one thread ever takes.
+pub(crate) type Panic = Box<dyn Any + Send>;

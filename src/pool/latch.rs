@@ -1,0 +1,390 @@
+//! Completion signals ("latches"): set once by one thread, waited for by another.
+//!
+//! Every latch is built on [`CoreLatch`], a four-state word that also carries the
+//! waiter's sleep protocol, so that setting a latch costs one atomic swap and wakes the
+//! waiter only when it actually went to sleep:
+//!
+//! ```text
+//!            get_sleepy           fall_asleep
+//!   UNSET ───────────────▶ SLEEPY ───────────────▶ SLEEPING
+//!     ▲                      │                        │
+//!     └──────── wake_up ─────┴────────────────────────┘
+//!   any state ── set ──▶ SET   (set reports whether the old state was SLEEPING)
+//! ```
+//!
+//! Waiters never block on an `UNSET`/`SLEEPY` latch: they move it to `SLEEPING` first
+//! (under their sleep mutex for workers, before `park` for plain threads), and the setter,
+//! seeing `SLEEPING` in the value its swap returned, wakes them. A setter that swaps first
+//! makes the waiter's `fall_asleep` compare-exchange fail, so the waiter never blocks on a
+//! latch that is already set: no lost wake-up.
+//!
+//! # Memory ordering
+//!
+//! `set` swaps with `AcqRel` and `probe` loads with `Acquire`: everything the setter wrote
+//! before `set` (a job's result, a task's value) is visible to the waiter once `probe`
+//! returns true. The sleepy/asleep transitions are `Relaxed` (they carry no data; the
+//! sleep mutex orders them against the wake).
+//!
+//! # The hazard
+//!
+//! A latch usually lives in the waiter's stack frame or in a structure the waiter frees as
+//! soon as it sees the latch set. Each `set` therefore reads everything it needs to wake the
+//! waiter (the registry, the worker index, a `Thread` handle) *before* the swap, and touches
+//! nothing of the latch after it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::registry::{Registry, WorkerThread};
+use crate::sync::{AtomicUsize, Ordering, Thread, thread};
+
+/// Bounded spinning of a thread that waits outside the pool before it parks.
+///
+/// A park/unpark round trip costs 15–25 µs on the 2-core machines this crate is measured
+/// on, a hand-off caught while spinning ~1.5 µs; 60 rounds of `Backoff`-style snoozing (the
+/// first ones `spin_loop` hints, the rest `yield_now`) last ~30–50 µs, long enough to catch
+/// a worker that is already running and to cover most of a sleeping worker's wake-up.
+#[cfg(not(parpool_loom))]
+pub(crate) const THREAD_SPIN_ROUNDS: u32 = 60;
+/// Under loom every round is a yield point; one keeps the state space small.
+#[cfg(parpool_loom)]
+pub(crate) const THREAD_SPIN_ROUNDS: u32 = 1;
+
+/// Rounds of a backoff (spin-loop hints doubling each round) before it yields instead.
+pub(crate) const SPIN_HINT_ROUNDS: u32 = 6;
+
+/// One round of bounded backoff: `2^round` spin-loop hints for the first
+/// [`SPIN_HINT_ROUNDS`] rounds, a `yield_now` after that.
+///
+/// Under loom it does nothing: loom reads a yield as "this thread waits for another one"
+/// and would stop exploring the interleavings in which the other thread is slow, which are
+/// exactly the ones that lose wake-ups.
+#[inline]
+pub(crate) fn snooze(round: u32) {
+    if cfg!(parpool_loom) {
+        return;
+    }
+    if round < SPIN_HINT_ROUNDS {
+        for _ in 0..(1u32 << round) {
+            std::hint::spin_loop();
+        }
+    } else {
+        thread::yield_now();
+    }
+}
+
+/// Nobody has set the latch, and the waiter is awake.
+const UNSET: usize = 0;
+/// The waiter is about to sleep; it will still check the latch once more.
+const SLEEPY: usize = 1;
+/// The waiter is (about to be) blocked: the setter must wake it.
+const SLEEPING: usize = 2;
+/// The latch is set; the waiter may go on (and free the latch).
+const SET: usize = 3;
+
+/// The state word shared by all latches; see the module docs for the state machine.
+#[derive(Debug)]
+pub(crate) struct CoreLatch {
+    state: AtomicUsize,
+}
+
+impl CoreLatch {
+    pub(crate) fn new() -> Self {
+        CoreLatch {
+            state: AtomicUsize::new(UNSET),
+        }
+    }
+
+    /// UNSET → SLEEPY; false if the latch was set meanwhile.
+    #[inline]
+    pub(crate) fn get_sleepy(&self) -> bool {
+        self.state
+            .compare_exchange(UNSET, SLEEPY, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// SLEEPY → SLEEPING; false if the latch was set meanwhile (then the waiter must not
+    /// block).
+    #[inline]
+    pub(crate) fn fall_asleep(&self) -> bool {
+        self.state
+            .compare_exchange(SLEEPY, SLEEPING, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Back to UNSET after a wake-up, unless the latch is set.
+    #[inline]
+    pub(crate) fn wake_up(&self) {
+        if !self.probe() {
+            let _ =
+                self.state
+                    .compare_exchange(SLEEPING, UNSET, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the latch; true when the waiter was asleep and must be woken.
+    ///
+    /// # Safety
+    ///
+    /// `this` must point at a live latch. It may be freed by the waiter as soon as the swap
+    /// happened: the caller must not use it afterwards.
+    #[inline]
+    pub(crate) unsafe fn set(this: *const Self) -> bool {
+        // Release: publishes the job's result; Acquire: pairs with nothing the setter reads
+        // but keeps the swap a full RMW in the latch's modification order.
+        // SAFETY: `this` is live until the swap (the caller's contract).
+        let old = unsafe { (*this).state.swap(SET, Ordering::AcqRel) };
+        old == SLEEPING
+    }
+
+    /// Sets a latch that outlives the call (a worker's terminate latch) and wakes worker
+    /// `index` of `registry` if it sleeps on it.
+    pub(crate) fn set_and_notify(&self, registry: &Registry, index: usize) {
+        // SAFETY: `self` is borrowed for the whole call, so it outlives the swap.
+        if unsafe { CoreLatch::set(self) } {
+            registry.notify_worker_latch_is_set(index);
+        }
+    }
+
+    /// Whether the latch is set. `Acquire` pairs with the swap in `set`.
+    #[inline]
+    pub(crate) fn probe(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SET
+    }
+}
+
+/// Something that can be set once, waking its waiter.
+pub(crate) trait Latch {
+    /// Sets the latch.
+    ///
+    /// # Safety
+    ///
+    /// `this` must point at a live latch; it may be freed during the call (see the module
+    /// docs on the hazard), so implementations read what they need first.
+    unsafe fn set(this: *const Self);
+}
+
+/// The latch of a `join` frame: waited for by a worker of `registry`, set by a worker of the
+/// same registry (so the registry outlives the `set` call without a reference count).
+#[derive(Debug)]
+pub(crate) struct SpinLatch<'r> {
+    pub(crate) core: CoreLatch,
+    registry: &'r Registry,
+    target_worker_index: usize,
+}
+
+impl<'r> SpinLatch<'r> {
+    pub(crate) fn new(owner: &'r WorkerThread) -> Self {
+        SpinLatch {
+            core: CoreLatch::new(),
+            registry: owner.registry(),
+            target_worker_index: owner.index(),
+        }
+    }
+}
+
+impl Latch for SpinLatch<'_> {
+    #[inline]
+    unsafe fn set(this: *const Self) {
+        // SAFETY: `this` is live until `CoreLatch::set` (the caller's contract). The
+        // registry reference is copied out first: the registry itself stays alive because
+        // the setting thread is one of its workers.
+        let (registry, index, core) = unsafe {
+            (
+                (*this).registry,
+                (*this).target_worker_index,
+                &raw const (*this).core,
+            )
+        };
+        // SAFETY: `core` is live until the swap inside `set`; not used after.
+        if unsafe { CoreLatch::set(core) } {
+            registry.notify_worker_latch_is_set(index);
+        }
+    }
+}
+
+/// Who waits on a [`WaitLatch`], and how to wake them.
+#[derive(Debug, Clone)]
+enum Waiter {
+    /// A worker thread: it runs other jobs while waiting and sleeps through the registry.
+    Worker {
+        registry: Arc<Registry>,
+        index: usize,
+    },
+    /// Any other thread: it spins briefly, then parks.
+    Thread(Thread),
+}
+
+impl Waiter {
+    fn wake(&self) {
+        match self {
+            Waiter::Worker { registry, index } => registry.notify_worker_latch_is_set(*index),
+            Waiter::Thread(thread) => thread.unpark(),
+        }
+    }
+}
+
+/// A latch for the thread that creates it: a worker of any pool waits by running its own
+/// pool's jobs, any other thread spins then parks. Used by `install` and `join` from
+/// outside a pool, across pools, by `scope`, and by task handles.
+#[derive(Debug)]
+pub(crate) struct WaitLatch {
+    core: CoreLatch,
+    waiter: Waiter,
+}
+
+impl WaitLatch {
+    /// A latch whose waiter is the calling thread.
+    pub(crate) fn for_current_thread() -> Self {
+        let waiter = match WorkerThread::current() {
+            Some(worker) => Waiter::Worker {
+                registry: Arc::clone(worker.registry_arc()),
+                index: worker.index(),
+            },
+            None => Waiter::Thread(thread::current()),
+        };
+        WaitLatch {
+            core: CoreLatch::new(),
+            waiter,
+        }
+    }
+
+    /// Whether the latch is set.
+    #[inline]
+    pub(crate) fn probe(&self) -> bool {
+        self.core.probe()
+    }
+
+    /// Blocks the creating thread until the latch is set.
+    pub(crate) fn wait(&self) {
+        let set = self.wait_deadline(None);
+        debug_assert!(set);
+    }
+
+    /// Blocks the creating thread until the latch is set or `deadline` passes; returns
+    /// whether the latch is set. Must be called on the thread that created the latch.
+    pub(crate) fn wait_deadline(&self, deadline: Option<Instant>) -> bool {
+        if self.probe() {
+            return true;
+        }
+        match &self.waiter {
+            Waiter::Worker { .. } => {
+                let worker =
+                    WorkerThread::current().expect("a worker's latch waited off its thread");
+                worker.wait_until(&self.core, deadline)
+            }
+            Waiter::Thread(_) => self.park_until(deadline),
+        }
+    }
+
+    /// The outside-thread wait: bounded spinning, then park (see [`THREAD_SPIN_ROUNDS`]).
+    #[cold]
+    fn park_until(&self, deadline: Option<Instant>) -> bool {
+        for round in 0..THREAD_SPIN_ROUNDS {
+            if self.probe() {
+                return true;
+            }
+            snooze(round);
+        }
+        if !self.core.get_sleepy() || !self.core.fall_asleep() {
+            return self.probe();
+        }
+        // SLEEPING: from here the setter unparks us. Unpark tokens make a wake that lands
+        // before `park` harmless, and spurious wake-ups just loop.
+        loop {
+            if self.probe() {
+                return true;
+            }
+            match deadline {
+                None => park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        self.core.wake_up();
+                        return self.probe();
+                    }
+                    park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(parpool_loom))]
+fn park() {
+    thread::park();
+}
+
+#[cfg(not(parpool_loom))]
+fn park_timeout(timeout: std::time::Duration) {
+    thread::park_timeout(timeout);
+}
+
+#[cfg(parpool_loom)]
+fn park() {
+    thread::park();
+}
+
+// loom has no timed park; a timed wait is modelled as an untimed one.
+#[cfg(parpool_loom)]
+fn park_timeout(_timeout: std::time::Duration) {
+    thread::park();
+}
+
+impl Latch for WaitLatch {
+    #[inline]
+    unsafe fn set(this: *const Self) {
+        // HAZARD: the waiter may free `*this` right after the swap; take our own handle to
+        // it first.
+        // SAFETY: `this` is live until `CoreLatch::set` (the caller's contract).
+        let (waiter, core) = unsafe { ((*this).waiter.clone(), &raw const (*this).core) };
+        // SAFETY: `core` is live until the swap inside `set`; not used after.
+        if unsafe { CoreLatch::set(core) } {
+            waiter.wake();
+        }
+    }
+}
+
+/// A latch set when a counter of outstanding jobs drops to zero (`scope`).
+#[derive(Debug)]
+pub(crate) struct CountLatch {
+    counter: AtomicUsize,
+    latch: WaitLatch,
+}
+
+impl CountLatch {
+    /// A latch with one outstanding job (the creator's own), waited for by the caller.
+    pub(crate) fn for_current_thread() -> Self {
+        CountLatch {
+            counter: AtomicUsize::new(1),
+            latch: WaitLatch::for_current_thread(),
+        }
+    }
+
+    /// One more outstanding job.
+    pub(crate) fn increment(&self) {
+        // Relaxed: the increment happens before the job is published, and publishing is a
+        // release operation of its own (deque push / injector push).
+        let previous = self.counter.fetch_add(1, Ordering::Relaxed);
+        debug_assert!(previous != 0, "scope latch incremented after completion");
+    }
+
+    /// Waits until every outstanding job called `set`.
+    pub(crate) fn wait(&self) {
+        self.latch.wait();
+    }
+}
+
+impl Latch for CountLatch {
+    #[inline]
+    unsafe fn set(this: *const Self) {
+        // AcqRel: each job's writes (a recorded panic) happen before the last decrement,
+        // which happens before the waiter's acquire `probe`.
+        // SAFETY: `this` is live while the counter is non-zero (the waiter waits for the
+        // inner latch, which only the final decrement sets).
+        if unsafe { (*this).counter.fetch_sub(1, Ordering::AcqRel) } == 1 {
+            // SAFETY: as above; `WaitLatch::set` handles the hazard from here.
+            unsafe { WaitLatch::set(&raw const (*this).latch) };
+        }
+    }
+}

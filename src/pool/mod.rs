@@ -1,0 +1,454 @@
+//! The thread pool: workers with work-stealing deques, the global pool, and `install`.
+//!
+//! Nothing here knows about `map`; the map family (`crate::map`) and tasks
+//! (`crate::task`) are built on [`Registry`](registry::Registry) and the fork-join
+//! primitives in `join.rs` and `scope.rs`.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use crate::error::ThreadPoolBuildError;
+use registry::{Registry, WorkerThread};
+
+pub(crate) mod job;
+mod join;
+pub(crate) mod latch;
+pub(crate) mod registry;
+mod scope;
+pub(crate) mod sleep;
+#[cfg(all(test, parpool_loom))]
+mod test;
+
+pub use join::join;
+pub use scope::{Scope, scope};
+
+/// The environment variable that sets the size of the global pool (and of pools built
+/// without [`ThreadPoolBuilder::num_threads`]). Read once per build.
+pub const NUM_THREADS_ENV: &str = "PARPOOL_NUM_THREADS";
+
+/// A pool of worker threads with work-stealing deques.
+///
+/// Work runs on the pool through [`install`](ThreadPool::install) (and everything called
+/// inside it: [`join`](crate::join), [`scope`](crate::scope), `par_map`),
+/// [`join`](ThreadPool::join), [`scope`](ThreadPool::scope) and
+/// [`submit`](ThreadPool::submit). An idle pool blocks its workers in the kernel and uses
+/// no CPU.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::ThreadPool;
+///
+/// let pool = ThreadPool::new(2)?;
+/// let (a, b) = pool.join(|| 1 + 1, || 2 + 2);
+/// assert_eq!((a, b), (2, 4));
+/// assert_eq!(pool.install(|| parpool::current_num_threads()), 2);
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
+///
+/// # Shutdown
+///
+/// Dropping a pool is Python's `close()` followed by `join()`:
+///
+/// 1. The handle goes away, so no new work can arrive through it. (Work already running on
+///    the pool may still submit more; it is counted like any other task.)
+/// 2. Queued tasks still run, running jobs finish, and their [`Task`](crate::Task) handles
+///    receive results as usual.
+/// 3. When the last task has finished, every worker's terminate latch is set and each
+///    worker leaves its loop; nothing is left in any queue by then.
+/// 4. `drop` joins the worker threads: when it returns, the threads have exited.
+///
+/// So `drop` blocks until submitted work is done: a task that never finishes keeps `drop`
+/// waiting, as it keeps Python's `join()` waiting. If the last handle is dropped on one of
+/// the pool's own workers (a task that owned the pool), the threads cannot be joined from
+/// there; they exit on their own once the work is done.
+///
+/// [`terminate`](ThreadPool::terminate) is Python's `terminate()` as far as threads allow:
+/// tasks that have not started are cancelled (their `get` reports
+/// [`is_cancelled`](crate::TaskError::is_cancelled)); running work cannot be interrupted
+/// safely and finishes; then it proceeds as `drop`.
+pub struct ThreadPool {
+    registry: Arc<Registry>,
+}
+
+impl ThreadPool {
+    /// A pool of `num_threads` workers with default settings.
+    ///
+    /// # Errors
+    ///
+    /// Zero threads, more than the supported maximum (65535), or an OS refusal to start a
+    /// thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(3)?;
+    /// assert_eq!(pool.current_num_threads(), 3);
+    /// assert!(parpool::ThreadPool::new(0).unwrap_err().is_zero_threads());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn new(num_threads: usize) -> Result<ThreadPool, ThreadPoolBuildError> {
+        ThreadPoolBuilder::new().num_threads(num_threads).build()
+    }
+
+    /// A builder for a pool with a thread count, thread names or a stack size.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::builder()
+    ///     .num_threads(2)
+    ///     .thread_name(|i| format!("worker-{i}"))
+    ///     .build()?;
+    /// let name = pool.install(|| std::thread::current().name().map(str::to_owned));
+    /// assert!(name.unwrap().starts_with("worker-"));
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn builder() -> ThreadPoolBuilder {
+        ThreadPoolBuilder::new()
+    }
+
+    /// The global pool, started on first use with [`PARPOOL_NUM_THREADS`](NUM_THREADS_ENV)
+    /// threads, or one per available CPU
+    /// ([`std::thread::available_parallelism`], which respects cgroup quotas and CPU
+    /// affinity). Free functions (`join`, `scope`, `par_map`, ...) called outside any pool
+    /// run here.
+    ///
+    /// # Panics
+    ///
+    /// If `PARPOOL_NUM_THREADS` is set to something other than a positive integer, or the OS
+    /// refuses to start the threads. Use [`ThreadPoolBuilder::build_global`] to handle these
+    /// as errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::global();
+    /// assert!(pool.current_num_threads() >= 1);
+    /// ```
+    pub fn global() -> &'static ThreadPool {
+        GLOBAL_POOL.get_or_init(|| {
+            ThreadPoolBuilder::new()
+                .build()
+                .unwrap_or_else(|error| panic!("parpool: cannot start the global pool: {error}"))
+        })
+    }
+
+    /// Runs `op` on this pool and returns its result; `join`, `scope` and the map family
+    /// called inside `op` use this pool. If the current thread is already one of its
+    /// workers, `op` runs right here. A panic in `op` is re-raised in the caller.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let index = pool.install(|| parpool::current_thread_index());
+    /// assert!(index.unwrap() < 2);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn install<OP, R>(&self, op: OP) -> R
+    where
+        OP: FnOnce() -> R + Send,
+        R: Send,
+    {
+        self.registry.in_worker(|_| op())
+    }
+
+    /// Runs `a` and `b`, potentially in parallel, on this pool; see [`join`](crate::join).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let (sum, product) = pool.join(|| (1..=10).sum::<u32>(), || (1..=10).product::<u32>());
+    /// assert_eq!((sum, product), (55, 3_628_800));
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send,
+    {
+        self.install(|| join(a, b))
+    }
+
+    /// Creates a scope on this pool; see [`scope`](crate::scope).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let hits = AtomicUsize::new(0);
+    /// pool.scope(|s| {
+    ///     for _ in 0..10 {
+    ///         s.spawn(|_| { hits.fetch_add(1, Ordering::Relaxed); });
+    ///     }
+    /// });
+    /// assert_eq!(hits.into_inner(), 10);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn scope<'scope, OP, R>(&self, op: OP) -> R
+    where
+        OP: FnOnce(&Scope<'scope>) -> R + Send,
+        R: Send,
+    {
+        self.install(|| scope(op))
+    }
+
+    /// The number of worker threads.
+    pub fn current_num_threads(&self) -> usize {
+        self.registry.num_threads()
+    }
+
+    /// The index of the current thread in this pool (`0..current_num_threads()`), or `None`
+    /// if the current thread is not one of its workers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// assert_eq!(pool.current_thread_index(), None);
+    /// assert!(pool.install(|| pool.current_thread_index()).is_some());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn current_thread_index(&self) -> Option<usize> {
+        WorkerThread::current()
+            .filter(|worker| std::ptr::eq(worker.registry(), &*self.registry))
+            .map(WorkerThread::index)
+    }
+
+    /// Cancels every submitted task that has not started, lets running work finish, then
+    /// shuts down as `drop` does (see "Shutdown" above).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// let (release, gate) = mpsc::channel::<()>();
+    /// let running = pool.submit(move || gate.recv().unwrap());
+    /// let queued = pool.submit(|| 42);
+    /// release.send(()).unwrap();
+    /// pool.terminate();
+    /// assert!(running.get().is_ok());
+    /// // `queued` either ran before the terminate or was cancelled: never lost.
+    /// match queued.get() {
+    ///     Ok(value) => assert_eq!(value, 42),
+    ///     Err(error) => assert!(error.is_cancelled()),
+    /// }
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn terminate(self) {
+        self.registry.cancel_pending_tasks();
+        drop(self);
+    }
+
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.registry.terminate();
+        if WorkerThread::current().is_some_and(|w| std::ptr::eq(w.registry(), &*self.registry)) {
+            // Dropped on one of our own workers: it cannot join itself.
+            return;
+        }
+        self.registry.join_workers();
+    }
+}
+
+impl fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPool")
+            .field("num_threads", &self.registry.num_threads())
+            .finish()
+    }
+}
+
+static GLOBAL_POOL: OnceLock<ThreadPool> = OnceLock::new();
+
+/// The registry that free functions run on: the current worker's pool, else the global one.
+pub(crate) fn current_registry() -> &'static Registry {
+    match WorkerThread::current() {
+        Some(worker) => worker.registry(),
+        None => &ThreadPool::global().registry,
+    }
+}
+
+/// The number of threads of the current pool: the pool whose worker is running this code,
+/// else the global pool.
+///
+/// # Examples
+///
+/// ```
+/// let pool = parpool::ThreadPool::new(3)?;
+/// assert_eq!(pool.install(parpool::current_num_threads), 3);
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
+pub fn current_num_threads() -> usize {
+    current_registry().num_threads()
+}
+
+/// The index of the current thread in its pool, or `None` outside any pool.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(parpool::current_thread_index(), None);
+/// let pool = parpool::ThreadPool::new(2)?;
+/// assert!(pool.install(parpool::current_thread_index).unwrap() < 2);
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
+pub fn current_thread_index() -> Option<usize> {
+    WorkerThread::current().map(WorkerThread::index)
+}
+
+/// Settings for a [`ThreadPool`].
+///
+/// # Examples
+///
+/// ```
+/// let pool = parpool::ThreadPool::builder()
+///     .num_threads(4)
+///     .stack_size(4 << 20)
+///     .build()?;
+/// assert_eq!(pool.current_num_threads(), 4);
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
+#[derive(Default)]
+pub struct ThreadPoolBuilder {
+    num_threads: Option<usize>,
+    thread_name: Option<Box<dyn FnMut(usize) -> String>>,
+    stack_size: Option<usize>,
+}
+
+impl ThreadPoolBuilder {
+    /// A builder with default settings: [`PARPOOL_NUM_THREADS`](NUM_THREADS_ENV) or one
+    /// thread per available CPU, unnamed threads, the standard library's stack size.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of worker threads; zero makes [`build`](Self::build) fail.
+    pub fn num_threads(mut self, num_threads: usize) -> Self {
+        self.num_threads = Some(num_threads);
+        self
+    }
+
+    /// Names worker `i` with `name(i)`.
+    pub fn thread_name(mut self, name: impl FnMut(usize) -> String + 'static) -> Self {
+        self.thread_name = Some(Box::new(name));
+        self
+    }
+
+    /// The stack size of each worker thread, in bytes.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Starts the pool.
+    ///
+    /// # Errors
+    ///
+    /// Zero threads, more than 65535, an invalid `PARPOOL_NUM_THREADS` (when no count was
+    /// set), or an OS refusal to start a thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let error = parpool::ThreadPool::builder().num_threads(0).build().unwrap_err();
+    /// assert!(error.is_zero_threads());
+    /// ```
+    pub fn build(self) -> Result<ThreadPool, ThreadPoolBuildError> {
+        Ok(ThreadPool {
+            registry: Registry::new(self)?,
+        })
+    }
+
+    /// Starts the global pool with these settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build), and if the global pool already exists (a second call, or
+    /// after anything used it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // In a fresh process this would set the global pool; here something may already
+    /// // have started it, and a second call is always an error.
+    /// let _ = parpool::ThreadPool::builder().num_threads(2).build_global();
+    /// let again = parpool::ThreadPool::builder().num_threads(2).build_global();
+    /// assert!(again.unwrap_err().is_global_already_initialized());
+    /// ```
+    pub fn build_global(self) -> Result<(), ThreadPoolBuildError> {
+        if GLOBAL_POOL.get().is_some() {
+            return Err(ThreadPoolBuildError::global_already_initialized());
+        }
+        let pool = self.build()?;
+        // If another thread won the race, `pool` comes back and is dropped (joined) here.
+        GLOBAL_POOL
+            .set(pool)
+            .map_err(|_| ThreadPoolBuildError::global_already_initialized())
+    }
+
+    /// The thread count this builder resolves to.
+    pub(crate) fn resolved_num_threads(&self) -> Result<usize, ThreadPoolBuildError> {
+        let n = match self.num_threads {
+            Some(n) => n,
+            None => default_num_threads()?,
+        };
+        if n == 0 {
+            return Err(ThreadPoolBuildError::zero_threads());
+        }
+        if n > sleep::THREADS_MAX {
+            return Err(ThreadPoolBuildError::too_many_threads(
+                n,
+                sleep::THREADS_MAX,
+            ));
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn thread_name_for(&mut self, index: usize) -> Option<String> {
+        self.thread_name.as_mut().map(|name| name(index))
+    }
+
+    pub(crate) fn configured_stack_size(&self) -> Option<usize> {
+        self.stack_size
+    }
+}
+
+impl fmt::Debug for ThreadPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPoolBuilder")
+            .field("num_threads", &self.num_threads)
+            .field("thread_name", &self.thread_name.as_ref().map(|_| "<fn>"))
+            .field("stack_size", &self.stack_size)
+            .finish()
+    }
+}
+
+/// `PARPOOL_NUM_THREADS` if set, else `available_parallelism` (1 if even that fails).
+fn default_num_threads() -> Result<usize, ThreadPoolBuildError> {
+    match std::env::var(NUM_THREADS_ENV) {
+        Ok(value) if !value.trim().is_empty() => match value.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ThreadPoolBuildError::invalid_env(value)),
+        },
+        Ok(_) | Err(std::env::VarError::NotPresent) => {
+            Ok(std::thread::available_parallelism().map_or(1, usize::from))
+        }
+        Err(std::env::VarError::NotUnicode(value)) => Err(ThreadPoolBuildError::invalid_env(
+            value.to_string_lossy().into_owned(),
+        )),
+    }
+}

@@ -1,0 +1,479 @@
+//! The workers of one pool: their deques, the injector, the worker loop and stealing.
+//!
+//! # Where work lives
+//!
+//! - Each worker owns a crossbeam-deque [`Worker`] (it pushes and pops at the back, LIFO)
+//!   whose [`Stealer`] the other workers take from at the front (FIFO, so thieves get the
+//!   oldest, largest pieces).
+//! - Work from outside the pool enters through the [`Injector`].
+//! - **Private join frames.** The `b` half of a `join` is first recorded in the worker's
+//!   private frame list (a plain `Vec`, no atomics) and only *published* to the deque when
+//!   someone could take it: right away in the top [`EAGER_DEPTH`] levels of a worker's join
+//!   nesting, and deeper down only when another worker is idle, oldest frame first. A `join`
+//!   that nobody needs to share therefore costs a `Vec` push and pop and one relaxed load,
+//!   not a deque push with its fences: fine-grained divide and conquer (a `join` at every
+//!   level of `fib`) runs near sequential speed, and an idle worker still gets the largest
+//!   piece of work there is. A worker that has to wait (for a stolen half, a scope, a task)
+//!   publishes all of its private frames first, so no work is ever hidden from idle workers
+//!   while its owner is blocked.
+//!
+//! Published frames always form a prefix of the frame list (oldest first), which keeps the
+//! deque's order consistent with the stack: when a `join` returns from `a`, its frame is the
+//! newest published one, so popping the deque either returns it (taken back, run inline) or
+//! shows that a thief took it.
+//!
+//! # Shutdown
+//!
+//! A registry counts its *terminate references*: one for the [`ThreadPool`](super::ThreadPool)
+//! handle, one per submitted task not yet finished. Blocking operations (`install`, `join`,
+//! `scope`) need none: their caller holds the pool while they run. When the count reaches
+//! zero every worker's terminate latch is set; a worker whose latch is set has, by then,
+//! nothing left to run, leaves its loop and exits. The steps of dropping a pool are in the
+//! docs of [`ThreadPool`](super::ThreadPool).
+
+use std::cell::{Cell, UnsafeCell};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+
+use super::job::{AbortIfPanic, JobRef, StackJob, resume};
+use super::latch::{CoreLatch, WaitLatch};
+use super::sleep::Sleep;
+use super::{ThreadPoolBuildError, ThreadPoolBuilder};
+use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
+
+/// Join frames at nesting depths below this are published to the deque at once instead of
+/// waiting for an idle worker to ask. The top levels of a divide-and-conquer tree carry the
+/// largest pieces of work; publishing them eagerly costs a handful of deque pushes per
+/// stolen job and means a coarse `join(long_a, long_b)` runs in parallel even if no worker
+/// was idle at the moment it started (measured: fib(30) with a join at every level is within
+/// noise of EAGER_DEPTH = 0, while a two-leaf join stays parallel).
+const EAGER_DEPTH: usize = 4;
+
+/// The shared state of one pool.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    thread_infos: Vec<ThreadInfo>,
+    injector: Injector<JobRef>,
+    sleep: Sleep,
+    /// See "Shutdown" in the module docs.
+    terminate_count: AtomicUsize,
+    /// Set by `ThreadPool::terminate`: tasks that have not started yet are cancelled.
+    cancel_pending: AtomicBool,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct ThreadInfo {
+    stealer: Stealer<JobRef>,
+    /// Set once the registry's terminate count reaches zero.
+    terminate: CoreLatch,
+}
+
+impl Registry {
+    /// Starts the workers described by `builder`.
+    pub(crate) fn new(
+        mut builder: ThreadPoolBuilder,
+    ) -> Result<Arc<Registry>, ThreadPoolBuildError> {
+        let n_threads = builder.resolved_num_threads()?;
+        let workers: Vec<Worker<JobRef>> = (0..n_threads).map(|_| Worker::new_lifo()).collect();
+        let registry = Arc::new(Registry {
+            thread_infos: workers
+                .iter()
+                .map(|w| ThreadInfo {
+                    stealer: w.stealer(),
+                    terminate: CoreLatch::new(),
+                })
+                .collect(),
+            injector: Injector::new(),
+            sleep: Sleep::new(n_threads),
+            terminate_count: AtomicUsize::new(1),
+            cancel_pending: AtomicBool::new(false),
+            handles: Mutex::new(Vec::with_capacity(n_threads)),
+        });
+        for (index, worker) in workers.into_iter().enumerate() {
+            let mut thread = std::thread::Builder::new();
+            if let Some(name) = builder.thread_name_for(index) {
+                thread = thread.name(name);
+            }
+            if let Some(size) = builder.configured_stack_size() {
+                thread = thread.stack_size(size);
+            }
+            let for_thread = Arc::clone(&registry);
+            match thread.spawn(move || main_loop(for_thread, index, worker)) {
+                Ok(handle) => lock(&registry.handles).push(handle),
+                Err(error) => {
+                    // Stop the workers already started; they have no work yet.
+                    registry.terminate();
+                    registry.join_workers();
+                    return Err(ThreadPoolBuildError::spawn(error));
+                }
+            }
+        }
+        Ok(registry)
+    }
+
+    pub(crate) fn num_threads(&self) -> usize {
+        self.thread_infos.len()
+    }
+
+    /// Pushes a job from outside the pool (or from a worker of another pool).
+    pub(crate) fn inject(&self, job: JobRef) {
+        let queue_was_empty = self.injector.is_empty();
+        self.injector.push(job);
+        self.sleep.new_jobs(1, queue_was_empty);
+    }
+
+    /// Pushes a job onto the current worker's deque if it belongs to this registry, else
+    /// injects it.
+    pub(crate) fn push_or_inject(&self, job: JobRef) {
+        match WorkerThread::current() {
+            Some(worker) if std::ptr::eq(worker.registry(), self) => worker.push(job),
+            _ => self.inject(job),
+        }
+    }
+
+    pub(crate) fn has_injected_job(&self) -> bool {
+        !self.injector.is_empty()
+    }
+
+    fn pop_injected_job(&self) -> Option<JobRef> {
+        loop {
+            match self.injector.steal() {
+                Steal::Success(job) => return Some(job),
+                Steal::Empty => return None,
+                Steal::Retry => {}
+            }
+        }
+    }
+
+    /// Runs `op` on a worker of this registry and returns its result: directly if the
+    /// current thread is one, else by injecting it and waiting (a worker of another pool
+    /// keeps running its own pool's jobs meanwhile; any other thread spins, then parks).
+    /// A panic in `op` is re-raised here.
+    pub(crate) fn in_worker<R: Send>(&self, op: impl FnOnce(&WorkerThread) -> R + Send) -> R {
+        match WorkerThread::current() {
+            Some(worker) if std::ptr::eq(worker.registry(), self) => op(worker),
+            _ => self.in_worker_external(op),
+        }
+    }
+
+    #[cold]
+    fn in_worker_external<R: Send>(&self, op: impl FnOnce(&WorkerThread) -> R + Send) -> R {
+        let job = StackJob::new(
+            || op(WorkerThread::current().expect("injected job ran off the pool")),
+            WaitLatch::for_current_thread(),
+        );
+        // SAFETY: `job` stays in this frame until its latch is set: `wait` returns only then.
+        self.inject(unsafe { job.as_job_ref() });
+        job.latch.wait();
+        // SAFETY: the latch is set.
+        resume(unsafe { job.into_outcome() })
+    }
+
+    /// One more terminate reference (a submitted task). Balanced by [`Registry::terminate`].
+    pub(crate) fn increment_terminate_count(&self) {
+        let previous = self.terminate_count.fetch_add(1, Ordering::Relaxed);
+        debug_assert!(
+            previous != 0,
+            "work submitted to a pool that already terminated"
+        );
+    }
+
+    /// Drops one terminate reference; the last one tells every worker to exit.
+    pub(crate) fn terminate(&self) {
+        // AcqRel: everything done under the dropped reference happens before the workers
+        // see the terminate latch.
+        if self.terminate_count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            for (index, info) in self.thread_infos.iter().enumerate() {
+                info.terminate.set_and_notify(self, index);
+            }
+        }
+    }
+
+    /// Asks tasks that have not started to cancel themselves (`ThreadPool::terminate`).
+    pub(crate) fn cancel_pending_tasks(&self) {
+        self.cancel_pending.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn cancels_pending_tasks(&self) -> bool {
+        self.cancel_pending.load(Ordering::Relaxed)
+    }
+
+    /// Waits for every worker thread to exit (after the last terminate reference went).
+    pub(crate) fn join_workers(&self) {
+        let handles = std::mem::take(&mut *lock(&self.handles));
+        for handle in handles {
+            // A worker thread never unwinds (its loop aborts on an internal panic, and user
+            // panics are caught), so `join` cannot return an error worth reporting.
+            let _ = handle.join();
+        }
+    }
+
+    pub(crate) fn notify_worker_latch_is_set(&self, index: usize) {
+        self.sleep.notify_worker_latch_is_set(index);
+    }
+}
+
+/// The worker's loop: run jobs until the terminate latch is set.
+fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>) {
+    let worker = WorkerThread {
+        deque,
+        frames: UnsafeCell::new(Vec::new()),
+        published: Cell::new(0),
+        index,
+        rng: Cell::new(seed(index)),
+        registry,
+    };
+    WORKER_THREAD.with(|current| current.set(&raw const worker));
+    // Internal panics abort; user panics are caught inside the jobs.
+    let abort = AbortIfPanic;
+    let terminate = &worker.registry.thread_infos[index].terminate;
+    worker.wait_until(terminate, None);
+    debug_assert!(worker.deque.is_empty(), "worker exits with queued jobs");
+    std::mem::forget(abort);
+    WORKER_THREAD.with(|current| current.set(std::ptr::null()));
+}
+
+fn seed(index: usize) -> u64 {
+    // Any non-zero odd seed works for xorshift; spread the indices.
+    (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+}
+
+thread_local! {
+    /// The worker running on this thread, if any. Set at the start of `main_loop`, cleared
+    /// before the `WorkerThread` (a local of `main_loop`) is dropped.
+    static WORKER_THREAD: Cell<*const WorkerThread> = const { Cell::new(std::ptr::null()) };
+}
+
+/// The per-thread state of a worker; only ever used on its own thread.
+#[derive(Debug)]
+pub(crate) struct WorkerThread {
+    deque: Worker<JobRef>,
+    /// Private join frames, oldest first; see "Private join frames" in the module docs.
+    frames: UnsafeCell<Vec<JobRef>>,
+    /// How many of the oldest frames have been published to the deque.
+    published: Cell<usize>,
+    index: usize,
+    rng: Cell<u64>,
+    registry: Arc<Registry>,
+}
+
+/// Where the `b` half of a `join` is when `a` returns.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// Never published: run it inline.
+    Private,
+    /// Published to the deque: take it back or wait for whoever took it.
+    Published,
+}
+
+impl WorkerThread {
+    /// The worker running on the current thread, if the thread is a worker.
+    #[inline]
+    pub(crate) fn current() -> Option<&'static WorkerThread> {
+        let ptr = WORKER_THREAD.with(Cell::get);
+        // SAFETY: a non-null pointer was set by `main_loop` of this very thread and points
+        // at its `WorkerThread`, which lives until `main_loop` clears the pointer; all code
+        // that can observe it runs inside that loop on this thread. `WorkerThread` is not
+        // `Sync`, so the reference cannot leave the thread.
+        unsafe { ptr.as_ref() }
+    }
+
+    #[inline]
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    #[inline]
+    pub(crate) fn registry_arc(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    #[inline]
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Pushes a job on the own deque and wakes a sleeper if one is needed.
+    #[inline]
+    pub(crate) fn push(&self, job: JobRef) {
+        let queue_was_empty = self.deque.is_empty();
+        self.deque.push(job);
+        self.registry.sleep.new_jobs(1, queue_was_empty);
+    }
+
+    /// Records the `b` half of a `join`; returns its frame index for [`Self::pop_frame`].
+    #[inline]
+    pub(crate) fn push_frame(&self, job: JobRef) -> usize {
+        // SAFETY: the frame list is only touched by this thread, and no reference to it
+        // outlives a single method call.
+        let frames = unsafe { &mut *self.frames.get() };
+        let index = frames.len();
+        frames.push(job);
+        if index < EAGER_DEPTH {
+            debug_assert_eq!(self.published.get(), index);
+            self.publish_next_frame();
+        } else if self.registry.sleep.has_idle_workers() {
+            self.publish_for_idle();
+        }
+        index
+    }
+
+    /// Another worker is idle: publish our oldest private frame, unless our deque already
+    /// holds work it could take.
+    #[cold]
+    fn publish_for_idle(&self) {
+        if self.deque.is_empty() {
+            self.publish_next_frame();
+        }
+    }
+
+    /// Publishes the oldest private frame, if any.
+    fn publish_next_frame(&self) {
+        // SAFETY: as in `push_frame`.
+        let frames = unsafe { &*self.frames.get() };
+        let published = self.published.get();
+        if let Some(frame) = frames.get(published) {
+            self.published.set(published + 1);
+            self.push(frame.duplicate());
+        }
+    }
+
+    /// Publishes every private frame: the worker is about to wait, and idle workers must be
+    /// able to take everything it is not running.
+    fn publish_all_frames(&self) {
+        // SAFETY: as in `push_frame`.
+        let len = unsafe { (*self.frames.get()).len() };
+        while self.published.get() < len {
+            self.publish_next_frame();
+        }
+    }
+
+    /// Removes the newest frame (the caller's, at `index`) and says whether it had been
+    /// published.
+    #[inline]
+    pub(crate) fn pop_frame(&self, index: usize) -> Frame {
+        // SAFETY: as in `push_frame`.
+        let frames = unsafe { &mut *self.frames.get() };
+        debug_assert_eq!(frames.len(), index + 1, "join frames popped out of order");
+        frames.pop();
+        if index < self.published.get() {
+            self.published.set(index);
+            Frame::Published
+        } else {
+            Frame::Private
+        }
+    }
+
+    /// For a published frame whose `a` half is done: pops the own deque until the frame's
+    /// job comes back (true: the caller runs it inline) or shows it was stolen, running any
+    /// newer jobs found on the way; in the stolen case waits for `latch` (false).
+    pub(crate) fn take_back(&self, job: &JobRef, latch: &CoreLatch) -> bool {
+        while !latch.probe() {
+            match self.deque.pop() {
+                Some(popped) if popped.same(job) => return true,
+                // SAFETY: a job popped from the own deque is live and runs exactly once here.
+                Some(other) => unsafe { other.execute() },
+                None => {
+                    self.wait_until(latch, None);
+                    break;
+                }
+            }
+        }
+        false
+    }
+
+    /// Runs other jobs (and sleeps when there are none) until `latch` is set or `deadline`
+    /// passes; returns whether the latch is set.
+    #[inline]
+    pub(crate) fn wait_until(&self, latch: &CoreLatch, deadline: Option<Instant>) -> bool {
+        latch.probe() || self.wait_until_cold(latch, deadline)
+    }
+
+    #[cold]
+    fn wait_until_cold(&self, latch: &CoreLatch, deadline: Option<Instant>) -> bool {
+        // Jobs catch their own panics; a panic here is a bug that would leave latches unset.
+        let abort = AbortIfPanic;
+        self.publish_all_frames();
+        let sleep = &self.registry.sleep;
+        'outer: while !latch.probe() {
+            // Local work first, before touching shared sleep state.
+            if let Some(job) = self.deque.pop() {
+                // SAFETY: popped from the own deque: live, runs once.
+                unsafe { job.execute() };
+                continue;
+            }
+            let mut idle = sleep.start_looking(self.index);
+            while !latch.probe() {
+                if let Some(job) = self.find_work() {
+                    sleep.work_found();
+                    // SAFETY: taken from a deque or the injector: live, runs once.
+                    unsafe { job.execute() };
+                    continue 'outer;
+                }
+                let in_time = deadline.is_none_or(|d| Instant::now() < d)
+                    && sleep.no_work_found(&mut idle, latch, deadline, || {
+                        self.registry.has_injected_job()
+                    });
+                if !in_time {
+                    sleep.work_found();
+                    std::mem::forget(abort);
+                    return latch.probe();
+                }
+            }
+            sleep.work_found();
+            break;
+        }
+        std::mem::forget(abort);
+        true
+    }
+
+    /// Own deque, then the other workers' deques, then the injector: finish what this
+    /// worker started before taking on something new.
+    fn find_work(&self) -> Option<JobRef> {
+        self.deque
+            .pop()
+            .or_else(|| self.steal())
+            .or_else(|| self.registry.pop_injected_job())
+    }
+
+    /// Steals one job from another worker, starting at a random victim.
+    fn steal(&self) -> Option<JobRef> {
+        let infos = &self.registry.thread_infos;
+        let n = infos.len();
+        if n <= 1 {
+            return None;
+        }
+        loop {
+            let mut retry = false;
+            let start = self.next_random() % n;
+            for victim in (start..n).chain(0..start) {
+                if victim == self.index {
+                    continue;
+                }
+                match infos[victim].stealer.steal() {
+                    Steal::Success(job) => return Some(job),
+                    Steal::Empty => {}
+                    Steal::Retry => retry = true,
+                }
+            }
+            if !retry {
+                return None;
+            }
+        }
+    }
+
+    /// xorshift64*: victim selection only needs to spread, not to be good randomness.
+    fn next_random(&self) -> usize {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize
+    }
+}

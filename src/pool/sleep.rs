@@ -1,0 +1,404 @@
+//! When idle workers spin, sleep and wake.
+//!
+//! # The protocol
+//!
+//! A worker that runs out of work becomes *inactive* and searches: it looks at its own
+//! deque, steals from the others and pops the injector, with bounded backoff between rounds
+//! ([`ROUNDS_UNTIL_SLEEPY`] of them: spin-loop hints first, then `yield_now`). Still empty
+//! handed, it becomes *sleepy*: it records the **jobs event counter** (JEC) and searches
+//! one last time. Then, holding its own sleep mutex, it registers as *sleeping* with a
+//! compare-exchange that only succeeds if the JEC has not moved since it became sleepy, and
+//! blocks on its condvar. No timer or heartbeat thread exists: an idle pool blocks every
+//! worker in the kernel and burns no CPU.
+//!
+//! Whoever publishes work (a deque push, an injection) afterwards reads the counters, and
+//! if some worker announced it is sleepy since the last publication (the JEC is *sleepy*,
+//! i.e. even), bumps the JEC, and then wakes sleepers only if the work needs them: if no
+//! worker is awake and idle to take it (or the queue already held work, so the idle ones
+//! are not keeping up).
+//!
+//! ## Why no wake-up is lost
+//!
+//! Take a worker W going to sleep and a publisher P of a job J. Every step that decides
+//! something is a read-modify-write (RMW) of the one counters word, with `AcqRel` ordering;
+//! RMWs always read the latest value, and an acquiring RMW that reads (a value after) a
+//! releasing one synchronises with it.
+//!
+//! - P publishes J, then makes an RMW on the counters (`bump_jec_if_sleepy`: a `fetch_add(0)`
+//!   to read, and a compare-exchange to bump).
+//! - W records a sleepy JEC (its own RMW, or a load of another worker's announcement), then
+//!   searches once more, then registers as sleeping with a compare-exchange that expects the
+//!   JEC it recorded.
+//!
+//! If P's RMW comes before the announcement W recorded, the announcement (an RMW, or what W
+//! loaded from one) follows P's release in the word's modification order, so J's
+//! publication happens before W's last search, which finds J. If it comes after, P reads a
+//! sleepy JEC and bumps it, so W's registration fails and W searches again — unless W's
+//! registration came first, and then P's RMW sees one more sleeper and wakes one. Waking
+//! takes the sleeper's mutex, under which W set `is_blocked` before blocking, so the wake
+//! either finds W blocked or W has not blocked yet (and re-checked the JEC under that mutex).
+//!
+//! No step relies on `SeqCst` (whose store-buffering guarantees loom cannot model), so the
+//! loom test in `pool/test.rs` checks exactly this argument. Compared with a fence plus a
+//! plain load on the publishing side (rayon's choice), the RMW costs about the same
+//! uncontended; publications are rare here because `join` publishes lazily.
+//!
+//! A worker that waits for a latch (a stolen `join` half) sleeps through the same path, with
+//! the latch's own state machine (see `latch.rs`) guarding against the latch being set
+//! between its last check and the block.
+//!
+//! ## The counters word
+//!
+//! One `AtomicUsize`, cache-padded: bits 0..16 count sleeping threads, bits 16..32 count
+//! inactive threads (searching, sleepy or sleeping), the rest is the JEC. An even JEC is
+//! "sleepy" (a worker announced sleepiness after the last publication), odd is "active".
+//! Busy workers read the inactive count (one `Relaxed` load, a cache line nobody writes
+//! while everyone is busy) to decide whether to publish work at all; see `registry.rs`.
+
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+use super::latch::{CoreLatch, snooze};
+use crate::sync::{AtomicUsize, MutexGuard};
+use crate::sync::{Condvar, Mutex, Ordering, lock};
+
+/// Search rounds (with backoff) before a worker announces it is sleepy. With
+/// [`SPIN_HINT_ROUNDS`](super::latch::SPIN_HINT_ROUNDS) rounds of spin-loop hints and the
+/// rest `yield_now`, 32 rounds keep a worker searching for ~20–40 µs on the 2-core
+/// reference machine: long enough that back-to-back `submit`/`map` calls find it awake
+/// (the warm hand-off costs ~1 µs instead of a 15–25 µs futex wake), short enough that an
+/// idle pool costs well under 1 ms of CPU per second.
+#[cfg(not(parpool_loom))]
+pub(crate) const ROUNDS_UNTIL_SLEEPY: u32 = 32;
+/// Under loom every round is a yield point; one keeps the state space small.
+#[cfg(parpool_loom)]
+pub(crate) const ROUNDS_UNTIL_SLEEPY: u32 = 1;
+
+/// One more search round after announcing sleepiness, then sleep.
+const ROUNDS_UNTIL_SLEEPING: u32 = ROUNDS_UNTIL_SLEEPY + 1;
+
+const THREADS_BITS: usize = 16;
+const SLEEPING_SHIFT: usize = 0;
+const INACTIVE_SHIFT: usize = THREADS_BITS;
+const JEC_SHIFT: usize = 2 * THREADS_BITS;
+const THREADS_MASK: usize = (1 << THREADS_BITS) - 1;
+
+/// The most workers one pool can have: the width of the thread counters.
+pub(crate) const THREADS_MAX: usize = THREADS_MASK;
+
+const ONE_SLEEPING: usize = 1 << SLEEPING_SHIFT;
+const ONE_INACTIVE: usize = 1 << INACTIVE_SHIFT;
+const ONE_JEC: usize = 1 << JEC_SHIFT;
+
+/// A snapshot of the counters word.
+#[derive(Clone, Copy, Debug)]
+struct Counters(usize);
+
+impl Counters {
+    fn sleeping(self) -> usize {
+        (self.0 >> SLEEPING_SHIFT) & THREADS_MASK
+    }
+    fn inactive(self) -> usize {
+        (self.0 >> INACTIVE_SHIFT) & THREADS_MASK
+    }
+    fn jec(self) -> usize {
+        self.0 >> JEC_SHIFT
+    }
+    fn awake_but_idle(self) -> usize {
+        self.inactive() - self.sleeping()
+    }
+}
+
+/// A JEC value is sleepy when even: a worker announced sleepiness after the last
+/// publication.
+fn jec_is_sleepy(jec: usize) -> bool {
+    jec % 2 == 0
+}
+
+/// Per-worker blocking state.
+#[derive(Debug, Default)]
+struct WorkerSleepState {
+    /// True while the worker is blocked on `condvar`; cleared by whoever wakes it.
+    is_blocked: Mutex<bool>,
+    condvar: Condvar,
+}
+
+/// The sleep/wake state of one pool.
+#[derive(Debug)]
+pub(crate) struct Sleep {
+    worker_sleep_states: Vec<CachePadded<WorkerSleepState>>,
+    counters: CachePadded<AtomicUsize>,
+}
+
+/// Evidence that a worker is idle, carried through its search loop.
+#[derive(Debug)]
+pub(crate) struct IdleState {
+    worker_index: usize,
+    rounds: u32,
+    /// The JEC recorded when the worker became sleepy.
+    jec: Option<usize>,
+}
+
+impl Sleep {
+    pub(crate) fn new(n_threads: usize) -> Self {
+        assert!(
+            n_threads <= THREADS_MAX,
+            "at most {THREADS_MAX} threads per pool"
+        );
+        Sleep {
+            worker_sleep_states: (0..n_threads).map(|_| CachePadded::default()).collect(),
+            counters: CachePadded::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Whether any worker is idle (searching, sleepy or asleep): then busy workers should
+    /// publish work. A `Relaxed` hint; acting on a stale value only costs one publication
+    /// too many or too few, never correctness.
+    #[inline]
+    pub(crate) fn has_idle_workers(&self) -> bool {
+        Counters(self.counters.load(Ordering::Relaxed)).inactive() > 0
+    }
+
+    /// The worker ran out of work and starts searching.
+    #[inline]
+    pub(crate) fn start_looking(&self, worker_index: usize) -> IdleState {
+        self.counters.fetch_add(ONE_INACTIVE, Ordering::AcqRel);
+        IdleState {
+            worker_index,
+            rounds: 0,
+            jec: None,
+        }
+    }
+
+    /// The worker found work: it is active again. If it was the last idle worker while
+    /// others sleep, wake one so that somebody keeps searching.
+    #[inline]
+    pub(crate) fn work_found(&self) {
+        let old = Counters(self.counters.fetch_sub(ONE_INACTIVE, Ordering::AcqRel));
+        if old.awake_but_idle() == 1 && old.sleeping() > 0 {
+            self.wake_any_threads(1);
+        }
+    }
+
+    /// One search round found nothing: back off, become sleepy, or sleep, depending on how
+    /// long the worker has been searching. `latch` is what the worker waits for (its
+    /// terminate latch, or a join latch); `has_injected_jobs` is the last check before
+    /// blocking. Returns false if `deadline` passed while asleep.
+    pub(crate) fn no_work_found(
+        &self,
+        idle: &mut IdleState,
+        latch: &CoreLatch,
+        deadline: Option<Instant>,
+        has_injected_jobs: impl FnOnce() -> bool,
+    ) -> bool {
+        if idle.rounds < ROUNDS_UNTIL_SLEEPY {
+            snooze(idle.rounds);
+            idle.rounds += 1;
+        } else if idle.rounds == ROUNDS_UNTIL_SLEEPY {
+            idle.jec = Some(self.announce_sleepy());
+            snooze(idle.rounds);
+            idle.rounds += 1;
+        } else {
+            debug_assert_eq!(idle.rounds, ROUNDS_UNTIL_SLEEPING);
+            return self.sleep(idle, latch, deadline, has_injected_jobs);
+        }
+        true
+    }
+
+    /// Makes the JEC sleepy (even) if it is active, and returns its value.
+    #[cold]
+    fn announce_sleepy(&self) -> usize {
+        // Acquire (load and exchange): see "Why no wake-up is lost".
+        let mut old = self.counters.load(Ordering::Acquire);
+        loop {
+            let c = Counters(old);
+            if jec_is_sleepy(c.jec()) {
+                return c.jec();
+            }
+            match self.counters.compare_exchange_weak(
+                old,
+                old.wrapping_add(ONE_JEC),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Counters(old.wrapping_add(ONE_JEC)).jec(),
+                Err(actual) => old = actual,
+            }
+        }
+    }
+
+    #[cold]
+    fn sleep(
+        &self,
+        idle: &mut IdleState,
+        latch: &CoreLatch,
+        deadline: Option<Instant>,
+        has_injected_jobs: impl FnOnce() -> bool,
+    ) -> bool {
+        let jec = idle.jec.expect("sleep without announcing sleepiness");
+        if !latch.get_sleepy() {
+            // The latch was set: stop idling.
+            idle.wake_fully();
+            return true;
+        }
+        let state = &self.worker_sleep_states[idle.worker_index];
+        let mut is_blocked = lock(&state.is_blocked);
+        debug_assert!(!*is_blocked);
+        if !latch.fall_asleep() {
+            idle.wake_fully();
+            return true;
+        }
+        loop {
+            let old = self.counters.load(Ordering::Acquire);
+            if Counters(old).jec() != jec {
+                // Work was published since we got sleepy; search again before sleeping.
+                idle.wake_partly();
+                latch.wake_up();
+                return true;
+            }
+            if self
+                .counters
+                .compare_exchange(old, old + ONE_SLEEPING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        // Registered as asleep. One last look at the injector: the JEC can wrap around (2^32
+        // publications while we were sleepy), and we may be the only worker that would ever
+        // take an injected job.
+        let mut completed = true;
+        if has_injected_jobs() {
+            // Undo our registration ourselves (normally the waker does it).
+            self.counters.fetch_sub(ONE_SLEEPING, Ordering::AcqRel);
+        } else {
+            *is_blocked = true;
+            completed = self.block(state, is_blocked, deadline);
+        }
+        idle.wake_fully();
+        latch.wake_up();
+        completed
+    }
+
+    /// Blocks until woken (`is_blocked` cleared by a waker) or `deadline` passes; on a
+    /// timeout the worker deregisters itself. Returns false on timeout.
+    fn block(
+        &self,
+        state: &WorkerSleepState,
+        mut is_blocked: MutexGuard<'_, bool>,
+        deadline: Option<Instant>,
+    ) -> bool {
+        while *is_blocked {
+            match deadline {
+                None => {
+                    is_blocked = state
+                        .condvar
+                        .wait(is_blocked)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        // Still registered (nobody cleared the flag under the mutex): undo.
+                        *is_blocked = false;
+                        self.counters.fetch_sub(ONE_SLEEPING, Ordering::AcqRel);
+                        return false;
+                    }
+                    is_blocked = state
+                        .condvar
+                        .wait_timeout(is_blocked, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    /// `num_jobs` jobs were just published (pushed onto a deque or injected): wake sleepers
+    /// if the awake idle workers are not enough to take them. `queue_was_empty` says whether
+    /// the queue was empty before the push (if not, the idle workers are not keeping up).
+    #[inline]
+    pub(crate) fn new_jobs(&self, num_jobs: usize, queue_was_empty: bool) {
+        let counters = self.bump_jec_if_sleepy();
+        let sleepers = counters.sleeping();
+        if sleepers == 0 {
+            return;
+        }
+        // Idle-but-awake workers will find the work unless the queue already held more than
+        // they are taking.
+        let to_wake = if queue_was_empty {
+            num_jobs.saturating_sub(counters.awake_but_idle())
+        } else {
+            num_jobs
+        };
+        self.wake_any_threads(to_wake.min(sleepers));
+    }
+
+    /// Bumps the JEC to active if it is sleepy; returns the counters after the update.
+    #[inline]
+    fn bump_jec_if_sleepy(&self) -> Counters {
+        loop {
+            // An RMW, not a load: it reads the latest value and releases the publication (see
+            // "Why no wake-up is lost").
+            let old = self.counters.fetch_add(0, Ordering::AcqRel);
+            if !jec_is_sleepy(Counters(old).jec()) {
+                return Counters(old);
+            }
+            let new = old.wrapping_add(ONE_JEC);
+            if self
+                .counters
+                .compare_exchange(old, new, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Counters(new);
+            }
+        }
+    }
+
+    #[cold]
+    fn wake_any_threads(&self, mut num_to_wake: usize) {
+        for index in 0..self.worker_sleep_states.len() {
+            if num_to_wake == 0 {
+                return;
+            }
+            if self.wake_specific_thread(index) {
+                num_to_wake -= 1;
+            }
+        }
+    }
+
+    /// The latch worker `index` sleeps on was set: wake it.
+    pub(crate) fn notify_worker_latch_is_set(&self, index: usize) {
+        self.wake_specific_thread(index);
+    }
+
+    /// Wakes worker `index` if it is blocked; true if it was.
+    fn wake_specific_thread(&self, index: usize) -> bool {
+        let state = &self.worker_sleep_states[index];
+        let mut is_blocked = lock(&state.is_blocked);
+        if *is_blocked {
+            *is_blocked = false;
+            state.condvar.notify_one();
+            // The waker deregisters the sleeper, so that publishers stop counting it as
+            // asleep as soon as it is woken rather than once it runs.
+            self.counters.fetch_sub(ONE_SLEEPING, Ordering::AcqRel);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl IdleState {
+    fn wake_fully(&mut self) {
+        self.rounds = 0;
+        self.jec = None;
+    }
+
+    fn wake_partly(&mut self) {
+        self.rounds = ROUNDS_UNTIL_SLEEPY;
+        self.jec = None;
+    }
+}
