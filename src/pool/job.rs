@@ -158,6 +158,18 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
         unsafe { (*self.func.get()).take() }.expect("join job taken twice")
     }
 
+    /// Takes the result written by whichever thread executed the job.
+    ///
+    /// # Safety
+    ///
+    /// The latch must have been observed set (which orders the result write before this
+    /// read), and no other thread may touch the job any more.
+    #[inline]
+    pub(crate) unsafe fn take_outcome(&self) -> Outcome<R> {
+        // SAFETY: the executing thread is done with the job (the caller's contract).
+        unsafe { (*self.result.get()).take() }.expect("join job finished without a result")
+    }
+
     /// The result written by whichever thread executed the job.
     ///
     /// # Safety

@@ -10,7 +10,9 @@
 //! Called from outside a pool, `join` injects itself into the global pool and waits.
 
 use super::ThreadPool;
-use super::job::{JobRef, StackJob, catch, resume};
+use std::mem::ManuallyDrop;
+
+use super::job::{StackJob, catch, resume};
 use super::latch::SpinLatch;
 use super::registry::{Frame, WorkerThread};
 
@@ -69,33 +71,42 @@ where
     RA: Send,
     RB: Send,
 {
-    let job_b = StackJob::new(b, SpinLatch::new(worker));
+    // No drop glue on the fast path: every way out of this function leaves both the
+    // closure and the result slot empty (run inline, taken back, or the thief's outcome
+    // taken; `Resolve` does the same when `a` panics), so there is nothing to drop.
+    let job_b = ManuallyDrop::new(StackJob::new(b, SpinLatch::new(worker)));
     // SAFETY: `job_b` lives in this frame, and the frame is not left (normally or by
     // unwinding, see `Resolve`) before `job_b` has run or has been taken back.
-    let job_b_ref = unsafe { job_b.as_job_ref() };
-    let frame = worker.push_frame(job_b_ref.duplicate());
+    let frame = worker.push_frame(unsafe { job_b.as_job_ref() });
     // If `a` panics, `b` must still be resolved before this frame unwinds.
     let resolve = Resolve {
-        worker,
+        job_b: &*job_b,
         frame,
-        job_b: &job_b,
-        job_b_ref: &job_b_ref,
     };
     let result_a = a();
     std::mem::forget(resolve);
-
     let result_b = match worker.pop_frame(frame) {
         Frame::Private => (job_b.take_func())(),
-        Frame::Published => {
-            if worker.take_back(&job_b_ref, &job_b.latch.core) {
-                (job_b.take_func())()
-            } else {
-                // SAFETY: `take_back` returned false only once the latch was set.
-                resume(unsafe { job_b.into_outcome() })
-            }
-        }
+        Frame::Published => take_back_or_wait(worker, &*job_b),
     };
     (result_a, result_b)
+}
+
+/// `b` was published: run it here if it is still in our deque, else wait for its thief.
+#[cold]
+fn take_back_or_wait<B, RB>(worker: &WorkerThread, job_b: &StackJob<SpinLatch<'_>, B, RB>) -> RB
+where
+    B: FnOnce() -> RB + Send,
+    RB: Send,
+{
+    // SAFETY: only used for identity comparison against the deque's jobs.
+    let job_b_ref = unsafe { job_b.as_job_ref() };
+    if worker.take_back(&job_b_ref, &job_b.latch.core) {
+        (job_b.take_func())()
+    } else {
+        // SAFETY: `take_back` returned false only once the latch was set.
+        resume(unsafe { job_b.take_outcome() })
+    }
 }
 
 /// Finishes a `join` whose `a` half panicked: runs `b` if nobody took it (its own panic is
@@ -105,10 +116,8 @@ where
     B: FnOnce() -> RB + Send,
     RB: Send,
 {
-    worker: &'a WorkerThread,
-    frame: usize,
     job_b: &'a StackJob<SpinLatch<'r>, B, RB>,
-    job_b_ref: &'a JobRef,
+    frame: usize,
 }
 
 impl<B, RB> Drop for Resolve<'_, '_, B, RB>
@@ -117,14 +126,21 @@ where
     RB: Send,
 {
     fn drop(&mut self) {
-        let run_here = match self.worker.pop_frame(self.frame) {
+        let worker = self.job_b.latch.owner();
+        let run_here = match worker.pop_frame(self.frame) {
             Frame::Private => true,
-            Frame::Published => self
-                .worker
-                .take_back(self.job_b_ref, &self.job_b.latch.core),
+            Frame::Published => {
+                // SAFETY: identity comparison only.
+                let job_b_ref = unsafe { self.job_b.as_job_ref() };
+                worker.take_back(&job_b_ref, &self.job_b.latch.core)
+            }
         };
         if run_here {
             let _ = catch(self.job_b.take_func());
+        } else {
+            // The thief's outcome (possibly its panic) is dropped: `a`'s panic wins.
+            // SAFETY: `take_back` returned false only once the latch was set.
+            drop(unsafe { self.job_b.take_outcome() });
         }
     }
 }

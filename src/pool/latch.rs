@@ -164,37 +164,39 @@ pub(crate) trait Latch {
     unsafe fn set(this: *const Self);
 }
 
-/// The latch of a `join` frame: waited for by a worker of `registry`, set by a worker of the
-/// same registry (so the registry outlives the `set` call without a reference count).
+/// The latch of a `join` frame: waited for by the worker that owns the frame, set by a
+/// worker of the same registry (so the registry outlives the `set` call without a reference
+/// count of its own).
 #[derive(Debug)]
 pub(crate) struct SpinLatch<'r> {
     pub(crate) core: CoreLatch,
-    registry: &'r Registry,
-    target_worker_index: usize,
+    owner: &'r WorkerThread,
 }
 
 impl<'r> SpinLatch<'r> {
     pub(crate) fn new(owner: &'r WorkerThread) -> Self {
         SpinLatch {
             core: CoreLatch::new(),
-            registry: owner.registry(),
-            target_worker_index: owner.index(),
+            owner,
         }
+    }
+
+    /// The worker waiting for this latch.
+    pub(crate) fn owner(&self) -> &'r WorkerThread {
+        self.owner
     }
 }
 
 impl Latch for SpinLatch<'_> {
     #[inline]
     unsafe fn set(this: *const Self) {
-        // SAFETY: `this` is live until `CoreLatch::set` (the caller's contract). The
-        // registry reference is copied out first: the registry itself stays alive because
-        // the setting thread is one of its workers.
+        // SAFETY: `this` is live until `CoreLatch::set` (the caller's contract). The owner's
+        // registry and index are read first: they are immutable fields, and once the latch
+        // is set the owner may go on and, eventually, its thread may exit. The registry
+        // itself stays alive because the setting thread is one of its workers.
         let (registry, index, core) = unsafe {
-            (
-                (*this).registry,
-                (*this).target_worker_index,
-                &raw const (*this).core,
-            )
+            let owner = (*this).owner;
+            (owner.registry(), owner.index(), &raw const (*this).core)
         };
         // SAFETY: `core` is live until the swap inside `set`; not used after.
         if unsafe { CoreLatch::set(core) } {

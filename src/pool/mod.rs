@@ -63,10 +63,8 @@ pub const NUM_THREADS_ENV: &str = "PARPOOL_NUM_THREADS";
 /// the pool's own workers (a task that owned the pool), the threads cannot be joined from
 /// there; they exit on their own once the work is done.
 ///
-/// [`terminate`](ThreadPool::terminate) is Python's `terminate()` as far as threads allow:
-/// tasks that have not started are cancelled (their `get` reports
-/// [`is_cancelled`](crate::TaskError::is_cancelled)); running work cannot be interrupted
-/// safely and finishes; then it proceeds as `drop`.
+/// Call [`terminate`](ThreadPool::terminate) before dropping to cancel queued tasks
+/// instead of running them (Python's `terminate()` then `join()`).
 pub struct ThreadPool {
     registry: Arc<Registry>,
 }
@@ -221,8 +219,12 @@ impl ThreadPool {
             .map(WorkerThread::index)
     }
 
-    /// Cancels every submitted task that has not started, lets running work finish, then
-    /// shuts down as `drop` does (see "Shutdown" above).
+    /// Python's `terminate()`, as far as threads allow: cancels every submitted task that
+    /// has not started, now or later (their `get` reports
+    /// [`is_cancelled`](crate::TaskError::is_cancelled) and their closures are dropped
+    /// unrun). Work that is running cannot be interrupted safely and finishes; `install`,
+    /// `join` and `scope` keep working. Drop the pool afterwards to wait for the threads to
+    /// exit (Python's `join()`).
     ///
     /// # Examples
     ///
@@ -231,21 +233,23 @@ impl ThreadPool {
     ///
     /// let pool = parpool::ThreadPool::new(1)?;
     /// let (release, gate) = mpsc::channel::<()>();
-    /// let running = pool.submit(move || gate.recv().unwrap());
+    /// let (started, has_started) = mpsc::channel();
+    /// let running = pool.submit(move || {
+    ///     started.send(()).unwrap();
+    ///     gate.recv().unwrap()
+    /// });
     /// let queued = pool.submit(|| 42);
-    /// release.send(()).unwrap();
+    /// has_started.recv().unwrap(); // `running` occupies the only worker
     /// pool.terminate();
+    /// release.send(()).unwrap();
     /// assert!(running.get().is_ok());
-    /// // `queued` either ran before the terminate or was cancelled: never lost.
-    /// match queued.get() {
-    ///     Ok(value) => assert_eq!(value, 42),
-    ///     Err(error) => assert!(error.is_cancelled()),
-    /// }
+    /// assert!(queued.get().unwrap_err().is_cancelled());
+    /// assert!(pool.submit(|| 1).get().unwrap_err().is_cancelled());
+    /// drop(pool); // waits for the workers to exit
     /// # Ok::<(), parpool::ThreadPoolBuildError>(())
     /// ```
-    pub fn terminate(self) {
+    pub fn terminate(&self) {
         self.registry.cancel_pending_tasks();
-        drop(self);
     }
 
     pub(crate) fn registry(&self) -> &Arc<Registry> {

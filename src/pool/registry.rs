@@ -8,8 +8,9 @@
 //! - Work from outside the pool enters through the [`Injector`].
 //! - **Private join frames.** The `b` half of a `join` is first recorded in the worker's
 //!   private frame list (a plain `Vec`, no atomics) and only *published* to the deque when
-//!   someone could take it: right away in the top [`EAGER_DEPTH`] levels of a worker's join
-//!   nesting, and deeper down only when another worker is idle, oldest frame first. A `join`
+//!   someone could take it: right away for the first [`EAGER_JOINS`] joins of each job the
+//!   worker takes on (the top of its divide-and-conquer tree), and after that only when
+//!   another worker is idle, oldest frame first. A `join`
 //!   that nobody needs to share therefore costs a `Vec` push and pop and one relaxed load,
 //!   not a deque push with its fences: fine-grained divide and conquer (a `join` at every
 //!   level of `fib`) runs near sequential speed, and an idle worker still gets the largest
@@ -45,13 +46,14 @@ use super::sleep::Sleep;
 use super::{ThreadPoolBuildError, ThreadPoolBuilder};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 
-/// Join frames at nesting depths below this are published to the deque at once instead of
-/// waiting for an idle worker to ask. The top levels of a divide-and-conquer tree carry the
-/// largest pieces of work; publishing them eagerly costs a handful of deque pushes per
-/// stolen job and means a coarse `join(long_a, long_b)` runs in parallel even if no worker
-/// was idle at the moment it started (measured: fib(30) with a join at every level is within
-/// noise of EAGER_DEPTH = 0, while a two-leaf join stays parallel).
-const EAGER_DEPTH: usize = 4;
+/// The first joins of each job a worker takes on publish their `b` half at once instead of
+/// waiting for an idle worker to show up. They are the top of the job's divide-and-conquer
+/// tree and carry the largest pieces; publishing them costs a few deque pushes per job and
+/// means a coarse `join(long_a, long_b)` runs in parallel even if no worker was idle at the
+/// moment it started. (Counting by frame depth instead publishes far too often: a `b` half
+/// run inline starts its own joins at its parent's depth, so fib(30) published ~3000 frames
+/// per run for 5–7 steals; with a per-job budget of 4 it publishes ~4 per steal.)
+const EAGER_JOINS: u32 = 4;
 
 /// The shared state of one pool.
 #[derive(Debug)]
@@ -224,6 +226,7 @@ fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>) {
         deque,
         frames: UnsafeCell::new(Vec::new()),
         published: Cell::new(0),
+        eager_joins: Cell::new(EAGER_JOINS),
         index,
         rng: Cell::new(seed(index)),
         registry,
@@ -257,6 +260,8 @@ pub(crate) struct WorkerThread {
     frames: UnsafeCell<Vec<JobRef>>,
     /// How many of the oldest frames have been published to the deque.
     published: Cell<usize>,
+    /// Joins left that publish eagerly; refilled when the worker takes on a new job.
+    eager_joins: Cell<u32>,
     index: usize,
     rng: Cell<u64>,
     registry: Arc<Registry>,
@@ -314,8 +319,9 @@ impl WorkerThread {
         let frames = unsafe { &mut *self.frames.get() };
         let index = frames.len();
         frames.push(job);
-        if index < EAGER_DEPTH {
-            debug_assert_eq!(self.published.get(), index);
+        let eager = self.eager_joins.get();
+        if eager > 0 {
+            self.eager_joins.set(eager - 1);
             self.publish_next_frame();
         } else if self.registry.sleep.has_idle_workers() {
             self.publish_for_idle();
@@ -360,7 +366,9 @@ impl WorkerThread {
         // SAFETY: as in `push_frame`.
         let frames = unsafe { &mut *self.frames.get() };
         debug_assert_eq!(frames.len(), index + 1, "join frames popped out of order");
-        frames.pop();
+        // SAFETY: `index` is the newest frame (the joins nest), so shrinking the list to
+        // `index` drops exactly it; `JobRef` has no destructor.
+        unsafe { frames.set_len(index) };
         if index < self.published.get() {
             self.published.set(index);
             Frame::Published
@@ -377,7 +385,7 @@ impl WorkerThread {
             match self.deque.pop() {
                 Some(popped) if popped.same(job) => return true,
                 // SAFETY: a job popped from the own deque is live and runs exactly once here.
-                Some(other) => unsafe { other.execute() },
+                Some(other) => unsafe { self.execute(other) },
                 None => {
                     self.wait_until(latch, None);
                     break;
@@ -404,7 +412,7 @@ impl WorkerThread {
             // Local work first, before touching shared sleep state.
             if let Some(job) = self.deque.pop() {
                 // SAFETY: popped from the own deque: live, runs once.
-                unsafe { job.execute() };
+                unsafe { self.execute(job) };
                 continue;
             }
             let mut idle = sleep.start_looking(self.index);
@@ -412,7 +420,7 @@ impl WorkerThread {
                 if let Some(job) = self.find_work() {
                     sleep.work_found();
                     // SAFETY: taken from a deque or the injector: live, runs once.
-                    unsafe { job.execute() };
+                    unsafe { self.execute(job) };
                     continue 'outer;
                 }
                 let in_time = deadline.is_none_or(|d| Instant::now() < d)
@@ -430,6 +438,17 @@ impl WorkerThread {
         }
         std::mem::forget(abort);
         true
+    }
+
+    /// Runs a job taken from a queue; the job starts with a fresh budget of eager joins.
+    ///
+    /// # Safety
+    ///
+    /// As [`JobRef::execute`]: the job is live and runs exactly once.
+    unsafe fn execute(&self, job: JobRef) {
+        self.eager_joins.set(EAGER_JOINS);
+        // SAFETY: forwarded from this function's contract.
+        unsafe { job.execute() }
     }
 
     /// Own deque, then the other workers' deques, then the injector: finish what this

@@ -1,0 +1,321 @@
+//! The thread pool's public behaviour: building, `install`, `join`, `scope`, panics,
+//! nesting across pools, and oversubscription.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+
+use parpool::{ThreadPool, join, scope};
+
+fn fib(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let (a, b) = join(|| fib(n - 1), || fib(n - 2));
+    a + b
+}
+
+fn fib_sequential(n: u64) -> u64 {
+    if n < 2 {
+        n
+    } else {
+        fib_sequential(n - 1) + fib_sequential(n - 2)
+    }
+}
+
+/// Runs `f` expecting a panic, returning its message.
+fn panic_message(f: impl FnOnce()) -> String {
+    let payload = panic::catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .expect("panic payload is a string")
+}
+
+/// Proves that every one of the pool's `n` workers is alive and serving: `n` jobs that can
+/// only finish together, because each waits at a barrier for all the others.
+fn assert_all_workers_serve(pool: &ThreadPool) {
+    let n = pool.current_num_threads();
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            pool.submit(move || {
+                barrier.wait();
+                parpool::current_thread_index().expect("runs on a worker")
+            })
+        })
+        .collect();
+    let mut indices: Vec<usize> = tasks.into_iter().map(|t| t.get().unwrap()).collect();
+    indices.sort_unstable();
+    assert_eq!(indices, (0..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn smoke() {
+    let pool = ThreadPool::new(2).unwrap();
+    assert_eq!(pool.current_num_threads(), 2);
+    assert_eq!(pool.install(|| 40 + 2), 42);
+    assert_eq!(pool.join(|| 1, || 2), (1, 2));
+    assert_eq!(pool.install(|| fib(20)), fib_sequential(20));
+    assert_eq!(pool.submit(|| "done").get().unwrap(), "done");
+    assert_all_workers_serve(&pool);
+}
+
+#[test]
+fn zero_threads_is_an_error() {
+    let error = ThreadPool::new(0).unwrap_err();
+    assert!(error.is_zero_threads());
+    let error = ThreadPool::builder().num_threads(0).build().unwrap_err();
+    assert!(error.is_zero_threads());
+    assert!(error.to_string().contains("at least one thread"));
+}
+
+#[test]
+fn too_many_threads_is_an_error() {
+    let error = ThreadPool::new(1 << 20).unwrap_err();
+    assert!(!error.is_zero_threads());
+    assert!(error.to_string().contains("at most"), "{error}");
+}
+
+#[test]
+fn thread_names_and_indices() {
+    let pool = ThreadPool::builder()
+        .num_threads(3)
+        .thread_name(|i| format!("pp-test-{i}"))
+        .stack_size(1 << 20)
+        .build()
+        .unwrap();
+    let seen: Vec<(usize, String)> = (0..3)
+        .map(|_| {
+            pool.install(|| {
+                let index = pool.current_thread_index().unwrap();
+                (index, std::thread::current().name().unwrap().to_owned())
+            })
+        })
+        .collect();
+    for (index, name) in seen {
+        assert_eq!(name, format!("pp-test-{index}"));
+    }
+    assert_eq!(pool.current_thread_index(), None);
+    assert_eq!(parpool::current_thread_index(), None);
+}
+
+#[test]
+fn install_runs_on_the_pool_and_sees_its_size() {
+    let pool = ThreadPool::new(3).unwrap();
+    assert_eq!(pool.install(parpool::current_num_threads), 3);
+    let other = ThreadPool::new(1).unwrap();
+    // Inside `pool`, free functions refer to `pool`, even when called through `other`'s
+    // install inside it.
+    let sizes = pool.install(|| {
+        (
+            parpool::current_num_threads(),
+            other.install(parpool::current_num_threads),
+        )
+    });
+    assert_eq!(sizes, (3, 1));
+}
+
+#[test]
+fn join_runs_both_halves_in_parallel_when_possible() {
+    // Each half waits for the other at a barrier: only a parallel join completes.
+    let pool = ThreadPool::new(2).unwrap();
+    let barrier = Barrier::new(2);
+    let (a, b) = pool.join(
+        || {
+            barrier.wait();
+            parpool::current_thread_index().unwrap()
+        },
+        || {
+            barrier.wait();
+            parpool::current_thread_index().unwrap()
+        },
+    );
+    assert_ne!(a, b);
+}
+
+#[test]
+fn nested_join_inside_join() {
+    let pool = ThreadPool::new(2).unwrap();
+    let ((a, b), (c, d)) = pool.join(
+        || join(|| fib(15), || fib(14)),
+        || join(|| fib(13), || fib(12)),
+    );
+    assert_eq!([a, b, c, d], [610, 377, 233, 144]);
+    assert_eq!(pool.install(|| fib(24)), fib_sequential(24));
+}
+
+#[test]
+fn join_from_outside_any_pool_uses_the_global_pool() {
+    assert_eq!(
+        join(|| fib(18), || parpool::current_thread_index().is_some()),
+        (2584, true)
+    );
+}
+
+#[test]
+fn install_inside_another_pools_job_does_not_deadlock() {
+    // One thread each: a blocked worker would deadlock, a worker that keeps serving its own
+    // pool while it waits does not.
+    let a = ThreadPool::new(1).unwrap();
+    let b = ThreadPool::new(1).unwrap();
+    let result = a.install(|| b.install(|| a.install(|| b.install(|| fib(15)))));
+    assert_eq!(result, 610);
+    let result = a.install(|| join(|| b.install(|| a.install(|| 1)), || b.install(|| 2)));
+    assert_eq!(result, (1, 2));
+}
+
+#[test]
+fn panic_in_join_propagates_after_both_halves_ran() {
+    let pool = ThreadPool::new(2).unwrap();
+    let b_ran = AtomicUsize::new(0);
+    let message = panic_message(|| {
+        pool.join(
+            || panic!("left half"),
+            || {
+                b_ran.fetch_add(1, Ordering::SeqCst);
+            },
+        );
+    });
+    assert_eq!(message, "left half");
+    assert_eq!(
+        b_ran.load(Ordering::SeqCst),
+        1,
+        "b must run even though a panicked"
+    );
+    let message = panic_message(|| {
+        pool.join(|| 1, || -> u32 { panic!("right half") });
+    });
+    assert_eq!(message, "right half");
+    let message = panic_message(|| {
+        pool.join(
+            || -> u32 { panic!("first") },
+            || -> u32 { panic!("second") },
+        );
+    });
+    assert_eq!(message, "first", "a's panic wins when both panic");
+}
+
+#[test]
+fn panic_deep_inside_nested_joins() {
+    fn explode(n: u32) -> u32 {
+        if n == 0 {
+            panic!("leaf");
+        }
+        let (a, b) = join(|| explode(n - 1), || n);
+        a + b
+    }
+    let pool = ThreadPool::new(2).unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            panic_message(|| {
+                pool.install(|| explode(12));
+            }),
+            "leaf"
+        );
+    }
+    assert_all_workers_serve(&pool);
+}
+
+#[test]
+fn panicking_jobs_leave_a_pool_of_two_serving() {
+    let pool = ThreadPool::new(2).unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            panic_message(|| pool.install(|| panic!("install"))),
+            "install"
+        );
+        let error = pool.submit(|| -> u8 { panic!("task") }).get().unwrap_err();
+        assert_eq!(error.panic_message(), Some("task"));
+        assert_eq!(
+            panic_message(|| pool.scope(|s| s.spawn(|_| panic!("spawned")))),
+            "spawned"
+        );
+    }
+    assert_all_workers_serve(&pool);
+    assert_eq!(pool.install(|| fib(20)), 6765);
+}
+
+#[test]
+fn scope_borrows_and_waits_for_every_job() {
+    let pool = ThreadPool::new(2).unwrap();
+    let mut slots = vec![0usize; 1000];
+    let total = AtomicUsize::new(0);
+    pool.scope(|s| {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let total = &total;
+            s.spawn(move |_| {
+                *slot = i * 2;
+                total.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    });
+    assert_eq!(total.load(Ordering::Relaxed), 1000);
+    assert!(slots.iter().enumerate().all(|(i, &v)| v == i * 2));
+}
+
+#[test]
+fn scope_nested_spawns_and_result() {
+    let counter = AtomicUsize::new(0);
+    let result = scope(|s| {
+        fn spread<'a>(s: &parpool::Scope<'a>, depth: u32, counter: &'a AtomicUsize) {
+            counter.fetch_add(1, Ordering::Relaxed);
+            if depth > 0 {
+                s.spawn(move |s| spread(s, depth - 1, counter));
+                s.spawn(move |s| spread(s, depth - 1, counter));
+            }
+        }
+        spread(s, 10, &counter);
+        "body result"
+    });
+    assert_eq!(result, "body result");
+    assert_eq!(counter.load(Ordering::Relaxed), (1 << 11) - 1);
+}
+
+#[test]
+fn scope_panic_waits_for_the_other_jobs() {
+    let pool = ThreadPool::new(2).unwrap();
+    let finished = AtomicUsize::new(0);
+    let message = panic_message(|| {
+        pool.scope(|s| {
+            s.spawn(|_| panic!("first job"));
+            for _ in 0..100 {
+                s.spawn(|_| {
+                    finished.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+        });
+    });
+    assert_eq!(message, "first job");
+    assert_eq!(finished.load(Ordering::Relaxed), 100);
+}
+
+#[test]
+fn oversubscription_sixteen_threads_on_two_cores() {
+    let pool = ThreadPool::new(16).unwrap();
+    assert_eq!(pool.install(|| fib(24)), fib_sequential(24));
+    let hits = AtomicUsize::new(0);
+    pool.scope(|s| {
+        for _ in 0..10_000 {
+            s.spawn(|_| {
+                hits.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    });
+    assert_eq!(hits.load(Ordering::Relaxed), 10_000);
+    let tasks: Vec<_> = (0..10_000u64).map(|i| pool.submit(move || i)).collect();
+    let sum: u64 = parpool::as_completed(tasks).map(|t| t.get().unwrap()).sum();
+    assert_eq!(sum, (0..10_000u64).sum());
+    assert_all_workers_serve(&pool);
+}
+
+#[test]
+fn stress_many_pools_created_and_dropped() {
+    for i in 0..50 {
+        let pool = ThreadPool::new(1 + i % 4).unwrap();
+        assert_eq!(pool.install(|| fib(12)), 144);
+        drop(pool);
+    }
+}
