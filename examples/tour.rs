@@ -16,14 +16,24 @@ struct Scale {
 impl Scale {
     fn from_env() -> Scale {
         match std::env::var("PARPOOL_TOUR_SCALE").as_deref() {
-            Ok("small") => Scale { fib_n: 24, round_trips: 2_000 },
-            _ => Scale { fib_n: 32, round_trips: 100_000 },
+            Ok("small") => Scale {
+                fib_n: 24,
+                round_trips: 2_000,
+            },
+            _ => Scale {
+                fib_n: 32,
+                round_trips: 100_000,
+            },
         }
     }
 }
 
 fn fib_sequential(n: u64) -> u64 {
-    if n < 2 { n } else { fib_sequential(n - 1) + fib_sequential(n - 2) }
+    if n < 2 {
+        n
+    } else {
+        fib_sequential(n - 1) + fib_sequential(n - 2)
+    }
 }
 
 fn fib_join(n: u64) -> u64 {
