@@ -8,11 +8,15 @@
 //!   [`as_completed`].
 
 mod error;
+mod map;
 mod pool;
 mod sync;
 mod task;
 
 pub use error::{TaskError, ThreadPoolBuildError};
+pub use map::{
+    Imap, ImapUnordered, IntoParMap, ParMap, imap, imap_unordered, map, map_chunked, try_map,
+};
 pub use pool::{
     NUM_THREADS_ENV, Scope, ThreadPool, ThreadPoolBuilder, current_num_threads,
     current_thread_index, join, scope,
@@ -21,5 +25,7 @@ pub use task::{AsCompleted, Task, as_completed, submit};
 
 /// The names most programs need: `use parpool::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Task, TaskError, ThreadPool, ThreadPoolBuilder, as_completed};
+    pub use crate::{
+        IntoParMap, ParMap, Task, TaskError, ThreadPool, ThreadPoolBuilder, as_completed,
+    };
 }

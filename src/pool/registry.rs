@@ -185,6 +185,24 @@ impl Registry {
         );
     }
 
+    /// One more terminate reference, unless the pool has already terminated (its handle is
+    /// gone and every task finished): then false, and nothing will run on it any more.
+    pub(crate) fn try_increment_terminate_count(&self) -> bool {
+        let mut count = self.terminate_count.load(Ordering::Relaxed);
+        while count != 0 {
+            match self.terminate_count.compare_exchange_weak(
+                count,
+                count + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => count = actual,
+            }
+        }
+        false
+    }
+
     /// Drops one terminate reference; the last one tells every worker to exit.
     pub(crate) fn terminate(&self) {
         // AcqRel: everything done under the dropped reference happens before the workers

@@ -1,0 +1,506 @@
+//! Lazy maps: [`Imap`] (input order) and [`ImapUnordered`] (completion order).
+//!
+//! Both are the feeder of a window (see `window.rs`) driven by the consumer's `next()`:
+//! input is pulled only to keep at most `window` chunks in flight, so memory does not grow
+//! with the input and infinite input works.
+//!
+//! # Soundness
+//!
+//! A lazy iterator can be leaked (`mem::forget`) while its chunks still run on the pool, so
+//! whatever the drainers touch is owned by the window (an `Arc`): the closure and the items
+//! must be `'static`, and the results are left in the window if nobody takes them. The input
+//! *iterator* stays with the consumer and may borrow. Dropping the iterator skips the chunks
+//! not started yet and returns at once: it never waits for running ones.
+//!
+//! ```compile_fail
+//! // The closure borrows a local: not allowed, the iterator could outlive it.
+//! let pool = parpool::ThreadPool::new(2).unwrap();
+//! let offset = 10;
+//! let offset_ref = &offset;
+//! let _ = pool.imap(0..10u32, |x| x + *offset_ref).collect::<Vec<_>>();
+//! ```
+//!
+//! ```compile_fail
+//! // The items borrow a local vector: not allowed either.
+//! let pool = parpool::ThreadPool::new(2).unwrap();
+//! let words = vec![String::from("a")];
+//! let _ = pool.imap(words.iter(), |w: &String| w.len()).count();
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use super::iter::{CostProbe, Verdict, current_registry_arc, extend_run};
+use super::window::{ChunkSize, Feeder, MapOp, Outcome, WINDOW_PER_THREAD, Window};
+use crate::pool::registry::Registry;
+
+/// The state of both lazy iterators; `ordered` selects input or completion order.
+struct Lazy<I: Iterator, F, R>
+where
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    I::Item: Send + 'static,
+{
+    state: State<I, F, R>,
+    /// Results ready to be yielded, in yield order.
+    current: VecDeque<R>,
+    ordered: bool,
+    /// Completed slots waiting for their turn (ordered only), by sequence modulo the window.
+    pending: Vec<Option<usize>>,
+    next_seq: usize,
+    chunk: Option<usize>,
+    window: Option<usize>,
+}
+
+enum State<I: Iterator, F, R>
+where
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    I::Item: Send + 'static,
+{
+    /// Nothing pulled yet; settings may still change.
+    New {
+        input: I,
+        f: F,
+        registry: Arc<Registry>,
+    },
+    /// Items so far were too cheap to hand over: the consumer maps them itself, one probe
+    /// window per step (so it never runs ahead by more than a window's worth of items).
+    Probing {
+        input: I,
+        f: F,
+        registry: Arc<Registry>,
+        probe: CostProbe,
+    },
+    Running(Feeder<I, MapOp<F>>),
+    Finished,
+}
+
+impl<I, F, R> Lazy<I, F, R>
+where
+    I: Iterator,
+    I::Item: Send + 'static,
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    fn new(input: I, f: F, registry: Arc<Registry>, ordered: bool) -> Self {
+        Lazy {
+            state: State::New { input, f, registry },
+            current: VecDeque::new(),
+            ordered,
+            pending: Vec::new(),
+            next_seq: 0,
+            chunk: None,
+            window: None,
+        }
+    }
+
+    fn set_chunk_size(&mut self, chunk: usize) {
+        assert!(chunk > 0, "parpool: the chunk size must be at least 1");
+        self.assert_not_started("chunk_size");
+        self.chunk = Some(chunk);
+    }
+
+    fn set_window(&mut self, window: usize) {
+        assert!(
+            window > 0,
+            "parpool: the window must hold at least one chunk"
+        );
+        self.assert_not_started("window");
+        self.window = Some(window);
+    }
+
+    fn assert_not_started(&self, setting: &str) {
+        assert!(
+            matches!(self.state, State::New { .. }),
+            "parpool: {setting} must be set before the first call to next()"
+        );
+    }
+
+    fn next(&mut self) -> Option<R> {
+        loop {
+            if let Some(value) = self.current.pop_front() {
+                return Some(value);
+            }
+            if !self.advance() {
+                return None;
+            }
+        }
+    }
+
+    /// Makes progress: maps a probe window's worth of items here, or moves the next chunk's
+    /// results (in input or completion order) into `current`. False once everything has
+    /// been yielded.
+    fn advance(&mut self) -> bool {
+        let feeder = match &mut self.state {
+            State::New { .. } | State::Probing { .. } => {
+                self.probe_or_start();
+                return true;
+            }
+            State::Running(feeder) => feeder,
+            State::Finished => return false,
+        };
+        feeder.fill();
+        let ready = match self.pending.len() {
+            0 => None,
+            len => self.pending[self.next_seq % len].take(),
+        };
+        let Some(slot) = ready.or_else(|| feeder.next_completed()) else {
+            self.state = State::Finished;
+            return false;
+        };
+        let (output, outcome, seq) = feeder.slot(slot);
+        if let Outcome::Panicked(_) = outcome {
+            let Outcome::Panicked(payload) = std::mem::take(outcome) else {
+                unreachable!()
+            };
+            feeder.release(slot);
+            feeder.cancel_and_wait();
+            self.state = State::Finished;
+            std::panic::resume_unwind(payload);
+        }
+        if self.ordered && seq != self.next_seq {
+            let len = self.pending.len();
+            self.pending[seq % len] = Some(slot);
+            return true;
+        }
+        // Both conversions keep the buffers: the slot's results become `current`, and the
+        // empty `current` becomes the slot's next output buffer.
+        let results = std::mem::replace(output, Vec::from(std::mem::take(&mut self.current)));
+        self.current = VecDeque::from(results);
+        feeder.release(slot);
+        self.next_seq += 1;
+        true
+    }
+
+    /// Maps one probe window on this thread (with a fixed chunk size: none) and starts the
+    /// window of chunks once items prove worth it.
+    fn probe_or_start(&mut self) {
+        let state = std::mem::replace(&mut self.state, State::Finished);
+        let (input, f, registry, chunk) = match state {
+            State::New { input, f, registry } => match self.chunk {
+                Some(size) => (input, f, registry, ChunkSize::Fixed(size)),
+                None => {
+                    self.state = State::Probing {
+                        input,
+                        f,
+                        registry,
+                        probe: CostProbe::new(),
+                    };
+                    return self.probe_or_start();
+                }
+            },
+            State::Probing {
+                mut input,
+                f,
+                registry,
+                mut probe,
+            } => {
+                match probe.window(extend_run(&mut input, &f, &mut self.current)) {
+                    // The input ran out: every result is in `current`.
+                    Verdict::Stop => return,
+                    Verdict::Cheap => {
+                        self.state = State::Probing {
+                            input,
+                            f,
+                            registry,
+                            probe,
+                        };
+                        return;
+                    }
+                    Verdict::Expensive(per_item_ns) => {
+                        (input, f, registry, ChunkSize::Auto { per_item_ns })
+                    }
+                }
+            }
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        let slots = self
+            .window
+            .unwrap_or(WINDOW_PER_THREAD * registry.num_threads().max(1));
+        if self.ordered {
+            self.pending = vec![None; slots];
+        }
+        let window = Arc::new(Window::new(MapOp(f), registry, slots));
+        self.state = State::Running(Feeder::new(window, input, chunk, false));
+    }
+}
+
+/// A lazy, ordered parallel map: yields `f(item)` for each input item, in input order.
+/// Created by [`ThreadPool::imap`](crate::ThreadPool::imap) and [`imap`](crate::imap).
+///
+/// The input is pulled only as the iterator is consumed, with at most
+/// [`window`](Imap::window) chunks of [`chunk_size`](Imap::chunk_size) items in flight:
+/// memory does not grow with the input, and infinite input works. Dropping the iterator
+/// stops pulling and skips the chunks not yet started, without waiting.
+///
+/// # Panics
+///
+/// If `f` panics, `next()` re-raises the panic once no chunk is running any more; the pool
+/// keeps serving.
+///
+/// # Examples
+///
+/// ```
+/// let pool = parpool::ThreadPool::new(2)?;
+/// let squares: Vec<u64> = pool.imap(0..1000u64, |x| x * x).collect();
+/// assert_eq!(squares, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+///
+/// // Infinite input, taken lazily.
+/// let first: Vec<u64> = pool.imap(1.., |x: u64| x * 10).chunk_size(4).take(3).collect();
+/// assert_eq!(first, [10, 20, 30]);
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
+#[must_use = "iterators are lazy and do nothing unless consumed"]
+pub struct Imap<I: Iterator, F, R>
+where
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    I::Item: Send + 'static,
+{
+    lazy: Lazy<I, F, R>,
+}
+
+impl<I, F, R> Imap<I, F, R>
+where
+    I: Iterator,
+    I::Item: Send + 'static,
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    pub(crate) fn new(input: I, f: F, registry: Arc<Registry>) -> Self {
+        Imap {
+            lazy: Lazy::new(input, f, registry, true),
+        }
+    }
+
+    /// Sets how many items go into one chunk (default: chosen from the measured cost of
+    /// the first items, aiming at ~50 µs per chunk).
+    ///
+    /// # Panics
+    ///
+    /// If `chunk_size` is 0, or iteration has already started.
+    pub fn chunk_size(mut self, chunk_size: usize) -> Self {
+        self.lazy.set_chunk_size(chunk_size);
+        self
+    }
+
+    /// Sets how many chunks may be in flight at once (default: 4 per pool thread).
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0, or iteration has already started.
+    pub fn window(mut self, window: usize) -> Self {
+        self.lazy.set_window(window);
+        self
+    }
+}
+
+impl<I, F, R> Iterator for Imap<I, F, R>
+where
+    I: Iterator,
+    I::Item: Send + 'static,
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    type Item = R;
+
+    fn next(&mut self) -> Option<R> {
+        self.lazy.next()
+    }
+}
+
+/// A lazy parallel map that yields results in the order they complete: Python's
+/// `imap_unordered`. Created by
+/// [`ThreadPool::imap_unordered`](crate::ThreadPool::imap_unordered) and
+/// [`imap_unordered`](crate::imap_unordered).
+///
+/// Pulls input lazily with a bounded window, like [`Imap`]; every input item's result is
+/// yielded exactly once.
+///
+/// # Panics
+///
+/// As [`Imap`].
+///
+/// # Examples
+///
+/// ```
+/// let pool = parpool::ThreadPool::new(2)?;
+/// let mut lengths: Vec<usize> = pool
+///     .imap_unordered(["a", "bb", "ccc"].into_iter(), |s: &'static str| s.len())
+///     .collect();
+/// lengths.sort();
+/// assert_eq!(lengths, [1, 2, 3]);
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
+#[must_use = "iterators are lazy and do nothing unless consumed"]
+pub struct ImapUnordered<I: Iterator, F, R>
+where
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    I::Item: Send + 'static,
+{
+    lazy: Lazy<I, F, R>,
+}
+
+impl<I, F, R> ImapUnordered<I, F, R>
+where
+    I: Iterator,
+    I::Item: Send + 'static,
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    pub(crate) fn new(input: I, f: F, registry: Arc<Registry>) -> Self {
+        ImapUnordered {
+            lazy: Lazy::new(input, f, registry, false),
+        }
+    }
+
+    /// Sets how many items go into one chunk; see [`Imap::chunk_size`].
+    ///
+    /// # Panics
+    ///
+    /// If `chunk_size` is 0, or iteration has already started.
+    pub fn chunk_size(mut self, chunk_size: usize) -> Self {
+        self.lazy.set_chunk_size(chunk_size);
+        self
+    }
+
+    /// Sets how many chunks may be in flight at once; see [`Imap::window`].
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0, or iteration has already started.
+    pub fn window(mut self, window: usize) -> Self {
+        self.lazy.set_window(window);
+        self
+    }
+}
+
+impl<I, F, R> Iterator for ImapUnordered<I, F, R>
+where
+    I: Iterator,
+    I::Item: Send + 'static,
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    type Item = R;
+
+    fn next(&mut self) -> Option<R> {
+        self.lazy.next()
+    }
+}
+
+impl<I: Iterator, F, R> fmt::Debug for Imap<I, F, R>
+where
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    I::Item: Send + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("ready", &self.lazy.current.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I: Iterator, F, R> fmt::Debug for ImapUnordered<I, F, R>
+where
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    I::Item: Send + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImapUnordered")
+            .field("ready", &self.lazy.current.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl crate::ThreadPool {
+    /// A lazy, ordered parallel map over any iterator on this pool: Python's `Pool.imap`.
+    /// See [`Imap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let mut lines = pool.imap(["a", "bb"].into_iter(), |s: &'static str| s.repeat(2));
+    /// assert_eq!(lines.next().as_deref(), Some("aa"));
+    /// assert_eq!(lines.next().as_deref(), Some("bbbb"));
+    /// assert_eq!(lines.next(), None);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn imap<I, R, F>(&self, items: I, f: F) -> Imap<I::IntoIter, F, R>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> R + Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        Imap::new(items.into_iter(), f, Arc::clone(self.registry()))
+    }
+
+    /// A lazy parallel map yielding results in completion order: Python's
+    /// `Pool.imap_unordered`. See [`ImapUnordered`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let total: u64 = pool.imap_unordered(1..=100u64, |x| x * 2).sum();
+    /// assert_eq!(total, 10_100);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn imap_unordered<I, R, F>(&self, items: I, f: F) -> ImapUnordered<I::IntoIter, F, R>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> R + Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        ImapUnordered::new(items.into_iter(), f, Arc::clone(self.registry()))
+    }
+}
+
+/// [`ThreadPool::imap`] on the current pool (the pool whose worker calls it, else the
+/// global pool).
+///
+/// # Examples
+///
+/// ```
+/// let firsts: Vec<u64> = parpool::imap(0.., |x: u64| x + 1).take(3).collect();
+/// assert_eq!(firsts, [1, 2, 3]);
+/// ```
+pub fn imap<I, R, F>(items: I, f: F) -> Imap<I::IntoIter, F, R>
+where
+    I: IntoIterator,
+    I::Item: Send + 'static,
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    Imap::new(items.into_iter(), f, current_registry_arc())
+}
+
+/// [`ThreadPool::imap_unordered`] on the current pool.
+///
+/// # Examples
+///
+/// ```
+/// let mut seen: Vec<u8> = parpool::imap_unordered(0..4u8, |x| x).collect();
+/// seen.sort();
+/// assert_eq!(seen, [0, 1, 2, 3]);
+/// ```
+pub fn imap_unordered<I, R, F>(items: I, f: F) -> ImapUnordered<I::IntoIter, F, R>
+where
+    I: IntoIterator,
+    I::Item: Send + 'static,
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    ImapUnordered::new(items.into_iter(), f, current_registry_arc())
+}

@@ -1,0 +1,500 @@
+//! Blocking maps over any iterator: `map`, `map_chunked`, `try_map`.
+//!
+//! The calling thread first maps items itself while they are too cheap to hand over
+//! ([`CostProbe`]): a small input, or a map of trivial items whose cost is all in
+//! pulling the input, stays sequential. Then it becomes the window's feeder (see
+//! `window.rs`): it pulls the input (so the iterator itself need not be `Send`), submits
+//! chunks, runs chunks itself while it waits, and appends the results in input order. The closure may borrow: the window only keeps a
+//! raw pointer to it, and the call does not return, normally or by unwinding, before every
+//! chunk has come back.
+
+use std::sync::Arc;
+
+use super::clock::Stopwatch;
+use super::slice::SAMPLE_NS;
+use super::window::{ChunkOp, ChunkSize, Feeder, Outcome, WINDOW_PER_THREAD, Window};
+use crate::pool::ThreadPool;
+use crate::pool::registry::Registry;
+
+/// Calls the caller's closure through a raw pointer.
+struct RawOp<F> {
+    f: *const F,
+}
+
+// SAFETY: the pointer is only dereferenced (as `&F`) while the blocking call that owns the
+// closure is running (see the module docs); `F: Sync` makes the shared use sound.
+unsafe impl<F: Sync> Send for RawOp<F> {}
+// SAFETY: as above.
+unsafe impl<F: Sync> Sync for RawOp<F> {}
+
+impl<F> RawOp<F> {
+    fn f(&self) -> &F {
+        // SAFETY: see the `Send` impl: the closure outlives every call through the pointer.
+        unsafe { &*self.f }
+    }
+}
+
+impl<T, R: Send, F: Fn(T) -> R + Sync> ChunkOp<T> for RawOp<F> {
+    type Output = R;
+    #[inline]
+    fn call(&self, item: T) -> R {
+        (self.f())(item)
+    }
+}
+
+/// `try_map`'s op: stops a chunk at its first `Err`.
+struct RawTryOp<F>(RawOp<F>);
+
+impl<T, R: Send, E: Send, F: Fn(T) -> Result<R, E> + Sync> ChunkOp<T> for RawTryOp<F> {
+    type Output = Result<R, E>;
+    const CAN_STOP: bool = true;
+    #[inline]
+    fn call(&self, item: T) -> Result<R, E> {
+        (self.0.f())(item)
+    }
+    fn stops(&self, output: &Result<R, E>) -> bool {
+        output.is_err()
+    }
+}
+
+/// The registry of the current pool, as an `Arc` (the worker's pool, else the global one).
+pub(crate) fn current_registry_arc() -> Arc<Registry> {
+    match crate::pool::registry::WorkerThread::current() {
+        Some(worker) => Arc::clone(worker.registry_arc()),
+        None => Arc::clone(ThreadPool::global().registry()),
+    }
+}
+
+/// An item must cost at least this much (ns) before handing items to other threads pays.
+/// The calling thread pulls every item and moves it into a chunk, and moves every result
+/// out again: ~3 ns per item on the reference machine. Below about twice that, the caller
+/// alone is faster than any number of workers fed by it, so it keeps mapping by itself.
+pub(crate) const ITEM_PARALLEL_MIN_NS: f64 = 8.0;
+
+/// Decides, window by window, whether items are worth handing to other threads.
+///
+/// Each [`window`](CostProbe::window) maps items on the calling thread for one sample window
+/// ([`SAMPLE_NS`]), sizing each batch from the cost measured so far. Items are worth
+/// running in parallel once two windows in a row measure at least
+/// [`ITEM_PARALLEL_MIN_NS`] per item (one alone may be noise: the output buffer growing,
+/// the thread being descheduled).
+#[derive(Debug)]
+pub(crate) struct CostProbe {
+    batch: usize,
+    expensive_before: bool,
+}
+
+/// What one probe window found.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// The input ran out (or `try_map` hit an error): nothing left to decide.
+    Stop,
+    /// Items are too cheap to hand over; keep mapping on this thread.
+    Cheap,
+    /// Items cost this much (ns) each: hand them to the pool.
+    Expensive(f64),
+}
+
+impl CostProbe {
+    pub(crate) fn new() -> Self {
+        CostProbe {
+            batch: 1,
+            expensive_before: false,
+        }
+    }
+
+    /// Maps one window's worth of items with `run`, which maps up to `n` more items and says
+    /// how many it mapped and whether to go on (false: the input ran out, or an error).
+    pub(crate) fn window(&mut self, mut run: impl FnMut(usize) -> (usize, bool)) -> Verdict {
+        let watch = Stopwatch::start();
+        let mut done = 0usize;
+        let per_item = loop {
+            let (mapped, go_on) = run(self.batch);
+            if !go_on {
+                return Verdict::Stop;
+            }
+            done += mapped;
+            let elapsed = watch.elapsed_ns();
+            let per_item = elapsed.max(1.0) / done as f64;
+            if elapsed >= SAMPLE_NS as f64 {
+                break per_item;
+            }
+            // Size the next batch to fill the rest of the window at the measured cost.
+            let fill = (SAMPLE_NS as f64 - elapsed) / per_item;
+            self.batch = self.batch.saturating_mul(2).max(fill as usize);
+        };
+        // The next window starts with a batch worth a quarter of a window.
+        self.batch = ((SAMPLE_NS as f64 / 4.0) / per_item).max(1.0) as usize;
+        let expensive = per_item >= ITEM_PARALLEL_MIN_NS;
+        let confirmed = expensive && self.expensive_before;
+        self.expensive_before = expensive;
+        if confirmed {
+            Verdict::Expensive(per_item)
+        } else {
+            Verdict::Cheap
+        }
+    }
+
+    /// Runs windows until the items are worth parallel work (their cost) or `run` stops.
+    pub(crate) fn until_expensive(
+        &mut self,
+        mut run: impl FnMut(usize) -> (usize, bool),
+    ) -> Option<f64> {
+        loop {
+            match self.window(&mut run) {
+                Verdict::Stop => return None,
+                Verdict::Cheap => {}
+                Verdict::Expensive(per_item) => return Some(per_item),
+            }
+        }
+    }
+}
+
+/// A `run` for [`CostProbe::window`] that maps `input` into `out` in bulk.
+pub(crate) fn extend_run<'a, I, R, F>(
+    input: &'a mut I,
+    f: &'a F,
+    out: &'a mut impl Extend<R>,
+) -> impl FnMut(usize) -> (usize, bool) + 'a
+where
+    I: Iterator,
+    F: Fn(I::Item) -> R,
+{
+    move |batch| {
+        let mut mapped = 0;
+        out.extend(input.by_ref().take(batch).map(|item| {
+            mapped += 1;
+            f(item)
+        }));
+        (mapped, mapped == batch)
+    }
+}
+
+/// Receives in-order results; false stops the map.
+trait Collect<O> {
+    fn push(&mut self, output: O) -> bool;
+
+    /// Takes a whole chunk's results (leaving `chunk` empty, its buffer kept).
+    fn push_chunk(&mut self, chunk: &mut Vec<O>) -> bool {
+        let mut keep_going = true;
+        for value in chunk.drain(..) {
+            if keep_going {
+                keep_going = self.push(value);
+            }
+        }
+        keep_going
+    }
+}
+
+/// The window loop shared by `map` and `try_map`: submits, runs and collects chunks in
+/// input order until the input ends or `collect` says stop.
+fn run_window<I, Op>(feeder: &mut Feeder<I, Op>, collect: &mut impl Collect<Op::Output>)
+where
+    I: Iterator,
+    I::Item: Send,
+    Op: ChunkOp<I::Item>,
+{
+    let window = feeder.window().len();
+    let mut pending: Vec<Option<usize>> = vec![None; window];
+    let mut next = 0usize;
+    loop {
+        feeder.fill();
+        let slot = match pending[next % window].take() {
+            Some(slot) => slot,
+            None => match feeder.next_completed() {
+                Some(slot) => slot,
+                None => return,
+            },
+        };
+        let (output, outcome, seq) = feeder.slot(slot);
+        if let Outcome::Panicked(_) = outcome {
+            let Outcome::Panicked(payload) = std::mem::take(outcome) else {
+                unreachable!()
+            };
+            feeder.release(slot);
+            feeder.cancel_and_wait();
+            std::panic::resume_unwind(payload);
+        }
+        if seq != next {
+            pending[seq % window] = Some(slot);
+            continue;
+        }
+        let keep_going = collect.push_chunk(output);
+        feeder.release(slot);
+        next += 1;
+        if !keep_going {
+            feeder.cancel_and_wait();
+            return;
+        }
+    }
+}
+
+/// Collects `map` results.
+struct IntoVec<'a, R>(&'a mut Vec<R>);
+
+impl<R> Collect<R> for IntoVec<'_, R> {
+    #[inline]
+    fn push(&mut self, output: R) -> bool {
+        self.0.push(output);
+        true
+    }
+
+    fn push_chunk(&mut self, chunk: &mut Vec<R>) -> bool {
+        self.0.append(chunk);
+        true
+    }
+}
+
+/// Collects `try_map` results up to the first error.
+struct UntilErr<'a, R, E> {
+    out: &'a mut Vec<R>,
+    error: Option<E>,
+}
+
+impl<R, E> Collect<Result<R, E>> for UntilErr<'_, R, E> {
+    #[inline]
+    fn push(&mut self, output: Result<R, E>) -> bool {
+        match output {
+            Ok(value) => {
+                self.out.push(value);
+                true
+            }
+            Err(error) => {
+                self.error = Some(error);
+                false
+            }
+        }
+    }
+}
+
+fn window_size(registry: &Registry) -> usize {
+    WINDOW_PER_THREAD * registry.num_threads().max(1)
+}
+
+/// `map`: ordered results of `f` over `items`, on `registry`'s pool.
+fn map_on<I, R, F>(registry: Arc<Registry>, items: I, chunk: Option<usize>, f: &F) -> Vec<R>
+where
+    I: IntoIterator,
+    I::Item: Send,
+    R: Send,
+    F: Fn(I::Item) -> R + Sync,
+{
+    let mut input = items.into_iter();
+    let mut out = Vec::with_capacity(input.size_hint().0);
+    let chunk = match chunk {
+        Some(size) => ChunkSize::Fixed(size),
+        None => match CostProbe::new().until_expensive(extend_run(&mut input, f, &mut out)) {
+            Some(per_item_ns) => ChunkSize::Auto { per_item_ns },
+            None => return out,
+        },
+    };
+    let window = Arc::new(Window::new(
+        RawOp { f },
+        Arc::clone(&registry),
+        window_size(&registry),
+    ));
+    let mut feeder = Feeder::new(window, input, chunk, true);
+    run_window(&mut feeder, &mut IntoVec(&mut out));
+    out
+}
+
+/// `try_map`: ordered results of `f` over `items` up to the first `Err`.
+fn try_map_on<I, R, E, F>(registry: Arc<Registry>, items: I, f: &F) -> Result<Vec<R>, E>
+where
+    I: IntoIterator,
+    I::Item: Send,
+    R: Send,
+    E: Send,
+    F: Fn(I::Item) -> Result<R, E> + Sync,
+{
+    let mut input = items.into_iter();
+    let mut collect = UntilErr {
+        out: &mut Vec::with_capacity(input.size_hint().0),
+        error: None,
+    };
+    let sampled = CostProbe::new().until_expensive(|batch| {
+        let mut mapped = 0;
+        for item in input.by_ref().take(batch) {
+            mapped += 1;
+            if !collect.push(f(item)) {
+                return (mapped, false);
+            }
+        }
+        (mapped, mapped == batch)
+    });
+    if let Some(per_item_ns) = sampled {
+        let op = RawTryOp(RawOp { f });
+        let window = Arc::new(Window::new(
+            op,
+            Arc::clone(&registry),
+            window_size(&registry),
+        ));
+        let mut feeder = Feeder::new(window, input, ChunkSize::Auto { per_item_ns }, true);
+        run_window(&mut feeder, &mut collect);
+    }
+    match collect.error {
+        Some(error) => Err(error),
+        None => Ok(std::mem::take(collect.out)),
+    }
+}
+
+impl ThreadPool {
+    /// Maps `f` over any iterator on this pool; results in input order. Python's
+    /// `Pool.map`.
+    ///
+    /// The input needs no size hint and need not be `Send`: the calling thread pulls it in
+    /// chunks (never a lock or a message per item), hands them to the workers, maps chunks
+    /// itself while it waits, and reassembles the results in order. The chunk size is chosen
+    /// from the measured cost of the first items and adapts as chunks complete; an input
+    /// that is done within that first measurement never leaves the calling thread. `f` may
+    /// borrow local data.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, the panic is re-raised here once no chunk is running any more; the
+    /// pool keeps serving.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let offset = 100;
+    /// let lines = "3\n1\n2".lines(); // no size hint needed
+    /// let values: Vec<u32> = pool.map(lines, |s| s.parse::<u32>().unwrap() + offset);
+    /// assert_eq!(values, [103, 101, 102]);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn map<I, R, F>(&self, items: I, f: F) -> Vec<R>
+    where
+        I: IntoIterator,
+        I::Item: Send,
+        R: Send,
+        F: Fn(I::Item) -> R + Sync,
+    {
+        map_on(Arc::clone(self.registry()), items, None, &f)
+    }
+
+    /// Like [`map`](ThreadPool::map), with a fixed number of items per chunk (Python's
+    /// `chunksize`).
+    ///
+    /// # Panics
+    ///
+    /// If `chunk_size` is 0; and as [`map`](ThreadPool::map) if `f` panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let doubled = pool.map_chunked(0..10, 3, |x| x * 2);
+    /// assert_eq!(doubled, [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn map_chunked<I, R, F>(&self, items: I, chunk_size: usize, f: F) -> Vec<R>
+    where
+        I: IntoIterator,
+        I::Item: Send,
+        R: Send,
+        F: Fn(I::Item) -> R + Sync,
+    {
+        assert!(chunk_size > 0, "parpool: the chunk size must be at least 1");
+        map_on(Arc::clone(self.registry()), items, Some(chunk_size), &f)
+    }
+
+    /// Maps a fallible `f` over any iterator, stopping at the first `Err`: input is no longer
+    /// pulled, chunks after the failing item are skipped, and the error is returned. The
+    /// result is what the sequential `items.map(f).collect::<Result<Vec<_>, _>>()` gives:
+    /// the values in input order, or the error of the earliest failing item.
+    ///
+    /// # Errors
+    ///
+    /// The first `Err` returned by `f`, in input order.
+    ///
+    /// # Panics
+    ///
+    /// As [`map`](ThreadPool::map).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let parsed: Result<Vec<u8>, _> = pool.try_map(["1", "2", "3"], |s| s.parse::<u8>());
+    /// assert_eq!(parsed.unwrap(), [1, 2, 3]);
+    /// let failed: Result<Vec<u8>, _> = pool.try_map(["1", "x", "300"], |s| s.parse::<u8>());
+    /// assert!(failed.is_err());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn try_map<I, R, E, F>(&self, items: I, f: F) -> Result<Vec<R>, E>
+    where
+        I: IntoIterator,
+        I::Item: Send,
+        R: Send,
+        E: Send,
+        F: Fn(I::Item) -> Result<R, E> + Sync,
+    {
+        try_map_on(Arc::clone(self.registry()), items, &f)
+    }
+}
+
+/// [`ThreadPool::map`] on the current pool (the pool whose worker calls it, else the
+/// global pool).
+///
+/// # Examples
+///
+/// ```
+/// let words = vec!["alpha", "beta"];
+/// assert_eq!(parpool::map(words.iter().copied(), str::len), [5, 4]);
+/// ```
+pub fn map<I, R, F>(items: I, f: F) -> Vec<R>
+where
+    I: IntoIterator,
+    I::Item: Send,
+    R: Send,
+    F: Fn(I::Item) -> R + Sync,
+{
+    map_on(current_registry_arc(), items, None, &f)
+}
+
+/// [`ThreadPool::map_chunked`] on the current pool.
+///
+/// # Panics
+///
+/// If `chunk_size` is 0; and if `f` panics.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(parpool::map_chunked(1..=4, 2, |x| x * x), [1, 4, 9, 16]);
+/// ```
+pub fn map_chunked<I, R, F>(items: I, chunk_size: usize, f: F) -> Vec<R>
+where
+    I: IntoIterator,
+    I::Item: Send,
+    R: Send,
+    F: Fn(I::Item) -> R + Sync,
+{
+    assert!(chunk_size > 0, "parpool: the chunk size must be at least 1");
+    map_on(current_registry_arc(), items, Some(chunk_size), &f)
+}
+
+/// [`ThreadPool::try_map`] on the current pool.
+///
+/// # Errors
+///
+/// The first `Err` returned by `f`, in input order.
+///
+/// # Examples
+///
+/// ```
+/// let sums = parpool::try_map(0..5u32, |x| x.checked_sub(1).ok_or("underflow"));
+/// assert_eq!(sums, Err("underflow"));
+/// ```
+pub fn try_map<I, R, E, F>(items: I, f: F) -> Result<Vec<R>, E>
+where
+    I: IntoIterator,
+    I::Item: Send,
+    R: Send,
+    E: Send,
+    F: Fn(I::Item) -> Result<R, E> + Sync,
+{
+    try_map_on(current_registry_arc(), items, &f)
+}

@@ -1,0 +1,564 @@
+//! The engine behind the iterator maps (`map`, `try_map`, `imap`, `imap_unordered`): a
+//! bounded window of chunks in flight between one *feeder* (the thread that pulls the
+//! input and consumes the results) and *drainer* jobs on the pool.
+//!
+//! # The window
+//!
+//! `W` slots, each holding one chunk: its input (`Vec<T>`), its results (`Vec<R>`),
+//! and its sequence number. A slot belongs to exactly one thread at a time, and ownership
+//! moves through two rings of slot indices:
+//!
+//! ```text
+//!   feeder: fill slot ──▶ submitted ring ──▶ drainer (claims in order): run the chunk
+//!   feeder: take results ◀── completed ring ◀──┘
+//! ```
+//!
+//! - **Submitted ring.** The feeder writes the slot index at position `published % W`, then
+//!   advances `published` with a release store. A drainer claims position `claimed` with a
+//!   compare-exchange on `claimed` (so each submission runs once), and its acquire load of
+//!   `published` makes the slot's contents visible. A position is rewritten only `W`
+//!   submissions later, which needs a free slot, which needs its chunk claimed and consumed:
+//!   claims happen in order, so the position was claimed before it is reused.
+//! - **Completed ring.** A drainer takes a position with `fetch_add` on `completed_tail` and
+//!   stores `slot + 1` there with release; the feeder reads positions in order, waits for a
+//!   non-zero entry (acquire: the results are visible), and zeroes it. At most `W` chunks
+//!   are in flight, so the ring never laps the feeder.
+//!
+//! Buffers stay in their slots and are reused, so a steady-state map allocates nothing per
+//! chunk. The feeder keeps the free list and all counters of its own; it also *helps*:
+//! while it waits for a completion it claims and runs submitted chunks itself.
+//!
+//! # Drainers
+//!
+//! A drainer is a pool job that claims and runs chunks until none is left, then retires.
+//! `drainers` counts the live ones (spawned and not yet retired). Retiring is a
+//! read-modify-write (`fetch_sub`) followed by one more look at `published`; the feeder's
+//! check before it blocks is a read-modify-write (`fetch_add(0)`) after it published. One of
+//! the two RMWs comes first in `drainers`' modification order: if the feeder's, the
+//! drainer's later RMW acquires the feeder's publication and its last look sees the chunk
+//! (it rejoins); if the drainer's, the feeder sees zero drainers and spawns one (or runs the
+//! chunk itself). So no submitted chunk is ever left without a thread to run it.
+//!
+//! The feeder never waits for unclaimed work: while it waits for a completion it claims
+//! chunks itself, so a chunk that no drainer took still runs. Drainers are for parallelism,
+//! not liveness.
+//!
+//! Each drainer holds an `Arc` of the window and a terminate reference of its pool (like a
+//! task), so dropping the pool waits for it; a feeder whose pool has already terminated runs
+//! every chunk itself. The blocking maps keep only a raw pointer to their closure in the
+//! window (see `iter.rs`): once the feeder has consumed every chunk, a drainer that lingers
+//! touches nothing but the window's atomics.
+//!
+//! # Waking the feeder
+//!
+//! `signal` counts completions (in steps of 2); bit 0 says the feeder sleeps. The feeder
+//! registers its latch, sets bit 0 with `fetch_or`, looks once more, then waits; a drainer's
+//! `fetch_add` after each completion returns the old value, so whichever RMW comes second
+//! sees the other's effect: the feeder sees the completion, or the drainer sees bit 0 and
+//! sets the latch.
+//!
+//! # Stopping
+//!
+//! `stop_seq` is the lowest sequence number after which chunks are skipped (their input is
+//! dropped, not mapped): `usize::MAX` normally, lowered by a failing `try_map` item, and 0
+//! after a panic or when the feeder gives up (an `imap` dropped early).
+
+use std::cell::UnsafeCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use super::clock::Stopwatch;
+use crate::pool::job::{HeapJob, Panic, catch};
+use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, WaitLatch, snooze};
+use crate::pool::registry::Registry;
+use crate::sync::{Mutex, lock};
+
+/// What a window applies to each item.
+pub(crate) trait ChunkOp<T>: Send + Sync {
+    /// The result of one item.
+    type Output: Send;
+    fn call(&self, item: T) -> Self::Output;
+    /// Whether [`stops`](ChunkOp::stops) can ever return true; if not, chunks are mapped
+    /// with one bulk `extend`.
+    const CAN_STOP: bool = false;
+
+    /// Whether the rest of the input after this result must not be mapped (`try_map`'s
+    /// first `Err`).
+    fn stops(&self, _output: &Self::Output) -> bool {
+        false
+    }
+}
+
+/// Plain `map`: every item through `f`.
+pub(crate) struct MapOp<F>(pub(crate) F);
+
+impl<T, R: Send, F: Fn(T) -> R + Send + Sync> ChunkOp<T> for MapOp<F> {
+    type Output = R;
+    #[inline]
+    fn call(&self, item: T) -> R {
+        (self.0)(item)
+    }
+}
+
+/// How a chunk ended.
+#[derive(Debug, Default)]
+pub(crate) enum Outcome {
+    /// Every item was mapped (or mapping stopped at an item for which `stops` is true).
+    #[default]
+    Done,
+    /// Skipped because of `stop_seq`: its input was dropped unmapped.
+    Skipped,
+    /// The op panicked; the results of the chunk were dropped.
+    Panicked(Panic),
+}
+
+/// One chunk's buffers. Owned by one thread at a time (see the module docs).
+struct SlotData<T, R> {
+    seq: usize,
+    input: Vec<T>,
+    output: Vec<R>,
+    outcome: Outcome,
+    /// How long running the chunk took, for the feeder's chunk sizing.
+    run_ns: f64,
+}
+
+struct Slot<T, R> {
+    data: UnsafeCell<SlotData<T, R>>,
+}
+
+/// The state shared by a feeder and its drainers.
+pub(crate) struct Window<T, Op: ChunkOp<T>> {
+    op: Op,
+    registry: Arc<Registry>,
+    slots: Box<[Slot<T, Op::Output>]>,
+    submitted: Box<[AtomicUsize]>,
+    published: CachePadded<AtomicUsize>,
+    claimed: CachePadded<AtomicUsize>,
+    completed: Box<[AtomicUsize]>,
+    completed_tail: CachePadded<AtomicUsize>,
+    drainers: CachePadded<AtomicUsize>,
+    signal: CachePadded<AtomicUsize>,
+    stop_seq: AtomicUsize,
+    /// The feeder's latch while it sleeps waiting for a completion.
+    feeder_latch: Mutex<Option<Arc<WaitLatch>>>,
+}
+
+// SAFETY: slot data is only touched by the thread that currently owns the slot, and the
+// rings' release/acquire pairs order each hand-over (module docs). Items and results move
+// between threads, hence `T: Send` and `Output: Send`; `Op` is shared, hence `Sync`.
+unsafe impl<T: Send, Op: ChunkOp<T>> Sync for Window<T, Op> {}
+// SAFETY: as above; the window owns its items and results.
+unsafe impl<T: Send, Op: ChunkOp<T>> Send for Window<T, Op> {}
+
+const SLEEPING: usize = 1;
+const ONE_COMPLETION: usize = 2;
+
+impl<T, Op: ChunkOp<T>> Window<T, Op> {
+    pub(crate) fn new(op: Op, registry: Arc<Registry>, window: usize) -> Self {
+        assert!(window > 0);
+        let slots = (0..window)
+            .map(|seq| Slot {
+                data: UnsafeCell::new(SlotData {
+                    seq,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    outcome: Outcome::Done,
+                    run_ns: 0.0,
+                }),
+            })
+            .collect();
+        let ring = || (0..window).map(|_| AtomicUsize::new(0)).collect();
+        Window {
+            op,
+            registry,
+            slots,
+            submitted: ring(),
+            published: CachePadded::new(AtomicUsize::new(0)),
+            claimed: CachePadded::new(AtomicUsize::new(0)),
+            completed: ring(),
+            completed_tail: CachePadded::new(AtomicUsize::new(0)),
+            drainers: CachePadded::new(AtomicUsize::new(0)),
+            signal: CachePadded::new(AtomicUsize::new(0)),
+            stop_seq: AtomicUsize::new(usize::MAX),
+            feeder_latch: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Skips every chunk after `seq` from now on.
+    pub(crate) fn stop_after(&self, seq: usize) {
+        self.stop_seq.fetch_min(seq, Ordering::Relaxed);
+    }
+
+    /// Claims the next submitted chunk, if any.
+    fn claim(&self) -> Option<usize> {
+        let mut claimed = self.claimed.load(Ordering::Relaxed);
+        loop {
+            // Acquire: pairs with the feeder's release of `published`; the slot index and
+            // the slot's contents are visible after it.
+            if claimed == self.published.load(Ordering::Acquire) {
+                return None;
+            }
+            match self.claimed.compare_exchange_weak(
+                claimed,
+                claimed + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    let slot = self.submitted[claimed % self.len()].load(Ordering::Relaxed);
+                    return Some(slot);
+                }
+                Err(actual) => claimed = actual,
+            }
+        }
+    }
+
+    /// Runs a claimed chunk and publishes its completion.
+    fn run(&self, slot: usize) {
+        // SAFETY: the slot was claimed by this thread: nobody else touches it until the
+        // completion below hands it back to the feeder.
+        let data = unsafe { &mut *self.slots[slot].data.get() };
+        if data.seq > self.stop_seq.load(Ordering::Relaxed) {
+            data.input.clear();
+            data.outcome = Outcome::Skipped;
+        } else {
+            let watch = Stopwatch::start();
+            let (input, output) = (&mut data.input, &mut data.output);
+            let result = catch(|| {
+                if Op::CAN_STOP {
+                    for item in input.drain(..) {
+                        let out = self.op.call(item);
+                        let stops = self.op.stops(&out);
+                        output.push(out);
+                        if stops {
+                            break;
+                        }
+                    }
+                } else {
+                    output.extend(input.drain(..).map(|item| self.op.call(item)));
+                }
+            });
+            // Items after a stopping result (or after a panic) were dropped by `drain`.
+            data.outcome = match result {
+                Ok(()) => {
+                    if Op::CAN_STOP && output.last().is_some_and(|out| self.op.stops(out)) {
+                        self.stop_after(data.seq);
+                    }
+                    Outcome::Done
+                }
+                Err(payload) => {
+                    output.clear();
+                    self.stop_after(0);
+                    Outcome::Panicked(payload)
+                }
+            };
+            data.run_ns = watch.elapsed_ns();
+        }
+        self.complete(slot);
+    }
+
+    fn complete(&self, slot: usize) {
+        let position = self.completed_tail.fetch_add(1, Ordering::Relaxed);
+        // Release: hands the slot's results to the feeder.
+        self.completed[position % self.len()].store(slot + 1, Ordering::Release);
+        if self.signal.fetch_add(ONE_COMPLETION, Ordering::AcqRel) & SLEEPING != 0 {
+            self.wake_feeder();
+        }
+    }
+
+    fn wake_feeder(&self) {
+        if let Some(latch) = lock(&self.feeder_latch).take() {
+            // SAFETY: the `Arc` keeps the latch alive.
+            unsafe { WaitLatch::set(&*latch) };
+        }
+    }
+}
+
+/// The drainer job's body: claim and run chunks until none is left, then retire (see
+/// "Drainers" in the module docs).
+fn drain<T, Op: ChunkOp<T>>(window: &Window<T, Op>) {
+    loop {
+        while let Some(slot) = window.claim() {
+            window.run(slot);
+        }
+        window.drainers.fetch_sub(1, Ordering::AcqRel);
+        if window.claimed.load(Ordering::Relaxed) == window.published.load(Ordering::Acquire) {
+            return;
+        }
+        // A chunk arrived after our last claim, and the feeder may have counted on us.
+        window.drainers.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// How big the chunks are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ChunkSize {
+    /// Set by the caller.
+    Fixed(usize),
+    /// Chosen so that a chunk takes about [`CHUNK_NS`], from the measured cost per item.
+    Auto { per_item_ns: f64 },
+}
+
+/// Target run time of an automatically sized chunk (ns). Handing a chunk over costs a few
+/// hundred nanoseconds (two ring entries, a claim, a wake-up check), so 50 µs chunks keep
+/// that under 1%, while a window of `4 × threads` of them still balances the load.
+pub(crate) const CHUNK_NS: f64 = 50_000.0;
+
+/// Upper bound on an automatic chunk, which bounds the memory in flight for cheap items:
+/// `window × MAX_CHUNK` items.
+pub(crate) const MAX_CHUNK: usize = 8192;
+
+/// Default window: chunks in flight per pool thread.
+pub(crate) const WINDOW_PER_THREAD: usize = 4;
+
+impl ChunkSize {
+    fn items(self) -> usize {
+        match self {
+            ChunkSize::Fixed(n) => n,
+            ChunkSize::Auto { per_item_ns } => {
+                (CHUNK_NS / per_item_ns.max(0.01)).clamp(1.0, MAX_CHUNK as f64) as usize
+            }
+        }
+    }
+
+    /// Folds a finished chunk's measured cost into the estimate (automatic sizes only).
+    fn observe(&mut self, items: usize, run_ns: f64) {
+        if let ChunkSize::Auto { per_item_ns } = self {
+            if items > 0 {
+                let sample = run_ns / items as f64;
+                *per_item_ns = 0.75 * *per_item_ns + 0.25 * sample;
+            }
+        }
+    }
+}
+
+/// The feeder's side of a window: the input iterator, the free slots, and the counters
+/// only it touches.
+pub(crate) struct Feeder<I: Iterator, Op: ChunkOp<I::Item>> {
+    window: Arc<Window<I::Item, Op>>,
+    input: I,
+    exhausted: bool,
+    free: Vec<usize>,
+    /// Submitted chunks whose completion the feeder has not received yet.
+    outstanding: usize,
+    next_seq: usize,
+    completed_head: usize,
+    chunk: ChunkSize,
+    max_drainers: usize,
+    /// Whether dropping the feeder waits for the outstanding chunks (the blocking maps,
+    /// whose op borrows the caller's frame) or only stops them (`imap`, whose op is owned).
+    wait_on_drop: bool,
+}
+
+impl<I: Iterator, Op: ChunkOp<I::Item>> Drop for Feeder<I, Op> {
+    fn drop(&mut self) {
+        if self.outstanding == 0 {
+            return;
+        }
+        self.window.stop_after(0);
+        if self.wait_on_drop {
+            // Reached only by unwinding (the normal path consumes every chunk): wait until
+            // no chunk runs any more, so nothing the op borrows is used after this frame.
+            while self.outstanding > 0 {
+                let slot = self.wait_completed_raw();
+                self.free.push(slot);
+            }
+        }
+    }
+}
+
+impl<I, Op> Feeder<I, Op>
+where
+    I: Iterator,
+    I::Item: Send,
+    Op: ChunkOp<I::Item>,
+{
+    pub(crate) fn new(
+        window: Arc<Window<I::Item, Op>>,
+        input: I,
+        chunk: ChunkSize,
+        wait_on_drop: bool,
+    ) -> Self {
+        let slots = window.len();
+        let max_drainers = window.registry.num_threads().saturating_sub(1).max(1);
+        Feeder {
+            free: (0..slots).rev().collect(),
+            window,
+            input,
+            exhausted: false,
+            outstanding: 0,
+            next_seq: 0,
+            completed_head: 0,
+            chunk,
+            max_drainers,
+            wait_on_drop,
+        }
+    }
+
+    pub(crate) fn window(&self) -> &Window<I::Item, Op> {
+        &self.window
+    }
+
+    /// Submits chunks while slots are free and input remains. Stops pulling input for good
+    /// once a chunk stopped the map (`try_map`'s first error, a panic).
+    pub(crate) fn fill(&mut self) {
+        if self.window.stop_seq.load(Ordering::Relaxed) != usize::MAX {
+            self.exhausted = true;
+        }
+        while !self.exhausted {
+            let Some(&slot) = self.free.last() else {
+                return;
+            };
+            let size = self.chunk.items();
+            // SAFETY: a free slot belongs to the feeder.
+            let data = unsafe { &mut *self.window.slots[slot].data.get() };
+            data.input.extend(self.input.by_ref().take(size));
+            if data.input.len() < size {
+                self.exhausted = true;
+                if data.input.is_empty() {
+                    return;
+                }
+            }
+            self.free.pop();
+            data.seq = self.next_seq;
+            data.outcome = Outcome::Done;
+            self.next_seq += 1;
+            self.outstanding += 1;
+            let position = self.window.published.load(Ordering::Relaxed);
+            self.window.submitted[position % self.window.len()].store(slot, Ordering::Relaxed);
+            // Release: hands the slot (and its position in the ring) to the drainers.
+            self.window.published.store(position + 1, Ordering::Release);
+            self.spawn_drainer_if_needed();
+        }
+    }
+
+    /// Starts one more drainer if fewer are running than threads and unclaimed chunks.
+    fn spawn_drainer_if_needed(&self) {
+        let window = &self.window;
+        let unclaimed =
+            window.published.load(Ordering::Relaxed) - window.claimed.load(Ordering::Relaxed);
+        let drainers = window.drainers.load(Ordering::Relaxed);
+        if drainers >= self.max_drainers.min(unclaimed) {
+            return;
+        }
+        if !window.registry.try_increment_terminate_count() {
+            // The pool is shutting down: the feeder runs the chunks itself.
+            return;
+        }
+        window.drainers.fetch_add(1, Ordering::AcqRel);
+        let for_job = Arc::clone(&self.window);
+        let job = move || {
+            let registry = Arc::clone(&for_job.registry);
+            drain(&for_job);
+            drop(for_job);
+            registry.terminate();
+        };
+        // SAFETY: the job owns an `Arc` of the window; what the window's op borrows is
+        // only used while a chunk runs, and every chunk completes before the feeder (which
+        // holds that borrow) is done (see `iter.rs`, and `'static` ops for `imap`).
+        let job = unsafe { HeapJob::into_job_ref(job) };
+        window.registry.push_or_inject(job);
+    }
+}
+
+impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
+    /// Blocks until a chunk completes and returns its slot (now owned by the feeder; give it
+    /// back with [`Feeder::release`]); `None` if nothing is outstanding. While it waits, the
+    /// feeder runs submitted chunks itself.
+    pub(crate) fn next_completed(&mut self) -> Option<usize> {
+        if self.outstanding == 0 {
+            return None;
+        }
+        Some(self.wait_completed_raw())
+    }
+
+    /// Waits for the next completion (at least one chunk is outstanding); see
+    /// [`Feeder::next_completed`].
+    fn wait_completed_raw(&mut self) -> usize {
+        let mut round = 0;
+        loop {
+            if let Some(slot) = self.poll_completed() {
+                return slot;
+            }
+            if let Some(slot) = self.window.claim() {
+                self.window.run(slot);
+                continue;
+            }
+            // Every submitted chunk is claimed and running elsewhere.
+            if round < SPIN_HINT_ROUNDS {
+                snooze(round);
+                round += 1;
+                continue;
+            }
+            return self.sleep_until_completed();
+        }
+    }
+
+    fn poll_completed(&mut self) -> Option<usize> {
+        let entry = &self.window.completed[self.completed_head % self.window.len()];
+        // Acquire: pairs with the drainer's release; the slot's results are visible.
+        let value = entry.load(Ordering::Acquire);
+        if value == 0 {
+            return None;
+        }
+        entry.store(0, Ordering::Relaxed);
+        self.completed_head += 1;
+        self.outstanding -= 1;
+        let slot = value - 1;
+        // SAFETY: the completion handed the slot to the feeder.
+        let data = unsafe { &*self.window.slots[slot].data.get() };
+        let items = data.output.len();
+        self.chunk.observe(items, data.run_ns);
+        Some(slot)
+    }
+
+    #[cold]
+    fn sleep_until_completed(&mut self) -> usize {
+        loop {
+            let latch = Arc::new(WaitLatch::for_current_thread());
+            *lock(&self.window.feeder_latch) = Some(Arc::clone(&latch));
+            self.window.signal.fetch_or(SLEEPING, Ordering::AcqRel);
+            let found = self.poll_completed();
+            if found.is_none() {
+                latch.wait();
+            }
+            self.window.signal.fetch_and(!SLEEPING, Ordering::AcqRel);
+            lock(&self.window.feeder_latch).take();
+            if let Some(slot) = found.or_else(|| self.poll_completed()) {
+                return slot;
+            }
+        }
+    }
+
+    /// The data of a slot the feeder owns (a completed one, before `release`).
+    pub(crate) fn slot(&mut self, slot: usize) -> (&mut Vec<Op::Output>, &mut Outcome, usize) {
+        // SAFETY: the feeder owns completed slots until it releases them, and `&mut self`
+        // makes this the only access.
+        let data = unsafe { &mut *self.window.slots[slot].data.get() };
+        (&mut data.output, &mut data.outcome, data.seq)
+    }
+
+    /// Gives a completed slot back (its buffers stay for reuse).
+    pub(crate) fn release(&mut self, slot: usize) {
+        let (output, outcome, _) = self.slot(slot);
+        output.clear();
+        *outcome = Outcome::Done;
+        self.free.push(slot);
+    }
+
+    /// Stops the map: later chunks are skipped, and this returns once every outstanding chunk
+    /// has come back (running chunks cannot be interrupted), with its results dropped.
+    pub(crate) fn cancel_and_wait(&mut self) {
+        self.window.stop_after(0);
+        self.exhausted = true;
+        while let Some(slot) = self.next_completed() {
+            self.release(slot);
+        }
+    }
+}
