@@ -267,6 +267,14 @@ impl<R, E> Collect<Result<R, E>> for UntilErr<'_, R, E> {
     }
 }
 
+/// The length of an iterator that knows it exactly (to size the output once), else 0.
+fn exact_len(input: &impl Iterator) -> usize {
+    match input.size_hint() {
+        (lower, Some(upper)) if lower == upper => lower,
+        _ => 0,
+    }
+}
+
 fn window_size(registry: &Registry) -> usize {
     WINDOW_PER_THREAD * registry.num_threads().max(1)
 }
@@ -280,7 +288,7 @@ where
     F: Fn(I::Item) -> R + Sync,
 {
     let mut input = items.into_iter();
-    let mut out = Vec::with_capacity(input.size_hint().0);
+    let mut out = Vec::with_capacity(exact_len(&input));
     let chunk = match chunk {
         Some(size) => ChunkSize::Fixed(size),
         None => match CostProbe::new().until_expensive(extend_run(&mut input, f, &mut out)) {
@@ -309,7 +317,7 @@ where
 {
     let mut input = items.into_iter();
     let mut collect = UntilErr {
-        out: &mut Vec::with_capacity(input.size_hint().0),
+        out: &mut Vec::with_capacity(exact_len(&input)),
         error: None,
     };
     let sampled = CostProbe::new().until_expensive(|batch| {

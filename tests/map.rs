@@ -1,0 +1,532 @@
+//! The map family against sequential code: `par_map`, `par_map_into`, `into_par_map`,
+//! ranges, `map`, `map_chunked`, `try_map`, `imap`, `imap_unordered`; plus panics, early
+//! drops, infinite input, destructors and bad settings.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use parpool::prelude::*;
+use proptest::prelude::*;
+
+/// Lengths the issue asks for besides random ones: empty, one, primes.
+const EDGE_LENGTHS: [usize; 6] = [0, 1, 2, 7, 997, 7919];
+
+fn pool(threads: usize) -> ThreadPool {
+    ThreadPool::new(threads).unwrap()
+}
+
+/// A deliberately uneven function, so that chunks and leaves take different times.
+fn work(x: u64) -> u64 {
+    let rounds = x % 7;
+    (0..rounds).fold(x, |acc, i| acc.wrapping_mul(31).wrapping_add(i))
+}
+
+/// Runs `f` expecting a panic, returning its message.
+fn panic_message(f: impl FnOnce()) -> String {
+    let payload = panic::catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .expect("string payload")
+}
+
+/// A value that counts how many of its kind are alive; a double drop drives the count
+/// below zero.
+#[derive(Debug)]
+struct Tracked {
+    live: Arc<AtomicIsize>,
+    value: u64,
+}
+
+impl Tracked {
+    fn new(live: &Arc<AtomicIsize>, value: u64) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        Tracked {
+            live: Arc::clone(live),
+            value,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn par_map_matches_sequential(
+        data in prop::collection::vec(any::<u64>(), 0..3000),
+        threads in 1usize..=16,
+    ) {
+        let pool = pool(threads);
+        let expected: Vec<u64> = data.iter().map(|&x| work(x)).collect();
+        prop_assert_eq!(pool.install(|| data.par_map(|&x| work(x))), expected.clone());
+        let mut out = vec![7u64; data.len() % 13];
+        pool.install(|| data.par_map_into(|&x| work(x), &mut out));
+        prop_assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn into_par_map_matches_sequential(
+        data in prop::collection::vec(".{0,8}", 0..500),
+        threads in 1usize..=16,
+    ) {
+        let expected: Vec<usize> = data.iter().map(|s| s.len() * 3).collect();
+        let got = pool(threads).install(|| data.clone().into_par_map(|s| s.len() * 3));
+        prop_assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn ranges_match_sequential(start in -2000i64..2000, len in 0i64..3000, threads in 1usize..=16) {
+        let pool = pool(threads);
+        let end = start + len;
+        let expected: Vec<i64> = (start..end).map(|x| x * 3).collect();
+        prop_assert_eq!(pool.install(|| (start..end).par_map(|x| x * 3)), expected);
+        let expected: Vec<i64> = (start..=end).map(|x| x - 1).collect();
+        prop_assert_eq!(pool.install(|| (start..=end).par_map(|x| x - 1)), expected);
+    }
+
+    #[test]
+    fn map_matches_sequential(
+        data in prop::collection::vec(any::<u64>(), 0..3000),
+        threads in 1usize..=16,
+    ) {
+        // A filter has no exact size hint.
+        let expected: Vec<u64> = data.iter().filter(|&&x| x % 5 != 0).map(|&x| work(x)).collect();
+        let got = pool(threads).map(data.iter().filter(|&&x| x % 5 != 0), |&x| work(x));
+        prop_assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn map_chunked_matches_sequential(
+        data in prop::collection::vec(any::<u64>(), 0..1000),
+        chunk_seed in any::<usize>(),
+        threads in 1usize..=16,
+    ) {
+        let chunk = 1 + chunk_seed % (data.len() + 1);
+        let expected: Vec<u64> = data.iter().map(|&x| work(x)).collect();
+        prop_assert_eq!(pool(threads).map_chunked(data.iter(), chunk, |&x| work(x)), expected);
+    }
+
+    #[test]
+    fn try_map_matches_sequential(
+        data in prop::collection::vec(0u64..1000, 0..3000),
+        threads in 1usize..=16,
+    ) {
+        // Items above 990 fail: some inputs have no failure, some several.
+        let f = |x: &u64| if *x > 990 { Err(*x) } else { Ok(work(*x)) };
+        let expected: Result<Vec<u64>, u64> = data.iter().map(f).collect();
+        prop_assert_eq!(pool(threads).try_map(data.iter(), f), expected);
+    }
+
+    #[test]
+    fn imap_matches_sequential(
+        data in prop::collection::vec(any::<u64>(), 0..3000),
+        threads in 1usize..=16,
+        chunk in proptest::option::of(1usize..64),
+        window in proptest::option::of(1usize..8),
+    ) {
+        let pool = pool(threads);
+        let expected: Vec<u64> = data.iter().map(|&x| work(x)).collect();
+        let mut lazy = pool.imap(data.clone(), work);
+        if let Some(chunk) = chunk {
+            lazy = lazy.chunk_size(chunk);
+        }
+        if let Some(window) = window {
+            lazy = lazy.window(window);
+        }
+        prop_assert_eq!(lazy.collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn imap_unordered_yields_each_item_once(
+        data in prop::collection::vec(any::<u64>(), 0..3000),
+        threads in 1usize..=16,
+        chunk in proptest::option::of(1usize..64),
+    ) {
+        let pool = pool(threads);
+        let mut expected: Vec<(u64, u64)> = data.iter().map(|&x| (x, work(x))).collect();
+        let mut lazy = pool.imap_unordered(data.clone(), |x| (x, work(x)));
+        if let Some(chunk) = chunk {
+            lazy = lazy.chunk_size(chunk);
+        }
+        let mut got: Vec<(u64, u64)> = lazy.collect();
+        expected.sort_unstable();
+        got.sort_unstable();
+        prop_assert_eq!(got, expected);
+    }
+}
+
+#[test]
+fn edge_lengths_for_every_variant() {
+    let pool = pool(3);
+    for len in EDGE_LENGTHS {
+        let data: Vec<u64> = (0..len as u64).collect();
+        let expected: Vec<u64> = data.iter().map(|&x| work(x)).collect();
+        assert_eq!(
+            pool.install(|| data.par_map(|&x| work(x))),
+            expected,
+            "par_map {len}"
+        );
+        assert_eq!(
+            pool.install(|| data.clone().into_par_map(work)),
+            expected,
+            "into {len}"
+        );
+        assert_eq!(pool.map(data.iter(), |&x| work(x)), expected, "map {len}");
+        assert_eq!(
+            pool.map_chunked(data.iter(), 3, |&x| work(x)),
+            expected,
+            "chunked {len}"
+        );
+        assert_eq!(
+            pool.try_map(data.iter(), |&x| Ok::<_, ()>(work(x))),
+            Ok(expected.clone())
+        );
+        assert_eq!(
+            pool.imap(data.clone(), work).collect::<Vec<_>>(),
+            expected,
+            "imap {len}"
+        );
+        let mut unordered: Vec<u64> = pool.imap_unordered(data.clone(), work).collect();
+        unordered.sort_unstable();
+        let mut sorted = expected.clone();
+        sorted.sort_unstable();
+        assert_eq!(unordered, sorted, "imap_unordered {len}");
+    }
+}
+
+#[test]
+fn about_a_million_items_for_every_variant() {
+    const N: u64 = 1 << 20;
+    let pool = pool(2);
+    let data: Vec<u64> = (0..N).collect();
+    let expected: Vec<u64> = data.iter().map(|&x| x * 2 + 1).collect();
+    assert_eq!(pool.install(|| data.par_map(|x| x * 2 + 1)), expected);
+    assert_eq!(pool.install(|| (0..N).par_map(|x| x * 2 + 1)), expected);
+    assert_eq!(
+        pool.install(|| data.clone().into_par_map(|x| x * 2 + 1)),
+        expected
+    );
+    assert_eq!(
+        pool.map(data.iter().filter(|_| true), |x| x * 2 + 1),
+        expected
+    );
+    assert_eq!(pool.map_chunked(0..N, 1000, |x| x * 2 + 1), expected);
+    assert_eq!(pool.imap(0..N, |x| x * 2 + 1).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        pool.imap_unordered(0..N, |x| x * 2 + 1)
+            .map(|x| x as u128)
+            .sum::<u128>(),
+        { expected.iter().map(|&x| x as u128).sum() }
+    );
+}
+
+#[test]
+fn slow_items_take_the_parallel_paths() {
+    // Items expensive enough that every variant hands work to the pool; each result must
+    // still be in place. Items record the thread they ran on.
+    let pool = pool(4);
+    let slow = |x: u64| {
+        std::thread::sleep(std::time::Duration::from_micros(50));
+        x + 1
+    };
+    let data: Vec<u64> = (0..400).collect();
+    let expected: Vec<u64> = data.iter().map(|x| x + 1).collect();
+    assert_eq!(pool.install(|| data.par_map(|&x| slow(x))), expected);
+    assert_eq!(pool.map(data.iter(), |&x| slow(x)), expected);
+    assert_eq!(pool.imap(data.clone(), slow).collect::<Vec<_>>(), expected);
+    let threads = Mutex::new(std::collections::HashSet::new());
+    pool.install(|| {
+        data.par_map(|&x| {
+            threads.lock().unwrap().insert(std::thread::current().id());
+            slow(x)
+        })
+    });
+    assert!(
+        threads.into_inner().unwrap().len() > 1,
+        "the work was spread over threads"
+    );
+}
+
+#[test]
+fn par_map_uses_the_installed_pool_and_nests() {
+    let outer = pool(3);
+    let sizes = outer.install(|| (0..50u32).par_map(|_| parpool::current_num_threads()));
+    assert!(sizes.iter().all(|&n| n == 3));
+    let nested: Vec<u64> = outer.install(|| {
+        (0..100u64).par_map(|i| (0..i).collect::<Vec<_>>().par_map(|x| x * 2).iter().sum())
+    });
+    let expected: Vec<u64> = (0..100u64).map(|i| (0..i).map(|x| x * 2).sum()).collect();
+    assert_eq!(nested, expected);
+    // Iterator maps nested inside a parallel map, and the other way round.
+    let mixed: Vec<usize> =
+        outer.install(|| (0..20usize).par_map(|i| parpool::map(0..i, |x| x + 1).len()));
+    assert_eq!(mixed, (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn imap_takes_infinite_input_lazily() {
+    let pool = pool(2);
+    let first: Vec<u64> = pool.imap(0u64.., |x| x * x).take(1000).collect();
+    assert_eq!(first, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool.imap_unordered(0u64.., work).take(1000).collect();
+    unordered.sort_unstable();
+    unordered.dedup();
+    assert_eq!(
+        unordered.len(),
+        1000,
+        "each infinite-input item yielded once"
+    );
+}
+
+#[test]
+fn lazy_iterators_pull_only_a_window_ahead() {
+    let pool = pool(2);
+    for ordered in [true, false] {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&pulled);
+        let input = (0u64..).inspect(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let (chunk, window) = (16, 4);
+        let taken = if ordered {
+            pool.imap(input, work)
+                .chunk_size(chunk)
+                .window(window)
+                .take(100)
+                .count()
+        } else {
+            pool.imap_unordered(input, work)
+                .chunk_size(chunk)
+                .window(window)
+                .take(100)
+                .count()
+        };
+        assert_eq!(taken, 100);
+        let pulled = pulled.load(Ordering::SeqCst);
+        // At most the window (plus the chunk being filled) beyond what was consumed.
+        assert!(
+            pulled <= 100 + (window + 1) * chunk,
+            "pulled {pulled} items for 100"
+        );
+    }
+}
+
+#[test]
+fn dropping_lazy_iterators_early_never_waits_for_running_chunks() {
+    let pool = pool(2);
+    for ordered in [true, false] {
+        // Items from 200 on block until released: when the iterator is dropped, chunks are
+        // blocked on the pool. If `drop` waited for them, this test would hang.
+        let hold = Arc::new(AtomicBool::new(true));
+        let for_items = Arc::clone(&hold);
+        let f = move |x: u64| {
+            while x >= 200 && for_items.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            x
+        };
+        let taken: Vec<u64> = if ordered {
+            let mut lazy = pool.imap(0u64.., f).chunk_size(8).window(8);
+            let taken = lazy.by_ref().take(150).collect();
+            drop(lazy);
+            taken
+        } else {
+            let mut lazy = pool.imap_unordered(0u64.., f).chunk_size(8).window(8);
+            let taken = lazy.by_ref().take(150).collect();
+            drop(lazy);
+            taken
+        };
+        assert_eq!(taken.len(), 150);
+        hold.store(false, Ordering::SeqCst);
+    }
+    // The pool still serves.
+    assert_eq!(pool.map(0..10u64, |x| x + 1), (1..11).collect::<Vec<_>>());
+}
+
+#[test]
+fn panic_at_item_k_is_reraised_and_the_pool_keeps_serving() {
+    let pool = pool(2);
+    let data: Vec<u64> = (0..5000).collect();
+    let boom = |x: u64| {
+        assert!(x != 3210, "boom at {x}");
+        x
+    };
+    for _ in 0..3 {
+        let message = "boom at 3210";
+        assert_eq!(
+            panic_message(|| drop(pool.install(|| data.par_map(|&x| boom(x))))),
+            message
+        );
+        assert_eq!(
+            panic_message(|| drop(pool.install(|| data.clone().into_par_map(boom)))),
+            message
+        );
+        assert_eq!(
+            panic_message(|| drop(pool.map(data.iter(), |&x| boom(x)))),
+            message
+        );
+        assert_eq!(
+            panic_message(|| drop(pool.map_chunked(0..5000u64, 7, boom))),
+            message
+        );
+        assert_eq!(
+            panic_message(|| drop(pool.try_map(0..5000u64, |x| Ok::<_, ()>(boom(x))))),
+            message
+        );
+        assert_eq!(
+            panic_message(|| drop(pool.imap(0..5000u64, boom).count())),
+            message
+        );
+        assert_eq!(
+            panic_message(|| drop(pool.imap_unordered(0..5000u64, boom).count())),
+            message
+        );
+    }
+    assert_eq!(pool.install(|| data.par_map(|&x| x + 1)).len(), 5000);
+    assert_eq!(pool.imap(0..10u64, |x| x).count(), 10);
+}
+
+#[test]
+fn try_map_stops_pulling_after_the_first_error() {
+    let pool = pool(2);
+    let pulled = AtomicUsize::new(0);
+    let input = (0u64..).inspect(|_| {
+        pulled.fetch_add(1, Ordering::SeqCst);
+    });
+    let result = pool.try_map(input, |x| if x == 5000 { Err(x) } else { Ok(x) });
+    assert_eq!(result, Err(5000));
+    // Infinite input: returning at all proves that pulling stopped.
+    assert!(pulled.load(Ordering::SeqCst) >= 5001);
+    // The earliest failure in input order wins, as sequentially.
+    let result = pool.try_map(
+        0..10_000u64,
+        |x| if x % 1000 == 999 { Err(x) } else { Ok(x) },
+    );
+    assert_eq!(result, Err(999));
+}
+
+#[test]
+fn destructors_run_exactly_once() {
+    let live = Arc::new(AtomicIsize::new(0));
+    let pool = pool(3);
+    {
+        let inputs: Vec<Tracked> = (0..4000).map(|i| Tracked::new(&live, i)).collect();
+        let outputs = pool.install(|| inputs.into_par_map(|t| Tracked::new(&t.live, t.value * 2)));
+        assert_eq!(outputs.len(), 4000);
+        assert!(
+            outputs
+                .iter()
+                .enumerate()
+                .all(|(i, t)| t.value == 2 * i as u64)
+        );
+        let outputs = pool.install(|| outputs.par_map(|t| Tracked::new(&t.live, t.value)));
+        drop(outputs);
+    }
+    assert_eq!(live.load(Ordering::SeqCst), 0, "after the normal paths");
+
+    // Panics: inputs not yet mapped and outputs already made are all dropped, once.
+    for k in [0u64, 1, 1999, 3999] {
+        let inputs: Vec<Tracked> = (0..4000).map(|i| Tracked::new(&live, i)).collect();
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+            pool.install(|| {
+                inputs.into_par_map(|t| {
+                    assert!(t.value != k, "boom");
+                    Tracked::new(&t.live, t.value)
+                })
+            })
+        }));
+        assert_eq!(live.load(Ordering::SeqCst), 0, "into_par_map panic at {k}");
+
+        let source = live.clone();
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+            pool.map((0..4000u64).map(|i| Tracked::new(&source, i)), |t| {
+                assert!(t.value != k, "boom");
+                Tracked::new(&t.live, t.value)
+            })
+        }));
+        assert_eq!(live.load(Ordering::SeqCst), 0, "map panic at {k}");
+
+        let source = live.clone();
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+            let made: Vec<Tracked> = pool
+                .imap(
+                    (0..4000u64).map(move |i| Tracked::new(&source, i)),
+                    move |t| {
+                        assert!(t.value != k, "boom");
+                        t
+                    },
+                )
+                .collect();
+            drop(made);
+        }));
+        assert_eq!(live.load(Ordering::SeqCst), 0, "imap panic at {k}");
+    }
+
+    // Early drop of the lazy iterators, with results still in flight.
+    for ordered in [true, false] {
+        let source = live.clone();
+        let input = (0u64..).map(move |i| Tracked::new(&source, i));
+        let taken: Vec<Tracked> = if ordered {
+            pool.imap(input, |t| t).chunk_size(32).take(500).collect()
+        } else {
+            pool.imap_unordered(input, |t| t)
+                .chunk_size(32)
+                .take(500)
+                .collect()
+        };
+        drop(taken);
+    }
+    // Chunks that were running when the iterators were dropped finish on the pool; the
+    // pool's drop waits for them.
+    drop(pool);
+    assert_eq!(live.load(Ordering::SeqCst), 0, "after early drops");
+}
+
+#[test]
+#[should_panic(expected = "chunk size must be at least 1")]
+fn map_chunked_rejects_zero() {
+    pool(1).map_chunked(0..10, 0, |x| x);
+}
+
+#[test]
+#[should_panic(expected = "chunk size must be at least 1")]
+fn imap_rejects_zero_chunk_size() {
+    let _ = pool(1).imap(0..10, |x| x).chunk_size(0);
+}
+
+#[test]
+#[should_panic(expected = "window must hold at least one chunk")]
+fn imap_rejects_zero_window() {
+    let _ = pool(1).imap_unordered(0..10, |x| x).window(0);
+}
+
+#[test]
+#[should_panic(expected = "must be set before the first call to next()")]
+fn imap_settings_are_fixed_once_started() {
+    let mut lazy = pool(1).imap(0..10, |x| x);
+    lazy.next();
+    let _ = lazy.chunk_size(4);
+}
+
+#[test]
+fn free_functions_use_the_current_pool() {
+    let pool = pool(3);
+    let sizes = pool.install(|| parpool::map(0..10, |_| parpool::current_num_threads()));
+    assert!(sizes.iter().all(|&n| n == 3));
+    let collected: Vec<u32> = pool.install(|| parpool::imap(0..10u32, |x| x).collect());
+    assert_eq!(collected, (0..10).collect::<Vec<_>>());
+    assert_eq!(parpool::map_chunked(0..4, 1, |x| x * 3), [0, 3, 6, 9]);
+    assert_eq!(
+        parpool::try_map(0..4, |x| Ok::<_, ()>(x)),
+        Ok(vec![0, 1, 2, 3])
+    );
+    assert_eq!(parpool::imap_unordered(0..4u8, |x| x).count(), 4);
+}
