@@ -382,11 +382,15 @@ fn panic_at_item_k_is_reraised_and_the_pool_keeps_serving() {
             message
         );
         assert_eq!(
-            panic_message(|| drop(pool.imap(0..5000u64, boom).count())),
+            panic_message(|| {
+                pool.imap(0..5000u64, boom).count();
+            }),
             message
         );
         assert_eq!(
-            panic_message(|| drop(pool.imap_unordered(0..5000u64, boom).count())),
+            panic_message(|| {
+                pool.imap_unordered(0..5000u64, boom).count();
+            }),
             message
         );
     }
@@ -524,9 +528,6 @@ fn free_functions_use_the_current_pool() {
     let collected: Vec<u32> = pool.install(|| parpool::imap(0..10u32, |x| x).collect());
     assert_eq!(collected, (0..10).collect::<Vec<_>>());
     assert_eq!(parpool::map_chunked(0..4, 1, |x| x * 3), [0, 3, 6, 9]);
-    assert_eq!(
-        parpool::try_map(0..4, |x| Ok::<_, ()>(x)),
-        Ok(vec![0, 1, 2, 3])
-    );
+    assert_eq!(parpool::try_map(0..4, Ok::<_, ()>), Ok(vec![0, 1, 2, 3]));
     assert_eq!(parpool::imap_unordered(0..4u8, |x| x).count(), 4);
 }
