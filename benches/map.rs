@@ -1,0 +1,246 @@
+//! Map-family benchmarks: parpool beside sequential code and rayon (and Python's
+//! `ThreadPool.imap` where it applies) in the same criterion groups.
+//!
+//! | group | what |
+//! |---|---|
+//! | `fresh_10m` | 10M `u64`, `x * 2 + 1`, into a new `Vec` |
+//! | `reuse_10m` | the same into a reused buffer |
+//! | `items_1us_1m` | 1M items of ~1 µs each |
+//! | `ramp_100k` | 100k items whose cost grows with the index |
+//! | `tiny_1k` | 1k trivial items |
+//! | `plain_iter_1m` | 1M trivial items from an iterator without a size hint, ordered |
+//! | `imap_200k_1us` | 200k items of ~1 µs from a plain iterator, lazily |
+//! | `imap_chunk1` | cost per item of `imap` with chunk size 1 (100k trivial items) |
+//!
+//! Run with `cargo bench --bench map`; quote the medians and the ratios within a group.
+
+use std::hint::black_box;
+use std::process::Command;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use parpool::prelude::*;
+use rayon::prelude::*;
+
+const THREADS: usize = 2;
+
+/// Spins for about `units` × 4.2 ns of CPU on the reference machine (a dependent multiply
+/// chain, so it cannot be vectorised away).
+fn spin(units: u64) -> u64 {
+    let mut x = units;
+    for _ in 0..units * 4 {
+        x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+    }
+    x
+}
+
+/// ~1 µs of work.
+fn one_micro(x: u64) -> u64 {
+    spin(240) ^ x
+}
+
+/// An iterator over `0..n` with no size hint.
+fn plain(n: u64) -> impl Iterator<Item = u64> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        i += 1;
+        (i <= n).then_some(i - 1)
+    })
+}
+
+fn python(case: &str, items: u64) -> Option<Duration> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/python/map_baseline.py"
+    );
+    let output = Command::new("python3")
+        .args([script, case, &items.to_string()])
+        .output()
+        .ok()?;
+    let nanos: u64 = String::from_utf8(output.stdout).ok()?.trim().parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
+fn pools() -> (parpool::ThreadPool, rayon::ThreadPool) {
+    (
+        parpool::ThreadPool::new(THREADS).unwrap(),
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(THREADS)
+            .build()
+            .unwrap(),
+    )
+}
+
+fn slices(c: &mut Criterion) {
+    let (pool, rayon) = pools();
+    let data: Vec<u64> = (0..10_000_000).collect();
+
+    let mut group = c.benchmark_group("fresh_10m");
+    group.sample_size(20);
+    group.bench_function("sequential", |b| {
+        b.iter(|| data.iter().map(|x| x * 2 + 1).collect::<Vec<u64>>())
+    });
+    group.bench_function("parpool", |b| {
+        b.iter(|| pool.install(|| data.par_map(|x| x * 2 + 1)))
+    });
+    group.bench_function("rayon", |b| {
+        b.iter(|| rayon.install(|| data.par_iter().map(|x| x * 2 + 1).collect::<Vec<u64>>()))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("reuse_10m");
+    group.sample_size(20);
+    let mut out = Vec::new();
+    group.bench_function("sequential_fresh", |b| {
+        b.iter(|| data.iter().map(|x| x * 2 + 1).collect::<Vec<u64>>())
+    });
+    group.bench_function("sequential", |b| {
+        b.iter(|| {
+            out.clear();
+            out.extend(data.iter().map(|x| x * 2 + 1));
+        })
+    });
+    group.bench_function("parpool", |b| {
+        b.iter(|| pool.install(|| data.par_map_into(|x| x * 2 + 1, &mut out)))
+    });
+    group.bench_function("rayon", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                data.par_iter()
+                    .map(|x| x * 2 + 1)
+                    .collect_into_vec(&mut out)
+            })
+        })
+    });
+    group.finish();
+
+    let items: Vec<u64> = (0..1_000_000).collect();
+    let mut group = c.benchmark_group("items_1us_1m");
+    group.sample_size(10);
+    group.bench_function("sequential", |b| {
+        b.iter(|| items.iter().map(|&x| one_micro(x)).collect::<Vec<u64>>())
+    });
+    group.bench_function("parpool", |b| {
+        b.iter(|| pool.install(|| items.par_map(|&x| one_micro(x))))
+    });
+    group.bench_function("rayon", |b| {
+        b.iter(|| rayon.install(|| items.par_iter().map(|&x| one_micro(x)).collect::<Vec<_>>()))
+    });
+    group.finish();
+
+    // Item i costs ~i × 0.17 ns (~17 µs for the last); ~0.85 s of work in all.
+    let ramp: Vec<u64> = (0..100_000).collect();
+    let cost = |i: u64| spin(i / 25);
+    let mut group = c.benchmark_group("ramp_100k");
+    group.sample_size(10);
+    group.bench_function("sequential", |b| {
+        b.iter(|| ramp.iter().map(|&i| cost(i)).collect::<Vec<u64>>())
+    });
+    group.bench_function("static_split", |b| {
+        b.iter(|| {
+            let (left, right) = ramp.split_at(ramp.len() / 2);
+            let (a, b) = pool.join(
+                || left.iter().map(|&i| cost(i)).collect::<Vec<u64>>(),
+                || right.iter().map(|&i| cost(i)).collect::<Vec<u64>>(),
+            );
+            [a, b].concat()
+        })
+    });
+    group.bench_function("parpool", |b| {
+        b.iter(|| pool.install(|| ramp.par_map(|&i| cost(i))))
+    });
+    group.bench_function("rayon", |b| {
+        b.iter(|| rayon.install(|| ramp.par_iter().map(|&i| cost(i)).collect::<Vec<_>>()))
+    });
+    group.finish();
+
+    let tiny: Vec<u64> = (0..1000).collect();
+    let mut group = c.benchmark_group("tiny_1k");
+    group.bench_function("sequential", |b| {
+        b.iter(|| {
+            black_box(&tiny)
+                .iter()
+                .map(|x| x * 2 + 1)
+                .collect::<Vec<u64>>()
+        })
+    });
+    group.bench_function("parpool", |b| {
+        b.iter(|| pool.install(|| black_box(&tiny).par_map(|x| x * 2 + 1)))
+    });
+    group.bench_function("parpool_from_outside", |b| {
+        b.iter(|| black_box(&tiny).par_map(|x| x * 2 + 1))
+    });
+    group.bench_function("rayon", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                black_box(&tiny)
+                    .par_iter()
+                    .map(|x| x * 2 + 1)
+                    .collect::<Vec<u64>>()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn iterators(c: &mut Criterion) {
+    let (pool, rayon) = pools();
+
+    let mut group = c.benchmark_group("plain_iter_1m");
+    group.sample_size(20);
+    group.bench_function("sequential", |b| {
+        b.iter(|| plain(1_000_000).map(|x| x * 2 + 1).collect::<Vec<u64>>())
+    });
+    group.bench_function("parpool_map", |b| {
+        b.iter(|| pool.map(plain(1_000_000), |x| x * 2 + 1))
+    });
+    group.bench_function("rayon_par_bridge", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                plain(1_000_000)
+                    .par_bridge()
+                    .map(|x| x * 2 + 1)
+                    .collect::<Vec<u64>>()
+            })
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("imap_200k_1us");
+    group.sample_size(10);
+    group.bench_function("sequential", |b| {
+        b.iter(|| plain(200_000).map(one_micro).collect::<Vec<u64>>())
+    });
+    group.bench_function("parpool_imap", |b| {
+        b.iter(|| pool.imap(plain(200_000), one_micro).collect::<Vec<u64>>())
+    });
+    group.bench_function("rayon_par_bridge", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                plain(200_000)
+                    .par_bridge()
+                    .map(one_micro)
+                    .collect::<Vec<u64>>()
+            })
+        })
+    });
+    group.finish();
+
+    const ITEMS: u64 = 100_000;
+    let mut group = c.benchmark_group("imap_chunk1");
+    group.sample_size(10);
+    group.bench_with_input(BenchmarkId::new("parpool", ITEMS), &ITEMS, |b, &n| {
+        b.iter(|| pool.imap(plain(n), |x| x + 1).chunk_size(1).count())
+    });
+    if python("imap1", 10).is_some() {
+        group.bench_with_input(
+            BenchmarkId::new("python_thread_pool", ITEMS),
+            &ITEMS,
+            |b, &n| b.iter_custom(|iters| (0..iters).map(|_| python("imap1", n).unwrap()).sum()),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, slices, iterators);
+criterion_main!(benches);
