@@ -5,21 +5,23 @@
 //! 1. **Sampling.** The caller maps the first items itself until [`SAMPLE_NS`] have passed,
 //!    each batch sized from the cost per item measured so far to fill the rest of that
 //!    window. A small input is done by then, sequentially, at nearly the cost of a plain
-//!    loop (three or four clock reads in all). Otherwise the sample gives the cost of an
+//!    loop (a handful of clock reads in all). Otherwise the sample gives the cost of an
 //!    item.
 //! 2. **Is it worth it?** If the rest would take less than [`PARALLEL_MIN_NS`] on one thread,
-//!    the caller finishes it alone: waking workers would cost more than it saves.
-//! 3. **Adaptive splitting.** The rest is split in halves with `join` down to leaves of
-//!    about [`LEAF_NS`] of work. Because a `join` only publishes its second half when another
-//!    worker could take it (see `pool/registry.rs`), the splits that nobody needs cost a few
-//!    nanoseconds each, and an idle worker always receives the largest piece left: this is
-//!    thief-driven splitting without its bookkeeping, and it keeps skewed costs (a ramp)
-//!    balanced.
+//!    the caller samples another window instead of handing the rest over: waking workers
+//!    would cost more than it saves, unless later items turn out to cost more (a ramp).
+//! 3. **Splitting on demand.** The rest goes to the pool as one piece. A worker maps its
+//!    piece in batches of about [`CHECK_NS`] and, between batches, looks whether another
+//!    worker is idle (one relaxed load); if one is, and the half it published last was
+//!    taken, it splits what is left in two with `join` and the idle worker steals the
+//!    second half. So pieces are cut only when someone needs work, an idle worker always
+//!    gets the largest piece left, and skewed costs stay balanced: lazy binary splitting on
+//!    top of the lazily publishing `join` (see `pool/registry.rs`).
 //!
 //! # Where results go
 //!
-//! Each leaf writes its results straight into their final place in the output vector: no
-//! per-item allocation, no reorder pass. A leaf returns a [`Written`] that owns the range it
+//! Each piece writes its results straight into their final place in the output vector: no
+//! per-item allocation, no reorder pass. A piece returns a [`Written`] that owns the range it
 //! initialised; `join` hands both halves' `Written` back and adjacent ranges merge, so when
 //! a panic unwinds through the tree every initialised result is dropped exactly once (and,
 //! for owned inputs, every item not yet mapped is dropped by its [`OwnedSlice`]).
@@ -31,8 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::clock::Stopwatch;
 
-use crate::pool::current_registry;
-use crate::pool::join;
+use crate::pool::registry::WorkerThread;
+use crate::pool::{current_registry, join};
 
 /// How long the caller maps items alone before deciding how to split (ns). Long enough to
 /// estimate a per-item cost across a few clock reads, short against any input worth
@@ -44,10 +46,14 @@ pub(crate) const SAMPLE_NS: u64 = 4_000;
 /// is where two threads start to win on the 2-core reference machine.
 pub(crate) const PARALLEL_MIN_NS: u64 = 30_000;
 
-/// Target work per leaf (ns). An unneeded split costs ~20 ns (a private `join`), so 2 µs
-/// leaves keep that overhead near 1% while giving idle workers pieces small enough to
-/// balance a ramp of costs.
-pub(crate) const LEAF_NS: u64 = 2_000;
+/// How much work (ns) a worker does between two looks for idle workers. A look is a relaxed
+/// load and a clock read (~10 ns), so 2 µs keeps it under 1%, and an idle worker waits at
+/// most about that long before it gets half of a busy worker's piece.
+pub(crate) const CHECK_NS: u64 = 2_000;
+
+/// The most items between two looks for idle workers, whatever they cost: bounds the damage
+/// of an estimate taken on cheap items when later ones are expensive.
+pub(crate) const MAX_INTERVAL: usize = 4096;
 
 /// Output buffers at least this large are backed by transparent huge pages when freshly
 /// allocated. Writing a fresh buffer is dominated by page faults (one per 4 KiB: 20k for
@@ -426,36 +432,58 @@ where
     written
 }
 
-/// What every leaf of one `par_map` shares.
+/// What every piece of one `par_map` shares.
 struct Ctx<'f, F> {
     f: &'f F,
-    leaf: usize,
-    /// Set when a leaf panics: the others stop starting new leaves.
+    /// Items between two looks for idle workers, to start with (the piece adapts it).
+    interval: usize,
+    /// Set when a piece panics: the others stop mapping.
     stop: AtomicBool,
 }
 
-/// Splits `source` down to leaves of `ctx.leaf` items with `join`.
-fn bridge<S, R, F>(source: S, dst: Dst<R>, ctx: &Ctx<'_, F>) -> Written<R>
+/// Whether the current worker should split its piece: some worker is idle and the last
+/// piece this worker published has been taken.
+fn peers_want_work() -> bool {
+    WorkerThread::current().is_some_and(WorkerThread::peers_want_work)
+}
+
+/// Maps a piece on this worker, in batches of about [`CHECK_NS`]; between batches, if
+/// another worker is idle, splits what is left in two with `join`, so the idle worker can
+/// take the second half (lazy binary splitting).
+fn split_on_demand<S, R, F>(mut source: S, mut dst: Dst<R>, ctx: &Ctx<'_, F>) -> Written<R>
 where
     S: Source,
     R: Send,
     F: Fn(S::Item) -> R + Sync,
 {
-    if ctx.stop.load(Ordering::Relaxed) {
-        // Another leaf panicked; the items of `source` are dropped unmapped.
-        return Written::empty(dst.ptr);
+    let mut written = Written::empty(dst.ptr);
+    let mut interval = ctx.interval;
+    while source.len() > 0 {
+        if ctx.stop.load(Ordering::Relaxed) {
+            // Another piece panicked: the rest of `source` is dropped unmapped.
+            break;
+        }
+        if source.len() >= 2 && peers_want_work() {
+            let mid = source.len() / 2;
+            let (left, right) = source.split_at(mid);
+            let (left_dst, right_dst) = dst.split_at(mid);
+            let (a, b) = join(
+                || split_on_demand(left, left_dst, ctx),
+                || split_on_demand(right, right_dst, ctx),
+            );
+            return written.merge(a).merge(b);
+        }
+        let take = interval.min(source.len());
+        let (head, tail) = source.split_at(take);
+        let (head_dst, tail_dst) = dst.split_at(take);
+        (source, dst) = (tail, tail_dst);
+        let watch = Stopwatch::start();
+        written = written.merge(write_seq(head, head_dst, ctx.f, &ctx.stop));
+        // Keep batches near CHECK_NS as the cost per item drifts (a ramp of costs).
+        let elapsed = watch.elapsed_ns().max(1.0);
+        interval = ((interval as f64 * CHECK_NS as f64 / elapsed) as usize).clamp(1, MAX_INTERVAL);
     }
-    if source.len() <= ctx.leaf {
-        return write_seq(source, dst, ctx.f, &ctx.stop);
-    }
-    let mid = source.len() / 2;
-    let (left, right) = source.split_at(mid);
-    let (left_dst, right_dst) = dst.split_at(mid);
-    let (a, b) = join(
-        || bridge(left, left_dst, ctx),
-        || bridge(right, right_dst, ctx),
-    );
-    a.merge(b)
+    written
 }
 
 /// Maps every item of `source` into `out` (cleared first, its allocation reused), in order,
@@ -474,63 +502,64 @@ where
     }
     let base = out.as_mut_ptr();
     let stop = AtomicBool::new(false);
-
-    // 1. Sampling, on this thread: each batch is sized to fill what is left of the sample
-    //    window at the cost per item measured so far (at least doubling), so cheap items
-    //    need only a few clock reads and expensive ones overshoot the window by little.
-    let watch = Stopwatch::start();
     let mut written = Written::empty(base);
     let mut rest = source;
+
+    // 1. Sampling on this thread, window by window, until the input is done or the rest is
+    //    estimated to be worth parallel work. Within a window each batch is sized to fill the
+    //    window at the cost measured so far, but at most 16 times the items done: a skewed
+    //    input (cheap items first) then costs at most a few windows of sequential work.
     let mut batch = 1usize;
-    let mut elapsed_ns = 0.0;
-    while rest.len() > 0 {
-        let take = batch.min(rest.len());
-        let (head, tail) = rest.split_at(take);
-        rest = tail;
-        let dst = Dst {
-            ptr: base.wrapping_add(written.len),
-            len: take,
-        };
-        written = written.merge(write_seq(head, dst, f, &stop));
-        elapsed_ns = watch.elapsed_ns();
-        if elapsed_ns >= SAMPLE_NS as f64 {
-            break;
-        }
-        let per_item_ns = elapsed_ns.max(1.0) / written.len as f64;
-        let fill = (SAMPLE_NS as f64 - elapsed_ns) / per_item_ns;
-        if fill >= rest.len() as f64 {
-            // By the estimate, the rest fits in the sample window: it is sequential work
-            // either way, so finish it without another clock read.
+    let per_item_ns = loop {
+        let watch = Stopwatch::start();
+        let mut done = 0usize;
+        let per_item_ns = loop {
+            if rest.len() == 0 {
+                let len = written.release();
+                debug_assert_eq!(len, n);
+                // SAFETY: every place in `[0, n)` was initialised exactly once (`written`
+                // covered it), and ownership passed from `written` to the vector.
+                unsafe { out.set_len(len) };
+                return;
+            }
+            let take = batch.min(rest.len());
+            let (head, tail) = rest.split_at(take);
+            rest = tail;
             let dst = Dst {
                 ptr: base.wrapping_add(written.len),
-                len: rest.len(),
+                len: take,
             };
-            written = written.merge(write_seq(rest, dst, f, &stop));
-            let len = written.release();
-            // SAFETY: as below: `[0, n)` is initialised and now owned by the vector.
-            unsafe { out.set_len(len) };
-            return;
+            written = written.merge(write_seq(head, dst, f, &stop));
+            done += take;
+            let elapsed = watch.elapsed_ns();
+            let per_item_ns = elapsed.max(1.0) / done as f64;
+            if elapsed >= SAMPLE_NS as f64 {
+                break per_item_ns;
+            }
+            let fill = (SAMPLE_NS as f64 - elapsed) / per_item_ns;
+            batch = (fill as usize).clamp(1, done.saturating_mul(16));
+        };
+        if per_item_ns * rest.len() as f64 >= PARALLEL_MIN_NS as f64 {
+            break per_item_ns;
         }
-        batch = batch.saturating_mul(2).max(fill as usize);
-    }
+        batch = ((SAMPLE_NS as f64 / 4.0) / per_item_ns).max(1.0) as usize;
+    };
 
-    if rest.len() > 0 {
-        let per_item_ns = elapsed_ns.max(1.0) / written.len as f64;
-        let dst = Dst {
-            ptr: base.wrapping_add(written.len),
-            len: rest.len(),
-        };
-        let registry = current_registry();
-        let remaining_ns = per_item_ns * rest.len() as f64;
-        let tail = if registry.num_threads() == 1 || remaining_ns < PARALLEL_MIN_NS as f64 {
-            write_seq(rest, dst, f, &stop)
-        } else {
-            let leaf = (LEAF_NS as f64 / per_item_ns).clamp(1.0, rest.len() as f64) as usize;
-            let ctx = Ctx { f, leaf, stop };
-            registry.in_worker(|_| bridge(rest, dst, &ctx))
-        };
-        written = written.merge(tail);
-    }
+    // 2. The rest, on the pool.
+    let dst = Dst {
+        ptr: base.wrapping_add(written.len),
+        len: rest.len(),
+    };
+    let registry = current_registry();
+    let tail = if registry.num_threads() == 1 && WorkerThread::current().is_none() {
+        // One worker would only take the work off this thread, not share it.
+        write_seq(rest, dst, f, &stop)
+    } else {
+        let interval = (CHECK_NS as f64 / per_item_ns).clamp(1.0, MAX_INTERVAL as f64) as usize;
+        let ctx = Ctx { f, interval, stop };
+        registry.in_worker(|_| split_on_demand(rest, dst, &ctx))
+    };
+    written = written.merge(tail);
     let len = written.release();
     debug_assert_eq!(len, n);
     // SAFETY: every place in `[0, n)` was initialised exactly once (the merged `Written`

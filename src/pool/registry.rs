@@ -329,6 +329,13 @@ impl WorkerThread {
         self.registry.sleep.new_jobs(1, queue_was_empty);
     }
 
+    /// Whether this worker should split its work: another worker is idle, and whatever this
+    /// one published before has been taken (so splits do not pile up while a sleeper wakes).
+    #[inline]
+    pub(crate) fn peers_want_work(&self) -> bool {
+        self.registry.sleep.has_idle_workers() && self.deque.is_empty()
+    }
+
     /// Records the `b` half of a `join`; returns its frame index for [`Self::pop_frame`].
     #[inline]
     pub(crate) fn push_frame(&self, job: JobRef) -> usize {
