@@ -6,6 +6,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod common;
+use common::panic_message;
 use parpool::prelude::*;
 use proptest::prelude::*;
 
@@ -20,16 +22,6 @@ fn pool(threads: usize) -> ThreadPool {
 fn work(x: u64) -> u64 {
     let rounds = x % 7;
     (0..rounds).fold(x, |acc, i| acc.wrapping_mul(31).wrapping_add(i))
-}
-
-/// Runs `f` expecting a panic, returning its message.
-fn panic_message(f: impl FnOnce()) -> String {
-    let payload = panic::catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .expect("string payload")
 }
 
 /// A value that counts how many of its kind are alive; a double drop drives the count

@@ -1,10 +1,11 @@
 //! The thread pool's public behaviour: building, `install`, `join`, `scope`, panics,
 //! nesting across pools, and oversubscription.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
+mod common;
+use common::panic_message;
 use parpool::{ThreadPool, join, scope};
 
 fn fib(n: u64) -> u64 {
@@ -21,16 +22,6 @@ fn fib_sequential(n: u64) -> u64 {
     } else {
         fib_sequential(n - 1) + fib_sequential(n - 2)
     }
-}
-
-/// Runs `f` expecting a panic, returning its message.
-fn panic_message(f: impl FnOnce()) -> String {
-    let payload = panic::catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .expect("panic payload is a string")
 }
 
 /// Proves that every one of the pool's `n` workers is alive and serving: `n` jobs that can

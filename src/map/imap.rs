@@ -1,4 +1,5 @@
-//! Lazy maps: [`Imap`] (input order) and [`ImapUnordered`] (completion order).
+//! Lazy maps: [`Imap`] (input order) and [`ImapUnordered`] (completion order), one type
+//! with the order as a const parameter.
 //!
 //! Both are the feeder of a window (see `window.rs`) driven by the consumer's `next()`:
 //! input is pulled only to keep at most `window` chunks in flight, so memory does not grow
@@ -31,12 +32,42 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-use super::iter::{CostProbe, Verdict, current_registry_arc, extend_run};
+use super::iter::{ITEM_PARALLEL_MIN_NS, current_registry_arc, extend_run};
+use super::sample::CostProbe;
 use super::window::{ChunkSize, Feeder, MapOp, Outcome, WINDOW_PER_THREAD, Window};
 use crate::pool::registry::Registry;
 
-/// The state of both lazy iterators; `ordered` selects input or completion order.
-struct Lazy<I: Iterator, F, R>
+/// A lazy parallel map: yields `f(item)` for each input item, in input order (`Imap`) or in
+/// the order the results complete ([`ImapUnordered`]). Python's `Pool.imap` and
+/// `Pool.imap_unordered`. Created by [`ThreadPool::imap`](crate::ThreadPool::imap),
+/// [`ThreadPool::imap_unordered`](crate::ThreadPool::imap_unordered) and the free functions
+/// [`imap`](crate::imap) and [`imap_unordered`](crate::imap_unordered).
+///
+/// The input is pulled only as the iterator is consumed, with at most
+/// [`window`](Imap::window) chunks of [`chunk_size`](Imap::chunk_size) items in flight:
+/// memory does not grow with the input, and infinite input works. Every input item's result
+/// is yielded exactly once. Dropping the iterator stops pulling and skips the chunks not yet
+/// started, without waiting for the running ones.
+///
+/// # Panics
+///
+/// If `f` panics, `next()` re-raises the panic once no chunk is running any more; the pool
+/// keeps serving.
+///
+/// # Examples
+///
+/// ```
+/// let pool = parpool::ThreadPool::new(2)?;
+/// let squares: Vec<u64> = pool.imap(0..1000u64, |x| x * x).collect();
+/// assert_eq!(squares, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+///
+/// // Infinite input, taken lazily.
+/// let first: Vec<u64> = pool.imap(1.., |x: u64| x * 10).chunk_size(4).take(3).collect();
+/// assert_eq!(first, [10, 20, 30]);
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
+#[must_use = "iterators are lazy and do nothing unless consumed"]
+pub struct Imap<I: Iterator, F, R, const ORDERED: bool = true>
 where
     F: Fn(I::Item) -> R + Send + Sync + 'static,
     R: Send + 'static,
@@ -45,13 +76,27 @@ where
     state: State<I, F, R>,
     /// Results ready to be yielded, in yield order.
     current: VecDeque<R>,
-    ordered: bool,
     /// Completed slots waiting for their turn (ordered only), by sequence modulo the window.
     pending: Vec<Option<usize>>,
     next_seq: usize,
     chunk: Option<usize>,
     window: Option<usize>,
 }
+
+/// [`Imap`] yielding results in completion order: Python's `imap_unordered`.
+///
+/// # Examples
+///
+/// ```
+/// let pool = parpool::ThreadPool::new(2)?;
+/// let mut lengths: Vec<usize> = pool
+///     .imap_unordered(["a", "bb", "ccc"].into_iter(), |s: &'static str| s.len())
+///     .collect();
+/// lengths.sort();
+/// assert_eq!(lengths, [1, 2, 3]);
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
+pub type ImapUnordered<I, F, R> = Imap<I, F, R, false>;
 
 enum State<I: Iterator, F, R>
 where
@@ -72,23 +117,24 @@ where
         f: F,
         registry: Arc<Registry>,
         probe: CostProbe,
+        /// The last window measured items worth handing over (two in a row start chunks).
+        expensive_before: bool,
     },
     Running(Feeder<I, MapOp<F>>),
     Finished,
 }
 
-impl<I, F, R> Lazy<I, F, R>
+impl<I, F, R, const ORDERED: bool> Imap<I, F, R, ORDERED>
 where
     I: Iterator,
     I::Item: Send + 'static,
     F: Fn(I::Item) -> R + Send + Sync + 'static,
     R: Send + 'static,
 {
-    fn new(input: I, f: F, registry: Arc<Registry>, ordered: bool) -> Self {
-        Lazy {
+    pub(crate) fn new(input: I, f: F, registry: Arc<Registry>) -> Self {
+        Imap {
             state: State::New { input, f, registry },
             current: VecDeque::new(),
-            ordered,
             pending: Vec::new(),
             next_seq: 0,
             chunk: None,
@@ -96,19 +142,33 @@ where
         }
     }
 
-    fn set_chunk_size(&mut self, chunk: usize) {
-        assert!(chunk > 0, "parpool: the chunk size must be at least 1");
+    /// Sets how many items go into one chunk (default: chosen from the measured cost of
+    /// the items, aiming at ~50 µs per chunk; items too cheap to hand over are mapped by
+    /// the consumer itself).
+    ///
+    /// # Panics
+    ///
+    /// If `chunk_size` is 0, or iteration has already started.
+    pub fn chunk_size(mut self, chunk_size: usize) -> Self {
+        assert!(chunk_size > 0, "parpool: the chunk size must be at least 1");
         self.assert_not_started("chunk_size");
-        self.chunk = Some(chunk);
+        self.chunk = Some(chunk_size);
+        self
     }
 
-    fn set_window(&mut self, window: usize) {
+    /// Sets how many chunks may be in flight at once (default: 4 per pool thread).
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0, or iteration has already started.
+    pub fn window(mut self, window: usize) -> Self {
         assert!(
             window > 0,
             "parpool: the window must hold at least one chunk"
         );
         self.assert_not_started("window");
         self.window = Some(window);
+        self
     }
 
     fn assert_not_started(&self, setting: &str) {
@@ -116,17 +176,6 @@ where
             matches!(self.state, State::New { .. }),
             "parpool: {setting} must be set before the first call to next()"
         );
-    }
-
-    fn next(&mut self) -> Option<R> {
-        loop {
-            if let Some(value) = self.current.pop_front() {
-                return Some(value);
-            }
-            if !self.advance() {
-                return None;
-            }
-        }
     }
 
     /// Makes progress: maps a probe window's worth of items here, or moves the next chunk's
@@ -160,7 +209,7 @@ where
             self.state = State::Finished;
             std::panic::resume_unwind(payload);
         }
-        if self.ordered && seq != self.next_seq {
+        if ORDERED && seq != self.next_seq {
             let len = self.pending.len();
             self.pending[seq % len] = Some(slot);
             return true;
@@ -174,8 +223,10 @@ where
         true
     }
 
-    /// Maps one probe window on this thread (with a fixed chunk size: none) and starts the
-    /// window of chunks once items prove worth it.
+    /// Maps one probe window on this thread and starts the window of chunks once items
+    /// prove worth handing over (two expensive probe windows in a row, as in
+    /// [`map_while_cheap`](super::iter::map_while_cheap)); with a fixed chunk size, starts
+    /// it at once.
     fn probe_or_start(&mut self) {
         let state = std::mem::replace(&mut self.state, State::Finished);
         let (input, f, registry, chunk) = match state {
@@ -187,6 +238,7 @@ where
                         f,
                         registry,
                         probe: CostProbe::new(),
+                        expensive_before: false,
                     };
                     return self.probe_or_start();
                 }
@@ -196,23 +248,25 @@ where
                 f,
                 registry,
                 mut probe,
+                expensive_before,
             } => {
-                match probe.window(extend_run(&mut input, &f, &mut self.current)) {
-                    // The input ran out: every result is in `current`.
-                    Verdict::Stop => return,
-                    Verdict::Cheap => {
-                        self.state = State::Probing {
-                            input,
-                            f,
-                            registry,
-                            probe,
-                        };
-                        return;
-                    }
-                    Verdict::Expensive(per_item_ns) => {
-                        (input, f, registry, ChunkSize::Auto { per_item_ns })
-                    }
+                let run = extend_run(&mut input, &f, &mut self.current);
+                // `None`: the input ran out, and every result is in `current`.
+                let Some(per_item_ns) = probe.window(run) else {
+                    return;
+                };
+                let expensive = per_item_ns >= ITEM_PARALLEL_MIN_NS;
+                if !(expensive && expensive_before) {
+                    self.state = State::Probing {
+                        input,
+                        f,
+                        registry,
+                        probe,
+                        expensive_before: expensive,
+                    };
+                    return;
                 }
+                (input, f, registry, ChunkSize::Auto { per_item_ns })
             }
             other => {
                 self.state = other;
@@ -222,7 +276,7 @@ where
         let slots = self
             .window
             .unwrap_or(WINDOW_PER_THREAD * registry.num_threads().max(1));
-        if self.ordered {
+        if ORDERED {
             self.pending = vec![None; slots];
         }
         let window = Arc::new(Window::new(MapOp(f), registry, slots));
@@ -230,77 +284,7 @@ where
     }
 }
 
-/// A lazy, ordered parallel map: yields `f(item)` for each input item, in input order.
-/// Created by [`ThreadPool::imap`](crate::ThreadPool::imap) and [`imap`](crate::imap).
-///
-/// The input is pulled only as the iterator is consumed, with at most
-/// [`window`](Imap::window) chunks of [`chunk_size`](Imap::chunk_size) items in flight:
-/// memory does not grow with the input, and infinite input works. Dropping the iterator
-/// stops pulling and skips the chunks not yet started, without waiting.
-///
-/// # Panics
-///
-/// If `f` panics, `next()` re-raises the panic once no chunk is running any more; the pool
-/// keeps serving.
-///
-/// # Examples
-///
-/// ```
-/// let pool = parpool::ThreadPool::new(2)?;
-/// let squares: Vec<u64> = pool.imap(0..1000u64, |x| x * x).collect();
-/// assert_eq!(squares, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
-///
-/// // Infinite input, taken lazily.
-/// let first: Vec<u64> = pool.imap(1.., |x: u64| x * 10).chunk_size(4).take(3).collect();
-/// assert_eq!(first, [10, 20, 30]);
-/// # Ok::<(), parpool::ThreadPoolBuildError>(())
-/// ```
-#[must_use = "iterators are lazy and do nothing unless consumed"]
-pub struct Imap<I: Iterator, F, R>
-where
-    F: Fn(I::Item) -> R + Send + Sync + 'static,
-    R: Send + 'static,
-    I::Item: Send + 'static,
-{
-    lazy: Lazy<I, F, R>,
-}
-
-impl<I, F, R> Imap<I, F, R>
-where
-    I: Iterator,
-    I::Item: Send + 'static,
-    F: Fn(I::Item) -> R + Send + Sync + 'static,
-    R: Send + 'static,
-{
-    pub(crate) fn new(input: I, f: F, registry: Arc<Registry>) -> Self {
-        Imap {
-            lazy: Lazy::new(input, f, registry, true),
-        }
-    }
-
-    /// Sets how many items go into one chunk (default: chosen from the measured cost of
-    /// the first items, aiming at ~50 µs per chunk).
-    ///
-    /// # Panics
-    ///
-    /// If `chunk_size` is 0, or iteration has already started.
-    pub fn chunk_size(mut self, chunk_size: usize) -> Self {
-        self.lazy.set_chunk_size(chunk_size);
-        self
-    }
-
-    /// Sets how many chunks may be in flight at once (default: 4 per pool thread).
-    ///
-    /// # Panics
-    ///
-    /// If `window` is 0, or iteration has already started.
-    pub fn window(mut self, window: usize) -> Self {
-        self.lazy.set_window(window);
-        self
-    }
-}
-
-impl<I, F, R> Iterator for Imap<I, F, R>
+impl<I, F, R, const ORDERED: bool> Iterator for Imap<I, F, R, ORDERED>
 where
     I: Iterator,
     I::Item: Send + 'static,
@@ -310,113 +294,26 @@ where
     type Item = R;
 
     fn next(&mut self) -> Option<R> {
-        self.lazy.next()
-    }
-}
-
-/// A lazy parallel map that yields results in the order they complete: Python's
-/// `imap_unordered`. Created by
-/// [`ThreadPool::imap_unordered`](crate::ThreadPool::imap_unordered) and
-/// [`imap_unordered`](crate::imap_unordered).
-///
-/// Pulls input lazily with a bounded window, like [`Imap`]; every input item's result is
-/// yielded exactly once.
-///
-/// # Panics
-///
-/// As [`Imap`].
-///
-/// # Examples
-///
-/// ```
-/// let pool = parpool::ThreadPool::new(2)?;
-/// let mut lengths: Vec<usize> = pool
-///     .imap_unordered(["a", "bb", "ccc"].into_iter(), |s: &'static str| s.len())
-///     .collect();
-/// lengths.sort();
-/// assert_eq!(lengths, [1, 2, 3]);
-/// # Ok::<(), parpool::ThreadPoolBuildError>(())
-/// ```
-#[must_use = "iterators are lazy and do nothing unless consumed"]
-pub struct ImapUnordered<I: Iterator, F, R>
-where
-    F: Fn(I::Item) -> R + Send + Sync + 'static,
-    R: Send + 'static,
-    I::Item: Send + 'static,
-{
-    lazy: Lazy<I, F, R>,
-}
-
-impl<I, F, R> ImapUnordered<I, F, R>
-where
-    I: Iterator,
-    I::Item: Send + 'static,
-    F: Fn(I::Item) -> R + Send + Sync + 'static,
-    R: Send + 'static,
-{
-    pub(crate) fn new(input: I, f: F, registry: Arc<Registry>) -> Self {
-        ImapUnordered {
-            lazy: Lazy::new(input, f, registry, false),
+        loop {
+            if let Some(value) = self.current.pop_front() {
+                return Some(value);
+            }
+            if !self.advance() {
+                return None;
+            }
         }
     }
-
-    /// Sets how many items go into one chunk; see [`Imap::chunk_size`].
-    ///
-    /// # Panics
-    ///
-    /// If `chunk_size` is 0, or iteration has already started.
-    pub fn chunk_size(mut self, chunk_size: usize) -> Self {
-        self.lazy.set_chunk_size(chunk_size);
-        self
-    }
-
-    /// Sets how many chunks may be in flight at once; see [`Imap::window`].
-    ///
-    /// # Panics
-    ///
-    /// If `window` is 0, or iteration has already started.
-    pub fn window(mut self, window: usize) -> Self {
-        self.lazy.set_window(window);
-        self
-    }
 }
 
-impl<I, F, R> Iterator for ImapUnordered<I, F, R>
-where
-    I: Iterator,
-    I::Item: Send + 'static,
-    F: Fn(I::Item) -> R + Send + Sync + 'static,
-    R: Send + 'static,
-{
-    type Item = R;
-
-    fn next(&mut self) -> Option<R> {
-        self.lazy.next()
-    }
-}
-
-impl<I: Iterator, F, R> fmt::Debug for Imap<I, F, R>
+impl<I: Iterator, F, R, const ORDERED: bool> fmt::Debug for Imap<I, F, R, ORDERED>
 where
     F: Fn(I::Item) -> R + Send + Sync + 'static,
     R: Send + 'static,
     I::Item: Send + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Imap")
-            .field("ready", &self.lazy.current.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<I: Iterator, F, R> fmt::Debug for ImapUnordered<I, F, R>
-where
-    F: Fn(I::Item) -> R + Send + Sync + 'static,
-    R: Send + 'static,
-    I::Item: Send + 'static,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ImapUnordered")
-            .field("ready", &self.lazy.current.len())
+        f.debug_struct(if ORDERED { "Imap" } else { "ImapUnordered" })
+            .field("ready", &self.current.len())
             .finish_non_exhaustive()
     }
 }

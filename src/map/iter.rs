@@ -10,8 +10,7 @@
 
 use std::sync::Arc;
 
-use super::clock::Stopwatch;
-use super::slice::SAMPLE_NS;
+use super::sample::CostProbe;
 use super::window::{ChunkOp, ChunkSize, Feeder, Outcome, WINDOW_PER_THREAD, Window};
 use crate::pool::ThreadPool;
 use crate::pool::registry::Registry;
@@ -71,82 +70,22 @@ pub(crate) fn current_registry_arc() -> Arc<Registry> {
 /// alone is faster than any number of workers fed by it, so it keeps mapping by itself.
 pub(crate) const ITEM_PARALLEL_MIN_NS: f64 = 8.0;
 
-/// Decides, window by window, whether items are worth handing to other threads.
-///
-/// Each [`window`](CostProbe::window) maps items on the calling thread for one sample window
-/// ([`SAMPLE_NS`]), sizing each batch from the cost measured so far. Items are worth
-/// running in parallel once two windows in a row measure at least
-/// [`ITEM_PARALLEL_MIN_NS`] per item (one alone may be noise: the output buffer growing,
-/// the thread being descheduled).
-#[derive(Debug)]
-pub(crate) struct CostProbe {
-    batch: usize,
-    expensive_before: bool,
-}
-
-/// What one probe window found.
-#[derive(Debug)]
-pub(crate) enum Verdict {
-    /// The input ran out (or `try_map` hit an error): nothing left to decide.
-    Stop,
-    /// Items are too cheap to hand over; keep mapping on this thread.
-    Cheap,
-    /// Items cost this much (ns) each: hand them to the pool.
-    Expensive(f64),
-}
-
-impl CostProbe {
-    pub(crate) fn new() -> Self {
-        CostProbe {
-            batch: 1,
-            expensive_before: false,
+/// Maps items on the calling thread, one sample window at a time, while they are too cheap
+/// to hand over; returns their cost (ns per item) once two windows in a row measure at
+/// least [`ITEM_PARALLEL_MIN_NS`] (one alone may be noise: the output buffer growing, the
+/// thread being descheduled), or `None` if `run` stopped first (see [`CostProbe::window`]).
+pub(crate) fn map_while_cheap(
+    probe: &mut CostProbe,
+    mut run: impl FnMut(usize) -> (usize, bool),
+) -> Option<f64> {
+    let mut expensive_before = false;
+    loop {
+        let per_item_ns = probe.window(&mut run)?;
+        let expensive = per_item_ns >= ITEM_PARALLEL_MIN_NS;
+        if expensive && expensive_before {
+            return Some(per_item_ns);
         }
-    }
-
-    /// Maps one window's worth of items with `run`, which maps up to `n` more items and says
-    /// how many it mapped and whether to go on (false: the input ran out, or an error).
-    pub(crate) fn window(&mut self, mut run: impl FnMut(usize) -> (usize, bool)) -> Verdict {
-        let watch = Stopwatch::start();
-        let mut done = 0usize;
-        let per_item = loop {
-            let (mapped, go_on) = run(self.batch);
-            if !go_on {
-                return Verdict::Stop;
-            }
-            done += mapped;
-            let elapsed = watch.elapsed_ns();
-            let per_item = elapsed.max(1.0) / done as f64;
-            if elapsed >= SAMPLE_NS as f64 {
-                break per_item;
-            }
-            // Size the next batch to fill the rest of the window at the measured cost.
-            let fill = (SAMPLE_NS as f64 - elapsed) / per_item;
-            self.batch = self.batch.saturating_mul(2).max(fill as usize);
-        };
-        // The next window starts with a batch worth a quarter of a window.
-        self.batch = ((SAMPLE_NS as f64 / 4.0) / per_item).max(1.0) as usize;
-        let expensive = per_item >= ITEM_PARALLEL_MIN_NS;
-        let confirmed = expensive && self.expensive_before;
-        self.expensive_before = expensive;
-        if confirmed {
-            Verdict::Expensive(per_item)
-        } else {
-            Verdict::Cheap
-        }
-    }
-
-    /// Runs windows until the items are worth parallel work (their cost) or `run` stops.
-    pub(crate) fn until_expensive(
-        &mut self,
-        mut run: impl FnMut(usize) -> (usize, bool),
-    ) -> Option<f64> {
-        loop {
-            match self.window(&mut run) {
-                Verdict::Stop => return None,
-                Verdict::Cheap => {}
-                Verdict::Expensive(per_item) => return Some(per_item),
-            }
-        }
+        expensive_before = expensive;
     }
 }
 
@@ -291,7 +230,7 @@ where
     let mut out = Vec::with_capacity(exact_len(&input));
     let chunk = match chunk {
         Some(size) => ChunkSize::Fixed(size),
-        None => match CostProbe::new().until_expensive(extend_run(&mut input, f, &mut out)) {
+        None => match map_while_cheap(&mut CostProbe::new(), extend_run(&mut input, f, &mut out)) {
             Some(per_item_ns) => ChunkSize::Auto { per_item_ns },
             None => return out,
         },
@@ -320,7 +259,7 @@ where
         out: &mut Vec::with_capacity(exact_len(&input)),
         error: None,
     };
-    let sampled = CostProbe::new().until_expensive(|batch| {
+    let sampled = map_while_cheap(&mut CostProbe::new(), |batch| {
         let mut mapped = 0;
         for item in input.by_ref().take(batch) {
             mapped += 1;

@@ -4,12 +4,12 @@
 //! - `slice.rs`: indexed inputs (slices, vectors, ranges) for `par_map`: sampling, then
 //!   adaptive splitting with results written in place.
 //! - `ext.rs`: the `ParMap` / `IntoParMap` extension traits.
-//! - `clock.rs`: the cheap stopwatch that sampling reads.
+//! - `sample.rs`: measuring what items cost (a cheap stopwatch, sample windows).
 
-mod clock;
 mod ext;
 mod imap;
 mod iter;
+mod sample;
 mod slice;
 mod window;
 

@@ -2,7 +2,8 @@
 //!
 //! # How the work is cut
 //!
-//! 1. **Sampling.** The caller maps the first items itself until [`SAMPLE_NS`] have passed,
+//! 1. **Sampling.** The caller maps the first items itself for one sample window (see
+//!    [`CostProbe`]),
 //!    each batch sized from the cost per item measured so far to fill the rest of that
 //!    window. A small input is done by then, sequentially, at nearly the cost of a plain
 //!    loop (a handful of clock reads in all). Otherwise the sample gives the cost of an
@@ -31,15 +32,10 @@ use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::clock::Stopwatch;
+use super::sample::{CostProbe, Stopwatch};
 
 use crate::pool::registry::WorkerThread;
 use crate::pool::{current_registry, join};
-
-/// How long the caller maps items alone before deciding how to split (ns). Long enough to
-/// estimate a per-item cost across a few clock reads, short against any input worth
-/// parallelising: 1k trivial items (1.8 µs) finish inside the sample.
-pub(crate) const SAMPLE_NS: u64 = 4_000;
 
 /// Below this much estimated remaining work (ns) the caller finishes alone. Handing work to
 /// the pool costs ~1 µs if a worker is awake and 20–50 µs if it must be woken; 30 µs of work
@@ -348,12 +344,17 @@ impl<R> Written<R> {
 
     /// Appends `other` if it starts where `self` ends. Otherwise `other` is dropped: that
     /// only happens while a panic unwinds the tree and the whole result is discarded.
-    fn merge(mut self, other: Written<R>) -> Written<R> {
+    fn append(&mut self, other: Written<R>) {
         // `wrapping_add`: only an address comparison (and a no-op for zero-sized `R`).
         if self.ptr.wrapping_add(self.len) == other.ptr {
             self.len += other.len;
             std::mem::forget(other);
         }
+    }
+
+    /// `self` with `other` appended; see [`Written::append`].
+    fn merge(mut self, other: Written<R>) -> Written<R> {
+        self.append(other);
         self
     }
 
@@ -478,7 +479,7 @@ where
         let (head_dst, tail_dst) = dst.split_at(take);
         (source, dst) = (tail, tail_dst);
         let watch = Stopwatch::start();
-        written = written.merge(write_seq(head, head_dst, ctx.f, &ctx.stop));
+        written.append(write_seq(head, head_dst, ctx.f, &ctx.stop));
         // Keep batches near CHECK_NS as the cost per item drifts (a ramp of costs).
         let elapsed = watch.elapsed_ns().max(1.0);
         interval = ((interval as f64 * CHECK_NS as f64 / elapsed) as usize).clamp(1, MAX_INTERVAL);
@@ -503,18 +504,35 @@ where
     let base = out.as_mut_ptr();
     let stop = AtomicBool::new(false);
     let mut written = Written::empty(base);
-    let mut rest = source;
+    let mut rest = Some(source);
 
     // 1. Sampling on this thread, window by window, until the input is done or the rest is
-    //    estimated to be worth parallel work. Within a window each batch is sized to fill the
-    //    window at the cost measured so far, but at most 16 times the items done: a skewed
-    //    input (cheap items first) then costs at most a few windows of sequential work.
-    let mut batch = 1usize;
+    //    estimated to be worth parallel work.
+    let mut probe = CostProbe::new();
     let per_item_ns = loop {
-        let watch = Stopwatch::start();
-        let mut done = 0usize;
-        let per_item_ns = loop {
-            if rest.len() == 0 {
+        let window = probe.window(|batch| {
+            let source = rest.take().expect("the rest is put back after every batch");
+            if source.len() == 0 {
+                rest = Some(source);
+                return (0, false);
+            }
+            let take = batch.min(source.len());
+            let (head, tail) = source.split_at(take);
+            rest = Some(tail);
+            let dst = Dst {
+                ptr: base.wrapping_add(written.len),
+                len: take,
+            };
+            written.append(write_seq(head, dst, f, &stop));
+            (take, true)
+        });
+        let remaining = rest.as_ref().map_or(0, Source::len);
+        match window {
+            Some(per_item_ns) if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64 => {
+                break per_item_ns;
+            }
+            Some(_) => {}
+            None => {
                 let len = written.release();
                 debug_assert_eq!(len, n);
                 // SAFETY: every place in `[0, n)` was initialised exactly once (`written`
@@ -522,28 +540,9 @@ where
                 unsafe { out.set_len(len) };
                 return;
             }
-            let take = batch.min(rest.len());
-            let (head, tail) = rest.split_at(take);
-            rest = tail;
-            let dst = Dst {
-                ptr: base.wrapping_add(written.len),
-                len: take,
-            };
-            written = written.merge(write_seq(head, dst, f, &stop));
-            done += take;
-            let elapsed = watch.elapsed_ns();
-            let per_item_ns = elapsed.max(1.0) / done as f64;
-            if elapsed >= SAMPLE_NS as f64 {
-                break per_item_ns;
-            }
-            let fill = (SAMPLE_NS as f64 - elapsed) / per_item_ns;
-            batch = (fill as usize).clamp(1, done.saturating_mul(16));
-        };
-        if per_item_ns * rest.len() as f64 >= PARALLEL_MIN_NS as f64 {
-            break per_item_ns;
         }
-        batch = ((SAMPLE_NS as f64 / 4.0) / per_item_ns).max(1.0) as usize;
     };
+    let rest = rest.expect("the rest is put back after every batch");
 
     // 2. The rest, on the pool.
     let dst = Dst {
@@ -559,7 +558,7 @@ where
         let ctx = Ctx { f, interval, stop };
         registry.in_worker(|_| split_on_demand(rest, dst, &ctx))
     };
-    written = written.merge(tail);
+    written.append(tail);
     let len = written.release();
     debug_assert_eq!(len, n);
     // SAFETY: every place in `[0, n)` was initialised exactly once (the merged `Written`

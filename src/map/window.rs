@@ -69,7 +69,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-use super::clock::Stopwatch;
+use super::sample::Stopwatch;
 use crate::pool::job::{HeapJob, Panic, catch};
 use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, WaitLatch, snooze};
 use crate::pool::registry::Registry;

@@ -1,4 +1,5 @@
-//! A cheap stopwatch for sampling the cost of the first items of a map.
+//! Sampling what items cost: a cheap stopwatch, and [`CostProbe`], which maps items window
+//! by window and measures them.
 //!
 //! Sampling reads the clock a few times per call, and for a small map those reads are most
 //! of the overhead: `Instant::now` costs ~24 ns on the reference machine, the x86-64
@@ -86,6 +87,53 @@ fn calibrate() -> Option<f64> {
 #[cfg(not(target_arch = "x86_64"))]
 fn calibrate() -> Option<f64> {
     None
+}
+
+/// How long one sample window maps items on the calling thread (ns). Long enough to
+/// estimate a per-item cost across a few clock reads, short against any input worth
+/// parallelising: 1k trivial items (~0.2–2 µs) finish inside one window.
+pub(crate) const SAMPLE_NS: f64 = 4_000.0;
+
+/// Maps items on the calling thread one sample window ([`SAMPLE_NS`]) at a time, measuring
+/// what they cost.
+///
+/// Within a window, each batch is sized to fill what is left of the window at the cost
+/// measured so far, but to at most 16 times the items done: cheap items need only a few
+/// clock reads, and a skewed input (cheap items first, expensive ones later) overshoots a
+/// window by a bounded factor instead of being mapped whole on one thread.
+#[derive(Debug)]
+pub(crate) struct CostProbe {
+    batch: usize,
+}
+
+impl CostProbe {
+    pub(crate) fn new() -> Self {
+        CostProbe { batch: 1 }
+    }
+
+    /// Maps one window's worth of items with `run`, which maps up to `n` more items and
+    /// returns how many it mapped and whether to go on (false: the input ran out, or a
+    /// `try_map` error). Returns the cost per item in ns, or `None` once `run` says stop.
+    pub(crate) fn window(&mut self, mut run: impl FnMut(usize) -> (usize, bool)) -> Option<f64> {
+        let watch = Stopwatch::start();
+        let mut done = 0usize;
+        loop {
+            let (mapped, go_on) = run(self.batch);
+            if !go_on {
+                return None;
+            }
+            done += mapped;
+            let elapsed = watch.elapsed_ns();
+            let per_item_ns = elapsed.max(1.0) / done.max(1) as f64;
+            if elapsed >= SAMPLE_NS {
+                // The next window starts with a batch worth a quarter of a window.
+                self.batch = (SAMPLE_NS / 4.0 / per_item_ns).max(1.0) as usize;
+                return Some(per_item_ns);
+            }
+            let fill = (SAMPLE_NS - elapsed) / per_item_ns;
+            self.batch = (fill as usize).clamp(1, done.max(1).saturating_mul(16));
+        }
+    }
 }
 
 #[cfg(test)]
