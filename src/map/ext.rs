@@ -34,6 +34,15 @@ use super::slice::{IntRange, OwnedSlice, map_into};
 /// let evens: Vec<u32> = (0..5u32).par_map(|i| i * 2);
 /// assert_eq!(evens, [0, 2, 4, 6, 8]);
 /// ```
+///
+/// The closure runs on several threads at once, so what it uses must be shareable:
+///
+/// ```compile_fail
+/// use parpool::prelude::*;
+///
+/// let cache = std::cell::RefCell::new(Vec::new());
+/// let out = [1, 2, 3].par_map(|x| cache.borrow_mut().push(*x));
+/// ```
 pub trait ParMap {
     /// What `f` receives: `&T` for slices, the integer for ranges.
     type Item<'a>

@@ -36,6 +36,13 @@ use super::registry::{Frame, WorkerThread};
 /// }
 /// assert_eq!(fib(20), 6765);
 /// ```
+///
+/// Data that is not `Send` cannot cross to another thread:
+///
+/// ```compile_fail
+/// let counter = std::rc::Rc::new(0);
+/// parpool::join(|| *counter + 1, || 2);
+/// ```
 pub fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
 where
     A: FnOnce() -> RA + Send,
