@@ -1,1 +1,7 @@
 #![doc = include_str!("../README.md")]
+
+mod error;
+pub mod process;
+
+pub use error::ProcessError;
+pub use process::ProcessPool;
