@@ -346,7 +346,7 @@ impl ProcessError {
         matches!(*self.kind, ProcessErrorKind::TaskTimeout { .. })
     }
 
-    /// A `get_timeout` (or `wait_timeout`) gave up waiting before the job finished. The job
+    /// A `get_timeout` gave up waiting before the job finished. The job
     /// goes on; the handle still works, so a later `get` returns its result.
     ///
     /// # Examples

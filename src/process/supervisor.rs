@@ -17,8 +17,8 @@
 //! job without waiting for the parent. The credit adapts to the jobs: it is the number of
 //! jobs that make about [`CREDIT_TARGET`] of work, by a moving average of job durations,
 //! between [`MIN_CREDIT`] and [`MAX_CREDIT`]. Short jobs get a deep pipeline; long jobs get
-//! 2, so no worker sits on work another worker could do. A job goes to the ready worker with
-//! the fewest unanswered jobs.
+//! 1, so no job waits behind a long one while another worker could run it. A job goes to
+//! the ready worker with the fewest unanswered jobs.
 //!
 //! # Crash detection
 //!
@@ -76,15 +76,18 @@ use super::wire::{self, Fill, FrameReader, Kind, Outbox, SharedFd};
 use crate::ProcessError;
 use crate::error::{ExitStatus, SerdeStage};
 
-/// About how much work, in time, a worker may have queued. 200 µs: enough one-item jobs of a
-/// few µs (64) that the worker never waits for the parent's next send on this 2-core VM
-/// (a wake-up of the supervisor costs 20–60 µs here), and for jobs of 100 µs or more it
-/// yields the minimum credit, which keeps a long map balanced to within one job.
-pub(crate) const CREDIT_TARGET: Duration = Duration::from_micros(200);
+/// About how much work, in time, a worker may hold. The credit is
+/// `ceil(CREDIT_TARGET / average job duration)`: 500 µs lets one-item jobs of a few µs fill
+/// the whole window (a wake-up of the supervisor costs 20–60 µs on the 2-core VM this was
+/// tuned on, so a shallower pipeline leaves workers waiting), gives jobs of a few hundred µs
+/// a second slot so the round trip (50–85 µs here) overlaps with work, and gives jobs of
+/// 500 µs or more a credit of 1: a job never waits behind a long one while another worker
+/// idles.
+pub(crate) const CREDIT_TARGET: Duration = Duration::from_micros(500);
 
-/// The smallest credit: one running job and one waiting in the socket, so a worker never
-/// idles for a round trip between jobs.
-pub(crate) const MIN_CREDIT: usize = 2;
+/// The smallest credit: the job a worker runs. A fresh pool starts here (its estimate of a
+/// job's duration starts at `CREDIT_TARGET`) and deepens the window as short jobs come back.
+pub(crate) const MIN_CREDIT: usize = 1;
 
 /// The largest credit. 64 one-item jobs of the `map` benchmark keep a worker busy through a
 /// supervisor wake-up; more only adds jobs to requeue when a worker dies.
@@ -428,7 +431,8 @@ impl State {
 
     /// How many unanswered jobs a worker may hold.
     fn credit(&self) -> usize {
-        ((CREDIT_TARGET.as_nanos() as f64 / self.job_nanos) as usize).clamp(MIN_CREDIT, MAX_CREDIT)
+        ((CREDIT_TARGET.as_nanos() as f64 / self.job_nanos).ceil() as usize)
+            .clamp(MIN_CREDIT, MAX_CREDIT)
     }
 
     /// The ready worker with the fewest unanswered jobs, if one has credit left.
@@ -755,11 +759,16 @@ impl State {
             if let Some(deadline) = w.deadline {
                 if now >= deadline {
                     let why = match w.stage {
-                        Stage::Hello | Stage::Init if !w.eof => Killed::Startup(format!(
-                            "worker {} did not finish its handshake within {:?}; {}",
+                        Stage::Hello if !w.eof => Killed::Startup(format!(
+                            "worker {} did not send its handshake within {:?}; if it is stuck \
+                             in `main`, {}",
                             w.pid,
                             shared.config.startup_timeout,
                             bootstrap::BOOTSTRAP_ADVICE
+                        )),
+                        Stage::Init if !w.eof => Killed::Startup(format!(
+                            "worker {} did not finish its initializer within {:?}",
+                            w.pid, shared.config.startup_timeout
                         )),
                         _ => Killed::Broken,
                     };

@@ -175,7 +175,9 @@ fn run_job(id: u64, body: &[u8], out: &mut Vec<u8>) {
     let status = match tramp(bootstrap::address_of(func), &body[16..], out) {
         Ok(()) => wire::STATUS_OK,
         Err(failure) => {
-            out.truncate(wire::HEADER_LEN + 1);
+            // A failed encoding may have left `out` shorter or longer than the header.
+            out.clear();
+            out.resize(wire::HEADER_LEN + 1, 0);
             out.extend_from_slice(&encode(&failure));
             wire::STATUS_FAILED
         }
