@@ -141,6 +141,11 @@ impl<'a> Stream<'a> {
                 }
             }
         }
+        // Top up once half the window is free, so chunks go to the pool in batches (one
+        // lock and one round of sends per batch).
+        if self.in_flight > 0 && self.in_flight + self.failed.len() > self.window / 2 {
+            return;
+        }
         while !self.exhausted && self.in_flight + self.failed.len() < self.window {
             let (Some(call), Some(chunks)) = (self.call, self.chunks.as_mut()) else {
                 return;

@@ -98,6 +98,9 @@ pub(crate) const MAX_CREDIT: usize = 64;
 /// room for `atexit` work on a loaded machine.
 pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(1);
 
+/// The most jobs sent in one `sendmsg`: two iovecs each, well under `IOV_MAX` (1024).
+pub(crate) const MAX_BATCH: usize = 256;
+
 /// Consecutive failures to start a replacement worker before a slot gives up.
 pub(crate) const MAX_START_ATTEMPTS: u32 = 3;
 
@@ -435,8 +438,9 @@ impl State {
             .clamp(MIN_CREDIT, MAX_CREDIT)
     }
 
-    /// The ready worker with the fewest unanswered jobs, if one has credit left.
-    fn pick(&mut self, credit: usize) -> Option<usize> {
+    /// The open worker with the fewest unanswered jobs, if one has credit left. `batches`
+    /// holds the jobs picked for each worker in this dispatch round, not sent yet.
+    fn pick(&mut self, credit: usize, open: &[bool], batches: &[Vec<Job>]) -> Option<usize> {
         let n = self.slots.len();
         let mut best: Option<(usize, usize)> = None;
         for i in 0..n {
@@ -444,11 +448,13 @@ impl State {
             let Some(w) = &self.slots[slot].worker else {
                 continue;
             };
-            if w.stage != Stage::Ready || w.eof || w.killed.is_some() || w.jobs_left == 0 {
-                continue;
-            }
-            let load = w.inflight.len();
-            if load < credit && best.is_none_or(|(_, b)| load < b) {
+            let picked = batches[slot].len();
+            let load = w.inflight.len() + picked;
+            if open[slot]
+                && load < credit
+                && w.jobs_left > picked as u64
+                && best.is_none_or(|(_, b)| load < b)
+            {
                 best = Some((slot, load));
             }
         }
@@ -459,42 +465,109 @@ impl State {
 
     /// Sends queued jobs to workers with credit. Returns whether a job started on an idle
     /// worker under a task timeout (the supervisor must then recompute its timeout).
+    ///
+    /// A worker is topped up only once it is down to half its credit, so the jobs go out in
+    /// batches of about half the credit, one `sendmsg` per batch, while the worker still has
+    /// the other half to work on.
     fn dispatch(&mut self, shared: &Shared, now: Instant) -> bool {
         if !matches!(self.phase, Phase::Running | Phase::Closing) {
             return false;
         }
         let credit = self.credit();
+        let n = self.slots.len();
+        let open: Vec<bool> = self
+            .slots
+            .iter()
+            .map(|s| {
+                s.worker.as_ref().is_some_and(|w| {
+                    w.stage == Stage::Ready
+                        && !w.eof
+                        && w.killed.is_none()
+                        && w.inflight.len() <= credit / 2
+                })
+            })
+            .collect();
+        let mut batches: Vec<Vec<Job>> = (0..n).map(|_| Vec::new()).collect();
+        let mut batch_fds = vec![0usize; n];
         let mut timer_started = false;
         while let Some(job) = self.queue.front() {
             if job.spec.sink.is_dead() {
                 self.queue.pop_front();
                 continue;
             }
-            let Some(slot) = self.pick(credit) else {
+            let Some(slot) = self.pick(credit, &open, &batches) else {
                 break;
             };
             let job = self.queue.pop_front().expect("front exists");
             if !job.spec.sink.start() {
                 continue;
             }
-            let generation = self.slots[slot].generation;
-            let w = self.worker(slot);
-            if let Err(job) = w.send(job, shared, token(slot, generation, Source::Socket)) {
-                // The socket is broken: the worker is dying. Its death is handled when its
-                // pidfd fires; the job did not reach it.
-                job.spec.sink.requeue();
-                self.queue.push_front(job);
-                self.kill(slot, Killed::Broken);
-                continue;
+            if batches[slot].len() == MAX_BATCH
+                || batch_fds[slot] + job.spec.fds.len() > wire::MAX_FDS
+            {
+                let full = std::mem::take(&mut batches[slot]);
+                batch_fds[slot] = 0;
+                timer_started |= self.send_batch(slot, full, shared, now);
             }
-            let w = self.worker(slot);
-            if w.inflight.len() == 1 {
-                w.front_since = now;
-                timer_started |= shared.config.task_timeout.is_some();
+            batch_fds[slot] += job.spec.fds.len();
+            batches[slot].push(job);
+        }
+        for (slot, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                timer_started |= self.send_batch(slot, batch, shared, now);
             }
-            w.jobs_left -= 1;
         }
         timer_started
+    }
+
+    /// Sends `jobs` to a worker in one `sendmsg` (queueing what the socket does not take) and
+    /// records them as unanswered. Returns whether a timed job started on an idle worker.
+    fn send_batch(&mut self, slot: usize, jobs: Vec<Job>, shared: &Shared, now: Instant) -> bool {
+        let token = token(slot, self.slots[slot].generation, Source::Socket);
+        let w = self.worker(slot);
+        let prefixes: Vec<[u8; 32]> = jobs
+            .iter()
+            .map(|job| {
+                let payload = &job.spec.payload;
+                let mut prefix = [0u8; 32];
+                let header =
+                    wire::header(Kind::Job, job.id, 16 + payload.len(), job.spec.fds.len());
+                prefix[..16].copy_from_slice(&header);
+                prefix[16..24].copy_from_slice(&job.spec.call.trampoline.to_le_bytes());
+                prefix[24..].copy_from_slice(&job.spec.call.function.to_le_bytes());
+                prefix
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * jobs.len());
+        for (prefix, job) in prefixes.iter().zip(&jobs) {
+            parts.push(prefix);
+            parts.push(&job.spec.payload);
+        }
+        let fds: Vec<SharedFd> = jobs.iter().flat_map(|j| j.spec.fds.iter().cloned()).collect();
+        match w.outbox.send(w.socket.as_fd(), &parts, &fds) {
+            Ok(pending) => {
+                if pending {
+                    w.arm_out(shared, token);
+                }
+                let was_idle = w.inflight.is_empty();
+                w.jobs_left -= jobs.len() as u64;
+                w.inflight.extend(jobs);
+                if was_idle {
+                    w.front_since = now;
+                }
+                was_idle && shared.config.task_timeout.is_some()
+            }
+            Err(_) => {
+                // The socket is broken: the worker is dying. Its death is handled when its
+                // pidfd fires; these jobs did not reach it.
+                for job in jobs.into_iter().rev() {
+                    job.spec.sink.requeue();
+                    self.queue.push_front(job);
+                }
+                self.kill(slot, Killed::Broken);
+                false
+            }
+        }
     }
 
     fn kill(&mut self, slot: usize, why: Killed) {
@@ -909,30 +982,6 @@ impl State {
 }
 
 impl Worker {
-    /// Sends a job frame (queueing what the socket does not take) and records the job as
-    /// unanswered. Returns the job when the socket is broken.
-    fn send(&mut self, job: Job, shared: &Shared, token: u64) -> Result<(), Job> {
-        let payload = &job.spec.payload;
-        let header = wire::header(Kind::Job, job.id, 16 + payload.len(), job.spec.fds.len());
-        let mut offsets = [0u8; 16];
-        offsets[..8].copy_from_slice(&job.spec.call.trampoline.to_le_bytes());
-        offsets[8..].copy_from_slice(&job.spec.call.function.to_le_bytes());
-        match self.outbox.send(
-            self.socket.as_fd(),
-            &[&header, &offsets, payload],
-            &job.spec.fds,
-        ) {
-            Ok(pending) => {
-                if pending {
-                    self.arm_out(shared, token);
-                }
-                self.inflight.push_back(job);
-                Ok(())
-            }
-            Err(_) => Err(job),
-        }
-    }
-
     /// Registers interest in the socket turning writable (the outbox holds bytes).
     fn arm_out(&mut self, shared: &Shared, token: u64) {
         if !self.out_armed && !self.eof {
@@ -1070,11 +1119,9 @@ fn supervise(shared: &Shared) {
         }
         for &slot in readable.iter().chain(&exited) {
             // A dead worker's socket is read to the end: results written before it died.
-            let nonblocking_rounds = if exited.contains(&slot) {
-                usize::MAX
-            } else {
-                16
-            };
+            // A live socket gets one read per wake (epoll is level-triggered: what is left
+            // wakes us again); a dead worker's socket is read to the end.
+            let nonblocking_rounds = if exited.contains(&slot) { usize::MAX } else { 1 };
             if let Some(socket) = local.sockets[slot].clone() {
                 for _ in 0..nonblocking_rounds {
                     match local.readers[slot].fill(socket.as_fd(), true) {
