@@ -1,7 +1,12 @@
-//! Error types: opaque structs with a private kind and query methods.
+//! Error types: opaque structs with a private kind enum and query methods.
+//!
+//! Each error is a small struct whose kind stays private, so new kinds can be added without
+//! breaking callers; callers ask questions (`is_panic()`, `signal()`, ...) instead of matching.
 
 use std::any::Any;
 use std::fmt;
+use std::io;
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------
 // Thread pool
@@ -236,3 +241,578 @@ impl fmt::Display for TaskError {
 }
 
 impl std::error::Error for TaskError {}
+
+// ---------------------------------------------------------------------------------------------
+// Process pool errors
+// ---------------------------------------------------------------------------------------------
+
+/// An error from the [process pool](crate::process): a job that failed, a pool that could not
+/// start, or a pool that was used after it was closed.
+///
+/// Each way a job can fail is a distinct kind with its own query method, so callers decide
+/// what to do with the failure without parsing messages:
+///
+/// | what happened | query |
+/// |---|---|
+/// | the job panicked; the worker lives on | [`is_panic`](Self::is_panic), [`panic_message`](Self::panic_message) |
+/// | the worker died while running the job (abort, segfault, SIGKILL, OOM kill, `exit`) | [`is_crash`](Self::is_crash), [`signal`](Self::signal), [`exit_code`](Self::exit_code) |
+/// | the job ran past the pool's `task_timeout`; its worker was killed | [`is_task_timeout`](Self::is_task_timeout) |
+/// | `get_timeout` gave up waiting; the job goes on and the handle still works | [`is_timeout`](Self::is_timeout) |
+/// | an argument or result could not be (de)serialised | [`is_serialization`](Self::is_serialization), [`type_name`](Self::type_name) |
+/// | a worker could not start (within the startup timeout) | [`is_startup`](Self::is_startup) |
+/// | the pool was closed or terminated | [`is_closed`](Self::is_closed) |
+/// | the job was cancelled before it started | [`is_cancelled`](Self::is_cancelled) |
+/// | a bad argument: 0 processes, a chunk size of 0, a function outside the executable | [`is_invalid_argument`](Self::is_invalid_argument) |
+///
+/// [`pid`](Self::pid) names the worker process involved, when there was one.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::ProcessPool;
+///
+/// let err = ProcessPool::new(0).unwrap_err();
+/// assert!(err.is_invalid_argument());
+/// assert_eq!(err.pid(), None);
+/// ```
+pub struct ProcessError {
+    kind: Box<ProcessErrorKind>,
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitStatus {
+    /// Killed by this signal number.
+    Signal(i32),
+    /// Exited with this code.
+    Code(i32),
+}
+
+/// Where a (de)serialisation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SerdeStage {
+    /// Encoding the argument in the parent (`submit`, `map`).
+    EncodeArgument,
+    /// Decoding the argument in the worker.
+    DecodeArgument,
+    /// Encoding the result in the worker.
+    EncodeResult,
+    /// Decoding the result in the parent (`get`, `map`).
+    DecodeResult,
+}
+
+#[derive(Debug)]
+enum ProcessErrorKind {
+    InvalidArgument(String),
+    Startup {
+        message: String,
+        source: Option<io::Error>,
+    },
+    Closed,
+    Cancelled,
+    WaitTimeout,
+    Panic {
+        message: String,
+        pid: u32,
+    },
+    Crash {
+        pid: u32,
+        status: ExitStatus,
+    },
+    TaskTimeout {
+        pid: u32,
+        timeout: Duration,
+    },
+    Serialization {
+        type_name: String,
+        stage: SerdeStage,
+        message: String,
+        pid: Option<u32>,
+    },
+    Io(io::Error),
+}
+
+impl ProcessError {
+    fn new(kind: ProcessErrorKind) -> Self {
+        Self {
+            kind: Box::new(kind),
+        }
+    }
+
+    pub(crate) fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(ProcessErrorKind::InvalidArgument(message.into()))
+    }
+
+    pub(crate) fn startup(message: impl Into<String>, source: Option<io::Error>) -> Self {
+        Self::new(ProcessErrorKind::Startup {
+            message: message.into(),
+            source,
+        })
+    }
+
+    pub(crate) fn closed() -> Self {
+        Self::new(ProcessErrorKind::Closed)
+    }
+
+    pub(crate) fn cancelled() -> Self {
+        Self::new(ProcessErrorKind::Cancelled)
+    }
+
+    pub(crate) fn wait_timeout() -> Self {
+        Self::new(ProcessErrorKind::WaitTimeout)
+    }
+
+    pub(crate) fn panic(message: String, pid: u32) -> Self {
+        Self::new(ProcessErrorKind::Panic { message, pid })
+    }
+
+    pub(crate) fn crash(pid: u32, status: ExitStatus) -> Self {
+        Self::new(ProcessErrorKind::Crash { pid, status })
+    }
+
+    pub(crate) fn task_timeout(pid: u32, timeout: Duration) -> Self {
+        Self::new(ProcessErrorKind::TaskTimeout { pid, timeout })
+    }
+
+    pub(crate) fn serialization(
+        type_name: impl Into<String>,
+        stage: SerdeStage,
+        message: impl fmt::Display,
+        pid: Option<u32>,
+    ) -> Self {
+        Self::new(ProcessErrorKind::Serialization {
+            type_name: type_name.into(),
+            stage,
+            message: message.to_string(),
+            pid,
+        })
+    }
+
+    pub(crate) fn io(source: io::Error) -> Self {
+        Self::new(ProcessErrorKind::Io(source))
+    }
+
+    /// Returns a copy of this error for another job that failed the same way (a startup
+    /// failure reported to every queued job). The `io::Error` source is kept as its message.
+    pub(crate) fn duplicate(&self) -> Self {
+        use ProcessErrorKind as K;
+        let kind = match &*self.kind {
+            K::InvalidArgument(m) => K::InvalidArgument(m.clone()),
+            K::Startup { message, source } => K::Startup {
+                message: match source {
+                    Some(s) => format!("{message}: {s}"),
+                    None => message.clone(),
+                },
+                source: None,
+            },
+            K::Closed => K::Closed,
+            K::Cancelled => K::Cancelled,
+            K::WaitTimeout => K::WaitTimeout,
+            K::Panic { message, pid } => K::Panic {
+                message: message.clone(),
+                pid: *pid,
+            },
+            K::Crash { pid, status } => K::Crash {
+                pid: *pid,
+                status: *status,
+            },
+            K::TaskTimeout { pid, timeout } => K::TaskTimeout {
+                pid: *pid,
+                timeout: *timeout,
+            },
+            K::Serialization {
+                type_name,
+                stage,
+                message,
+                pid,
+            } => K::Serialization {
+                type_name: type_name.clone(),
+                stage: *stage,
+                message: message.clone(),
+                pid: *pid,
+            },
+            K::Io(e) => K::Io(io::Error::new(e.kind(), e.to_string())),
+        };
+        Self::new(kind)
+    }
+
+    /// The job panicked. The worker caught the panic and lives on;
+    /// [`panic_message`](Self::panic_message) has the message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn fail(x: u32) -> u32 {
+    ///     panic!("no {x}")
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let err = pool.submit(fail, 7)?.get().unwrap_err();
+    /// assert!(err.is_panic());
+    /// assert_eq!(err.panic_message(), Some("no 7"));
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_panic(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::Panic { .. })
+    }
+
+    /// The panic message of a job that panicked (`&str` and `String` payloads; other payloads
+    /// read `Box<dyn Any>`), or `None` for other errors.
+    ///
+    /// # Examples
+    ///
+    /// See [`is_panic`](Self::is_panic).
+    pub fn panic_message(&self) -> Option<&str> {
+        match &*self.kind {
+            ProcessErrorKind::Panic { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// The worker process died while running the job: killed by a signal (abort, segfault,
+    /// SIGKILL, the OOM killer) or it called `exit`. [`signal`](Self::signal) or
+    /// [`exit_code`](Self::exit_code) says which, [`pid`](Self::pid) names the worker. The pool
+    /// replaced the worker and sent the jobs that had not started to other workers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn quit(code: i32) {
+    ///     std::process::exit(code)
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let err = pool.submit(quit, 3)?.get().unwrap_err();
+    /// assert!(err.is_crash());
+    /// assert_eq!(err.exit_code(), Some(3));
+    /// assert_eq!(err.signal(), None);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_crash(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::Crash { .. })
+    }
+
+    /// The signal that killed the worker running the job (6 for an abort, 11 for a
+    /// segfault, 9 for SIGKILL and the OOM killer), or `None`.
+    ///
+    /// # Examples
+    ///
+    /// See [`is_crash`](Self::is_crash).
+    pub fn signal(&self) -> Option<i32> {
+        match &*self.kind {
+            ProcessErrorKind::Crash {
+                status: ExitStatus::Signal(s),
+                ..
+            } => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// The exit code of a worker that exited while running the job, or `None`.
+    ///
+    /// # Examples
+    ///
+    /// See [`is_crash`](Self::is_crash).
+    pub fn exit_code(&self) -> Option<i32> {
+        match &*self.kind {
+            ProcessErrorKind::Crash {
+                status: ExitStatus::Code(c),
+                ..
+            } => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// The pid of the worker process involved (panic, crash, task timeout, or a
+    /// (de)serialisation failure inside a worker), or `None`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn fail(_: ()) {
+    ///     panic!("boom")
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let err = pool.submit(fail, ())?.get().unwrap_err();
+    /// assert!(pool.pids().contains(&err.pid().unwrap()));
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn pid(&self) -> Option<u32> {
+        match &*self.kind {
+            ProcessErrorKind::Panic { pid, .. }
+            | ProcessErrorKind::Crash { pid, .. }
+            | ProcessErrorKind::TaskTimeout { pid, .. } => Some(*pid),
+            ProcessErrorKind::Serialization { pid, .. } => *pid,
+            _ => None,
+        }
+    }
+
+    /// The job ran longer than the pool's
+    /// [`task_timeout`](crate::process::ProcessPoolBuilder::task_timeout): its worker was
+    /// killed and replaced. Not to be confused with [`is_timeout`](Self::is_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// fn hang(_: ()) {
+    ///     loop {
+    ///         std::thread::sleep(Duration::from_secs(1));
+    ///     }
+    /// }
+    ///
+    /// let pool = ProcessPool::builder()
+    ///     .processes(1)
+    ///     .task_timeout(Duration::from_millis(100))
+    ///     .build()?;
+    /// assert!(pool.submit(hang, ())?.get().unwrap_err().is_task_timeout());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_task_timeout(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::TaskTimeout { .. })
+    }
+
+    /// A `get_timeout` gave up waiting before the job finished. The job
+    /// goes on; the handle still works, so a later `get` returns its result.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// fn slow(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let task = pool.submit(slow, 300)?;
+    /// assert!(task.get_timeout(Duration::from_millis(1)).unwrap_err().is_timeout());
+    /// assert_eq!(task.get()?, 300);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::WaitTimeout)
+    }
+
+    /// An argument or a result could not be serialised or deserialised;
+    /// [`type_name`](Self::type_name) names the type.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use serde::{Serialize, Serializer};
+    ///
+    /// struct Opaque;
+    /// impl Serialize for Opaque {
+    ///     fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+    ///         Err(serde::ser::Error::custom("not today"))
+    ///     }
+    /// }
+    /// # impl<'de> serde::Deserialize<'de> for Opaque {
+    /// #     fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> { Ok(Opaque) }
+    /// # }
+    ///
+    /// fn take(_: Opaque) {}
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let err = pool.submit(take, Opaque).unwrap_err();
+    /// assert!(err.is_serialization());
+    /// assert!(err.type_name().unwrap().ends_with("Opaque"));
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_serialization(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::Serialization { .. })
+    }
+
+    /// The Rust type that failed to (de)serialise (from [`std::any::type_name`]), or `None`.
+    ///
+    /// # Examples
+    ///
+    /// See [`is_serialization`](Self::is_serialization).
+    pub fn type_name(&self) -> Option<&str> {
+        match &*self.kind {
+            ProcessErrorKind::Serialization { type_name, .. } => Some(type_name),
+            _ => None,
+        }
+    }
+
+    /// A worker process could not start: it could not be spawned, it did not finish its
+    /// handshake within the startup timeout, it runs a different executable image, its
+    /// initializer panicked, or the worker bootstrap did not run before `main` (the message
+    /// then says to call [`parpool::process::init()`](crate::process::init)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn broken() {
+    ///     panic!("no config")
+    /// }
+    ///
+    /// let err = ProcessPool::builder().processes(1).initializer(broken).build().unwrap_err();
+    /// assert!(err.is_startup());
+    /// assert!(err.to_string().contains("no config"));
+    /// ```
+    pub fn is_startup(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::Startup { .. })
+    }
+
+    /// The pool was closed or terminated: `submit`/`map` after `close`, `join` or
+    /// `terminate`, or a job that `terminate` discarded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn id(x: u8) -> u8 {
+    ///     x
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// pool.close();
+    /// assert!(pool.submit(id, 1).unwrap_err().is_closed());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::Closed)
+    }
+
+    /// The job was cancelled (with `cancel`) before it started.
+    ///
+    /// # Examples
+    ///
+    /// See [`ProcessTask::cancel`](crate::process::ProcessTask::cancel).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::Cancelled)
+    }
+
+    /// A bad argument: a pool of 0 processes, a chunk size of 0, or a job function that does
+    /// not live in the main executable (a dynamic library is mapped at another address in
+    /// each process).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn id(x: u8) -> u8 {
+    ///     x
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// assert!(pool.map_chunked(id, 0..10, 0).unwrap_err().is_invalid_argument());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::InvalidArgument(_))
+    }
+}
+
+/// A readable name for the signals a job is likely to die of.
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        libc::SIGABRT => "SIGABRT, an abort",
+        libc::SIGSEGV => "SIGSEGV, a segmentation fault",
+        libc::SIGKILL => "SIGKILL, e.g. the OOM killer or `kill -9`",
+        libc::SIGBUS => "SIGBUS, a bus error",
+        libc::SIGFPE => "SIGFPE, an arithmetic fault",
+        libc::SIGILL => "SIGILL, an illegal instruction",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => return None,
+    })
+}
+
+impl fmt::Display for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.kind {
+            ProcessErrorKind::InvalidArgument(message) => f.write_str(message),
+            ProcessErrorKind::Startup { message, .. } => {
+                write!(f, "a worker process could not start: {message}")
+            }
+            ProcessErrorKind::Closed => f.write_str("the process pool is closed"),
+            ProcessErrorKind::Cancelled => f.write_str("the job was cancelled before it started"),
+            ProcessErrorKind::WaitTimeout => {
+                f.write_str("the job has not finished yet (the wait timed out)")
+            }
+            ProcessErrorKind::Panic { message, pid } => {
+                write!(f, "the job panicked in worker {pid}: {message}")
+            }
+            ProcessErrorKind::Crash {
+                pid,
+                status: ExitStatus::Signal(signal),
+            } => {
+                write!(f, "worker {pid} was killed by signal {signal}")?;
+                if let Some(name) = signal_name(*signal) {
+                    write!(f, " ({name})")?;
+                }
+                f.write_str(" while running the job")
+            }
+            ProcessErrorKind::Crash {
+                pid,
+                status: ExitStatus::Code(code),
+            } => write!(
+                f,
+                "worker {pid} exited with code {code} while running the job"
+            ),
+            ProcessErrorKind::TaskTimeout { pid, timeout } => write!(
+                f,
+                "the job ran longer than the task timeout of {timeout:?}; worker {pid} was killed"
+            ),
+            ProcessErrorKind::Serialization {
+                type_name,
+                stage,
+                message,
+                pid,
+            } => {
+                let what = match stage {
+                    SerdeStage::EncodeArgument => "serialise the argument",
+                    SerdeStage::DecodeArgument => "deserialise the argument",
+                    SerdeStage::EncodeResult => "serialise the result",
+                    SerdeStage::DecodeResult => "deserialise the result",
+                };
+                write!(f, "could not {what} of type `{type_name}`")?;
+                if let Some(pid) = pid {
+                    write!(f, " in worker {pid}")?;
+                }
+                write!(f, ": {message}")
+            }
+            ProcessErrorKind::Io(e) => write!(f, "process pool I/O error: {e}"),
+        }
+    }
+}
+
+impl fmt::Debug for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessError")
+            .field("kind", &self.kind)
+            .field("message", &format_args!("{self}"))
+            .finish()
+    }
+}
+
+impl std::error::Error for ProcessError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.kind {
+            ProcessErrorKind::Startup {
+                source: Some(e), ..
+            }
+            | ProcessErrorKind::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -3,17 +3,20 @@
 //! # Where to start
 //!
 //! - [`ThreadPool`]: a work-stealing pool; [`ThreadPool::global`] is the default one.
+//! - [`ParMap::par_map`], [`ThreadPool::map`], [`ThreadPool::imap`]: the map family.
 //! - [`join`] and [`scope`]: fork-join on the current pool.
 //! - [`ThreadPool::submit`] → [`Task`]: Python's `apply_async` / `Executor.submit`, with
 //!   [`as_completed`].
+//! - [`ProcessPool`]: process-isolated jobs that survive crashes and hangs.
 
 mod error;
 mod map;
 mod pool;
+pub mod process;
 mod sync;
 mod task;
 
-pub use error::{TaskError, ThreadPoolBuildError};
+pub use error::{ProcessError, TaskError, ThreadPoolBuildError};
 pub use map::{
     Imap, ImapUnordered, IntoParMap, ParMap, imap, imap_unordered, map, map_chunked, try_map,
 };
@@ -21,11 +24,13 @@ pub use pool::{
     NUM_THREADS_ENV, Scope, ThreadPool, ThreadPoolBuilder, current_num_threads,
     current_thread_index, join, scope,
 };
+pub use process::ProcessPool;
 pub use task::{AsCompleted, Task, as_completed, submit};
 
 /// The names most programs need: `use parpool::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        IntoParMap, ParMap, Task, TaskError, ThreadPool, ThreadPoolBuilder, as_completed,
+        IntoParMap, ParMap, ProcessPool, Task, TaskError, ThreadPool, ThreadPoolBuilder,
+        as_completed,
     };
 }

@@ -1,0 +1,225 @@
+//! Worker start: re-executing the current executable, and the entry that runs before `main`.
+//!
+//! # How a worker starts
+//!
+//! 1. The pool's supervisor thread (long-lived: a worker's parent-death signal fires when the
+//!    *thread* that spawned it exits) makes a `SOCK_STREAM` socketpair, both ends
+//!    `SOCK_CLOEXEC`, and spawns `/proc/self/exe` with `std::process::Command`:
+//!    - the worker's end becomes the child's standard input. `posix_spawn` `dup2`s it onto
+//!      fd 0, which is the only way to hand one descriptor to the child without `pre_exec`
+//!      and without clearing `FD_CLOEXEC` in the parent, where another thread spawning at the
+//!      same moment would inherit it;
+//!    - `PARPOOL_WORKER=<parent pid>` in its environment marks it as a worker;
+//!    - `process_group(0)` puts it in its own process group, so Ctrl-C in a terminal reaches
+//!      the parent only, and the parent decides what happens to its jobs;
+//!    - no `pre_exec`: std then uses `posix_spawn` (a `vfork`-style clone that does not copy
+//!      the parent's page tables), ~1 ms whatever the parent's size, where a `pre_exec`
+//!      forces a full `fork` (17 ms at 1 GiB of parent RSS, 65 ms at 4 GiB).
+//!      `/proc/self/exe` names the image the parent runs even if its file was replaced on
+//!      disk since.
+//! 2. In the new process the C runtime runs the `.init_array` constructors before Rust's
+//!    `main`. Ours ([`BEFORE_MAIN`]) sees `PARPOOL_WORKER` and runs the worker loop
+//!    (`worker::run`), which exits the process: the program's `main` never runs in a worker.
+//!    That is why no code in `main` is needed, in programs, `cargo test` binaries, doctests,
+//!    examples or benches.
+//! 3. The worker's first frame is a `Hello` with the fingerprint of its image; the parent
+//!    checks it against its own before it sends a single function offset (see `supervisor`).
+//!
+//! # When the constructor does not run
+//!
+//! On a platform or linker that drops `.init_array` entries, [`init`] is the fallback: called
+//! first thing in `main`, it does what the constructor would have done. The constructor also
+//! runs in the parent (it returns at once there) and records that it ran, so a pool refuses
+//! to start when neither the constructor nor `init` ran, with an error that says to call
+//! `init`. If a worker somehow reaches a pool constructor with `PARPOOL_WORKER` still set (it
+//! runs `main` without having called `init` first), it reports the missed bootstrap to its
+//! parent and exits; the parent turns that, or a worker silent past the startup timeout, into
+//! a startup error that says the same.
+//!
+//! # Naming functions across processes
+//!
+//! A job function is a plain `fn(A) -> R`, named in the wire protocol by its offset from
+//! [`anchor`], a function of this crate. The parent and its workers run the same image, and
+//! position-independent executables are relocated as a whole, so the offset means the same
+//! function in both even though ASLR puts the image at different addresses. Offsets are only
+//! valid for functions in the same loaded object as the anchor, which must be the main
+//! executable (the worker re-executes that, not a library); [`in_main_image`] checks both.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::wire::Fingerprint;
+use super::worker;
+use crate::ProcessError;
+
+/// The environment variable that marks a worker process; its value is the parent's pid.
+pub(crate) const ENV_WORKER: &str = "PARPOOL_WORKER";
+
+/// What to do when the bootstrap did not run, for error messages.
+pub(crate) const BOOTSTRAP_ADVICE: &str = "the parpool worker bootstrap did not run before \
+     `main` in this executable (its `.init_array` constructor was dropped by the platform or \
+     linker); call `parpool::process::init()` as the first statement of `main`";
+
+/// Set by the constructor in every process of an executable where it runs.
+static CONSTRUCTOR_RAN: AtomicBool = AtomicBool::new(false);
+
+/// Set by [`init`].
+static INIT_CALLED: AtomicBool = AtomicBool::new(false);
+
+/// The signature the C runtime calls `.init_array` entries with.
+type InitArrayFn = extern "C" fn(c_int, *const *const c_char, *const *const c_char);
+
+/// The constructor entry: the C runtime calls it before `main` in every process of an
+/// executable that links this crate.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static BEFORE_MAIN: InitArrayFn = before_main;
+
+extern "C" fn before_main(_argc: c_int, _argv: *const *const c_char, _env: *const *const c_char) {
+    CONSTRUCTOR_RAN.store(true, Ordering::Relaxed);
+    enter_if_worker();
+}
+
+/// Runs the worker loop, never to return, when this process is a parpool worker.
+fn enter_if_worker() {
+    if let Some(parent) = worker_parent() {
+        worker::run(parent);
+    }
+}
+
+/// The parent pid from `PARPOOL_WORKER`, when this process is a worker.
+fn worker_parent() -> Option<u32> {
+    std::env::var_os(ENV_WORKER)?.to_str()?.parse().ok()
+}
+
+/// The fallback worker entry for platforms where the constructor does not run: call it as the
+/// first statement of `main`. In a worker process it runs the worker loop and exits the
+/// process; everywhere else it returns at once.
+///
+/// On Linux with the usual linkers you do not need it: an `.init_array` constructor takes over
+/// worker processes before `main`. A pool notices when neither ran and fails to start with
+/// an error saying to call `init`.
+///
+/// Call it before the program starts other threads (it edits the environment of a worker
+/// process).
+///
+/// # Examples
+///
+/// ```
+/// fn main() {
+///     parpool::process::init();
+///     // ... the program, which may use a ProcessPool ...
+/// }
+/// # main();
+/// ```
+pub fn init() {
+    INIT_CALLED.store(true, Ordering::Relaxed);
+    enter_if_worker();
+}
+
+/// Checks that this process may start workers: a worker's bootstrap must have had a chance to
+/// run (the constructor or [`init`]), and this process must not be a worker running `main`.
+pub(crate) fn check_bootstrap() -> Result<(), ProcessError> {
+    if worker_parent().is_some() {
+        // A worker that runs the program's `main`: neither the constructor nor `init` ran
+        // here. Tell the parent instead of running the program a second time.
+        worker::report_missed_bootstrap();
+    }
+    if !CONSTRUCTOR_RAN.load(Ordering::Relaxed) && !INIT_CALLED.load(Ordering::Relaxed) {
+        return Err(ProcessError::startup(BOOTSTRAP_ADVICE, None));
+    }
+    if !in_main_image(anchor as fn() as usize) {
+        return Err(ProcessError::startup(
+            "parpool is not linked into the main executable (it lives in a dynamic library), \
+             so a re-executed worker would not contain it",
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// Spawns one worker process: `/proc/self/exe` with the worker end of a new socketpair as its
+/// standard input. Returns the child and the parent's end.
+pub(crate) fn spawn() -> io::Result<(Child, OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // Keeps the constructor's object in the link of every program that spawns workers.
+    std::hint::black_box(&BEFORE_MAIN);
+    let child = Command::new("/proc/self/exe")
+        .arg0("parpool-worker")
+        .env(ENV_WORKER, std::process::id().to_string())
+        .stdin(Stdio::from(theirs))
+        .process_group(0)
+        .spawn()?;
+    Ok((child, ours))
+}
+
+/// The reference point of function offsets. `inline(never)` and used only by address.
+#[inline(never)]
+fn anchor() {
+    std::hint::black_box(());
+}
+
+/// A second known function: its offset from the anchor is part of the image fingerprint.
+#[inline(never)]
+fn probe() -> u64 {
+    std::hint::black_box(0x7061_7270_6f6f_6c21)
+}
+
+/// The offset of a code address from the anchor.
+pub(crate) fn offset_of(address: usize) -> i64 {
+    address.wrapping_sub(anchor as fn() as usize) as i64
+}
+
+/// The code address at an offset from the anchor (the inverse of [`offset_of`] within one
+/// image).
+pub(crate) fn address_of(offset: i64) -> usize {
+    (anchor as fn() as usize).wrapping_add(offset as usize)
+}
+
+/// The base address of the loaded object containing `address`, from `dladdr`.
+fn object_base(address: usize) -> Option<usize> {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::uninit();
+    // SAFETY: `dladdr` only reads the dynamic loader's tables and writes `info`, a valid
+    // out-pointer; it accepts any address.
+    let found = unsafe { libc::dladdr(address as *const c_void, info.as_mut_ptr()) };
+    if found == 0 {
+        return None;
+    }
+    // SAFETY: `dladdr` returned non-zero, so it initialised `info`.
+    let info = unsafe { info.assume_init() };
+    Some(info.dli_fbase as usize)
+}
+
+/// Whether `address` lies in the main executable, the object a worker re-executes.
+pub(crate) fn in_main_image(address: usize) -> bool {
+    static MAIN_BASE: OnceLock<Option<usize>> = OnceLock::new();
+    // SAFETY: `getauxval` reads the auxiliary vector the kernel passed at exec; AT_PHDR is
+    // the address of the main executable's program headers, mapped inside it.
+    let main =
+        *MAIN_BASE.get_or_init(|| object_base(unsafe { libc::getauxval(libc::AT_PHDR) } as usize));
+    main.is_some() && object_base(address) == main
+}
+
+/// The fingerprint of the image this process runs (see [`Fingerprint`]).
+pub(crate) fn fingerprint() -> io::Result<Fingerprint> {
+    let stat = rustix::fs::stat("/proc/self/exe")?;
+    Ok(Fingerprint {
+        dev: stat.st_dev,
+        ino: stat.st_ino,
+        size: stat.st_size as u64,
+        mtime: stat.st_mtime,
+        mtime_nsec: stat.st_mtime_nsec as i64,
+        probe: offset_of(probe as fn() -> u64 as usize),
+    })
+}

@@ -1,0 +1,494 @@
+//! A process pool: jobs run in separate worker processes, so a crash, abort or hang in a job
+//! fails that job, never the caller.
+//!
+//! The API follows Python's `multiprocessing.Pool`: [`ProcessPool::submit`] (`apply_async`),
+//! [`map`](ProcessPool::map), [`imap`](ProcessPool::imap),
+//! [`imap_unordered`](ProcessPool::imap_unordered), [`close`](ProcessPool::close),
+//! [`join`](ProcessPool::join) and [`terminate`](ProcessPool::terminate). Where Python's pool
+//! hangs or breaks, this one reports an error for the one job concerned and goes on:
+//!
+//! - a job that panics fails with the panic message; its worker lives on;
+//! - a job whose worker dies (abort, segfault, SIGKILL, the OOM killer) fails with the signal
+//!   or exit code; the jobs that worker had not started go to other workers, and a new worker
+//!   takes its place;
+//! - a job that runs past the pool's `task_timeout` has its worker killed and fails with a
+//!   timeout;
+//! - when the parent process dies, its workers die too (a parent-death signal, and EOF on
+//!   their socket);
+//! - a worker that cannot start makes `new`/`build` fail within a startup timeout.
+//!
+//! # Jobs
+//!
+//! A job is a plain function `fn(A) -> R` (closures that capture nothing coerce to one) and
+//! an argument; `A` and `R` travel as [`serde`] + `postcard` bytes. Workers are the same
+//! executable, started again (`/proc/self/exe`), so the function is named by its position in
+//! the executable; the worker proves it runs the same image before it gets any job.
+//!
+//! # Workers start without code in `main`
+//!
+//! A worker process takes over before `main` runs, from a constructor of this crate. Programs,
+//! `cargo test` binaries, doctests, examples and benchmarks need nothing in `main`. Where the
+//! constructor does not run, the pool says so; call [`init`] at the start of `main` then.
+//!
+//! # Examples
+//!
+//! ```
+//! use parpool::ProcessPool;
+//! use std::time::Duration;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let procs = ProcessPool::new(2)?;
+//! let v: Vec<u64> = procs.map(square, 0..100u64)?;
+//! assert_eq!(v[99], 99 * 99);
+//! let mut sum = 0;
+//! for r in procs.imap_unordered(square, 0..100u64) {
+//!     let y: u64 = r?;
+//!     sum += y;
+//! }
+//! assert_eq!(sum, v.iter().sum::<u64>());
+//! let t = procs.submit(square, 7)?;
+//! assert_eq!(t.get_timeout(Duration::from_secs(10))?, 49);
+//! # Ok::<(), parpool::ProcessError>(())
+//! ```
+//!
+//! # Shutdown
+//!
+//! [`close`](ProcessPool::close) refuses new jobs and lets queued ones finish;
+//! [`join`](ProcessPool::join) closes and waits until every job finished and every worker
+//! exited; [`terminate`](ProcessPool::terminate) kills the workers at once and fails the jobs
+//! that did not finish. Dropping a pool joins it: the steps are
+//!
+//! 1. no new jobs are accepted;
+//! 2. queued and running jobs finish and deliver their results (set a `task_timeout`, or
+//!    call `terminate`, if a job may hang);
+//! 3. each worker's socket is shut down; the worker reads EOF and exits with status 0, and a
+//!    worker still alive a second later is killed;
+//! 4. every worker is reaped (no zombies) and every descriptor closed;
+//! 5. the supervisor thread exits and `drop` returns.
+
+mod bootstrap;
+mod map;
+mod supervisor;
+mod task;
+mod wire;
+mod worker;
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use bootstrap::init;
+pub use map::{Imap, ImapUnordered};
+pub use task::ProcessTask;
+
+use crate::ProcessError;
+use crate::error::SerdeStage;
+use supervisor::{Call, Config, JobSpec, Shared};
+use task::{Sink, TaskSlot};
+use worker::Trampoline;
+
+/// A pool of worker processes that run `fn(A) -> R` jobs, isolated from the caller and from
+/// each other. See the [module documentation](self) for the failure model.
+///
+/// The pool is `Send + Sync`: any thread may submit to it.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::ProcessPool;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let procs = ProcessPool::new(2)?;
+/// assert_eq!(procs.map(square, [1, 2, 3])?, [1, 4, 9]);
+/// # Ok::<(), parpool::ProcessError>(())
+/// ```
+pub struct ProcessPool {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ProcessPool {
+    /// A pool of `processes` workers with default settings; returns once every worker is
+    /// ready.
+    ///
+    /// # Errors
+    ///
+    /// `processes == 0` ([`is_invalid_argument`](ProcessError::is_invalid_argument)); a
+    /// worker could not start within the startup timeout
+    /// ([`is_startup`](ProcessError::is_startup)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// let procs = ProcessPool::new(2)?;
+    /// assert_eq!(procs.processes(), 2);
+    /// assert!(ProcessPool::new(0).unwrap_err().is_invalid_argument());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn new(processes: usize) -> Result<Self, ProcessError> {
+        Self::builder().processes(processes).build()
+    }
+
+    /// A builder to set the number of processes, `max_tasks_per_child`, a `task_timeout`,
+    /// an initializer and the startup timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// let procs = ProcessPool::builder()
+    ///     .processes(2)
+    ///     .max_tasks_per_child(1000)
+    ///     .task_timeout(Duration::from_secs(60))
+    ///     .build()?;
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn builder() -> ProcessPoolBuilder {
+        ProcessPoolBuilder::default()
+    }
+
+    /// The number of worker processes.
+    ///
+    /// # Examples
+    ///
+    /// See [`new`](Self::new).
+    pub fn processes(&self) -> usize {
+        self.shared.config().processes
+    }
+
+    /// The pids of the worker processes alive now (a worker being replaced is missing).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn pid(_: ()) -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// let procs = ProcessPool::new(1)?;
+    /// assert_eq!(procs.pids(), [procs.submit(pid, ())?.get()?]);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn pids(&self) -> Vec<u32> {
+        self.shared.pids()
+    }
+
+    /// Submits one job: `f(arg)` in a worker. Returns a handle to wait for its result.
+    ///
+    /// # Errors
+    ///
+    /// The pool is closed or terminated ([`is_closed`](ProcessError::is_closed)); `arg` does
+    /// not serialise ([`is_serialization`](ProcessError::is_serialization)); `f` is not in the
+    /// main executable ([`is_invalid_argument`](ProcessError::is_invalid_argument)); no worker
+    /// can start any more ([`is_startup`](ProcessError::is_startup)). The job's own failure
+    /// comes from the handle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// let procs = ProcessPool::new(1)?;
+    /// let task = procs.submit(|s: String| s.len(), "four".to_string())?;
+    /// assert_eq!(task.get()?, 4);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<ProcessTask<R>, ProcessError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let call = call_for(f as usize, worker::call_one::<A, R> as Trampoline)?;
+        let payload = encode_argument(&arg)?;
+        let slot = Arc::new(TaskSlot::new());
+        self.shared.submit([JobSpec {
+            call,
+            payload,
+            fds: Vec::new(),
+            sink: Sink::Task(Arc::clone(&slot)),
+        }])?;
+        Ok(ProcessTask::new(slot))
+    }
+
+    /// Stops accepting jobs. Queued and running jobs still finish; the workers exit once the
+    /// queue is empty. Does not wait (see [`join`](Self::join)).
+    ///
+    /// # Examples
+    ///
+    /// See [`ProcessError::is_closed`].
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Closes the pool and waits until every job finished and every worker exited and was
+    /// reaped. Waits forever for a job that hangs, unless the pool has a `task_timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn double(x: i32) -> i32 {
+    ///     2 * x
+    /// }
+    ///
+    /// let procs = ProcessPool::new(2)?;
+    /// let task = procs.submit(double, 21)?;
+    /// procs.join();
+    /// assert!(procs.pids().is_empty());
+    /// assert_eq!(task.get()?, 42);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn join(&self) {
+        self.shared.close();
+        self.wait_supervisor();
+    }
+
+    /// Kills every worker now and waits until they are reaped. Jobs that had not finished
+    /// fail with [`is_closed`](ProcessError::is_closed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// fn sleepy(secs: u64) {
+    ///     std::thread::sleep(Duration::from_secs(secs));
+    /// }
+    ///
+    /// let procs = ProcessPool::new(1)?;
+    /// let task = procs.submit(sleepy, 3600)?;
+    /// procs.terminate();
+    /// assert!(task.get().unwrap_err().is_closed());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn terminate(&self) {
+        self.shared.terminate();
+        self.wait_supervisor();
+    }
+
+    fn wait_supervisor(&self) {
+        let mut supervisor = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(thread) = supervisor.take() {
+            // The supervisor aborts the process on a panic, so it only returns normally.
+            let _ = thread.join();
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// Dropping a pool joins it: queued and running jobs finish, then the workers exit. See the
+/// [module documentation](self#shutdown) for the steps.
+impl Drop for ProcessPool {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+impl fmt::Debug for ProcessPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessPool")
+            .field("processes", &self.processes())
+            .field("pids", &self.pids())
+            .finish()
+    }
+}
+
+/// Names `f` and its trampoline for the wire.
+fn call_for(f: usize, trampoline: Trampoline) -> Result<Call, ProcessError> {
+    if !bootstrap::in_main_image(f) {
+        return Err(ProcessError::invalid_argument(
+            "the job function is not in the main executable (it is in a dynamic library, \
+             which a worker maps at another address)",
+        ));
+    }
+    Ok(Call {
+        trampoline: bootstrap::offset_of(trampoline as usize),
+        function: bootstrap::offset_of(f),
+    })
+}
+
+/// Encodes a job argument.
+fn encode_argument<A: Serialize + ?Sized>(arg: &A) -> Result<Vec<u8>, ProcessError> {
+    let payload = postcard::to_allocvec(arg).map_err(|e| {
+        ProcessError::serialization(
+            std::any::type_name::<A>(),
+            SerdeStage::EncodeArgument,
+            e,
+            None,
+        )
+    })?;
+    if payload.len() + 16 > wire::MAX_BODY {
+        return Err(ProcessError::serialization(
+            std::any::type_name::<A>(),
+            SerdeStage::EncodeArgument,
+            "the encoded argument is larger than 4 GiB",
+            None,
+        ));
+    }
+    Ok(payload)
+}
+
+/// Builds a [`ProcessPool`].
+///
+/// # Examples
+///
+/// ```
+/// use parpool::ProcessPool;
+///
+/// fn setup() {
+///     // runs once in each worker, before its first job
+/// }
+///
+/// let procs = ProcessPool::builder().processes(2).initializer(setup).build()?;
+/// # Ok::<(), parpool::ProcessError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ProcessPoolBuilder {
+    /// `None`: one per available core.
+    processes: Option<usize>,
+    config: Config,
+}
+
+impl Default for ProcessPoolBuilder {
+    fn default() -> Self {
+        Self {
+            processes: None,
+            config: Config {
+                processes: 0,
+                max_tasks_per_child: None,
+                task_timeout: None,
+                initializer: None,
+                startup_timeout: supervisor::DEFAULT_STARTUP_TIMEOUT,
+            },
+        }
+    }
+}
+
+impl ProcessPoolBuilder {
+    /// The number of worker processes. Defaults to
+    /// [`std::thread::available_parallelism`]; 0 makes `build` fail.
+    ///
+    /// # Examples
+    ///
+    /// See [`ProcessPoolBuilder`].
+    pub fn processes(mut self, processes: usize) -> Self {
+        self.processes = Some(processes);
+        self
+    }
+
+    /// Replace each worker after it ran `tasks` jobs (a chunk of a `map` counts as one job),
+    /// to bound leaks in job code. 0 means never, the default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn pid(_: ()) -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// let procs = ProcessPool::builder().processes(1).max_tasks_per_child(1).build()?;
+    /// let first = procs.submit(pid, ())?.get()?;
+    /// let second = procs.submit(pid, ())?.get()?;
+    /// assert_ne!(first, second);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn max_tasks_per_child(mut self, tasks: u64) -> Self {
+        self.config.max_tasks_per_child = (tasks > 0).then_some(tasks);
+        self
+    }
+
+    /// Kill a worker whose job runs longer than `timeout`; the job fails with
+    /// [`is_task_timeout`](ProcessError::is_task_timeout) and a new worker takes the slot.
+    /// The time counts from when the job reached the front of its worker's queue. No timeout
+    /// by default.
+    ///
+    /// # Examples
+    ///
+    /// See [`ProcessError::is_task_timeout`].
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.config.task_timeout = Some(timeout);
+        self
+    }
+
+    /// A function each worker runs once when it starts, before its first job. If it panics,
+    /// the worker does not start: `build` fails, or, for a replacement worker, the pool
+    /// retries and eventually reports the failure to the jobs.
+    ///
+    /// # Examples
+    ///
+    /// See [`ProcessPoolBuilder`] and [`ProcessError::is_startup`].
+    pub fn initializer(mut self, initializer: fn()) -> Self {
+        self.config.initializer = Some(initializer);
+        self
+    }
+
+    /// How long a worker may take to start (spawn, handshake and initializer) before it
+    /// counts as failed. 30 seconds by default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// let procs = ProcessPool::builder()
+    ///     .processes(1)
+    ///     .startup_timeout(Duration::from_secs(5))
+    ///     .build()?;
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.config.startup_timeout = timeout;
+        self
+    }
+
+    /// Starts the workers and returns once every one of them is ready.
+    ///
+    /// # Errors
+    ///
+    /// `processes(0)` ([`is_invalid_argument`](ProcessError::is_invalid_argument)); a worker
+    /// could not be spawned, did not finish its handshake within the startup timeout, or its
+    /// initializer panicked ([`is_startup`](ProcessError::is_startup)).
+    ///
+    /// # Examples
+    ///
+    /// See [`ProcessPoolBuilder`].
+    pub fn build(&self) -> Result<ProcessPool, ProcessError> {
+        let mut config = self.config.clone();
+        config.processes = self
+            .processes
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let (shared, thread) = supervisor::start(config)?;
+        Ok(ProcessPool {
+            shared,
+            supervisor: Mutex::new(Some(thread)),
+        })
+    }
+}

@@ -1,0 +1,1191 @@
+//! The parent side of a process pool: the job queue, dispatch with a per-worker credit
+//! window, crash and timeout detection, respawning, and shutdown.
+//!
+//! # Threads
+//!
+//! Each pool has one **supervisor thread**. It spawns every worker (a worker's parent-death
+//! signal fires when the thread that spawned it exits, so that thread must live as long as
+//! the pool), and it waits in `epoll` on, per worker, the socket (results) and a pidfd
+//! (death), plus an eventfd that other threads write to wake it. Threads that submit work
+//! send job frames themselves, under the state lock, without waking the supervisor: a
+//! `submit` + `get` costs the two process wake-ups of a round trip and nothing more.
+//!
+//! # Dispatch and the credit window
+//!
+//! Jobs wait in one FIFO queue. A ready worker may hold up to `credit` jobs that it has not
+//! answered yet (the running one and the ones queued in its socket), so it starts the next
+//! job without waiting for the parent. The credit adapts to the jobs: it is the number of
+//! jobs that make about [`CREDIT_TARGET`] of work, by a moving average of job durations,
+//! between [`MIN_CREDIT`] and [`MAX_CREDIT`]. Short jobs get a deep pipeline; long jobs get
+//! 1, so no job waits behind a long one while another worker could run it. A job goes to
+//! the ready worker with the fewest unanswered jobs.
+//!
+//! # Crash detection
+//!
+//! A worker's jobs are answered in the order they were sent, so the front of its `inflight`
+//! queue is the job it is running. When its pidfd turns readable (it exited), the supervisor
+//! reads what is left in its socket (results written before it died), reaps it, and then:
+//!
+//! - the front job, if any, fails: a task timeout when the supervisor killed it for running
+//!   too long, else a crash with the signal or exit code and the pid;
+//! - the jobs behind it never started: they go back to the front of the queue, in order;
+//! - the slot gets a new worker.
+//!
+//! EOF on a socket alone is not a death: the pidfd says when and how the worker ended (a
+//! worker that closes its socket but lives on is killed after [`EXIT_GRACE`]).
+//!
+//! # Timeouts
+//!
+//! With a `task_timeout`, the front job of a worker is timed from when it became the front
+//! (sent to an idle worker, or the previous result arrived). Past the timeout the supervisor
+//! sends `SIGKILL` through the pidfd and marks why, and the death is handled as above. A
+//! worker that does not finish its handshake within the startup timeout is killed too, and
+//! counts as a failure to start.
+//!
+//! # Failure to start
+//!
+//! While the pool is being built, any worker that fails to start fails the build: the others
+//! are killed and `new`/`build` returns the error. Later, a slot whose replacement fails
+//! [`MAX_START_ATTEMPTS`] times in a row stays empty; when no slot has or can get a worker,
+//! queued and future jobs fail with the startup error.
+//!
+//! # Shutdown
+//!
+//! `close` (and `join`, and `Drop`, which call it) stops new submissions; the queue still
+//! drains. Once no job is queued or running, the supervisor shuts down the write side of
+//! every socket; each worker reads EOF and exits with status 0; the supervisor reaps it (and
+//! kills one that is still alive after [`EXIT_GRACE`]). When every slot is empty the
+//! supervisor thread returns, and `join` returns after it. `terminate` instead kills every
+//! worker at once and fails every queued and running job with a "closed" error.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Child;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::{EventfdFlags, Timespec, eventfd};
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+use super::bootstrap;
+use super::task::{Outcome, Reply, Sink};
+use super::wire::{self, Fill, FrameReader, Kind, Outbox, SharedFd};
+use crate::ProcessError;
+use crate::error::{ExitStatus, SerdeStage};
+
+/// About how much work, in time, a worker may hold. The credit is
+/// `ceil(CREDIT_TARGET / average job duration)`: 500 µs lets one-item jobs of a few µs fill
+/// the whole window (a wake-up of the supervisor costs 20–60 µs on the 2-core VM this was
+/// tuned on, so a shallower pipeline leaves workers waiting), gives jobs of a few hundred µs
+/// a second slot so the round trip (50–85 µs here) overlaps with work, and gives jobs of
+/// 500 µs or more a credit of 1: a job never waits behind a long one while another worker
+/// idles.
+pub(crate) const CREDIT_TARGET: Duration = Duration::from_micros(500);
+
+/// The smallest credit: the job a worker runs. A fresh pool starts here (its estimate of a
+/// job's duration starts at `CREDIT_TARGET`) and deepens the window as short jobs come back.
+pub(crate) const MIN_CREDIT: usize = 1;
+
+/// The largest credit. 64 one-item jobs of the `map` benchmark keep a worker busy through a
+/// supervisor wake-up; more only adds jobs to requeue when a worker dies.
+pub(crate) const MAX_CREDIT: usize = 64;
+
+/// How long a worker may take to exit after its socket was shut down (or after it closed
+/// its end), before it is killed. Idle workers exit within a millisecond; a second leaves
+/// room for `atexit` work on a loaded machine.
+pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// The most jobs sent in one `sendmsg`: two iovecs each, well under `IOV_MAX` (1024).
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// Consecutive failures to start a replacement worker before a slot gives up.
+pub(crate) const MAX_START_ATTEMPTS: u32 = 3;
+
+/// The default time a worker has to start: spawn, handshake, and initializer. Spawning the
+/// executable takes about a millisecond; 30 s leaves room for slow initializers and for
+/// heavily loaded CI machines, while still turning a worker that never starts into an
+/// error.
+pub(crate) const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The epoll token of the eventfd.
+const WAKER_TOKEN: u64 = u64::MAX;
+
+/// Settings of a pool, fixed at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) initializer: Option<fn()>,
+    pub(crate) startup_timeout: Duration,
+}
+
+/// The function a job runs, named by offsets from the anchor (see `bootstrap`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call {
+    pub(crate) trampoline: i64,
+    pub(crate) function: i64,
+}
+
+/// A job as submitted: what to run, its encoded argument, and where its outcome goes.
+#[derive(Debug)]
+pub(crate) struct JobSpec {
+    pub(crate) call: Call,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) fds: Vec<SharedFd>,
+    pub(crate) sink: Sink,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    spec: JobSpec,
+}
+
+/// What the pool is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `new`/`build` waits for the first workers.
+    Starting,
+    /// Accepting jobs.
+    Running,
+    /// No new jobs; the queue drains, then the workers are told to exit.
+    Closing,
+    /// Killing everything; jobs fail with "closed".
+    Terminating,
+    /// Every worker is reaped; the supervisor thread is gone or going.
+    Stopped,
+}
+
+/// How far a worker got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Spawned; waiting for its Hello.
+    Hello,
+    /// Sent Init; waiting for Ready.
+    Init,
+    /// Takes jobs.
+    Ready,
+    /// Its socket was shut down; waiting for it to exit.
+    Exiting,
+}
+
+/// Why the supervisor killed a worker (decides how its running job fails).
+#[derive(Debug)]
+enum Killed {
+    /// Its job ran past the task timeout.
+    Timeout,
+    /// It did not start properly; the message says why.
+    Startup(String),
+    /// It broke the protocol, or closed its socket and lived on.
+    Broken,
+    /// `terminate`, or the pool's build failed.
+    Terminate,
+}
+
+#[derive(Debug)]
+struct Worker {
+    pid: u32,
+    child: Child,
+    pidfd: OwnedFd,
+    socket: Arc<OwnedFd>,
+    stage: Stage,
+    /// Startup deadline, or the deadline to exit after EOF or shutdown.
+    deadline: Option<Instant>,
+    /// Sent and not yet answered, in send order; the front one is running.
+    inflight: VecDeque<Job>,
+    /// When the front job started, as far as the parent knows.
+    front_since: Instant,
+    outbox: Outbox,
+    /// EPOLLOUT is registered because the outbox holds bytes.
+    out_armed: bool,
+    /// Jobs this worker may still be sent (`max_tasks_per_child`).
+    jobs_left: u64,
+    killed: Option<Killed>,
+    /// What a worker that failed to start said about it.
+    startup_message: Option<String>,
+    eof: bool,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    worker: Option<Worker>,
+    /// Bumped for every new worker; part of the epoll tokens, so events of a dead worker
+    /// are not taken for its replacement's.
+    generation: u32,
+    start_failures: u32,
+    /// The supervisor is spawning a worker for this slot.
+    spawning: bool,
+    /// Gave up after `MAX_START_ATTEMPTS` failures.
+    given_up: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    queue: VecDeque<Job>,
+    slots: Vec<Slot>,
+    next_id: u64,
+    /// Moving average of job durations, in nanoseconds (for the credit).
+    job_nanos: f64,
+    /// A startup error: fails the build while Starting; afterwards the pool is broken.
+    failure: Option<ProcessError>,
+    /// Round-robin start for picking among equally loaded workers.
+    next_pick: usize,
+}
+
+/// The state shared by the pool handle, submitting threads and the supervisor thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Signalled when the phase leaves `Starting`.
+    started: Condvar,
+    epoll: OwnedFd,
+    waker: OwnedFd,
+    config: Config,
+    fingerprint: wire::Fingerprint,
+}
+
+/// Supervisor-thread-only data: the frame readers (read without the state lock).
+struct Local {
+    readers: Vec<FrameReader>,
+    sockets: Vec<Option<Arc<OwnedFd>>>,
+    generations: Vec<u32>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Socket = 0,
+    Pidfd = 1,
+}
+
+fn token(slot: usize, generation: u32, source: Source) -> u64 {
+    (u64::from(generation) << 32) | ((slot as u64) << 1) | source as u64
+}
+
+fn untoken(token: u64) -> (usize, u32, Source) {
+    let source = if token & 1 == 0 {
+        Source::Socket
+    } else {
+        Source::Pidfd
+    };
+    (
+        ((token & 0xffff_ffff) >> 1) as usize,
+        (token >> 32) as u32,
+        source,
+    )
+}
+
+fn startup_error(e: std::io::Error) -> ProcessError {
+    ProcessError::startup("could not set up the pool", Some(e))
+}
+
+/// Starts a pool: the supervisor thread, which spawns the workers. Returns once every worker
+/// is ready, or with the first startup error.
+pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), ProcessError> {
+    if config.processes == 0 {
+        return Err(ProcessError::invalid_argument(
+            "a process pool needs at least one process",
+        ));
+    }
+    bootstrap::check_bootstrap()?;
+    let fingerprint = bootstrap::fingerprint().map_err(startup_error)?;
+    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| startup_error(e.into()))?;
+    let waker = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| startup_error(e.into()))?;
+    epoll::add(
+        &epoll,
+        &waker,
+        EventData::new_u64(WAKER_TOKEN),
+        EventFlags::IN,
+    )
+    .map_err(|e| startup_error(e.into()))?;
+    let n = config.processes;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            phase: Phase::Starting,
+            queue: VecDeque::new(),
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            next_id: 0,
+            job_nanos: CREDIT_TARGET.as_nanos() as f64,
+            failure: None,
+            next_pick: 0,
+        }),
+        started: Condvar::new(),
+        epoll,
+        waker,
+        config,
+        fingerprint,
+    });
+    let for_thread = Arc::clone(&shared);
+    let thread = std::thread::Builder::new()
+        .name("parpool-supervisor".into())
+        .spawn(move || supervise(&for_thread))
+        .map_err(startup_error)?;
+    let mut state = shared.lock();
+    while state.phase == Phase::Starting {
+        state = shared
+            .started
+            .wait(state)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+    if state.phase == Phase::Running {
+        drop(state);
+        return Ok((shared, thread));
+    }
+    let error = state
+        .failure
+        .take()
+        .unwrap_or_else(|| ProcessError::startup("the pool stopped while starting", None));
+    drop(state);
+    let _ = thread.join();
+    Err(error)
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Internal lock: the state stays consistent between statements that can panic, and
+        // the supervisor aborts on an internal panic, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake(&self) {
+        let _ = rustix::io::write(&self.waker, &1u64.to_ne_bytes());
+    }
+
+    /// The pool's settings.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Queues jobs and sends what the workers' credit allows.
+    ///
+    /// # Errors
+    ///
+    /// The pool is closed, or broken because no worker can start.
+    pub(crate) fn submit(
+        &self,
+        jobs: impl IntoIterator<Item = JobSpec>,
+    ) -> Result<(), ProcessError> {
+        let mut state = self.lock();
+        if state.phase != Phase::Running {
+            return Err(ProcessError::closed());
+        }
+        if let Some(failure) = &state.failure {
+            return Err(failure.duplicate());
+        }
+        for spec in jobs {
+            let id = state.next_id;
+            state.next_id += 1;
+            state.queue.push_back(Job { id, spec });
+        }
+        let timer_started = state.dispatch(self, Instant::now());
+        drop(state);
+        if timer_started {
+            // A job started on an idle worker under a task timeout: the supervisor must
+            // recompute its epoll timeout.
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Drops queued jobs nobody waits for (an abandoned `imap`).
+    pub(crate) fn purge(&self) {
+        self.lock().queue.retain(|job| !job.spec.sink.is_dead());
+    }
+
+    /// Stops taking jobs; the queue drains, then the workers exit.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        if state.phase == Phase::Running {
+            state.phase = Phase::Closing;
+            drop(state);
+            self.wake();
+        }
+    }
+
+    /// Kills every worker and fails every queued and running job.
+    pub(crate) fn terminate(&self) {
+        let mut state = self.lock();
+        if matches!(state.phase, Phase::Running | Phase::Closing) {
+            state.phase = Phase::Terminating;
+            drop(state);
+            self.wake();
+        }
+    }
+
+    /// The pids of the live workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.lock()
+            .slots
+            .iter()
+            .filter_map(|slot| slot.worker.as_ref().map(|w| w.pid))
+            .collect()
+    }
+}
+
+impl State {
+    fn worker(&mut self, slot: usize) -> &mut Worker {
+        self.slots[slot].worker.as_mut().expect("a live worker")
+    }
+
+    /// How many unanswered jobs a worker may hold.
+    fn credit(&self) -> usize {
+        ((CREDIT_TARGET.as_nanos() as f64 / self.job_nanos).ceil() as usize)
+            .clamp(MIN_CREDIT, MAX_CREDIT)
+    }
+
+    /// The open worker with the fewest unanswered jobs, if one has credit left. `batches`
+    /// holds the jobs picked for each worker in this dispatch round, not sent yet.
+    fn pick(&mut self, credit: usize, open: &[bool], batches: &[Vec<Job>]) -> Option<usize> {
+        let n = self.slots.len();
+        let mut best: Option<(usize, usize)> = None;
+        for i in 0..n {
+            let slot = (self.next_pick + i) % n;
+            let Some(w) = &self.slots[slot].worker else {
+                continue;
+            };
+            let picked = batches[slot].len();
+            let load = w.inflight.len() + picked;
+            if open[slot]
+                && load < credit
+                && w.jobs_left > picked as u64
+                && best.is_none_or(|(_, b)| load < b)
+            {
+                best = Some((slot, load));
+            }
+        }
+        let (slot, _) = best?;
+        self.next_pick = (slot + 1) % n;
+        Some(slot)
+    }
+
+    /// Sends queued jobs to workers with credit. Returns whether a job started on an idle
+    /// worker under a task timeout (the supervisor must then recompute its timeout).
+    ///
+    /// A worker is topped up only once it is down to half its credit, so the jobs go out in
+    /// batches of about half the credit, one `sendmsg` per batch, while the worker still has
+    /// the other half to work on.
+    fn dispatch(&mut self, shared: &Shared, now: Instant) -> bool {
+        if !matches!(self.phase, Phase::Running | Phase::Closing) {
+            return false;
+        }
+        let credit = self.credit();
+        let n = self.slots.len();
+        let open: Vec<bool> = self
+            .slots
+            .iter()
+            .map(|s| {
+                s.worker.as_ref().is_some_and(|w| {
+                    w.stage == Stage::Ready
+                        && !w.eof
+                        && w.killed.is_none()
+                        && w.inflight.len() <= credit / 2
+                })
+            })
+            .collect();
+        let mut batches: Vec<Vec<Job>> = (0..n).map(|_| Vec::new()).collect();
+        let mut batch_fds = vec![0usize; n];
+        let mut timer_started = false;
+        while let Some(job) = self.queue.front() {
+            if job.spec.sink.is_dead() {
+                self.queue.pop_front();
+                continue;
+            }
+            let Some(slot) = self.pick(credit, &open, &batches) else {
+                break;
+            };
+            let job = self.queue.pop_front().expect("front exists");
+            if !job.spec.sink.start() {
+                continue;
+            }
+            if batches[slot].len() == MAX_BATCH
+                || batch_fds[slot] + job.spec.fds.len() > wire::MAX_FDS
+            {
+                let full = std::mem::take(&mut batches[slot]);
+                batch_fds[slot] = 0;
+                timer_started |= self.send_batch(slot, full, shared, now);
+            }
+            batch_fds[slot] += job.spec.fds.len();
+            batches[slot].push(job);
+        }
+        for (slot, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                timer_started |= self.send_batch(slot, batch, shared, now);
+            }
+        }
+        timer_started
+    }
+
+    /// Sends `jobs` to a worker in one `sendmsg` (queueing what the socket does not take) and
+    /// records them as unanswered. Returns whether a timed job started on an idle worker.
+    fn send_batch(&mut self, slot: usize, jobs: Vec<Job>, shared: &Shared, now: Instant) -> bool {
+        let token = token(slot, self.slots[slot].generation, Source::Socket);
+        let w = self.worker(slot);
+        let prefixes: Vec<[u8; 32]> = jobs
+            .iter()
+            .map(|job| {
+                let payload = &job.spec.payload;
+                let mut prefix = [0u8; 32];
+                let header =
+                    wire::header(Kind::Job, job.id, 16 + payload.len(), job.spec.fds.len());
+                prefix[..16].copy_from_slice(&header);
+                prefix[16..24].copy_from_slice(&job.spec.call.trampoline.to_le_bytes());
+                prefix[24..].copy_from_slice(&job.spec.call.function.to_le_bytes());
+                prefix
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * jobs.len());
+        for (prefix, job) in prefixes.iter().zip(&jobs) {
+            parts.push(prefix);
+            parts.push(&job.spec.payload);
+        }
+        let fds: Vec<SharedFd> = jobs
+            .iter()
+            .flat_map(|j| j.spec.fds.iter().cloned())
+            .collect();
+        match w.outbox.send(w.socket.as_fd(), &parts, &fds) {
+            Ok(pending) => {
+                if pending {
+                    w.arm_out(shared, token);
+                }
+                let was_idle = w.inflight.is_empty();
+                w.jobs_left -= jobs.len() as u64;
+                w.inflight.extend(jobs);
+                if was_idle {
+                    w.front_since = now;
+                }
+                was_idle && shared.config.task_timeout.is_some()
+            }
+            Err(_) => {
+                // The socket is broken: the worker is dying. Its death is handled when its
+                // pidfd fires; these jobs did not reach it.
+                for job in jobs.into_iter().rev() {
+                    job.spec.sink.requeue();
+                    self.queue.push_front(job);
+                }
+                self.kill(slot, Killed::Broken);
+                false
+            }
+        }
+    }
+
+    fn kill(&mut self, slot: usize, why: Killed) {
+        if let Some(w) = self.slots[slot].worker.as_mut() {
+            if w.killed.is_none() {
+                w.killed = Some(why);
+            }
+            let _ = rustix::process::pidfd_send_signal(&w.pidfd, Signal::KILL);
+        }
+    }
+
+    /// Whether any job is queued or unanswered.
+    fn has_work(&self) -> bool {
+        self.queue.iter().any(|job| !job.spec.sink.is_dead())
+            || self
+                .slots
+                .iter()
+                .filter_map(|s| s.worker.as_ref())
+                .any(|w| !w.inflight.is_empty() || !w.outbox.is_empty())
+    }
+
+    /// Whether a slot should get a (new) worker now.
+    fn wants_worker(&self, slot: usize) -> bool {
+        let s = &self.slots[slot];
+        if s.worker.is_some() || s.spawning || s.given_up {
+            return false;
+        }
+        match self.phase {
+            Phase::Starting => self.failure.is_none(),
+            Phase::Running => true,
+            Phase::Closing => self.queue.iter().any(|job| !job.spec.sink.is_dead()),
+            Phase::Terminating | Phase::Stopped => false,
+        }
+    }
+
+    /// Fails every queued job with `error` (or "closed").
+    fn fail_queue(&mut self, error: Option<&ProcessError>) {
+        for job in self.queue.drain(..) {
+            let e = error.map_or_else(ProcessError::closed, ProcessError::duplicate);
+            job.spec.sink.complete(Err(e));
+        }
+    }
+
+    /// A worker could not start.
+    fn start_failed(&mut self, slot: usize, error: ProcessError, shared: &Shared) {
+        let s = &mut self.slots[slot];
+        s.start_failures += 1;
+        match self.phase {
+            Phase::Starting => {
+                self.failure.get_or_insert(error);
+                self.phase = Phase::Terminating;
+                shared.started.notify_all();
+            }
+            Phase::Running | Phase::Closing => {
+                if s.start_failures >= MAX_START_ATTEMPTS {
+                    s.given_up = true;
+                }
+                let any_left = self
+                    .slots
+                    .iter()
+                    .any(|s| s.worker.is_some() || s.spawning || !s.given_up);
+                if !any_left {
+                    self.fail_queue(Some(&error));
+                    self.failure.get_or_insert(error);
+                }
+            }
+            Phase::Terminating | Phase::Stopped => {}
+        }
+    }
+
+    /// Handles one frame from a worker.
+    fn on_frame(&mut self, slot: usize, frame: wire::Frame<'_>, shared: &Shared, now: Instant) {
+        let stage = self.worker(slot).stage;
+        match (stage, frame.kind) {
+            (Stage::Hello, Kind::Hello) => {
+                let hello = postcard::from_bytes::<wire::Hello>(frame.body);
+                match hello {
+                    Ok(hello) if hello.fingerprint == shared.fingerprint => {
+                        let init = wire::Init {
+                            initializer: shared
+                                .config
+                                .initializer
+                                .map(|f| bootstrap::offset_of(f as usize)),
+                            max_tasks: shared.config.max_tasks_per_child.unwrap_or(0),
+                        };
+                        let body = postcard::to_allocvec(&init).expect("Init serialises");
+                        let header = wire::header(Kind::Init, 0, body.len(), 0);
+                        let generation = self.slots[slot].generation;
+                        let w = self.worker(slot);
+                        let sent = w.outbox.send(w.socket.as_fd(), &[&header, &body], &[]);
+                        match sent {
+                            Ok(pending) => {
+                                w.stage = Stage::Init;
+                                if pending {
+                                    w.arm_out(shared, token(slot, generation, Source::Socket));
+                                }
+                            }
+                            Err(e) => self.kill(slot, Killed::Startup(e.to_string())),
+                        }
+                    }
+                    Ok(hello) => self.kill(
+                        slot,
+                        Killed::Startup(format!(
+                            "worker {} runs a different executable image than the parent \
+                             ({:?} against {:?}); was the executable replaced while running?",
+                            hello.pid, hello.fingerprint, shared.fingerprint
+                        )),
+                    ),
+                    Err(e) => self.kill(slot, Killed::Startup(format!("bad handshake: {e}"))),
+                }
+            }
+            (Stage::Hello, Kind::Missed) => {
+                self.kill(slot, Killed::Startup(bootstrap::BOOTSTRAP_ADVICE.into()));
+            }
+            (Stage::Init, Kind::Ready) => {
+                let w = self.worker(slot);
+                w.stage = Stage::Ready;
+                w.deadline = None;
+                self.slots[slot].start_failures = 0;
+                if self.phase == Phase::Starting
+                    && self
+                        .slots
+                        .iter()
+                        .all(|s| s.worker.as_ref().is_some_and(|w| w.stage == Stage::Ready))
+                {
+                    self.phase = Phase::Running;
+                    shared.started.notify_all();
+                }
+            }
+            (Stage::Init, Kind::InitFailed) => {
+                let message = String::from_utf8_lossy(frame.body);
+                self.worker(slot).startup_message =
+                    Some(format!("the initializer panicked: {message}"));
+            }
+            (Stage::Ready | Stage::Exiting, Kind::Result) => self.on_result(slot, frame, now),
+            _ => self.kill(slot, Killed::Broken),
+        }
+    }
+
+    fn on_result(&mut self, slot: usize, frame: wire::Frame<'_>, now: Instant) {
+        let w = self.worker(slot);
+        let pid = w.pid;
+        let matches = w.inflight.front().is_some_and(|job| job.id == frame.tag);
+        if !matches || frame.body.is_empty() {
+            self.kill(slot, Killed::Broken);
+            return;
+        }
+        let job = w.inflight.pop_front().expect("front exists");
+        let elapsed = now.saturating_duration_since(w.front_since);
+        w.front_since = now;
+        let outcome: Outcome = match frame.body[0] {
+            wire::STATUS_OK => Ok(Reply {
+                bytes: frame.body[1..].to_vec(),
+            }),
+            _ => Err(
+                match postcard::from_bytes::<wire::Failure>(&frame.body[1..]) {
+                    Ok(wire::Failure::Panic(message)) => ProcessError::panic(message, pid),
+                    Ok(wire::Failure::DecodeArgument { type_name, message }) => {
+                        ProcessError::serialization(
+                            type_name,
+                            SerdeStage::DecodeArgument,
+                            message,
+                            Some(pid),
+                        )
+                    }
+                    Ok(wire::Failure::EncodeResult { type_name, message }) => {
+                        ProcessError::serialization(
+                            type_name,
+                            SerdeStage::EncodeResult,
+                            message,
+                            Some(pid),
+                        )
+                    }
+                    Err(e) => ProcessError::io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("worker {pid} sent an unreadable failure: {e}"),
+                    )),
+                },
+            ),
+        };
+        job.spec.sink.complete(outcome);
+        // Moving average over about 8 jobs.
+        self.job_nanos += (elapsed.as_nanos() as f64 - self.job_nanos) / 8.0;
+        self.job_nanos = self.job_nanos.max(1.0);
+    }
+
+    /// A worker exited: reap it, settle its jobs, free its slot.
+    fn on_exit(&mut self, slot: usize, shared: &Shared) {
+        let Some(mut w) = self.slots[slot].worker.take() else {
+            return;
+        };
+        let _ = epoll::delete(&shared.epoll, &*w.socket);
+        let _ = epoll::delete(&shared.epoll, &w.pidfd);
+        let status = match w.child.wait() {
+            Ok(s) => match (s.signal(), s.code()) {
+                (Some(signal), _) => ExitStatus::Signal(signal),
+                (None, Some(code)) => ExitStatus::Code(code),
+                (None, None) => ExitStatus::Code(-1),
+            },
+            Err(_) => ExitStatus::Code(-1),
+        };
+        let pid = w.pid;
+        if matches!(w.stage, Stage::Hello | Stage::Init) {
+            let message = match (w.killed.take(), w.startup_message.take()) {
+                (_, Some(m)) | (Some(Killed::Startup(m)), _) => m,
+                _ => match status {
+                    ExitStatus::Signal(s) => {
+                        format!("worker {pid} was killed by signal {s} during its startup")
+                    }
+                    ExitStatus::Code(c) => {
+                        format!("worker {pid} exited with code {c} during its startup")
+                    }
+                },
+            };
+            self.start_failed(slot, ProcessError::startup(message, None), shared);
+            return;
+        }
+        let terminating = self.phase == Phase::Terminating;
+        if let Some(job) = w.inflight.pop_front() {
+            let error = match (&w.killed, terminating) {
+                (_, true) | (Some(Killed::Terminate), _) => ProcessError::closed(),
+                (Some(Killed::Timeout), _) => {
+                    ProcessError::task_timeout(pid, shared.config.task_timeout.unwrap_or_default())
+                }
+                _ => ProcessError::crash(pid, status),
+            };
+            job.spec.sink.complete(Err(error));
+        }
+        // The jobs behind the running one never started.
+        while let Some(job) = w.inflight.pop_back() {
+            if terminating {
+                job.spec.sink.complete(Err(ProcessError::closed()));
+            } else {
+                job.spec.sink.requeue();
+                self.queue.push_front(job);
+            }
+        }
+    }
+
+    /// The socket of a worker reached EOF.
+    fn on_eof(&mut self, slot: usize, shared: &Shared, now: Instant) {
+        let w = self.worker(slot);
+        if w.eof {
+            return;
+        }
+        w.eof = true;
+        let _ = epoll::delete(&shared.epoll, &*w.socket);
+        w.deadline = Some(now + EXIT_GRACE);
+    }
+
+    /// Kills workers past a deadline; returns the next deadline.
+    fn check_deadlines(&mut self, shared: &Shared, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut earliest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for slot in 0..self.slots.len() {
+            let Some(w) = self.slots[slot].worker.as_mut() else {
+                continue;
+            };
+            if w.killed.is_some() {
+                continue;
+            }
+            if let Some(deadline) = w.deadline {
+                if now >= deadline {
+                    let why = match w.stage {
+                        Stage::Hello if !w.eof => Killed::Startup(format!(
+                            "worker {} did not send its handshake within {:?}; if it is stuck \
+                             in `main`, {}",
+                            w.pid,
+                            shared.config.startup_timeout,
+                            bootstrap::BOOTSTRAP_ADVICE
+                        )),
+                        Stage::Init if !w.eof => Killed::Startup(format!(
+                            "worker {} did not finish its initializer within {:?}",
+                            w.pid, shared.config.startup_timeout
+                        )),
+                        _ => Killed::Broken,
+                    };
+                    self.kill(slot, why);
+                    continue;
+                }
+                earliest(deadline);
+            }
+            let w = self.worker(slot);
+            if let (Some(timeout), Some(_)) = (shared.config.task_timeout, w.inflight.front()) {
+                if w.stage == Stage::Ready || w.stage == Stage::Exiting {
+                    let deadline = w.front_since + timeout;
+                    if now >= deadline {
+                        self.kill(slot, Killed::Timeout);
+                    } else {
+                        earliest(deadline);
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    /// Moves Closing and Terminating pools along; returns whether the pool stopped.
+    fn advance(&mut self, shared: &Shared, now: Instant) -> bool {
+        match self.phase {
+            Phase::Closing if !self.has_work() => {
+                for slot in 0..self.slots.len() {
+                    let Some(w) = self.slots[slot].worker.as_mut() else {
+                        continue;
+                    };
+                    match w.stage {
+                        Stage::Ready => {
+                            let _ = rustix::net::shutdown(&*w.socket, rustix::net::Shutdown::Write);
+                            w.stage = Stage::Exiting;
+                            w.deadline = Some(now + EXIT_GRACE);
+                        }
+                        Stage::Hello | Stage::Init => self.kill(slot, Killed::Terminate),
+                        Stage::Exiting => {}
+                    }
+                }
+            }
+            Phase::Terminating => {
+                self.fail_queue(None);
+                for slot in 0..self.slots.len() {
+                    if self.slots[slot]
+                        .worker
+                        .as_ref()
+                        .is_some_and(|w| w.killed.is_none())
+                    {
+                        self.kill(slot, Killed::Terminate);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let empty = self.slots.iter().all(|s| s.worker.is_none() && !s.spawning);
+        let done = match self.phase {
+            Phase::Closing => empty && !self.has_work(),
+            Phase::Terminating => empty,
+            _ => false,
+        };
+        if done {
+            self.phase = Phase::Stopped;
+            shared.started.notify_all();
+        }
+        done
+    }
+
+    /// Installs a freshly spawned worker in its slot.
+    fn install(
+        &mut self,
+        slot: usize,
+        spawned: std::io::Result<(Child, OwnedFd, OwnedFd)>,
+        shared: &Shared,
+        local: &mut Local,
+        now: Instant,
+    ) {
+        self.slots[slot].spawning = false;
+        let (child, socket, pidfd) = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                let error = ProcessError::startup("could not spawn a worker process", Some(e));
+                self.start_failed(slot, error, shared);
+                return;
+            }
+        };
+        let s = &mut self.slots[slot];
+        s.generation = s.generation.wrapping_add(1);
+        let generation = s.generation;
+        let socket = Arc::new(socket);
+        let registered = epoll::add(
+            &shared.epoll,
+            &*socket,
+            EventData::new_u64(token(slot, generation, Source::Socket)),
+            EventFlags::IN,
+        )
+        .and_then(|()| {
+            epoll::add(
+                &shared.epoll,
+                &pidfd,
+                EventData::new_u64(token(slot, generation, Source::Pidfd)),
+                EventFlags::IN,
+            )
+        });
+        local.readers[slot] = FrameReader::new();
+        local.sockets[slot] = Some(Arc::clone(&socket));
+        local.generations[slot] = generation;
+        let pid = child.id();
+        s.worker = Some(Worker {
+            pid,
+            child,
+            pidfd,
+            socket,
+            stage: Stage::Hello,
+            deadline: Some(now + shared.config.startup_timeout),
+            inflight: VecDeque::new(),
+            front_since: now,
+            outbox: Outbox::default(),
+            out_armed: false,
+            jobs_left: shared.config.max_tasks_per_child.unwrap_or(u64::MAX),
+            killed: None,
+            startup_message: None,
+            eof: false,
+        });
+        if let Err(e) = registered {
+            // Without its registrations the supervisor would never hear from the worker.
+            self.kill(
+                slot,
+                Killed::Startup(format!("epoll registration failed: {e}")),
+            );
+            let _ = self.worker(slot).child.wait();
+            self.slots[slot].worker = None;
+            let error = ProcessError::startup("could not watch a worker process", Some(e.into()));
+            self.start_failed(slot, error, shared);
+        }
+    }
+}
+
+impl Worker {
+    /// Registers interest in the socket turning writable (the outbox holds bytes).
+    fn arm_out(&mut self, shared: &Shared, token: u64) {
+        if !self.out_armed && !self.eof {
+            self.out_armed = true;
+            let _ = epoll::modify(
+                &shared.epoll,
+                &*self.socket,
+                EventData::new_u64(token),
+                EventFlags::IN | EventFlags::OUT,
+            );
+        }
+    }
+
+    /// Sends queued bytes now that the socket is writable.
+    fn flush(&mut self, shared: &Shared, token: u64) -> std::io::Result<()> {
+        if !self.outbox.flush(self.socket.as_fd())? && self.out_armed && !self.eof {
+            self.out_armed = false;
+            epoll::modify(
+                &shared.epoll,
+                &*self.socket,
+                EventData::new_u64(token),
+                EventFlags::IN,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Spawns a worker and opens its pidfd.
+fn spawn_worker() -> std::io::Result<(Child, OwnedFd, OwnedFd)> {
+    let (mut child, socket) = bootstrap::spawn()?;
+    let pid = Pid::from_child(&child);
+    match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(pidfd) => Ok((child, socket, pidfd)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e.into())
+        }
+    }
+}
+
+/// Aborts the process if the supervisor panics: a half-updated pool state would lose jobs
+/// or hang their waiters, which is worse than a loud stop.
+struct AbortOnPanic;
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("parpool: the process pool supervisor panicked; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// The supervisor thread.
+fn supervise(shared: &Shared) {
+    let _guard = AbortOnPanic;
+    let n = shared.config.processes;
+    let mut local = Local {
+        readers: (0..n).map(|_| FrameReader::new()).collect(),
+        sockets: vec![None; n],
+        generations: vec![0; n],
+    };
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(2 * n + 1);
+    let mut readable = Vec::new();
+    let mut writable = Vec::new();
+    let mut exited = Vec::new();
+    let mut eof = vec![false; n];
+    let mut deadline: Option<Instant> = None;
+    loop {
+        // Spawn what the pool lacks, outside the lock: an exec takes about a millisecond.
+        let wanted: Vec<usize> = {
+            let mut state = shared.lock();
+            let wanted: Vec<usize> = (0..n).filter(|&s| state.wants_worker(s)).collect();
+            for &slot in &wanted {
+                state.slots[slot].spawning = true;
+            }
+            wanted
+        };
+        if !wanted.is_empty() {
+            let spawned: Vec<_> = wanted.iter().map(|_| spawn_worker()).collect();
+            let mut state = shared.lock();
+            let now = Instant::now();
+            for (slot, result) in wanted.into_iter().zip(spawned) {
+                state.install(slot, result, shared, &mut local, now);
+            }
+            deadline = state.check_deadlines(shared, now);
+        }
+
+        let timeout = deadline.map(|d| {
+            let wait = d.saturating_duration_since(Instant::now()) + Duration::from_micros(100);
+            Timespec::try_from(wait).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            })
+        });
+        events.clear();
+        match epoll::wait(
+            &shared.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            timeout.as_ref(),
+        ) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("epoll_wait failed: {e}"),
+        }
+
+        // Read sockets outside the lock.
+        readable.clear();
+        writable.clear();
+        exited.clear();
+        for event in &events {
+            let data = event.data.u64();
+            if data == WAKER_TOKEN {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(&shared.waker, &mut buf);
+                continue;
+            }
+            let (slot, generation, source) = untoken(data);
+            if local.generations[slot] != generation {
+                continue;
+            }
+            match source {
+                Source::Socket => {
+                    let flags = event.flags;
+                    if flags.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
+                        readable.push(slot);
+                    }
+                    if flags.contains(EventFlags::OUT) {
+                        writable.push(slot);
+                    }
+                }
+                Source::Pidfd => exited.push(slot),
+            }
+        }
+        for &slot in readable.iter().chain(&exited) {
+            // A dead worker's socket is read to the end: results written before it died.
+            // A live socket gets one read per wake (epoll is level-triggered: what is left
+            // wakes us again); a dead worker's socket is read to the end.
+            let nonblocking_rounds = if exited.contains(&slot) {
+                usize::MAX
+            } else {
+                1
+            };
+            if let Some(socket) = local.sockets[slot].clone() {
+                for _ in 0..nonblocking_rounds {
+                    match local.readers[slot].fill(socket.as_fd(), true) {
+                        Ok(Fill::Data(_)) => {}
+                        Ok(Fill::Empty) => break,
+                        Ok(Fill::Eof) | Err(_) => {
+                            eof[slot] = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut state = shared.lock();
+        let now = Instant::now();
+        for slot in readable.iter().chain(&exited).copied() {
+            if state.slots[slot].worker.is_none() {
+                continue;
+            }
+            loop {
+                match local.readers[slot].next_frame() {
+                    Ok(Some(frame)) => state.on_frame(slot, frame, shared, now),
+                    Ok(None) => break,
+                    Err(_) => {
+                        state.kill(slot, Killed::Broken);
+                        break;
+                    }
+                }
+                if state.slots[slot].worker.is_none() {
+                    break;
+                }
+            }
+            if std::mem::take(&mut eof[slot]) && state.slots[slot].worker.is_some() {
+                state.on_eof(slot, shared, now);
+            }
+        }
+        for &slot in &writable {
+            let generation = state.slots[slot].generation;
+            if let Some(w) = state.slots[slot].worker.as_mut() {
+                if w.flush(shared, token(slot, generation, Source::Socket))
+                    .is_err()
+                {
+                    state.kill(slot, Killed::Broken);
+                }
+            }
+        }
+        for &slot in &exited {
+            state.on_exit(slot, shared);
+            local.sockets[slot] = None;
+            local.readers[slot] = FrameReader::new();
+        }
+        state.dispatch(shared, now);
+        let stopped = state.advance(shared, now);
+        deadline = state.check_deadlines(shared, now);
+        if stopped {
+            return;
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The loop inside a worker process, and the trampolines that run a job's function.
+//!
+//! # Lifecycle of a worker
+//!
+//! 1. **Start** (before `main`, from the constructor, or from `init`): remove
+//!    `PARPOOL_WORKER` from the environment, so processes a job starts are not workers; set
+//!    `PR_SET_PDEATHSIG` to `SIGKILL`, then check that `getppid()` is still the pid the parent
+//!    wrote in the environment: a parent that died before the `prctl` would never send the
+//!    signal, so the worker exits. Move the socket from fd 0 to a close-on-exec descriptor
+//!    and put `/dev/null` on fd 0; ignore `SIGPIPE`, as Rust's runtime does before `main`.
+//! 2. **Handshake**: send `Hello` (pid, image fingerprint); read `Init`; run the initializer,
+//!    if any, under `catch_unwind`; send `Ready`, or `InitFailed` with the panic message and
+//!    exit.
+//! 3. **Jobs**: run `Job` frames one at a time in the order they arrive, and write each job's
+//!    `Result` before starting the next, so a result the parent has not received belongs to
+//!    the job that was running. A panic is caught and becomes a failed result; the worker
+//!    goes on. After `max_tasks` jobs (when set) the worker exits with status 0.
+//! 4. **End**: EOF on the socket (the parent closed it, or died) → exit with status 0. If the
+//!    parent process dies the kernel sends `SIGKILL` (parent-death signal) even if a job is
+//!    stuck and never reads the socket again.
+
+use std::any::type_name;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::bootstrap::{self, ENV_WORKER};
+use super::wire::{self, Failure, Fill, FrameReader, Hello, Init, Kind};
+
+/// Exit status of a worker whose parent was already gone when it started.
+const EXIT_ORPHANED: i32 = 0;
+/// Exit status when the parent sent something this worker does not understand.
+pub(crate) const EXIT_PROTOCOL: i32 = 112;
+/// Exit status after the initializer panicked.
+pub(crate) const EXIT_INIT_FAILED: i32 = 113;
+/// Exit status after an internal error of the worker loop (not of a job).
+pub(crate) const EXIT_INTERNAL: i32 = 114;
+/// Exit status of a worker that reached `main` without its bootstrap.
+pub(crate) const EXIT_MISSED_BOOTSTRAP: i32 = 115;
+
+/// The function the worker calls for a job, by the offset the parent sent. `call_one` and
+/// `call_chunk` instantiated for the job's types. `func` is the address of the user's
+/// `fn(A) -> R`; the encoded result is appended to `out`.
+pub(crate) type Trampoline = fn(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), Failure>;
+
+/// Runs a worker to the end and exits the process.
+pub(crate) fn run(parent: u32) -> ! {
+    let code = catch_unwind(|| match serve(parent) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("parpool worker {}: {e}", std::process::id());
+            EXIT_INTERNAL
+        }
+    })
+    .unwrap_or(EXIT_INTERNAL);
+    std::process::exit(code)
+}
+
+fn serve(parent: u32) -> io::Result<i32> {
+    // SAFETY: this runs before `main` (from the constructor) or as the first statement of
+    // `main` (`init`, documented to be called before other threads start), so no other
+    // thread reads or writes the environment concurrently.
+    unsafe { std::env::remove_var(ENV_WORKER) };
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
+        return Ok(EXIT_ORPHANED);
+    }
+    let socket = take_stdin()?;
+    // SAFETY: SIG_IGN installs no handler code; this mirrors what Rust's runtime does before
+    // `main`, so a job writing to a closed pipe gets EPIPE instead of dying.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+
+    let hello = Hello {
+        pid: std::process::id(),
+        fingerprint: bootstrap::fingerprint()?,
+    };
+    send_frame(&socket, Kind::Hello, 0, &encode(&hello))?;
+
+    let mut reader = FrameReader::new();
+    let Some(init) = next_frame(&mut reader, &socket, |frame| {
+        (frame.kind == Kind::Init)
+            .then(|| postcard::from_bytes::<Init>(frame.body).ok())
+            .flatten()
+    })?
+    else {
+        return Ok(0);
+    };
+    let Some(init) = init else {
+        return Ok(EXIT_PROTOCOL);
+    };
+    if let Some(offset) = init.initializer {
+        // SAFETY: the parent sent this offset after the handshake proved that this process
+        // runs the same image, and derived it from a `fn()` of that image.
+        let initializer: fn() = unsafe { std::mem::transmute(bootstrap::address_of(offset)) };
+        if let Err(payload) = catch_unwind(initializer) {
+            let message = panic_message(&*payload);
+            send_frame(&socket, Kind::InitFailed, 0, message.as_bytes())?;
+            return Ok(EXIT_INIT_FAILED);
+        }
+    }
+    send_frame(&socket, Kind::Ready, 0, &[])?;
+
+    let mut out = Vec::new();
+    let mut done = 0u64;
+    loop {
+        let ran = next_frame(&mut reader, &socket, |frame| {
+            if frame.kind != Kind::Job || frame.body.len() < 16 {
+                return None;
+            }
+            run_job(frame.tag, frame.body, &mut out);
+            Some(())
+        })?;
+        match ran {
+            None => return Ok(0),
+            Some(None) => return Ok(EXIT_PROTOCOL),
+            Some(Some(())) => {}
+        }
+        wire::send_all(socket.as_fd(), &[&out], &[])?;
+        done += 1;
+        if done == init.max_tasks {
+            return Ok(0);
+        }
+    }
+}
+
+/// Moves the socket off fd 0 to a close-on-exec descriptor, and puts `/dev/null` on fd 0.
+fn take_stdin() -> io::Result<OwnedFd> {
+    let socket = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdin(), 3)?;
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::stdio::dup2_stdin(&null)?;
+    Ok(socket)
+}
+
+/// Waits for the next frame and hands it to `handle`. `Ok(None)` at EOF.
+fn next_frame<T>(
+    reader: &mut FrameReader,
+    socket: &OwnedFd,
+    handle: impl FnOnce(wire::Frame<'_>) -> T,
+) -> io::Result<Option<T>> {
+    while !reader.has_frame() {
+        if reader.fill(socket.as_fd(), false)? == Fill::Eof {
+            return Ok(None);
+        }
+    }
+    let frame = reader.next_frame()?.expect("a whole frame is buffered");
+    Ok(Some(handle(frame)))
+}
+
+fn send_frame(socket: &OwnedFd, kind: Kind, tag: u64, body: &[u8]) -> io::Result<()> {
+    let header = wire::header(kind, tag, body.len(), 0);
+    wire::send_all(socket.as_fd(), &[&header, body], &[])
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("control frames always serialise")
+}
+
+/// Runs one Job body and leaves the whole Result frame in `out`.
+fn run_job(id: u64, body: &[u8], out: &mut Vec<u8>) {
+    let tramp = i64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+    let func = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+    out.clear();
+    out.resize(wire::HEADER_LEN + 1, 0);
+    // SAFETY: the parent derived `tramp` from a function of type `Trampoline` (an
+    // instantiation of `call_one` or `call_chunk`) in this same image; the handshake proved
+    // the images are the same.
+    let tramp: Trampoline = unsafe { std::mem::transmute(bootstrap::address_of(tramp)) };
+    let status = match tramp(bootstrap::address_of(func), &body[16..], out) {
+        Ok(()) => wire::STATUS_OK,
+        Err(failure) => {
+            // A failed encoding may have left `out` shorter or longer than the header.
+            out.clear();
+            out.resize(wire::HEADER_LEN + 1, 0);
+            out.extend_from_slice(&encode(&failure));
+            wire::STATUS_FAILED
+        }
+    };
+    out[wire::HEADER_LEN] = status;
+    let header = wire::header(Kind::Result, id, out.len() - wire::HEADER_LEN, 0);
+    out[..wire::HEADER_LEN].copy_from_slice(&header);
+}
+
+/// Tells the parent that this worker reached `main` without its bootstrap, and exits.
+pub(crate) fn report_missed_bootstrap() -> ! {
+    let header = wire::header(Kind::Missed, 0, 0, 0);
+    let _ = wire::send_all(rustix::stdio::stdin(), &[&header], &[]);
+    eprintln!(
+        "parpool worker {}: {}",
+        std::process::id(),
+        bootstrap::BOOTSTRAP_ADVICE
+    );
+    std::process::exit(EXIT_MISSED_BOOTSTRAP)
+}
+
+/// The message of a panic payload: `&str` and `String` payloads, else a placeholder.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+fn decode<A: DeserializeOwned>(arg: &[u8]) -> Result<A, Failure> {
+    postcard::from_bytes(arg).map_err(|e| Failure::DecodeArgument {
+        type_name: type_name::<A>().to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>, type_name: &str) -> Result<(), Failure> {
+    let buf = std::mem::take(out);
+    match postcard::to_extend(value, buf) {
+        Ok(buf) => {
+            *out = buf;
+            Ok(())
+        }
+        Err(e) => Err(Failure::EncodeResult {
+            type_name: type_name.to_owned(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// The trampoline for one item: decode `A`, call `f`, encode `R`.
+pub(crate) fn call_one<A, R>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), Failure>
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let arg: A = decode(arg)?;
+    // SAFETY: the parent sent this `func` together with this trampoline's offset, both taken
+    // from the same `submit::<A, R>` call, where `func` was a `fn(A) -> R` of this image.
+    let f: fn(A) -> R = unsafe { std::mem::transmute(func) };
+    let result = catch_unwind(AssertUnwindSafe(|| f(arg)))
+        .map_err(|payload| Failure::Panic(panic_message(&*payload)))?;
+    encode_into(&result, out, type_name::<R>())
+}
+
+/// The trampoline for a chunk: decode `Vec<A>`, call `f` on each item in order, encode
+/// `Vec<R>`. A panic fails the whole chunk.
+pub(crate) fn call_chunk<A, R>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), Failure>
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let args: Vec<A> = postcard::from_bytes(arg).map_err(|e| Failure::DecodeArgument {
+        type_name: type_name::<A>().to_owned(),
+        message: e.to_string(),
+    })?;
+    // SAFETY: as in `call_one`: `func` is a `fn(A) -> R` of this image, sent together with
+    // this trampoline by a `map::<A, R>` call.
+    let f: fn(A) -> R = unsafe { std::mem::transmute(func) };
+    let results: Vec<R> = catch_unwind(AssertUnwindSafe(|| args.into_iter().map(f).collect()))
+        .map_err(|payload| Failure::Panic(panic_message(&*payload)))?;
+    encode_into(&results, out, type_name::<R>())
+}
