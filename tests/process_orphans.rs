@@ -69,9 +69,13 @@ fn children() -> Vec<u32> {
 
 /// The open descriptors of this process.
 fn open_fds() -> Vec<String> {
+    let listing = format!("/proc/{}/fd", std::process::id());
     let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .flatten()
+        // The directory handle of this very listing: its number depends on which
+        // descriptors happen to be free at the moment, so it is not part of the state.
+        .filter(|e| std::fs::read_link(e.path()).map_or(true, |t| t.to_string_lossy() != listing))
         .map(|e| {
             let target = std::fs::read_link(e.path()).map(|t| t.display().to_string());
             format!(

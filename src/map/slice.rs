@@ -256,7 +256,7 @@ impl<T: Int> IntRange<T> {
         }
     }
 
-    /// `start..=end` as an `IntRange`.
+    /// `start..=end` as an `IntRange`; `start <= end`.
     ///
     /// # Panics
     ///
@@ -265,11 +265,7 @@ impl<T: Int> IntRange<T> {
         let len = T::distance(start, end)
             .and_then(|len| len.checked_add(1))
             .expect("parpool: the range has more elements than usize can count");
-        let empty = T::distance(end, start).is_some_and(|d| d > 0);
-        IntRange {
-            start,
-            len: if empty { 0 } else { len },
-        }
+        IntRange { start, len }
     }
 }
 

@@ -239,6 +239,5 @@ impl<F: FnOnce() + Send> Job for HeapJob<F> {
     }
 }
 
-/// Type-erased panic payloads are `Send` but not `Sync`; this wrapper lets one sit in a
-/// shared slot that only one thread ever takes.
+/// The payload of a caught panic, to re-raise with `resume_unwind`.
 pub(crate) type Panic = Box<dyn Any + Send>;

@@ -10,11 +10,10 @@
 //!   private frame list (a plain `Vec`, no atomics) and only *published* to the deque when
 //!   someone could take it: right away for the first [`EAGER_JOINS`] joins of each job the
 //!   worker takes on (the top of its divide-and-conquer tree), and after that only when
-//!   another worker is idle, oldest frame first. A `join`
-//!   that nobody needs to share therefore costs a `Vec` push and pop and one relaxed load,
-//!   not a deque push with its fences: fine-grained divide and conquer (a `join` at every
-//!   level of `fib`) runs near sequential speed, and an idle worker still gets the largest
-//!   piece of work there is. A worker that has to wait (for a stolen half, a scope, a task)
+//!   another worker is idle, oldest frame first. A `join` that nobody needs to share
+//!   therefore costs a `Vec` push and pop and one relaxed load, not a deque push with its
+//!   fences: fine-grained divide and conquer (a `join` at every level of `fib`) runs near
+//!   sequential speed, and an idle worker still gets the largest piece of work there is. A worker that has to wait (for a stolen half, a scope, a task)
 //!   publishes all of its private frames first, so no work is ever hidden from idle workers
 //!   while its owner is blocked.
 //!
@@ -26,7 +25,8 @@
 //! # Shutdown
 //!
 //! A registry counts its *terminate references*: one for the [`ThreadPool`](super::ThreadPool)
-//! handle, one per submitted task not yet finished. Blocking operations (`install`, `join`,
+//! handle, one per submitted task and per map drainer job (`map/window.rs`) not yet
+//! finished. Blocking operations (`install`, `join`,
 //! `scope`) need none: their caller holds the pool while they run. When the count reaches
 //! zero every worker's terminate latch is set; a worker whose latch is set has, by then,
 //! nothing left to run, leaves its loop and exits. The steps of dropping a pool are in the
