@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-use super::iter::{ITEM_PARALLEL_MIN_NS, current_registry_arc, extend_run};
+use super::iter::{current_registry_arc, extend_run, worth_handing_over};
 use super::sample::CostProbe;
 use super::window::{ChunkSize, Feeder, MapOp, Outcome, WINDOW_PER_THREAD, Window};
 use crate::pool::registry::Registry;
@@ -224,9 +224,8 @@ where
     }
 
     /// Maps one probe window on this thread and starts the window of chunks once items
-    /// prove worth handing over (two expensive probe windows in a row, as in
-    /// [`map_while_cheap`](super::iter::map_while_cheap)); with a fixed chunk size, starts
-    /// it at once.
+    /// prove worth handing over (as in [`map_while_cheap`](super::iter::map_while_cheap));
+    /// with a fixed chunk size, starts it at once.
     fn probe_or_start(&mut self) {
         let state = std::mem::replace(&mut self.state, State::Finished);
         let (input, f, registry, chunk) = match state {
@@ -255,14 +254,14 @@ where
                 let Some(per_item_ns) = probe.window(run) else {
                     return;
                 };
-                let expensive = per_item_ns >= ITEM_PARALLEL_MIN_NS;
-                if !(expensive && expensive_before) {
+                let mut expensive_before = expensive_before;
+                if !worth_handing_over(per_item_ns, &mut expensive_before) {
                     self.state = State::Probing {
                         input,
                         f,
                         registry,
                         probe,
-                        expensive_before: expensive,
+                        expensive_before,
                     };
                     return;
                 }

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::sample::CostProbe;
+use super::sample::{CostProbe, SAMPLE_NS};
 use super::window::{ChunkOp, ChunkSize, Feeder, Outcome, WINDOW_PER_THREAD, Window};
 use crate::pool::ThreadPool;
 use crate::pool::registry::Registry;
@@ -71,9 +71,10 @@ pub(crate) fn current_registry_arc() -> Arc<Registry> {
 pub(crate) const ITEM_PARALLEL_MIN_NS: f64 = 8.0;
 
 /// Maps items on the calling thread, one sample window at a time, while they are too cheap
-/// to hand over; returns their cost (ns per item) once two windows in a row measure at
-/// least [`ITEM_PARALLEL_MIN_NS`] (one alone may be noise: the output buffer growing, the
-/// thread being descheduled), or `None` if `run` stopped first (see [`CostProbe::window`]).
+/// to hand over; returns their cost (ns per item) once they are worth handing over (see
+/// [`worth_handing_over`]: one expensive window alone may be noise, the output buffer
+/// growing or the thread being descheduled), or `None` if `run` stopped first (see
+/// [`CostProbe::window`]).
 pub(crate) fn map_while_cheap(
     probe: &mut CostProbe,
     mut run: impl FnMut(usize) -> (usize, bool),
@@ -81,12 +82,20 @@ pub(crate) fn map_while_cheap(
     let mut expensive_before = false;
     loop {
         let per_item_ns = probe.window(&mut run)?;
-        let expensive = per_item_ns >= ITEM_PARALLEL_MIN_NS;
-        if expensive && expensive_before {
+        if worth_handing_over(per_item_ns, &mut expensive_before) {
             return Some(per_item_ns);
         }
-        expensive_before = expensive;
     }
+}
+
+/// The decision of [`map_while_cheap`] after one window: two expensive windows in a row,
+/// or a single item that outlasted the whole window (no noise makes a cheap item that slow;
+/// waiting for a second window would only run another expensive item on this thread).
+pub(crate) fn worth_handing_over(per_item_ns: f64, expensive_before: &mut bool) -> bool {
+    let expensive = per_item_ns >= ITEM_PARALLEL_MIN_NS;
+    let worth = per_item_ns >= SAMPLE_NS || (expensive && *expensive_before);
+    *expensive_before = expensive;
+    worth
 }
 
 /// A `run` for [`CostProbe::window`] that maps `input` into `out` in bulk.

@@ -386,6 +386,8 @@ where
         wait_on_drop: bool,
     ) -> Self {
         let slots = window.len();
+        // The feeder runs chunks too (while it waits): with it, as many threads as the pool
+        // has work on chunks.
         let max_drainers = window.registry.num_threads().saturating_sub(1).max(1);
         Feeder {
             free: (0..slots).rev().collect(),
