@@ -65,7 +65,8 @@ fn main() -> Result<(), String> {
     let (procs, startup) = timed(|| ProcessPool::new(cores));
     let procs = procs.map_err(|e| e.to_string())?;
 
-    let (cpu_seq, t_cpu_seq) = timed(|| inputs.iter().map(|&ms| burn(ms)).count());
+    let (cpu_seq, t_cpu_seq) =
+        timed(|| inputs.iter().map(|&ms| burn(ms)).collect::<Vec<_>>().len());
     let (cpu_thr, t_cpu_thr) =
         timed(|| threads.map_chunked(inputs.iter(), 1, |&ms| burn(ms)).len());
     let (cpu_proc, t_cpu_proc) =
@@ -73,7 +74,7 @@ fn main() -> Result<(), String> {
     let cpu_proc = cpu_proc.map_err(|e| e.to_string())?;
 
     let io_threads = ThreadPool::new(jobs.max(1)).map_err(|e| e.to_string())?;
-    let (io_seq, t_io_seq) = timed(|| inputs.iter().map(|&ms| wait(ms)).count());
+    let (io_seq, t_io_seq) = timed(|| inputs.iter().map(|&ms| wait(ms)).collect::<Vec<_>>().len());
     let (io_few, t_io_few) = timed(|| threads.map_chunked(inputs.iter(), 1, |&ms| wait(ms)).len());
     let (io_many, t_io_many) = timed(|| {
         io_threads
