@@ -102,19 +102,47 @@ pub(crate) fn worth_handing_over(per_item_ns: f64, expensive_before: &mut bool) 
 pub(crate) fn extend_run<'a, I, R, F>(
     input: &'a mut I,
     f: &'a F,
-    out: &'a mut impl Extend<R>,
+    out: &'a mut impl Results<R>,
 ) -> impl FnMut(usize) -> (usize, bool) + 'a
 where
     I: Iterator,
     F: Fn(I::Item) -> R,
 {
     move |batch| {
-        let mut mapped = 0;
-        out.extend(input.by_ref().take(batch).map(|item| {
-            mapped += 1;
-            f(item)
-        }));
+        let mapped = extend_batch(input, f, out, batch);
         (mapped, mapped == batch)
+    }
+}
+
+/// Maps up to `batch` items of `input` into `out`; returns how many. A function of its own
+/// (not inlined into the sampling loop) so that the compiler sees `input` and `out` as the
+/// unaliased references they are and keeps the iterator's state in registers: inlined
+/// through the closure, the loop ran ~1.5 times slower than a plain `collect`.
+#[inline(never)]
+fn extend_batch<I, R, F>(input: &mut I, f: &F, out: &mut impl Results<R>, batch: usize) -> usize
+where
+    I: Iterator,
+    F: Fn(I::Item) -> R,
+{
+    let before = out.count();
+    out.extend(input.by_ref().take(batch).map(f));
+    out.count() - before
+}
+
+/// Where [`extend_run`] puts results: a vector (`map`) or a queue (`imap`).
+pub(crate) trait Results<R>: Extend<R> {
+    fn count(&self) -> usize;
+}
+
+impl<R> Results<R> for Vec<R> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<R> Results<R> for std::collections::VecDeque<R> {
+    fn count(&self) -> usize {
+        self.len()
     }
 }
 

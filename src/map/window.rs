@@ -284,8 +284,19 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
 /// "Drainers" in the module docs).
 fn drain<T, Op: ChunkOp<T>>(window: &Window<T, Op>) {
     loop {
-        while let Some(slot) = window.claim() {
-            window.run(slot);
+        let mut idle_rounds = 0;
+        while idle_rounds < DRAINER_LINGER_ROUNDS {
+            match window.claim() {
+                Some(slot) => {
+                    window.run(slot);
+                    idle_rounds = 0;
+                }
+                None => {
+                    // The feeder may be busy running a chunk itself before it refills.
+                    snooze(idle_rounds);
+                    idle_rounds += 1;
+                }
+            }
         }
         window.drainers.fetch_sub(1, Ordering::AcqRel);
         if window.claimed.load(Ordering::Relaxed) == window.published.load(Ordering::Acquire) {
@@ -295,6 +306,14 @@ fn drain<T, Op: ChunkOp<T>>(window: &Window<T, Op>) {
         window.drainers.fetch_add(1, Ordering::AcqRel);
     }
 }
+
+/// Backoff rounds a drainer waits for new chunks before it retires (spin-loop hints, then
+/// `yield_now`: ~20–50 µs). The feeder refills the window only between its own chunks, so a
+/// drainer that retired at once would often leave while the feeder was busy and be spawned
+/// again (a job, an injection, often a worker's wake-up) a chunk later: measured on
+/// `imap` over 200k items of 1 µs, 24–54 drainer spawns per run and 1.0–1.6× instead of
+/// 2 spawns and 2.0× with lingering.
+const DRAINER_LINGER_ROUNDS: u32 = 40;
 
 /// How big the chunks are.
 #[derive(Debug, Clone, Copy)]
