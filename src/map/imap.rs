@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use super::iter::{current_registry_arc, extend_run, worth_handing_over};
 use super::sample::CostProbe;
-use super::window::{ChunkSize, Feeder, MapOp, Outcome, WINDOW_PER_THREAD, Window};
+use super::window::{ChunkSize, Feeder, MapOp, WINDOW_PER_THREAD, Window};
 use crate::pool::registry::Registry;
 
 /// A lazy parallel map: yields `f(item)` for each input item, in input order (`Imap`) or in
@@ -76,9 +76,6 @@ where
     state: State<I, F, R>,
     /// Results ready to be yielded, in yield order.
     current: VecDeque<R>,
-    /// Completed slots waiting for their turn (ordered only), by sequence modulo the window.
-    pending: Vec<Option<usize>>,
-    next_seq: usize,
     chunk: Option<usize>,
     window: Option<usize>,
 }
@@ -135,8 +132,6 @@ where
         Imap {
             state: State::New { input, f, registry },
             current: VecDeque::new(),
-            pending: Vec::new(),
-            next_seq: 0,
             chunk: None,
             window: None,
         }
@@ -191,35 +186,16 @@ where
             State::Finished => return false,
         };
         feeder.fill();
-        let ready = match self.pending.len() {
-            0 => None,
-            len => self.pending[self.next_seq % len].take(),
-        };
-        let Some(slot) = ready.or_else(|| feeder.next_completed()) else {
+        let Some(slot) = feeder.next_results(ORDERED) else {
             self.state = State::Finished;
             return false;
         };
-        let (output, outcome, seq) = feeder.slot(slot);
-        if let Outcome::Panicked(_) = outcome {
-            let Outcome::Panicked(payload) = std::mem::take(outcome) else {
-                unreachable!()
-            };
-            feeder.release(slot);
-            feeder.cancel_and_wait();
-            self.state = State::Finished;
-            std::panic::resume_unwind(payload);
-        }
-        if ORDERED && seq != self.next_seq {
-            let len = self.pending.len();
-            self.pending[seq % len] = Some(slot);
-            return true;
-        }
+        let (output, _, _) = feeder.slot(slot);
         // Both conversions keep the buffers: the slot's results become `current`, and the
         // empty `current` becomes the slot's next output buffer.
         let results = std::mem::replace(output, Vec::from(std::mem::take(&mut self.current)));
         self.current = VecDeque::from(results);
         feeder.release(slot);
-        self.next_seq += 1;
         true
     }
 
@@ -275,9 +251,6 @@ where
         let slots = self
             .window
             .unwrap_or(WINDOW_PER_THREAD * registry.num_threads().max(1));
-        if ORDERED {
-            self.pending = vec![None; slots];
-        }
         let window = Arc::new(Window::new(MapOp(f), registry, slots));
         self.state = State::Running(Feeder::new(window, input, chunk, false));
     }

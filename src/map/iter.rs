@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::sample::{CostProbe, SAMPLE_NS};
-use super::window::{ChunkOp, ChunkSize, Feeder, Outcome, WINDOW_PER_THREAD, Window};
+use super::window::{ChunkOp, ChunkSize, Feeder, WINDOW_PER_THREAD, Window};
 use crate::pool::ThreadPool;
 use crate::pool::registry::Registry;
 
@@ -170,34 +170,14 @@ where
     I::Item: Send,
     Op: ChunkOp<I::Item>,
 {
-    let window = feeder.window().len();
-    let mut pending: Vec<Option<usize>> = vec![None; window];
-    let mut next = 0usize;
     loop {
         feeder.fill();
-        let slot = match pending[next % window].take() {
-            Some(slot) => slot,
-            None => match feeder.next_completed() {
-                Some(slot) => slot,
-                None => return,
-            },
+        let Some(slot) = feeder.next_results(true) else {
+            return;
         };
-        let (output, outcome, seq) = feeder.slot(slot);
-        if let Outcome::Panicked(_) = outcome {
-            let Outcome::Panicked(payload) = std::mem::take(outcome) else {
-                unreachable!()
-            };
-            feeder.release(slot);
-            feeder.cancel_and_wait();
-            std::panic::resume_unwind(payload);
-        }
-        if seq != next {
-            pending[seq % window] = Some(slot);
-            continue;
-        }
+        let (output, _, _) = feeder.slot(slot);
         let keep_going = collect.push_chunk(output);
         feeder.release(slot);
-        next += 1;
         if !keep_going {
             feeder.cancel_and_wait();
             return;

@@ -367,6 +367,11 @@ pub(crate) struct Feeder<I: Iterator, Op: ChunkOp<I::Item>> {
     /// Submitted chunks whose completion the feeder has not received yet.
     outstanding: usize,
     next_seq: usize,
+    /// Completed chunks waiting for their turn in input order, by sequence number modulo
+    /// the window.
+    pending: Vec<Option<usize>>,
+    /// The sequence number the ordered consumer takes next.
+    next_out: usize,
     completed_head: usize,
     chunk: ChunkSize,
     max_drainers: usize,
@@ -377,6 +382,7 @@ pub(crate) struct Feeder<I: Iterator, Op: ChunkOp<I::Item>> {
 
 impl<I: Iterator, Op: ChunkOp<I::Item>> Drop for Feeder<I, Op> {
     fn drop(&mut self) {
+        self.release_pending();
         if self.outstanding == 0 {
             return;
         }
@@ -386,7 +392,7 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Drop for Feeder<I, Op> {
             // no chunk runs any more, so nothing the op borrows is used after this frame.
             while self.outstanding > 0 {
                 let slot = self.wait_completed_raw();
-                self.free.push(slot);
+                self.release(slot);
             }
         }
     }
@@ -415,15 +421,13 @@ where
             exhausted: false,
             outstanding: 0,
             next_seq: 0,
+            pending: vec![None; slots],
+            next_out: 0,
             completed_head: 0,
             chunk,
             max_drainers,
             wait_on_drop,
         }
-    }
-
-    pub(crate) fn window(&self) -> &Window<I::Item, Op> {
-        &self.window
     }
 
     /// Submits chunks while slots are free and input remains. Stops pulling input for good
@@ -573,11 +577,56 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
         self.free.push(slot);
     }
 
+    /// The next chunk whose results the consumer takes: in input order if `ordered`, else
+    /// in completion order; `None` once nothing is outstanding. A chunk that panicked is not
+    /// returned: the map is stopped (see [`Feeder::cancel_and_wait`]) and its panic is
+    /// re-raised here, whatever the chunk's place in the order.
+    pub(crate) fn next_results(&mut self, ordered: bool) -> Option<usize> {
+        loop {
+            let window = self.pending.len();
+            if ordered {
+                if let Some(slot) = self.pending[self.next_out % window].take() {
+                    self.next_out += 1;
+                    return Some(slot);
+                }
+            }
+            let slot = self.next_completed()?;
+            let (_, outcome, seq) = self.slot(slot);
+            if let Outcome::Panicked(_) = outcome {
+                let Outcome::Panicked(payload) = std::mem::take(outcome) else {
+                    unreachable!("matched just above")
+                };
+                self.release(slot);
+                self.cancel_and_wait();
+                std::panic::resume_unwind(payload);
+            }
+            if !ordered {
+                return Some(slot);
+            }
+            if seq == self.next_out {
+                self.next_out += 1;
+                return Some(slot);
+            }
+            self.pending[seq % window] = Some(slot);
+        }
+    }
+
+    /// Gives back the completed chunks waiting for their turn, dropping their results.
+    fn release_pending(&mut self) {
+        for index in 0..self.pending.len() {
+            if let Some(slot) = self.pending[index].take() {
+                self.release(slot);
+            }
+        }
+    }
+
     /// Stops the map: later chunks are skipped, and this returns once every outstanding chunk
-    /// has come back (running chunks cannot be interrupted), with its results dropped.
+    /// has come back (running chunks cannot be interrupted), with its results dropped, and
+    /// the completed chunks waiting for their turn dropped too.
     pub(crate) fn cancel_and_wait(&mut self) {
         self.window.stop_after(0);
         self.exhausted = true;
+        self.release_pending();
         while let Some(slot) = self.next_completed() {
             self.release(slot);
         }
