@@ -2,6 +2,7 @@
 
 mod error;
 pub mod process;
+mod shm;
 
 pub use error::ProcessError;
 pub use process::ProcessPool;

@@ -71,6 +71,7 @@
 
 mod bootstrap;
 mod map;
+mod ring;
 mod supervisor;
 mod task;
 mod wire;

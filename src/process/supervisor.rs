@@ -71,6 +71,7 @@ use rustix::event::{EventfdFlags, Timespec, eventfd};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use super::bootstrap;
+use super::ring::Ring;
 use super::task::{Outcome, Reply, Sink};
 use super::wire::{self, Fill, FrameReader, Kind, Outbox, SharedFd};
 use crate::ProcessError;
@@ -192,11 +193,16 @@ struct Worker {
     child: Child,
     pidfd: OwnedFd,
     socket: Arc<OwnedFd>,
+    /// Where the worker publishes small results.
+    ring: Arc<Ring>,
     stage: Stage,
     /// Startup deadline, or the deadline to exit after EOF or shutdown.
     deadline: Option<Instant>,
     /// Sent and not yet answered, in send order; the front one is running.
     inflight: VecDeque<Job>,
+    /// Results that arrived before the result of an earlier job (a large result on the
+    /// socket can be overtaken by a later small one in the ring), by job id.
+    early: Vec<(u64, Outcome)>,
     /// When the front job started, as far as the parent knows.
     front_since: Instant,
     outbox: Outbox,
@@ -253,6 +259,7 @@ pub(crate) struct Shared {
 struct Local {
     readers: Vec<FrameReader>,
     sockets: Vec<Option<Arc<OwnedFd>>>,
+    rings: Vec<Option<Arc<Ring>>>,
     generations: Vec<u32>,
 }
 
@@ -654,10 +661,11 @@ impl State {
                             max_tasks: shared.config.max_tasks_per_child.unwrap_or(0),
                         };
                         let body = postcard::to_allocvec(&init).expect("Init serialises");
-                        let header = wire::header(Kind::Init, 0, body.len(), 0);
+                        let header = wire::header(Kind::Init, 0, body.len(), 1);
                         let generation = self.slots[slot].generation;
                         let w = self.worker(slot);
-                        let sent = w.outbox.send(w.socket.as_fd(), &[&header, &body], &[]);
+                        let ring_fd = Arc::clone(w.ring.fd());
+                        let sent = w.outbox.send(w.socket.as_fd(), &[&header, &body], &[ring_fd]);
                         match sent {
                             Ok(pending) => {
                                 w.stage = Stage::Init;
@@ -702,56 +710,74 @@ impl State {
                 self.worker(slot).startup_message =
                     Some(format!("the initializer panicked: {message}"));
             }
-            (Stage::Ready | Stage::Exiting, Kind::Result) => self.on_result(slot, frame, now),
+            (Stage::Ready | Stage::Exiting, Kind::Result) => {
+                self.on_result(slot, frame.tag, frame.body, now);
+            }
+            (Stage::Ready | Stage::Exiting, Kind::Doorbell) => {}
             _ => self.kill(slot, Killed::Broken),
         }
     }
 
-    fn on_result(&mut self, slot: usize, frame: wire::Frame<'_>, now: Instant) {
+    /// A job's result, from the socket or the ring. Results complete their jobs in the
+    /// order the jobs were sent; one that overtook an earlier job's result waits in `early`.
+    fn on_result(&mut self, slot: usize, tag: u64, body: &[u8], now: Instant) {
         let w = self.worker(slot);
         let pid = w.pid;
-        let matches = w.inflight.front().is_some_and(|job| job.id == frame.tag);
-        if !matches || frame.body.is_empty() {
+        if body.is_empty() || !w.inflight.iter().any(|job| job.id == tag) {
             self.kill(slot, Killed::Broken);
             return;
         }
-        let job = w.inflight.pop_front().expect("front exists");
+        let outcome = decode_outcome(pid, body);
+        if w.inflight.front().map(|job| job.id) != Some(tag) {
+            w.early.push((tag, outcome));
+            return;
+        }
+        self.complete_front(slot, outcome, now);
+        loop {
+            let w = self.worker(slot);
+            let Some(front) = w.inflight.front().map(|job| job.id) else {
+                break;
+            };
+            let Some(at) = w.early.iter().position(|(id, _)| *id == front) else {
+                break;
+            };
+            let (_, outcome) = w.early.swap_remove(at);
+            self.complete_front(slot, outcome, now);
+        }
+    }
+
+    /// Completes the job a worker was running.
+    fn complete_front(&mut self, slot: usize, outcome: Outcome, now: Instant) {
+        let w = self.worker(slot);
+        let job = w.inflight.pop_front().expect("a running job");
         let elapsed = now.saturating_duration_since(w.front_since);
         w.front_since = now;
-        let outcome: Outcome = match frame.body[0] {
-            wire::STATUS_OK => Ok(Reply {
-                bytes: frame.body[1..].to_vec(),
-            }),
-            _ => Err(
-                match postcard::from_bytes::<wire::Failure>(&frame.body[1..]) {
-                    Ok(wire::Failure::Panic(message)) => ProcessError::panic(message, pid),
-                    Ok(wire::Failure::DecodeArgument { type_name, message }) => {
-                        ProcessError::serialization(
-                            type_name,
-                            SerdeStage::DecodeArgument,
-                            message,
-                            Some(pid),
-                        )
-                    }
-                    Ok(wire::Failure::EncodeResult { type_name, message }) => {
-                        ProcessError::serialization(
-                            type_name,
-                            SerdeStage::EncodeResult,
-                            message,
-                            Some(pid),
-                        )
-                    }
-                    Err(e) => ProcessError::io(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("worker {pid} sent an unreadable failure: {e}"),
-                    )),
-                },
-            ),
-        };
         job.spec.sink.complete(outcome);
         // Moving average over about 8 jobs.
         self.job_nanos += (elapsed.as_nanos() as f64 - self.job_nanos) / 8.0;
         self.job_nanos = self.job_nanos.max(1.0);
+    }
+
+    /// Takes the results a worker published in its ring.
+    fn take_ring(&mut self, slot: usize, buf: &mut Vec<u8>, now: Instant) {
+        let Some(w) = self.slots[slot].worker.as_ref() else {
+            return;
+        };
+        if !matches!(w.stage, Stage::Ready | Stage::Exiting) {
+            return;
+        }
+        let mut records = Vec::new();
+        match w.ring.take(buf, |tag, body| records.push((tag, body.to_vec()))) {
+            Ok(_) => {
+                for (tag, body) in records {
+                    if self.slots[slot].worker.as_ref().is_none_or(|w| w.killed.is_some()) {
+                        break;
+                    }
+                    self.on_result(slot, tag, &body, now);
+                }
+            }
+            Err(_) => self.kill(slot, Killed::Broken),
+        }
     }
 
     /// A worker exited: reap it, settle its jobs, free its slot.
@@ -915,13 +941,13 @@ impl State {
     fn install(
         &mut self,
         slot: usize,
-        spawned: std::io::Result<(Child, OwnedFd, OwnedFd)>,
+        spawned: std::io::Result<Spawned>,
         shared: &Shared,
         local: &mut Local,
         now: Instant,
     ) {
         self.slots[slot].spawning = false;
-        let (child, socket, pidfd) = match spawned {
+        let (child, socket, pidfd, ring) = match spawned {
             Ok(s) => s,
             Err(e) => {
                 let error = ProcessError::startup("could not spawn a worker process", Some(e));
@@ -949,6 +975,8 @@ impl State {
         });
         local.readers[slot] = FrameReader::new();
         local.sockets[slot] = Some(Arc::clone(&socket));
+        let ring = Arc::new(ring);
+        local.rings[slot] = Some(Arc::clone(&ring));
         local.generations[slot] = generation;
         let pid = child.id();
         s.worker = Some(Worker {
@@ -956,9 +984,11 @@ impl State {
             child,
             pidfd,
             socket,
+            ring,
             stage: Stage::Hello,
             deadline: Some(now + shared.config.startup_timeout),
             inflight: VecDeque::new(),
+            early: Vec::new(),
             front_since: now,
             outbox: Outbox::default(),
             out_armed: false,
@@ -1010,12 +1040,44 @@ impl Worker {
     }
 }
 
-/// Spawns a worker and opens its pidfd.
-fn spawn_worker() -> std::io::Result<(Child, OwnedFd, OwnedFd)> {
+/// A freshly spawned worker: the child, its socket, its pidfd and its result ring.
+type Spawned = (Child, OwnedFd, OwnedFd, Ring);
+
+/// Decodes a Result body.
+fn decode_outcome(pid: u32, body: &[u8]) -> Outcome {
+    if body[0] == wire::STATUS_OK {
+        return Ok(Reply {
+            bytes: body[1..].to_vec(),
+        });
+    }
+    Err(match postcard::from_bytes::<wire::Failure>(&body[1..]) {
+        Ok(wire::Failure::Panic(message)) => ProcessError::panic(message, pid),
+        Ok(wire::Failure::DecodeArgument { type_name, message }) => ProcessError::serialization(
+            type_name,
+            SerdeStage::DecodeArgument,
+            message,
+            Some(pid),
+        ),
+        Ok(wire::Failure::EncodeResult { type_name, message }) => ProcessError::serialization(
+            type_name,
+            SerdeStage::EncodeResult,
+            message,
+            Some(pid),
+        ),
+        Err(e) => ProcessError::io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("worker {pid} sent an unreadable failure: {e}"),
+        )),
+    })
+}
+
+/// Spawns a worker, opens its pidfd and makes its result ring.
+fn spawn_worker() -> std::io::Result<Spawned> {
+    let ring = Ring::create()?;
     let (mut child, socket) = bootstrap::spawn()?;
     let pid = Pid::from_child(&child);
     match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-        Ok(pidfd) => Ok((child, socket, pidfd)),
+        Ok(pidfd) => Ok((child, socket, pidfd, ring)),
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -1044,6 +1106,7 @@ fn supervise(shared: &Shared) {
     let mut local = Local {
         readers: (0..n).map(|_| FrameReader::new()).collect(),
         sockets: vec![None; n],
+        rings: vec![None; n],
         generations: vec![0; n],
     };
     let mut events: Vec<epoll::Event> = Vec::with_capacity(2 * n + 1);
@@ -1051,6 +1114,7 @@ fn supervise(shared: &Shared) {
     let mut writable = Vec::new();
     let mut exited = Vec::new();
     let mut eof = vec![false; n];
+    let mut ring_buf = Vec::new();
     let mut deadline: Option<Instant> = None;
     loop {
         // Spawn what the pool lacks, outside the lock: an exec takes about a millisecond.
@@ -1072,13 +1136,25 @@ fn supervise(shared: &Shared) {
             deadline = state.check_deadlines(shared, now);
         }
 
-        let timeout = deadline.map(|d| {
-            let wait = d.saturating_duration_since(Instant::now()) + Duration::from_micros(100);
-            Timespec::try_from(wait).unwrap_or(Timespec {
-                tv_sec: i64::MAX,
+        // Announce the sleep to every worker's ring; a ring with results means no sleep.
+        let mut pending = false;
+        for ring in local.rings.iter().flatten() {
+            pending |= ring.arm();
+        }
+        let timeout = if pending {
+            Some(Timespec {
+                tv_sec: 0,
                 tv_nsec: 0,
             })
-        });
+        } else {
+            deadline.map(|d| {
+                let wait = d.saturating_duration_since(Instant::now()) + Duration::from_micros(100);
+                Timespec::try_from(wait).unwrap_or(Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            })
+        };
         events.clear();
         match epoll::wait(
             &shared.epoll,
@@ -1087,6 +1163,9 @@ fn supervise(shared: &Shared) {
         ) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => panic!("epoll_wait failed: {e}"),
+        }
+        for ring in local.rings.iter().flatten() {
+            ring.disarm();
         }
 
         // Read sockets outside the lock.
@@ -1159,6 +1238,9 @@ fn supervise(shared: &Shared) {
                 state.on_eof(slot, shared, now);
             }
         }
+        for slot in 0..n {
+            state.take_ring(slot, &mut ring_buf, now);
+        }
         for &slot in &writable {
             let generation = state.slots[slot].generation;
             if let Some(w) = state.slots[slot].worker.as_mut() {
@@ -1172,6 +1254,7 @@ fn supervise(shared: &Shared) {
         for &slot in &exited {
             state.on_exit(slot, shared);
             local.sockets[slot] = None;
+            local.rings[slot] = None;
             local.readers[slot] = FrameReader::new();
         }
         state.dispatch(shared, now);

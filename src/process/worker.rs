@@ -11,9 +11,10 @@
 //! 2. **Handshake**: send `Hello` (pid, image fingerprint); read `Init`; run the initializer,
 //!    if any, under `catch_unwind`; send `Ready`, or `InitFailed` with the panic message and
 //!    exit.
-//! 3. **Jobs**: run `Job` frames one at a time in the order they arrive, and write each job's
-//!    `Result` before starting the next, so a result the parent has not received belongs to
-//!    the job that was running. A panic is caught and becomes a failed result; the worker
+//! 3. **Jobs**: run `Job` frames one at a time in the order they arrive, and publish each
+//!    job's result before starting the next (in the result ring that came with `Init`, or as
+//!    a `Result` frame when it is large), so the parent knows which job was running when a
+//!    worker dies. A panic is caught and becomes a failed result; the worker
 //!    goes on. After `max_tasks` jobs (when set) the worker exits with status 0.
 //! 4. **End**: EOF on the socket (the parent closed it, or died) → exit with status 0. If the
 //!    parent process dies the kernel sends `SIGKILL` (parent-death signal) even if a job is
@@ -28,6 +29,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::bootstrap::{self, ENV_WORKER};
+use super::ring::{self, Ring};
 use super::wire::{self, Failure, Fill, FrameReader, Hello, Init, Kind};
 
 /// Exit status of a worker whose parent was already gone when it started.
@@ -80,17 +82,20 @@ fn serve(parent: u32) -> io::Result<i32> {
     send_frame(&socket, Kind::Hello, 0, &encode(&hello))?;
 
     let mut reader = FrameReader::new();
-    let Some(init) = next_frame(&mut reader, &socket, |frame| {
-        (frame.kind == Kind::Init)
-            .then(|| postcard::from_bytes::<Init>(frame.body).ok())
-            .flatten()
+    let Some(init) = next_frame(&mut reader, &socket, |mut frame| {
+        let init = postcard::from_bytes::<Init>(frame.body).ok();
+        match (frame.kind, init, frame.fds.pop()) {
+            (Kind::Init, Some(init), Some(ring)) => Some((init, ring)),
+            _ => None,
+        }
     })?
     else {
         return Ok(0);
     };
-    let Some(init) = init else {
+    let Some((init, ring)) = init else {
         return Ok(EXIT_PROTOCOL);
     };
+    let ring = Ring::open(ring)?;
     if let Some(offset) = init.initializer {
         // SAFETY: the parent sent this offset after the handshake proved that this process
         // runs the same image, and derived it from a `fn()` of that image.
@@ -118,7 +123,11 @@ fn serve(parent: u32) -> io::Result<i32> {
             Some(None) => return Ok(EXIT_PROTOCOL),
             Some(Some(())) => {}
         }
-        wire::send_all(socket.as_fd(), &[&out], &[])?;
+        if out.len() <= ring::MAX_RECORD {
+            ring.publish(&out, || send_frame(&socket, Kind::Doorbell, 0, &[]))?;
+        } else {
+            wire::send_all(socket.as_fd(), &[&out], &[])?;
+        }
         done += 1;
         if done == init.max_tasks {
             return Ok(0);

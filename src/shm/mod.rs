@@ -1,0 +1,3 @@
+//! Shared memory between the processes of a process pool.
+
+pub(crate) mod segment;
