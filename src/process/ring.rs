@@ -214,6 +214,12 @@ impl Ring {
         h.tail.load(Ordering::SeqCst) != h.head.load(Ordering::Relaxed)
     }
 
+    /// Whether records wait to be taken (parent side).
+    pub(crate) fn pending(&self) -> bool {
+        let h = self.header();
+        h.tail.load(Ordering::Acquire) != h.head.load(Ordering::Relaxed)
+    }
+
     /// The parent is awake again: no doorbell needed.
     pub(crate) fn disarm(&self) {
         self.header().parent_sleeping.store(0, Ordering::Relaxed);

@@ -247,6 +247,8 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// The result ring of each slot's worker, for waiters that poll (`poll_ring`).
+    rings: Mutex<Vec<Option<Arc<Ring>>>>,
     /// Signalled when the phase leaves `Starting`.
     started: Condvar,
     epoll: OwnedFd,
@@ -322,6 +324,7 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
             next_pick: 0,
         }),
         started: Condvar::new(),
+        rings: Mutex::new(vec![None; n]),
         epoll,
         waker,
         config,
@@ -397,6 +400,35 @@ impl Shared {
             self.wake();
         }
         Ok(())
+    }
+
+    /// Takes the results in a worker's ring, if any, when the state lock is free: a waiting
+    /// thread's shortcut past the supervisor (see `task`).
+    pub(crate) fn poll_ring(&self, slot: usize) {
+        let ring = self
+            .rings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(slot)
+            .cloned()
+            .flatten();
+        if !ring.is_some_and(|ring| ring.pending()) {
+            return;
+        }
+        let Ok(mut state) = self.state.try_lock() else {
+            return; // the supervisor (or another waiter) is at it
+        };
+        let now = Instant::now();
+        state.take_ring(slot, &mut Vec::new(), now);
+        let timer_started = state.dispatch(self, now);
+        drop(state);
+        if timer_started {
+            self.wake();
+        }
+    }
+
+    fn set_ring(&self, slot: usize, ring: Option<Arc<Ring>>) {
+        self.rings.lock().unwrap_or_else(PoisonError::into_inner)[slot] = ring;
     }
 
     /// Drops queued jobs nobody waits for (an abandoned `imap`).
@@ -558,6 +590,9 @@ impl State {
                 }
                 let was_idle = w.inflight.is_empty();
                 w.jobs_left -= jobs.len() as u64;
+                for job in &jobs {
+                    job.spec.sink.sent_to(slot);
+                }
                 w.inflight.extend(jobs);
                 if was_idle {
                     w.front_since = now;
@@ -977,6 +1012,7 @@ impl State {
         local.sockets[slot] = Some(Arc::clone(&socket));
         let ring = Arc::new(ring);
         local.rings[slot] = Some(Arc::clone(&ring));
+        shared.set_ring(slot, Some(Arc::clone(&ring)));
         local.generations[slot] = generation;
         let pid = child.id();
         s.worker = Some(Worker {
@@ -1255,6 +1291,7 @@ fn supervise(shared: &Shared) {
             state.on_exit(slot, shared);
             local.sockets[slot] = None;
             local.rings[slot] = None;
+            shared.set_ring(slot, None);
             local.readers[slot] = FrameReader::new();
         }
         state.dispatch(shared, now);
