@@ -61,8 +61,7 @@ impl Echo {
     fn start() -> Self {
         let mut fds = [0i32; 2];
         // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-        let rc =
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
         assert_eq!(rc, 0);
         // SAFETY: the child only calls async-signal-safe functions (read, write, _exit)
         // before it exits, which is what POSIX allows after fork in a threaded process.
@@ -193,10 +192,16 @@ fn crash(c: &mut Criterion) {
 
 /// The Python baseline's `key value` lines, if python3 is there.
 fn python_baseline() -> Option<Vec<(String, f64)>> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python/process_baseline.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/python/process_baseline.py"
+    );
     let output = Command::new("python3").arg(script).output().ok()?;
     if !output.status.success() {
-        eprintln!("python baseline failed: {}", String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "python baseline failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         return None;
     }
     let text = String::from_utf8_lossy(&output.stdout);
@@ -212,10 +217,10 @@ fn python_baseline() -> Option<Vec<(String, f64)>> {
 
 /// The median of a benchmark of this run, in ns, from criterion's estimates file.
 fn median_ns(path: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_owned()
-    });
-    let text = std::fs::read_to_string(format!("{dir}/criterion/{path}/new/estimates.json")).ok()?;
+    let dir = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_owned());
+    let text =
+        std::fs::read_to_string(format!("{dir}/criterion/{path}/new/estimates.json")).ok()?;
     let median = &text[text.find("\"median\"")?..];
     let point = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
     let end = point.find([',', '}'])?;
@@ -236,11 +241,24 @@ fn summary(python: Option<&[(String, f64)]>) {
         );
     }
     if let (Some(ours), Some(py)) = (ours, py("round_trip_us")) {
-        println!("            Python apply_async().get() {py:.1} µs: parpool is {:.1}× faster", py * 1e3 / ours);
+        println!(
+            "            Python apply_async().get() {py:.1} µs: parpool is {:.1}× faster",
+            py * 1e3 / ours
+        );
     }
     for (bench, n, key, target) in [
-        ("map_one_item_per_job/parpool/20000", ONE_ITEM_N, "map_one_item_per_job_items_per_s", 15.0),
-        ("map_auto_chunks/parpool/2000000", AUTO_N, "map_auto_chunks_items_per_s", 1.5),
+        (
+            "map_one_item_per_job/parpool/20000",
+            ONE_ITEM_N,
+            "map_one_item_per_job_items_per_s",
+            15.0,
+        ),
+        (
+            "map_auto_chunks/parpool/2000000",
+            AUTO_N,
+            "map_auto_chunks_items_per_s",
+            1.5,
+        ),
     ] {
         let Some(ns) = median_ns(bench) else { continue };
         let rate = n as f64 / (ns / 1e9);

@@ -224,7 +224,7 @@ impl ProcessPool {
             fds: Vec::new(),
             sink: Sink::Task(Arc::clone(&slot)),
         }])?;
-        Ok(ProcessTask::new(slot, Arc::clone(&self.shared)))
+        Ok(ProcessTask::new(slot, &self.shared))
     }
 
     /// Stops accepting jobs. Queued and running jobs still finish; the workers exit once the

@@ -110,7 +110,10 @@ impl Ring {
     pub(crate) fn open(fd: OwnedFd) -> io::Result<Self> {
         let segment = Segment::open(fd)?;
         if segment.len() != DATA + CAPACITY {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a result ring"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a result ring",
+            ));
         }
         Ok(Self { segment })
     }
@@ -295,20 +298,29 @@ mod test {
     #[test]
     fn smoke_publish_and_take() {
         let parent = Ring::create().unwrap();
-        let worker = Ring::open(rustix::io::fcntl_dupfd_cloexec(&**parent.fd(), 0).unwrap()).unwrap();
+        let worker =
+            Ring::open(rustix::io::fcntl_dupfd_cloexec(&**parent.fd(), 0).unwrap()).unwrap();
         let mut bells = 0;
         assert!(!parent.arm());
-        worker.publish(&record(1, b"one"), || {
-            bells += 1;
-            Ok(())
-        })
-        .unwrap();
+        worker
+            .publish(&record(1, b"one"), || {
+                bells += 1;
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(bells, 1, "a sleeping parent is woken");
-        worker.publish(&record(2, b"two"), || panic!("rung once per sleep")).unwrap();
+        worker
+            .publish(&record(2, b"two"), || panic!("rung once per sleep"))
+            .unwrap();
         parent.disarm();
         let mut got = Vec::new();
         let mut buf = Vec::new();
-        assert_eq!(parent.take(&mut buf, |tag, body| got.push((tag, body.to_vec()))).unwrap(), 2);
+        assert_eq!(
+            parent
+                .take(&mut buf, |tag, body| got.push((tag, body.to_vec())))
+                .unwrap(),
+            2
+        );
         assert_eq!(got, [(1, b"one".to_vec()), (2, b"two".to_vec())]);
         assert!(!parent.arm());
     }
@@ -316,7 +328,8 @@ mod test {
     #[test]
     fn stress_wraps_and_waits_for_room() {
         let parent = Ring::create().unwrap();
-        let worker = Ring::open(rustix::io::fcntl_dupfd_cloexec(&**parent.fd(), 0).unwrap()).unwrap();
+        let worker =
+            Ring::open(rustix::io::fcntl_dupfd_cloexec(&**parent.fd(), 0).unwrap()).unwrap();
         const N: u64 = 20_000;
         let producer = std::thread::spawn(move || {
             for i in 0..N {

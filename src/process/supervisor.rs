@@ -582,7 +582,10 @@ impl State {
             parts.push(prefix);
             parts.push(&job.spec.payload);
         }
-        let fds: Vec<SharedFd> = jobs.iter().flat_map(|j| j.spec.fds.iter().cloned()).collect();
+        let fds: Vec<SharedFd> = jobs
+            .iter()
+            .flat_map(|j| j.spec.fds.iter().cloned())
+            .collect();
         match w.outbox.send(w.socket.as_fd(), &parts, &fds) {
             Ok(pending) => {
                 if pending {
@@ -700,7 +703,9 @@ impl State {
                         let generation = self.slots[slot].generation;
                         let w = self.worker(slot);
                         let ring_fd = Arc::clone(w.ring.fd());
-                        let sent = w.outbox.send(w.socket.as_fd(), &[&header, &body], &[ring_fd]);
+                        let sent = w
+                            .outbox
+                            .send(w.socket.as_fd(), &[&header, &body], &[ring_fd]);
                         match sent {
                             Ok(pending) => {
                                 w.stage = Stage::Init;
@@ -802,10 +807,17 @@ impl State {
             return;
         }
         let mut records = Vec::new();
-        match w.ring.take(buf, |tag, body| records.push((tag, body.to_vec()))) {
+        match w
+            .ring
+            .take(buf, |tag, body| records.push((tag, body.to_vec())))
+        {
             Ok(_) => {
                 for (tag, body) in records {
-                    if self.slots[slot].worker.as_ref().is_none_or(|w| w.killed.is_some()) {
+                    if self.slots[slot]
+                        .worker
+                        .as_ref()
+                        .is_none_or(|w| w.killed.is_some())
+                    {
                         break;
                     }
                     self.on_result(slot, tag, &body, now);
@@ -1088,18 +1100,12 @@ fn decode_outcome(pid: u32, body: &[u8]) -> Outcome {
     }
     Err(match postcard::from_bytes::<wire::Failure>(&body[1..]) {
         Ok(wire::Failure::Panic(message)) => ProcessError::panic(message, pid),
-        Ok(wire::Failure::DecodeArgument { type_name, message }) => ProcessError::serialization(
-            type_name,
-            SerdeStage::DecodeArgument,
-            message,
-            Some(pid),
-        ),
-        Ok(wire::Failure::EncodeResult { type_name, message }) => ProcessError::serialization(
-            type_name,
-            SerdeStage::EncodeResult,
-            message,
-            Some(pid),
-        ),
+        Ok(wire::Failure::DecodeArgument { type_name, message }) => {
+            ProcessError::serialization(type_name, SerdeStage::DecodeArgument, message, Some(pid))
+        }
+        Ok(wire::Failure::EncodeResult { type_name, message }) => {
+            ProcessError::serialization(type_name, SerdeStage::EncodeResult, message, Some(pid))
+        }
         Err(e) => ProcessError::io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("worker {pid} sent an unreadable failure: {e}"),
@@ -1236,7 +1242,11 @@ fn supervise(shared: &Shared) {
             // A dead worker's socket is read to the end: results written before it died.
             // A live socket gets one read per wake (epoll is level-triggered: what is left
             // wakes us again); a dead worker's socket is read to the end.
-            let nonblocking_rounds = if exited.contains(&slot) { usize::MAX } else { 1 };
+            let nonblocking_rounds = if exited.contains(&slot) {
+                usize::MAX
+            } else {
+                1
+            };
             if let Some(socket) = local.sockets[slot].clone() {
                 for _ in 0..nonblocking_rounds {
                     match local.readers[slot].fill(socket.as_fd(), true) {

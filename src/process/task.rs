@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -365,15 +365,17 @@ impl Sink {
 #[must_use = "a ProcessTask does nothing unless you get its result; drop it to ignore the result"]
 pub struct ProcessTask<R> {
     slot: Arc<TaskSlot>,
-    shared: Arc<Shared>,
+    /// The pool, to poll its result rings; weak, so a handle that outlives its pool does not
+    /// keep the pool's descriptors open.
+    shared: Weak<Shared>,
     _result: PhantomData<fn() -> R>,
 }
 
 impl<R> ProcessTask<R> {
-    pub(crate) fn new(slot: Arc<TaskSlot>, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(slot: Arc<TaskSlot>, shared: &Arc<Shared>) -> Self {
         Self {
             slot,
-            shared,
+            shared: Arc::downgrade(shared),
             _result: PhantomData,
         }
     }
@@ -381,9 +383,13 @@ impl<R> ProcessTask<R> {
     /// Waits for the job, polling its worker's result ring while spinning: the waiting thread
     /// takes the result itself instead of waiting for the supervisor to wake up.
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        if self.slot.is_finished() {
+            return true;
+        }
+        let shared = self.shared.upgrade();
         self.slot.wait_until(deadline, |slot| {
-            if let Some(worker) = slot.worker() {
-                self.shared.poll_ring(worker);
+            if let (Some(shared), Some(worker)) = (&shared, slot.worker()) {
+                shared.poll_ring(worker);
             }
         })
     }

@@ -7,11 +7,10 @@
 //! can truncate it under another's mapping (which would turn every access into SIGBUS).
 //! A segment received from another process is mapped only if it carries those seals.
 //!
-//! Descriptors travel between processes with the frames of the process pool (`SCM_RIGHTS`);
-//! the [`SegmentId`] (device and inode of the memory file) names a segment in messages.
+//! Descriptors travel between processes with the frames of the process pool (`SCM_RIGHTS`).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -23,14 +22,6 @@ const SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::GROW)
     .union(SealFlags::SEAL);
 
-/// Names a segment across processes: the device and inode of its memory file, which every
-/// process that holds the file sees alike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct SegmentId {
-    pub(crate) dev: u64,
-    pub(crate) ino: u64,
-}
-
 /// A mapping of a sealed memory file.
 ///
 /// The mapping is `len` bytes, readable and writable, shared with every process that maps
@@ -40,7 +31,6 @@ pub(crate) struct Segment {
     fd: Arc<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
-    id: SegmentId,
 }
 
 // SAFETY: a `Segment` owns a shared mapping and a descriptor; neither is tied to a thread.
@@ -72,13 +62,15 @@ impl Segment {
         }
         let len = rustix::fs::fstat(&fd)?.st_size as usize;
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "an empty segment"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an empty segment",
+            ));
         }
         Self::map(fd, len)
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<Self> {
-        let stat = rustix::fs::fstat(&fd)?;
         // SAFETY: a fresh mapping chosen by the kernel (null hint) of a file we hold, `len`
         // bytes, which the file has and keeps (it is sealed against shrinking); nothing else
         // in this process refers to that address range.
@@ -96,10 +88,6 @@ impl Segment {
             fd: Arc::new(fd),
             ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
             len,
-            id: SegmentId {
-                dev: stat.st_dev,
-                ino: stat.st_ino,
-            },
         })
     }
 
@@ -116,20 +104,6 @@ impl Segment {
     /// The memory file, to send to another process.
     pub(crate) fn fd(&self) -> &Arc<OwnedFd> {
         &self.fd
-    }
-
-    /// The segment's name across processes.
-    pub(crate) fn id(&self) -> SegmentId {
-        self.id
-    }
-
-    /// The id of a memory file received as a descriptor, before mapping it.
-    pub(crate) fn id_of(fd: impl AsFd) -> io::Result<SegmentId> {
-        let stat = rustix::fs::fstat(fd)?;
-        Ok(SegmentId {
-            dev: stat.st_dev,
-            ino: stat.st_ino,
-        })
     }
 }
 
@@ -150,7 +124,6 @@ mod test {
         let a = Segment::create("segment-test", 4096).unwrap();
         let dup = rustix::io::fcntl_dupfd_cloexec(&**a.fd(), 0).unwrap();
         let b = Segment::open(dup).unwrap();
-        assert_eq!(a.id(), b.id());
         assert_eq!(b.len(), 4096);
         // SAFETY: both mappings are 4096 bytes; this thread is the only user.
         unsafe {
