@@ -2,7 +2,7 @@
 
 mod error;
 pub mod process;
-mod shm;
+pub mod shm;
 
-pub use error::ProcessError;
+pub use error::{ProcessError, ShmError};
 pub use process::ProcessPool;

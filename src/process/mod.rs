@@ -91,6 +91,7 @@ pub use task::ProcessTask;
 
 use crate::ProcessError;
 use crate::error::SerdeStage;
+use crate::shm::segment::{self, Segment};
 use supervisor::{Call, Config, JobSpec, Shared};
 use task::{Sink, TaskSlot};
 use worker::Trampoline;
@@ -216,12 +217,12 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned,
     {
         let call = call_for(f as usize, worker::call_one::<A, R> as Trampoline)?;
-        let payload = encode_argument(&arg)?;
+        let (payload, segments) = encode_argument(&arg)?;
         let slot = Arc::new(TaskSlot::new());
         self.shared.submit([JobSpec {
             call,
             payload,
-            fds: Vec::new(),
+            segments,
             sink: Sink::Task(Arc::clone(&slot)),
         }])?;
         Ok(ProcessTask::new(slot, &self.shared))
@@ -332,25 +333,32 @@ fn call_for(f: usize, trampoline: Trampoline) -> Result<Call, ProcessError> {
     })
 }
 
-/// Encodes a job argument.
-fn encode_argument<A: Serialize + ?Sized>(arg: &A) -> Result<Vec<u8>, ProcessError> {
-    let payload = postcard::to_allocvec(arg).map_err(|e| {
+/// Encodes a job argument; returns the bytes and the shared-memory segments its handles
+/// name, which travel with it.
+fn encode_argument<A: Serialize + ?Sized>(
+    arg: &A,
+) -> Result<(Vec<u8>, Vec<Arc<Segment>>), ProcessError> {
+    let fail = |message: &dyn fmt::Display| {
         ProcessError::serialization(
             std::any::type_name::<A>(),
             SerdeStage::EncodeArgument,
-            e,
+            message,
             None,
         )
-    })?;
+    };
+    let (payload, segments) = segment::collect(|| postcard::to_allocvec(arg));
+    let payload = payload.map_err(|e| fail(&e))?;
     if payload.len() + 16 > wire::MAX_BODY {
-        return Err(ProcessError::serialization(
-            std::any::type_name::<A>(),
-            SerdeStage::EncodeArgument,
-            "the encoded argument is larger than 4 GiB",
-            None,
-        ));
+        return Err(fail(&"the encoded argument is larger than 4 GiB"));
     }
-    Ok(payload)
+    if segments.len() > wire::MAX_FDS {
+        return Err(fail(&format_args!(
+            "the argument names {} shared-memory segments; a job may name at most {}",
+            segments.len(),
+            wire::MAX_FDS
+        )));
+    }
+    Ok((payload, segments))
 }
 
 /// Builds a [`ProcessPool`].

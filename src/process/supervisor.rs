@@ -58,11 +58,11 @@
 //! supervisor thread returns, and `join` returns after it. `terminate` instead kills every
 //! worker at once and fails every queued and running job with a "closed" error.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,7 @@ use super::task::{Outcome, Reply, Sink};
 use super::wire::{self, Fill, FrameReader, Kind, Outbox, SharedFd};
 use crate::ProcessError;
 use crate::error::{ExitStatus, SerdeStage};
+use crate::shm::segment::{Holder, Segment, SegmentId};
 
 /// About how much work, in time, a worker may hold. The credit is
 /// `ceil(CREDIT_TARGET / average job duration)`: 500 µs lets one-item jobs of a few µs fill
@@ -136,7 +137,8 @@ pub(crate) struct Call {
 pub(crate) struct JobSpec {
     pub(crate) call: Call,
     pub(crate) payload: Vec<u8>,
-    pub(crate) fds: Vec<SharedFd>,
+    /// Shared-memory segments the argument names; kept alive until the job is answered.
+    pub(crate) segments: Vec<Arc<Segment>>,
     pub(crate) sink: Sink,
 }
 
@@ -210,6 +212,9 @@ struct Worker {
     out_armed: bool,
     /// Jobs this worker may still be sent (`max_tasks_per_child`).
     jobs_left: u64,
+    /// Shared-memory segments whose descriptor this worker was sent (it keeps them until a
+    /// `Release`).
+    sent: HashSet<SegmentId>,
     killed: Option<Killed>,
     /// What a worker that failed to start said about it.
     startup_message: Option<String>,
@@ -246,6 +251,10 @@ struct State {
 /// The state shared by the pool handle, submitting threads and the supervisor thread.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// This pool, as a holder of the shared-memory segments it sends (see `shm::segment`).
+    this: Weak<dyn Holder>,
+    /// Segments whose last handle in this process dropped, to release in the workers.
+    released: Mutex<Vec<SegmentId>>,
     state: Mutex<State>,
     /// The result ring of each slot's worker, for waiters that poll (`poll_ring`).
     rings: Mutex<Vec<Option<Arc<Ring>>>>,
@@ -313,7 +322,9 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
     )
     .map_err(|e| startup_error(e.into()))?;
     let n = config.processes;
-    let shared = Arc::new(Shared {
+    let shared = Arc::new_cyclic(|this: &Weak<Shared>| Shared {
+        this: this.clone(),
+        released: Mutex::new(Vec::new()),
         state: Mutex::new(State {
             phase: Phase::Starting,
             queue: VecDeque::new(),
@@ -353,6 +364,16 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
     drop(state);
     let _ = thread.join();
     Err(error)
+}
+
+impl Holder for Shared {
+    fn released(&self, id: SegmentId) {
+        self.released
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id);
+        self.wake();
+    }
 }
 
 impl Shared {
@@ -542,13 +563,13 @@ impl State {
                 continue;
             }
             if batches[slot].len() == MAX_BATCH
-                || batch_fds[slot] + job.spec.fds.len() > wire::MAX_FDS
+                || batch_fds[slot] + job.spec.segments.len() > wire::MAX_FDS
             {
                 let full = std::mem::take(&mut batches[slot]);
                 batch_fds[slot] = 0;
                 timer_started |= self.send_batch(slot, full, shared, now);
             }
-            batch_fds[slot] += job.spec.fds.len();
+            batch_fds[slot] += job.spec.segments.len();
             batches[slot].push(job);
         }
         for (slot, batch) in batches.into_iter().enumerate() {
@@ -564,13 +585,23 @@ impl State {
     fn send_batch(&mut self, slot: usize, jobs: Vec<Job>, shared: &Shared, now: Instant) -> bool {
         let token = token(slot, self.slots[slot].generation, Source::Socket);
         let w = self.worker(slot);
+        // The descriptors of the segments this worker has not had yet travel with the batch
+        // (attached to its first byte; the worker's reader hands each frame its own).
+        let mut fds: Vec<SharedFd> = Vec::new();
         let prefixes: Vec<[u8; 32]> = jobs
             .iter()
             .map(|job| {
+                let before = fds.len();
+                for seg in &job.spec.segments {
+                    if w.sent.insert(seg.id()) {
+                        fds.push(Arc::clone(seg.fd()));
+                        seg.add_holder(shared.this.clone());
+                    }
+                }
                 let payload = &job.spec.payload;
                 let mut prefix = [0u8; 32];
                 let header =
-                    wire::header(Kind::Job, job.id, 16 + payload.len(), job.spec.fds.len());
+                    wire::header(Kind::Job, job.id, 16 + payload.len(), fds.len() - before);
                 prefix[..16].copy_from_slice(&header);
                 prefix[16..24].copy_from_slice(&job.spec.call.trampoline.to_le_bytes());
                 prefix[24..].copy_from_slice(&job.spec.call.function.to_le_bytes());
@@ -582,10 +613,6 @@ impl State {
             parts.push(prefix);
             parts.push(&job.spec.payload);
         }
-        let fds: Vec<SharedFd> = jobs
-            .iter()
-            .flat_map(|j| j.spec.fds.iter().cloned())
-            .collect();
         match w.outbox.send(w.socket.as_fd(), &parts, &fds) {
             Ok(pending) => {
                 if pending {
@@ -751,7 +778,18 @@ impl State {
                     Some(format!("the initializer panicked: {message}"));
             }
             (Stage::Ready | Stage::Exiting, Kind::Result) => {
-                self.on_result(slot, frame.tag, frame.body, now);
+                // Segments the result names: map them (once per process) before anyone
+                // decodes the result.
+                let mut segments = Vec::with_capacity(frame.fds.len());
+                for fd in frame.fds {
+                    match Segment::adopt(fd) {
+                        Ok(seg) => segments.push(seg),
+                        Err(e) => crate::shm::segment::set_decode_error(format!(
+                            "could not map a shared-memory segment: {e}"
+                        )),
+                    }
+                }
+                self.on_result(slot, frame.tag, frame.body, segments, now);
             }
             (Stage::Ready | Stage::Exiting, Kind::Doorbell) => {}
             _ => self.kill(slot, Killed::Broken),
@@ -760,14 +798,21 @@ impl State {
 
     /// A job's result, from the socket or the ring. Results complete their jobs in the
     /// order the jobs were sent; one that overtook an earlier job's result waits in `early`.
-    fn on_result(&mut self, slot: usize, tag: u64, body: &[u8], now: Instant) {
+    fn on_result(
+        &mut self,
+        slot: usize,
+        tag: u64,
+        body: &[u8],
+        segments: Vec<Arc<Segment>>,
+        now: Instant,
+    ) {
         let w = self.worker(slot);
         let pid = w.pid;
         if body.is_empty() || !w.inflight.iter().any(|job| job.id == tag) {
             self.kill(slot, Killed::Broken);
             return;
         }
-        let outcome = decode_outcome(pid, body);
+        let outcome = decode_outcome(pid, body, segments);
         if w.inflight.front().map(|job| job.id) != Some(tag) {
             w.early.push((tag, outcome));
             return;
@@ -820,10 +865,30 @@ impl State {
                     {
                         break;
                     }
-                    self.on_result(slot, tag, &body, now);
+                    self.on_result(slot, tag, &body, Vec::new(), now);
                 }
             }
             Err(_) => self.kill(slot, Killed::Broken),
+        }
+    }
+
+    /// Tells the workers that have segment `id` to let go of it.
+    fn release(&mut self, id: SegmentId, shared: &Shared) {
+        let body = postcard::to_allocvec(&id).expect("a SegmentId serialises");
+        let header = wire::header(Kind::Release, 0, body.len(), 0);
+        for slot in 0..self.slots.len() {
+            let token = token(slot, self.slots[slot].generation, Source::Socket);
+            let Some(w) = self.slots[slot].worker.as_mut() else {
+                continue;
+            };
+            if !w.sent.remove(&id) || w.eof || w.killed.is_some() {
+                continue;
+            }
+            match w.outbox.send(w.socket.as_fd(), &[&header, &body], &[]) {
+                Ok(true) => w.arm_out(shared, token),
+                Ok(false) => {}
+                Err(_) => self.kill(slot, Killed::Broken),
+            }
         }
     }
 
@@ -1041,6 +1106,7 @@ impl State {
             outbox: Outbox::default(),
             out_armed: false,
             jobs_left: shared.config.max_tasks_per_child.unwrap_or(u64::MAX),
+            sent: HashSet::new(),
             killed: None,
             startup_message: None,
             eof: false,
@@ -1092,10 +1158,11 @@ impl Worker {
 type Spawned = (Child, OwnedFd, OwnedFd, Ring);
 
 /// Decodes a Result body.
-fn decode_outcome(pid: u32, body: &[u8]) -> Outcome {
+fn decode_outcome(pid: u32, body: &[u8], segments: Vec<Arc<Segment>>) -> Outcome {
     if body[0] == wire::STATUS_OK {
         return Ok(Reply {
             bytes: body[1..].to_vec(),
+            _segments: segments,
         });
     }
     Err(match postcard::from_bytes::<wire::Failure>(&body[1..]) {
@@ -1286,6 +1353,15 @@ fn supervise(shared: &Shared) {
         }
         for slot in 0..n {
             state.take_ring(slot, &mut ring_buf, now);
+        }
+        let released = std::mem::take(
+            &mut *shared
+                .released
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for id in released {
+            state.release(id, shared);
         }
         for &slot in &writable {
             let generation = state.slots[slot].generation;

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use super::supervisor::Shared;
 use crate::ProcessError;
 use crate::error::SerdeStage;
+use crate::shm::segment::Segment;
 
 /// How long a waiter spins (yielding) before it blocks. A round trip to a worker measured
 /// 50–85 µs on the 2-core VM this was tuned on (raw socketpair ping-pong between two
@@ -41,12 +42,15 @@ pub(crate) type Outcome = Result<Reply, ProcessError>;
 pub(crate) struct Reply {
     /// `postcard` bytes of `R` (one item) or `Vec<R>` (a chunk).
     pub(crate) bytes: Vec<u8>,
+    /// The shared-memory segments the result names, mapped in this process: held only to
+    /// keep them alive until the result is decoded into handles.
+    pub(crate) _segments: Vec<Arc<Segment>>,
 }
 
 impl Reply {
     /// Decodes the reply as a `T`.
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, ProcessError> {
-        postcard::from_bytes(&self.bytes).map_err(|e| {
+        super::wire::decode(&self.bytes).map_err(|e| {
             ProcessError::serialization(
                 std::any::type_name::<T>(),
                 SerdeStage::DecodeResult,

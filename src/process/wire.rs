@@ -35,7 +35,13 @@
 //! Result     worker → parent  u8 status, then status 0: postcard(result) bytes,
 //!                              status 1: postcard(Failure)
 //! Doorbell   worker → parent  empty: a result waits in the result ring (see `ring`)
+//! Release    parent → worker  postcard(SegmentId): the parent dropped its last handle to a
+//!                              shared-memory segment it sent; the worker lets go of it
 //! ```
+//!
+//! A `Job` frame carries the descriptors of the shared-memory segments its argument names
+//! that this worker has not been sent before; a `Result` frame carries the descriptors of
+//! every segment its result names (see `shm::segment`).
 //!
 //! `Init` carries one descriptor: the worker's result ring. Small results go through that
 //! ring instead of the socket (see `ring`); large ones, and results that carry descriptors,
@@ -75,10 +81,10 @@ use serde::{Deserialize, Serialize};
 /// Bytes in a frame header.
 pub(crate) const HEADER_LEN: usize = 16;
 
-/// The most file descriptors one frame may carry. The receive buffer for ancillary data is
-/// sized for this many; a job argument that references more shared-memory segments than this
-/// is refused before it is sent.
-pub(crate) const MAX_FDS: usize = 32;
+/// The most file descriptors one `sendmsg` (one frame, or one batch of job frames) may carry.
+/// The receive buffer for ancillary data is sized for this many; a job argument or result
+/// that names more shared-memory segments than this is refused.
+pub(crate) const MAX_FDS: usize = 64;
 
 /// The largest body a frame may carry (the length field is a `u32`).
 pub(crate) const MAX_BODY: usize = u32::MAX as usize;
@@ -103,6 +109,7 @@ pub(crate) enum Kind {
     Job = 6,
     Result = 7,
     Doorbell = 8,
+    Release = 9,
 }
 
 impl Kind {
@@ -116,6 +123,7 @@ impl Kind {
             6 => Self::Job,
             7 => Self::Result,
             8 => Self::Doorbell,
+            9 => Self::Release,
             _ => return None,
         })
     }
@@ -166,6 +174,16 @@ pub(crate) enum Failure {
     DecodeArgument { type_name: String, message: String },
     /// The result did not serialise.
     EncodeResult { type_name: String, message: String },
+}
+
+/// Decodes a job's argument or result. A failure's message includes why a shared-memory
+/// handle in it was refused (postcard itself drops that message).
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let _stale = crate::shm::segment::take_decode_error();
+    postcard::from_bytes(bytes).map_err(|e| match crate::shm::segment::take_decode_error() {
+        Some(why) => format!("{e}: {why}"),
+        None => e.to_string(),
+    })
 }
 
 /// Decodes a frame header at the start of `bytes`: (kind, descriptor count, tag, body
