@@ -521,8 +521,11 @@ impl<R> fmt::Debug for ImapUnordered<'_, R> {
 
 impl ProcessPool {
     /// Runs `f` on every item in the workers and returns the results in input order
-    /// (Python's `Pool.map`). Items travel in chunks whose size is chosen automatically (see
-    /// the [`map` module notes](self#chunks)); [`map_chunked`](Self::map_chunked) sets it.
+    /// (Python's `Pool.map`). Items travel in chunks, one job per chunk, sized as Python
+    /// sizes them: `ceil(len / (4 × processes))` items for an input of known length (an exact
+    /// `size_hint`), so each worker gets about four chunks; for an input of unknown length,
+    /// `items so far / (4 × processes)` (at least 1), which grows as items arrive.
+    /// [`map_chunked`](Self::map_chunked) sets the size.
     ///
     /// Every item runs even when some fail: a failure fails its chunk, the other chunks
     /// complete, and `map` then returns the first error in input order. To see the result of

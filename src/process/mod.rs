@@ -24,6 +24,12 @@
 //! executable, started again (`/proc/self/exe`), so the function is named by its position in
 //! the executable; the worker proves it runs the same image before it gets any job.
 //!
+//! A worker runs the job under `catch_unwind`; the panic message still goes to the worker's
+//! standard error through the default panic hook (a worker never runs `main`, so a hook set
+//! there is not installed in it: set one in the pool's
+//! [`initializer`](ProcessPoolBuilder::initializer) if you want another). Workers share the
+//! parent's standard output and error; their standard input is `/dev/null`.
+//!
 //! # Workers start without code in `main`
 //!
 //! A worker process takes over before `main` runs, from a constructor of this crate. Programs,
