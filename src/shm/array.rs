@@ -3,11 +3,10 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::{LockResult, PoisonError};
+use std::sync::LockResult;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::lock::Acquired;
 use super::{Block, Pod, ShmError};
 
 /// A fixed-length array of `T` in memory shared with the workers of a process pool
@@ -179,8 +178,8 @@ impl<T: Pod> Array<T> {
     ///
     /// # Errors
     ///
-    /// A poisoned lock (a holder died or panicked while holding it): the [`PoisonError`]
-    /// still carries the guard, so [`into_inner`](PoisonError::into_inner) gives access
+    /// A poisoned lock (a holder died or panicked while holding it): the [`PoisonError`](std::sync::PoisonError)
+    /// still carries the guard, so [`into_inner`](std::sync::PoisonError::into_inner) gives access
     /// anyway. **The elements may be half-written**: the holder stopped in the middle of its
     /// update. [`clear_poison`](Self::clear_poison) ends the state.
     ///
@@ -204,10 +203,7 @@ impl<T: Pod> Array<T> {
             array: self,
             _not_send: PhantomData,
         };
-        match acquired {
-            Acquired::Clean => Ok(guard),
-            Acquired::Poisoned => Err(PoisonError::new(guard)),
-        }
+        acquired.into_result(guard)
     }
 
     /// Whether the lock is poisoned (see [`lock`](Self::lock)).

@@ -49,6 +49,16 @@ pub(crate) enum Acquired {
     Poisoned,
 }
 
+impl Acquired {
+    /// The guard, as `std::sync::Mutex::lock` would return it.
+    pub(crate) fn into_result<G>(self, guard: G) -> std::sync::LockResult<G> {
+        match self {
+            Acquired::Clean => Ok(guard),
+            Acquired::Poisoned => Err(std::sync::PoisonError::new(guard)),
+        }
+    }
+}
+
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())

@@ -3,11 +3,10 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::{LockResult, PoisonError};
+use std::sync::LockResult;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::lock::Acquired;
 use super::{AtomicInt, Block, Pod, ShmError};
 
 /// One value of type `T` in memory shared with the workers of a process pool
@@ -131,8 +130,8 @@ impl<T: Pod> Value<T> {
     ///
     /// # Errors
     ///
-    /// A poisoned lock (a holder died or panicked while holding it): the [`PoisonError`]
-    /// still carries the guard, so [`into_inner`](PoisonError::into_inner) gives access
+    /// A poisoned lock (a holder died or panicked while holding it): the [`PoisonError`](std::sync::PoisonError)
+    /// still carries the guard, so [`into_inner`](std::sync::PoisonError::into_inner) gives access
     /// anyway. Poisoned data may be half-written; for a `Value` the guard works on a copy
     /// written back when it drops, so a holder that died left the old value whole and one
     /// that panicked wrote back what it had. [`clear_poison`](Self::clear_poison) ends the
@@ -177,10 +176,7 @@ impl<T: Pod> Value<T> {
             local,
             _not_send: PhantomData,
         };
-        match acquired {
-            Acquired::Clean => Ok(guard),
-            Acquired::Poisoned => Err(PoisonError::new(guard)),
-        }
+        acquired.into_result(guard)
     }
 
     /// Whether the lock is poisoned (see [`lock`](Self::lock)).
