@@ -14,9 +14,12 @@
 //! cargo bench --bench process -- --warm-up-time 1 --measurement-time 3
 //! ```
 
+mod common;
+
 use std::hint::black_box;
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::{baseline_value, median_ns, python_baseline};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use parpool::ProcessPool;
@@ -190,45 +193,8 @@ fn crash(c: &mut Criterion) {
     group.finish();
 }
 
-/// The Python baseline's `key value` lines, if python3 is there.
-fn python_baseline() -> Option<Vec<(String, f64)>> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/benches/python/process_baseline.py"
-    );
-    let output = Command::new("python3").arg(script).output().ok()?;
-    if !output.status.success() {
-        eprintln!(
-            "python baseline failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        return None;
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    Some(
-        text.lines()
-            .filter_map(|line| {
-                let (key, value) = line.split_once(' ')?;
-                Some((key.to_owned(), value.parse().ok()?))
-            })
-            .collect(),
-    )
-}
-
-/// The median of a benchmark of this run, in ns, from criterion's estimates file.
-fn median_ns(path: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_owned());
-    let text =
-        std::fs::read_to_string(format!("{dir}/criterion/{path}/new/estimates.json")).ok()?;
-    let median = &text[text.find("\"median\"")?..];
-    let point = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
-    let end = point.find([',', '}'])?;
-    point[..end].trim().parse().ok()
-}
-
 fn summary(python: Option<&[(String, f64)]>) {
-    let py = |key: &str| python.and_then(|p| p.iter().find(|(k, _)| k == key).map(|(_, v)| *v));
+    let py = |key: &str| baseline_value(python, key);
     println!("\n== process pool summary (medians of this run) ==");
     let floor = median_ns("round_trip/socketpair_ping_pong");
     let ours = median_ns("round_trip/parpool_submit_get");
@@ -286,13 +252,7 @@ fn summary(python: Option<&[(String, f64)]>) {
 
 fn main() {
     // Python first, while no pool of ours runs beside it.
-    let python = python_baseline();
-    if let Some(p) = &python {
-        println!("Python multiprocessing baseline (benches/python/process_baseline.py):");
-        for (k, v) in p {
-            println!("  {k} {v}");
-        }
-    }
+    let python = python_baseline("process_baseline.py");
     let mut c = Criterion::default().configure_from_args();
     let started = Instant::now();
     round_trip(&mut c);

@@ -8,15 +8,17 @@
 //! - [`ThreadPool::submit`] → [`Task`]: Python's `apply_async` / `Executor.submit`, with
 //!   [`as_completed`].
 //! - [`ProcessPool`]: process-isolated jobs that survive crashes and hangs.
+//! - [`shm::Value`] and [`shm::Array`]: shared memory for process jobs.
 
 mod error;
 mod map;
 mod pool;
 pub mod process;
+pub mod shm;
 mod sync;
 mod task;
 
-pub use error::{ProcessError, TaskError, ThreadPoolBuildError};
+pub use error::{ProcessError, ShmError, TaskError, ThreadPoolBuildError};
 pub use map::{
     Imap, ImapUnordered, IntoParMap, ParMap, imap, imap_unordered, map, map_chunked, try_map,
 };
@@ -29,6 +31,7 @@ pub use task::{AsCompleted, Task, as_completed, submit};
 
 /// The names most programs need: `use parpool::prelude::*;`.
 pub mod prelude {
+    pub use crate::shm::{Array, Value};
     pub use crate::{
         IntoParMap, ParMap, ProcessPool, Task, TaskError, ThreadPool, ThreadPoolBuilder,
         as_completed,

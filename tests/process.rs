@@ -467,7 +467,7 @@ fn large_payloads_both_ways() {
         v
     }
     let pool = shared_pool();
-    let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let mut expected = big.clone();
     expected.reverse();
     let got = pool.submit(reverse, big.clone()).unwrap().get().unwrap();

@@ -98,7 +98,7 @@ pub(crate) const SAMPLE_NS: f64 = 4_000.0;
 /// what they cost.
 ///
 /// Within a window, each batch is sized to fill what is left of the window at the cost
-/// measured so far, but to at most 16 times the items done: cheap items need only a few
+/// measured so far, but to at most 32 times the items done: cheap items need only a few
 /// clock reads, and a skewed input (cheap items first, expensive ones later) overshoots a
 /// window by a bounded factor instead of being mapped whole on one thread.
 #[derive(Debug)]
@@ -131,7 +131,7 @@ impl CostProbe {
                 return Some(per_item_ns);
             }
             let fill = (SAMPLE_NS - elapsed) / per_item_ns;
-            self.batch = (fill as usize).clamp(1, done.max(1).saturating_mul(16));
+            self.batch = (fill as usize).clamp(1, done.max(1).saturating_mul(32));
         }
     }
 }

@@ -35,9 +35,11 @@ use serde::de::DeserializeOwned;
 
 use super::supervisor::{Call, JobSpec};
 use super::task::{Batch, Outcome, Reply, Sink};
+use super::wire;
 use super::worker::{self, Trampoline};
 use super::{ProcessPool, call_for, encode_argument};
 use crate::ProcessError;
+use crate::shm::segment::Segment;
 
 /// Chunks in flight per worker process. A worker may hold up to 64 one-item jobs (the credit
 /// window) and the caller decodes results while more wait; 128 per process keeps both
@@ -60,6 +62,8 @@ enum Chunking {
 struct Encoded {
     items: usize,
     bytes: Vec<u8>,
+    /// The shared-memory segments the chunk's items name.
+    segments: Vec<Arc<Segment>>,
 }
 
 /// Encoded chunks, or (item count, error) for a chunk that did not encode.
@@ -170,7 +174,7 @@ impl<'a> Stream<'a> {
                         specs.push(JobSpec {
                             call,
                             payload: encoded.bytes,
-                            fds: Vec::new(),
+                            segments: encoded.segments,
                             sink: Sink::Batch(Arc::clone(&self.batch), index),
                         });
                     }
@@ -249,7 +253,7 @@ impl Drop for Stream<'_> {
 
 /// Decodes a chunk's `Vec<R>`, naming `R` (not `Vec<R>`) when it fails.
 fn decode_chunk<R: DeserializeOwned>(reply: &Reply) -> Result<Vec<R>, ProcessError> {
-    postcard::from_bytes::<Vec<R>>(&reply.bytes).map_err(|e| {
+    wire::decode::<Vec<R>>(&reply.bytes).map_err(|e| {
         ProcessError::serialization(
             type_name::<R>(),
             crate::error::SerdeStage::DecodeResult,
@@ -299,7 +303,11 @@ where
     if chunking == Chunking::One {
         return Box::new(items.map(|item| {
             encode_argument(&item)
-                .map(|bytes| Encoded { items: 1, bytes })
+                .map(|(bytes, segments)| Encoded {
+                    items: 1,
+                    bytes,
+                    segments,
+                })
                 .map_err(|e| (1, e))
         }));
     }
@@ -323,7 +331,11 @@ where
         let items = chunk.len();
         Some(
             encode_argument(chunk.as_slice())
-                .map(|bytes| Encoded { items, bytes })
+                .map(|(bytes, segments)| Encoded {
+                    items,
+                    bytes,
+                    segments,
+                })
                 .map_err(|e| (items, e)),
         )
     }))
@@ -509,8 +521,11 @@ impl<R> fmt::Debug for ImapUnordered<'_, R> {
 
 impl ProcessPool {
     /// Runs `f` on every item in the workers and returns the results in input order
-    /// (Python's `Pool.map`). Items travel in chunks whose size is chosen automatically (see
-    /// the [`map` module notes](self#chunks)); [`map_chunked`](Self::map_chunked) sets it.
+    /// (Python's `Pool.map`). Items travel in chunks, one job per chunk, sized as Python
+    /// sizes them: `ceil(len / (4 × processes))` items for an input of known length (an exact
+    /// `size_hint`), so each worker gets about four chunks; for an input of unknown length,
+    /// `items so far / (4 × processes)` (at least 1), which grows as items arrive.
+    /// [`map_chunked`](Self::map_chunked) sets the size.
     ///
     /// Every item runs even when some fail: a failure fails its chunk, the other chunks
     /// complete, and `map` then returns the first error in input order. To see the result of

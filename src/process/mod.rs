@@ -24,6 +24,12 @@
 //! executable, started again (`/proc/self/exe`), so the function is named by its position in
 //! the executable; the worker proves it runs the same image before it gets any job.
 //!
+//! A worker runs the job under `catch_unwind`; the panic message still goes to the worker's
+//! standard error through the default panic hook (a worker never runs `main`, so a hook set
+//! there is not installed in it: set one in the pool's
+//! [`initializer`](ProcessPoolBuilder::initializer) if you want another). Workers share the
+//! parent's standard output and error; their standard input is `/dev/null`.
+//!
 //! # Workers start without code in `main`
 //!
 //! A worker process takes over before `main` runs, from a constructor of this crate. Programs,
@@ -71,6 +77,7 @@
 
 mod bootstrap;
 mod map;
+mod ring;
 mod supervisor;
 mod task;
 mod wire;
@@ -90,6 +97,7 @@ pub use task::ProcessTask;
 
 use crate::ProcessError;
 use crate::error::SerdeStage;
+use crate::shm::segment::{self, Segment};
 use supervisor::{Call, Config, JobSpec, Shared};
 use task::{Sink, TaskSlot};
 use worker::Trampoline;
@@ -215,15 +223,15 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned,
     {
         let call = call_for(f as usize, worker::call_one::<A, R> as Trampoline)?;
-        let payload = encode_argument(&arg)?;
+        let (payload, segments) = encode_argument(&arg)?;
         let slot = Arc::new(TaskSlot::new());
         self.shared.submit([JobSpec {
             call,
             payload,
-            fds: Vec::new(),
+            segments,
             sink: Sink::Task(Arc::clone(&slot)),
         }])?;
-        Ok(ProcessTask::new(slot))
+        Ok(ProcessTask::new(slot, &self.shared))
     }
 
     /// Stops accepting jobs. Queued and running jobs still finish; the workers exit once the
@@ -331,25 +339,32 @@ fn call_for(f: usize, trampoline: Trampoline) -> Result<Call, ProcessError> {
     })
 }
 
-/// Encodes a job argument.
-fn encode_argument<A: Serialize + ?Sized>(arg: &A) -> Result<Vec<u8>, ProcessError> {
-    let payload = postcard::to_allocvec(arg).map_err(|e| {
+/// Encodes a job argument; returns the bytes and the shared-memory segments its handles
+/// name, which travel with it.
+fn encode_argument<A: Serialize + ?Sized>(
+    arg: &A,
+) -> Result<(Vec<u8>, Vec<Arc<Segment>>), ProcessError> {
+    let fail = |message: &dyn fmt::Display| {
         ProcessError::serialization(
             std::any::type_name::<A>(),
             SerdeStage::EncodeArgument,
-            e,
+            message,
             None,
         )
-    })?;
+    };
+    let (payload, segments) = segment::collect(|| postcard::to_allocvec(arg));
+    let payload = payload.map_err(|e| fail(&e))?;
     if payload.len() + 16 > wire::MAX_BODY {
-        return Err(ProcessError::serialization(
-            std::any::type_name::<A>(),
-            SerdeStage::EncodeArgument,
-            "the encoded argument is larger than 4 GiB",
-            None,
-        ));
+        return Err(fail(&"the encoded argument is larger than 4 GiB"));
     }
-    Ok(payload)
+    if segments.len() > wire::MAX_FDS {
+        return Err(fail(&format_args!(
+            "the argument names {} shared-memory segments; a job may name at most {}",
+            segments.len(),
+            wire::MAX_FDS
+        )));
+    }
+    Ok((payload, segments))
 }
 
 /// Builds a [`ProcessPool`].

@@ -58,11 +58,11 @@
 //! supervisor thread returns, and `join` returns after it. `terminate` instead kills every
 //! worker at once and fails every queued and running job with a "closed" error.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -71,10 +71,12 @@ use rustix::event::{EventfdFlags, Timespec, eventfd};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use super::bootstrap;
+use super::ring::Ring;
 use super::task::{Outcome, Reply, Sink};
 use super::wire::{self, Fill, FrameReader, Kind, Outbox, SharedFd};
 use crate::ProcessError;
 use crate::error::{ExitStatus, SerdeStage};
+use crate::shm::segment::{Holder, Segment, SegmentId};
 
 /// About how much work, in time, a worker may hold. The credit is
 /// `ceil(CREDIT_TARGET / average job duration)`: 500 µs lets one-item jobs of a few µs fill
@@ -135,7 +137,8 @@ pub(crate) struct Call {
 pub(crate) struct JobSpec {
     pub(crate) call: Call,
     pub(crate) payload: Vec<u8>,
-    pub(crate) fds: Vec<SharedFd>,
+    /// Shared-memory segments the argument names; kept alive until the job is answered.
+    pub(crate) segments: Vec<Arc<Segment>>,
     pub(crate) sink: Sink,
 }
 
@@ -192,11 +195,16 @@ struct Worker {
     child: Child,
     pidfd: OwnedFd,
     socket: Arc<OwnedFd>,
+    /// Where the worker publishes small results.
+    ring: Arc<Ring>,
     stage: Stage,
     /// Startup deadline, or the deadline to exit after EOF or shutdown.
     deadline: Option<Instant>,
     /// Sent and not yet answered, in send order; the front one is running.
     inflight: VecDeque<Job>,
+    /// Results that arrived before the result of an earlier job (a large result on the
+    /// socket can be overtaken by a later small one in the ring), by job id.
+    early: Vec<(u64, Outcome)>,
     /// When the front job started, as far as the parent knows.
     front_since: Instant,
     outbox: Outbox,
@@ -204,6 +212,9 @@ struct Worker {
     out_armed: bool,
     /// Jobs this worker may still be sent (`max_tasks_per_child`).
     jobs_left: u64,
+    /// Shared-memory segments whose descriptor this worker was sent (it keeps them until a
+    /// `Release`).
+    sent: HashSet<SegmentId>,
     killed: Option<Killed>,
     /// What a worker that failed to start said about it.
     startup_message: Option<String>,
@@ -240,7 +251,13 @@ struct State {
 /// The state shared by the pool handle, submitting threads and the supervisor thread.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// This pool, as a holder of the shared-memory segments it sends (see `shm::segment`).
+    this: Weak<dyn Holder>,
+    /// Segments whose last handle in this process dropped, to release in the workers.
+    released: Mutex<Vec<SegmentId>>,
     state: Mutex<State>,
+    /// The result ring of each slot's worker, for waiters that poll (`poll_ring`).
+    rings: Mutex<Vec<Option<Arc<Ring>>>>,
     /// Signalled when the phase leaves `Starting`.
     started: Condvar,
     epoll: OwnedFd,
@@ -253,6 +270,7 @@ pub(crate) struct Shared {
 struct Local {
     readers: Vec<FrameReader>,
     sockets: Vec<Option<Arc<OwnedFd>>>,
+    rings: Vec<Option<Arc<Ring>>>,
     generations: Vec<u32>,
 }
 
@@ -304,7 +322,9 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
     )
     .map_err(|e| startup_error(e.into()))?;
     let n = config.processes;
-    let shared = Arc::new(Shared {
+    let shared = Arc::new_cyclic(|this: &Weak<Shared>| Shared {
+        this: this.clone(),
+        released: Mutex::new(Vec::new()),
         state: Mutex::new(State {
             phase: Phase::Starting,
             queue: VecDeque::new(),
@@ -315,6 +335,7 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
             next_pick: 0,
         }),
         started: Condvar::new(),
+        rings: Mutex::new(vec![None; n]),
         epoll,
         waker,
         config,
@@ -343,6 +364,16 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
     drop(state);
     let _ = thread.join();
     Err(error)
+}
+
+impl Holder for Shared {
+    fn released(&self, id: SegmentId) {
+        self.released
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id);
+        self.wake();
+    }
 }
 
 impl Shared {
@@ -390,6 +421,35 @@ impl Shared {
             self.wake();
         }
         Ok(())
+    }
+
+    /// Takes the results in a worker's ring, if any, when the state lock is free: a waiting
+    /// thread's shortcut past the supervisor (see `task`).
+    pub(crate) fn poll_ring(&self, slot: usize) {
+        let ring = self
+            .rings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(slot)
+            .cloned()
+            .flatten();
+        if !ring.is_some_and(|ring| ring.pending()) {
+            return;
+        }
+        let Ok(mut state) = self.state.try_lock() else {
+            return; // the supervisor (or another waiter) is at it
+        };
+        let now = Instant::now();
+        state.take_ring(slot, &mut Vec::new(), now);
+        let timer_started = state.dispatch(self, now);
+        drop(state);
+        if timer_started {
+            self.wake();
+        }
+    }
+
+    fn set_ring(&self, slot: usize, ring: Option<Arc<Ring>>) {
+        self.rings.lock().unwrap_or_else(PoisonError::into_inner)[slot] = ring;
     }
 
     /// Drops queued jobs nobody waits for (an abandoned `imap`).
@@ -503,13 +563,13 @@ impl State {
                 continue;
             }
             if batches[slot].len() == MAX_BATCH
-                || batch_fds[slot] + job.spec.fds.len() > wire::MAX_FDS
+                || batch_fds[slot] + job.spec.segments.len() > wire::MAX_FDS
             {
                 let full = std::mem::take(&mut batches[slot]);
                 batch_fds[slot] = 0;
                 timer_started |= self.send_batch(slot, full, shared, now);
             }
-            batch_fds[slot] += job.spec.fds.len();
+            batch_fds[slot] += job.spec.segments.len();
             batches[slot].push(job);
         }
         for (slot, batch) in batches.into_iter().enumerate() {
@@ -525,13 +585,23 @@ impl State {
     fn send_batch(&mut self, slot: usize, jobs: Vec<Job>, shared: &Shared, now: Instant) -> bool {
         let token = token(slot, self.slots[slot].generation, Source::Socket);
         let w = self.worker(slot);
+        // The descriptors of the segments this worker has not had yet travel with the batch
+        // (attached to its first byte; the worker's reader hands each frame its own).
+        let mut fds: Vec<SharedFd> = Vec::new();
         let prefixes: Vec<[u8; 32]> = jobs
             .iter()
             .map(|job| {
+                let before = fds.len();
+                for seg in &job.spec.segments {
+                    if w.sent.insert(seg.id()) {
+                        fds.push(Arc::clone(seg.fd()));
+                        seg.add_holder(shared.this.clone());
+                    }
+                }
                 let payload = &job.spec.payload;
                 let mut prefix = [0u8; 32];
                 let header =
-                    wire::header(Kind::Job, job.id, 16 + payload.len(), job.spec.fds.len());
+                    wire::header(Kind::Job, job.id, 16 + payload.len(), fds.len() - before);
                 prefix[..16].copy_from_slice(&header);
                 prefix[16..24].copy_from_slice(&job.spec.call.trampoline.to_le_bytes());
                 prefix[24..].copy_from_slice(&job.spec.call.function.to_le_bytes());
@@ -543,10 +613,6 @@ impl State {
             parts.push(prefix);
             parts.push(&job.spec.payload);
         }
-        let fds: Vec<SharedFd> = jobs
-            .iter()
-            .flat_map(|j| j.spec.fds.iter().cloned())
-            .collect();
         match w.outbox.send(w.socket.as_fd(), &parts, &fds) {
             Ok(pending) => {
                 if pending {
@@ -554,6 +620,9 @@ impl State {
                 }
                 let was_idle = w.inflight.is_empty();
                 w.jobs_left -= jobs.len() as u64;
+                for job in &jobs {
+                    job.spec.sink.sent_to(slot);
+                }
                 w.inflight.extend(jobs);
                 if was_idle {
                     w.front_since = now;
@@ -657,10 +726,13 @@ impl State {
                             max_tasks: shared.config.max_tasks_per_child.unwrap_or(0),
                         };
                         let body = postcard::to_allocvec(&init).expect("Init serialises");
-                        let header = wire::header(Kind::Init, 0, body.len(), 0);
+                        let header = wire::header(Kind::Init, 0, body.len(), 1);
                         let generation = self.slots[slot].generation;
                         let w = self.worker(slot);
-                        let sent = w.outbox.send(w.socket.as_fd(), &[&header, &body], &[]);
+                        let ring_fd = Arc::clone(w.ring.fd());
+                        let sent = w
+                            .outbox
+                            .send(w.socket.as_fd(), &[&header, &body], &[ring_fd]);
                         match sent {
                             Ok(pending) => {
                                 w.stage = Stage::Init;
@@ -705,56 +777,119 @@ impl State {
                 self.worker(slot).startup_message =
                     Some(format!("the initializer panicked: {message}"));
             }
-            (Stage::Ready | Stage::Exiting, Kind::Result) => self.on_result(slot, frame, now),
+            (Stage::Ready | Stage::Exiting, Kind::Result) => {
+                // Segments the result names: map them (once per process) before anyone
+                // decodes the result.
+                let mut segments = Vec::with_capacity(frame.fds.len());
+                for fd in frame.fds {
+                    match Segment::adopt(fd) {
+                        Ok(seg) => segments.push(seg),
+                        Err(e) => crate::shm::segment::set_decode_error(format!(
+                            "could not map a shared-memory segment: {e}"
+                        )),
+                    }
+                }
+                self.on_result(slot, frame.tag, frame.body, segments, now);
+            }
+            (Stage::Ready | Stage::Exiting, Kind::Doorbell) => {}
             _ => self.kill(slot, Killed::Broken),
         }
     }
 
-    fn on_result(&mut self, slot: usize, frame: wire::Frame<'_>, now: Instant) {
+    /// A job's result, from the socket or the ring. Results complete their jobs in the
+    /// order the jobs were sent; one that overtook an earlier job's result waits in `early`.
+    fn on_result(
+        &mut self,
+        slot: usize,
+        tag: u64,
+        body: &[u8],
+        segments: Vec<Arc<Segment>>,
+        now: Instant,
+    ) {
         let w = self.worker(slot);
         let pid = w.pid;
-        let matches = w.inflight.front().is_some_and(|job| job.id == frame.tag);
-        if !matches || frame.body.is_empty() {
+        if body.is_empty() || !w.inflight.iter().any(|job| job.id == tag) {
             self.kill(slot, Killed::Broken);
             return;
         }
-        let job = w.inflight.pop_front().expect("front exists");
+        let outcome = decode_outcome(pid, body, segments);
+        if w.inflight.front().map(|job| job.id) != Some(tag) {
+            w.early.push((tag, outcome));
+            return;
+        }
+        self.complete_front(slot, outcome, now);
+        loop {
+            let w = self.worker(slot);
+            let Some(front) = w.inflight.front().map(|job| job.id) else {
+                break;
+            };
+            let Some(at) = w.early.iter().position(|(id, _)| *id == front) else {
+                break;
+            };
+            let (_, outcome) = w.early.swap_remove(at);
+            self.complete_front(slot, outcome, now);
+        }
+    }
+
+    /// Completes the job a worker was running.
+    fn complete_front(&mut self, slot: usize, outcome: Outcome, now: Instant) {
+        let w = self.worker(slot);
+        let job = w.inflight.pop_front().expect("a running job");
         let elapsed = now.saturating_duration_since(w.front_since);
         w.front_since = now;
-        let outcome: Outcome = match frame.body[0] {
-            wire::STATUS_OK => Ok(Reply {
-                bytes: frame.body[1..].to_vec(),
-            }),
-            _ => Err(
-                match postcard::from_bytes::<wire::Failure>(&frame.body[1..]) {
-                    Ok(wire::Failure::Panic(message)) => ProcessError::panic(message, pid),
-                    Ok(wire::Failure::DecodeArgument { type_name, message }) => {
-                        ProcessError::serialization(
-                            type_name,
-                            SerdeStage::DecodeArgument,
-                            message,
-                            Some(pid),
-                        )
-                    }
-                    Ok(wire::Failure::EncodeResult { type_name, message }) => {
-                        ProcessError::serialization(
-                            type_name,
-                            SerdeStage::EncodeResult,
-                            message,
-                            Some(pid),
-                        )
-                    }
-                    Err(e) => ProcessError::io(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("worker {pid} sent an unreadable failure: {e}"),
-                    )),
-                },
-            ),
-        };
         job.spec.sink.complete(outcome);
         // Moving average over about 8 jobs.
         self.job_nanos += (elapsed.as_nanos() as f64 - self.job_nanos) / 8.0;
         self.job_nanos = self.job_nanos.max(1.0);
+    }
+
+    /// Takes the results a worker published in its ring.
+    fn take_ring(&mut self, slot: usize, buf: &mut Vec<u8>, now: Instant) {
+        let Some(w) = self.slots[slot].worker.as_ref() else {
+            return;
+        };
+        if !matches!(w.stage, Stage::Ready | Stage::Exiting) {
+            return;
+        }
+        let mut records = Vec::new();
+        match w
+            .ring
+            .take(buf, |tag, body| records.push((tag, body.to_vec())))
+        {
+            Ok(_) => {
+                for (tag, body) in records {
+                    if self.slots[slot]
+                        .worker
+                        .as_ref()
+                        .is_none_or(|w| w.killed.is_some())
+                    {
+                        break;
+                    }
+                    self.on_result(slot, tag, &body, Vec::new(), now);
+                }
+            }
+            Err(_) => self.kill(slot, Killed::Broken),
+        }
+    }
+
+    /// Tells the workers that have segment `id` to let go of it.
+    fn release(&mut self, id: SegmentId, shared: &Shared) {
+        let body = postcard::to_allocvec(&id).expect("a SegmentId serialises");
+        let header = wire::header(Kind::Release, 0, body.len(), 0);
+        for slot in 0..self.slots.len() {
+            let token = token(slot, self.slots[slot].generation, Source::Socket);
+            let Some(w) = self.slots[slot].worker.as_mut() else {
+                continue;
+            };
+            if !w.sent.remove(&id) || w.eof || w.killed.is_some() {
+                continue;
+            }
+            match w.outbox.send(w.socket.as_fd(), &[&header, &body], &[]) {
+                Ok(true) => w.arm_out(shared, token),
+                Ok(false) => {}
+                Err(_) => self.kill(slot, Killed::Broken),
+            }
+        }
     }
 
     /// A worker exited: reap it, settle its jobs, free its slot.
@@ -918,13 +1053,13 @@ impl State {
     fn install(
         &mut self,
         slot: usize,
-        spawned: std::io::Result<(Child, OwnedFd, OwnedFd)>,
+        spawned: std::io::Result<Spawned>,
         shared: &Shared,
         local: &mut Local,
         now: Instant,
     ) {
         self.slots[slot].spawning = false;
-        let (child, socket, pidfd) = match spawned {
+        let (child, socket, pidfd, ring) = match spawned {
             Ok(s) => s,
             Err(e) => {
                 let error = ProcessError::startup("could not spawn a worker process", Some(e));
@@ -952,6 +1087,9 @@ impl State {
         });
         local.readers[slot] = FrameReader::new();
         local.sockets[slot] = Some(Arc::clone(&socket));
+        let ring = Arc::new(ring);
+        local.rings[slot] = Some(Arc::clone(&ring));
+        shared.set_ring(slot, Some(Arc::clone(&ring)));
         local.generations[slot] = generation;
         let pid = child.id();
         s.worker = Some(Worker {
@@ -959,13 +1097,16 @@ impl State {
             child,
             pidfd,
             socket,
+            ring,
             stage: Stage::Hello,
             deadline: Some(now + shared.config.startup_timeout),
             inflight: VecDeque::new(),
+            early: Vec::new(),
             front_since: now,
             outbox: Outbox::default(),
             out_armed: false,
             jobs_left: shared.config.max_tasks_per_child.unwrap_or(u64::MAX),
+            sent: HashSet::new(),
             killed: None,
             startup_message: None,
             eof: false,
@@ -1013,12 +1154,39 @@ impl Worker {
     }
 }
 
-/// Spawns a worker and opens its pidfd.
-fn spawn_worker() -> std::io::Result<(Child, OwnedFd, OwnedFd)> {
+/// A freshly spawned worker: the child, its socket, its pidfd and its result ring.
+type Spawned = (Child, OwnedFd, OwnedFd, Ring);
+
+/// Decodes a Result body.
+fn decode_outcome(pid: u32, body: &[u8], segments: Vec<Arc<Segment>>) -> Outcome {
+    if body[0] == wire::STATUS_OK {
+        return Ok(Reply {
+            bytes: body[1..].to_vec(),
+            _segments: segments,
+        });
+    }
+    Err(match postcard::from_bytes::<wire::Failure>(&body[1..]) {
+        Ok(wire::Failure::Panic(message)) => ProcessError::panic(message, pid),
+        Ok(wire::Failure::DecodeArgument { type_name, message }) => {
+            ProcessError::serialization(type_name, SerdeStage::DecodeArgument, message, Some(pid))
+        }
+        Ok(wire::Failure::EncodeResult { type_name, message }) => {
+            ProcessError::serialization(type_name, SerdeStage::EncodeResult, message, Some(pid))
+        }
+        Err(e) => ProcessError::io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("worker {pid} sent an unreadable failure: {e}"),
+        )),
+    })
+}
+
+/// Spawns a worker, opens its pidfd and makes its result ring.
+fn spawn_worker() -> std::io::Result<Spawned> {
+    let ring = Ring::create()?;
     let (mut child, socket) = bootstrap::spawn()?;
     let pid = Pid::from_child(&child);
     match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-        Ok(pidfd) => Ok((child, socket, pidfd)),
+        Ok(pidfd) => Ok((child, socket, pidfd, ring)),
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -1047,6 +1215,7 @@ fn supervise(shared: &Shared) {
     let mut local = Local {
         readers: (0..n).map(|_| FrameReader::new()).collect(),
         sockets: vec![None; n],
+        rings: vec![None; n],
         generations: vec![0; n],
     };
     let mut events: Vec<epoll::Event> = Vec::with_capacity(2 * n + 1);
@@ -1054,6 +1223,7 @@ fn supervise(shared: &Shared) {
     let mut writable = Vec::new();
     let mut exited = Vec::new();
     let mut eof = vec![false; n];
+    let mut ring_buf = Vec::new();
     let mut deadline: Option<Instant> = None;
     loop {
         // Spawn what the pool lacks, outside the lock: an exec takes about a millisecond.
@@ -1075,13 +1245,25 @@ fn supervise(shared: &Shared) {
             deadline = state.check_deadlines(shared, now);
         }
 
-        let timeout = deadline.map(|d| {
-            let wait = d.saturating_duration_since(Instant::now()) + Duration::from_micros(100);
-            Timespec::try_from(wait).unwrap_or(Timespec {
-                tv_sec: i64::MAX,
+        // Announce the sleep to every worker's ring; a ring with results means no sleep.
+        let mut pending = false;
+        for ring in local.rings.iter().flatten() {
+            pending |= ring.arm();
+        }
+        let timeout = if pending {
+            Some(Timespec {
+                tv_sec: 0,
                 tv_nsec: 0,
             })
-        });
+        } else {
+            deadline.map(|d| {
+                let wait = d.saturating_duration_since(Instant::now()) + Duration::from_micros(100);
+                Timespec::try_from(wait).unwrap_or(Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            })
+        };
         events.clear();
         match epoll::wait(
             &shared.epoll,
@@ -1090,6 +1272,9 @@ fn supervise(shared: &Shared) {
         ) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => panic!("epoll_wait failed: {e}"),
+        }
+        for ring in local.rings.iter().flatten() {
+            ring.disarm();
         }
 
         // Read sockets outside the lock.
@@ -1166,6 +1351,18 @@ fn supervise(shared: &Shared) {
                 state.on_eof(slot, shared, now);
             }
         }
+        for slot in 0..n {
+            state.take_ring(slot, &mut ring_buf, now);
+        }
+        let released = std::mem::take(
+            &mut *shared
+                .released
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for id in released {
+            state.release(id, shared);
+        }
         for &slot in &writable {
             let generation = state.slots[slot].generation;
             if let Some(w) = state.slots[slot].worker.as_mut() {
@@ -1179,6 +1376,8 @@ fn supervise(shared: &Shared) {
         for &slot in &exited {
             state.on_exit(slot, shared);
             local.sockets[slot] = None;
+            local.rings[slot] = None;
+            shared.set_ring(slot, None);
             local.readers[slot] = FrameReader::new();
         }
         state.dispatch(shared, now);

@@ -8,20 +8,24 @@
 //! # Waiting
 //!
 //! A waiter spins for [`SPIN`], yielding its core between checks, then blocks on a condition
-//! variable. The spin covers one round trip to a worker, so a `submit` + `get` of a short job
-//! costs no extra wake-up on the parent's side.
+//! variable. The spin covers one round trip to a worker. While a `ProcessTask` waiter spins
+//! it also polls the result ring of the worker that has its job, and takes the result itself
+//! when it lands (under the pool's state lock, as the supervisor would): a `submit` + `get` of
+//! a short job then costs the two process wake-ups of a round trip and no thread hand-off.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::supervisor::Shared;
 use crate::ProcessError;
 use crate::error::SerdeStage;
+use crate::shm::segment::Segment;
 
 /// How long a waiter spins (yielding) before it blocks. A round trip to a worker measured
 /// 50–85 µs on the 2-core VM this was tuned on (raw socketpair ping-pong between two
@@ -38,12 +42,15 @@ pub(crate) type Outcome = Result<Reply, ProcessError>;
 pub(crate) struct Reply {
     /// `postcard` bytes of `R` (one item) or `Vec<R>` (a chunk).
     pub(crate) bytes: Vec<u8>,
+    /// The shared-memory segments the result names, mapped in this process: held only to
+    /// keep them alive until the result is decoded into handles.
+    pub(crate) _segments: Vec<Arc<Segment>>,
 }
 
 impl Reply {
     /// Decodes the reply as a `T`.
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, ProcessError> {
-        postcard::from_bytes(&self.bytes).map_err(|e| {
+        super::wire::decode(&self.bytes).map_err(|e| {
             ProcessError::serialization(
                 std::any::type_name::<T>(),
                 SerdeStage::DecodeResult,
@@ -55,7 +62,7 @@ impl Reply {
 }
 
 /// Spins, yielding between checks, until `done()` or `limit` passed. Returns `done()`.
-pub(crate) fn spin_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+pub(crate) fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
         if done() {
@@ -93,6 +100,9 @@ const CANCELLED: u8 = 3;
 #[derive(Debug)]
 pub(crate) struct TaskSlot {
     state: AtomicU8,
+    /// The pool slot of the worker the job was sent to, plus one (0: not sent). A waiter
+    /// polls that worker's result ring while it spins.
+    worker: AtomicUsize,
     result: Mutex<Option<Outcome>>,
     ready: Condvar,
 }
@@ -101,6 +111,7 @@ impl TaskSlot {
     pub(crate) fn new() -> Self {
         Self {
             state: AtomicU8::new(QUEUED),
+            worker: AtomicUsize::new(0),
             result: Mutex::new(None),
             ready: Condvar::new(),
         }
@@ -111,6 +122,16 @@ impl TaskSlot {
         self.state
             .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// Records the worker slot the job was sent to.
+    pub(crate) fn sent_to(&self, slot: usize) {
+        self.worker.store(slot + 1, Ordering::Relaxed);
+    }
+
+    /// The worker slot the job was sent to, if it was.
+    fn worker(&self) -> Option<usize> {
+        self.worker.load(Ordering::Relaxed).checked_sub(1)
     }
 
     /// Returns a started job to the queued state (its worker died before running it).
@@ -165,15 +186,19 @@ impl TaskSlot {
     }
 
     /// Waits until the job finished or `deadline` passed; returns whether it finished.
-    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+    /// While it spins it calls `poll`, which may complete the job.
+    fn wait_until(&self, deadline: Option<Instant>, mut poll: impl FnMut(&Self)) -> bool {
         let spin = match deadline {
             Some(d) => SPIN.min(d.saturating_duration_since(Instant::now())),
             None => SPIN,
         };
-        if spin_until(spin, || self.is_finished()) {
-            return true;
-        }
-        self.wait_cold(deadline)
+        let finished = spin_until(spin, || {
+            if !self.is_finished() {
+                poll(self);
+            }
+            self.is_finished()
+        });
+        finished || self.wait_cold(deadline)
     }
 
     #[cold]
@@ -289,6 +314,13 @@ impl Sink {
         }
     }
 
+    /// Records which worker slot the job went to.
+    pub(crate) fn sent_to(&self, slot: usize) {
+        if let Sink::Task(task) = self {
+            task.sent_to(slot);
+        }
+    }
+
     /// The job goes back to the queue: its worker died before it started.
     pub(crate) fn requeue(&self) {
         if let Sink::Task(slot) = self {
@@ -337,15 +369,33 @@ impl Sink {
 #[must_use = "a ProcessTask does nothing unless you get its result; drop it to ignore the result"]
 pub struct ProcessTask<R> {
     slot: Arc<TaskSlot>,
+    /// The pool, to poll its result rings; weak, so a handle that outlives its pool does not
+    /// keep the pool's descriptors open.
+    shared: Weak<Shared>,
     _result: PhantomData<fn() -> R>,
 }
 
 impl<R> ProcessTask<R> {
-    pub(crate) fn new(slot: Arc<TaskSlot>) -> Self {
+    pub(crate) fn new(slot: Arc<TaskSlot>, shared: &Arc<Shared>) -> Self {
         Self {
             slot,
+            shared: Arc::downgrade(shared),
             _result: PhantomData,
         }
+    }
+
+    /// Waits for the job, polling its worker's result ring while spinning: the waiting thread
+    /// takes the result itself instead of waiting for the supervisor to wake up.
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        if self.slot.is_finished() {
+            return true;
+        }
+        let shared = self.shared.upgrade();
+        self.slot.wait_until(deadline, |slot| {
+            if let (Some(shared), Some(worker)) = (&shared, slot.worker()) {
+                shared.poll_ring(worker);
+            }
+        })
     }
 
     /// Whether the job finished (or was cancelled), so `get` returns without waiting.
@@ -363,7 +413,7 @@ impl<R> ProcessTask<R> {
     ///
     /// See [`ProcessTask`].
     pub fn wait(&self) {
-        self.slot.wait_until(None);
+        self.wait_until(None);
     }
 
     /// Cancels the job if it has not started. Returns `true` when it was cancelled: it will
@@ -411,7 +461,7 @@ impl<R: DeserializeOwned> ProcessTask<R> {
     ///
     /// See [`ProcessTask`].
     pub fn get(self) -> Result<R, ProcessError> {
-        self.slot.wait_until(None);
+        self.wait_until(None);
         self.slot.take()?.decode()
     }
 
@@ -451,7 +501,7 @@ impl<R: DeserializeOwned> ProcessTask<R> {
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, ProcessError> {
         let deadline = Instant::now().checked_add(timeout);
-        if !self.slot.wait_until(deadline) {
+        if !self.wait_until(deadline) {
             return Err(ProcessError::wait_timeout());
         }
         self.slot.take()?.decode()

@@ -34,7 +34,18 @@
 //! Job        parent → worker  i64 trampoline offset, i64 function offset, postcard(argument)
 //! Result     worker → parent  u8 status, then status 0: postcard(result) bytes,
 //!                              status 1: postcard(Failure)
+//! Doorbell   worker → parent  empty: a result waits in the result ring (see `ring`)
+//! Release    parent → worker  postcard(SegmentId): the parent dropped its last handle to a
+//!                              shared-memory segment it sent; the worker lets go of it
 //! ```
+//!
+//! A `Job` frame carries the descriptors of the shared-memory segments its argument names
+//! that this worker has not been sent before; a `Result` frame carries the descriptors of
+//! every segment its result names (see `shm::segment`).
+//!
+//! `Init` carries one descriptor: the worker's result ring. Small results go through that
+//! ring instead of the socket (see `ring`); large ones, and results that carry descriptors,
+//! come as `Result` frames here.
 //!
 //! A worker answers every Job with exactly one Result, in the order the jobs were sent, so the
 //! parent's per-worker queue of sent jobs tells it which job was running when a worker died.
@@ -70,10 +81,10 @@ use serde::{Deserialize, Serialize};
 /// Bytes in a frame header.
 pub(crate) const HEADER_LEN: usize = 16;
 
-/// The most file descriptors one frame may carry. The receive buffer for ancillary data is
-/// sized for this many; a job argument that references more shared-memory segments than this
-/// is refused before it is sent.
-pub(crate) const MAX_FDS: usize = 32;
+/// The most file descriptors one `sendmsg` (one frame, or one batch of job frames) may carry.
+/// The receive buffer for ancillary data is sized for this many; a job argument or result
+/// that names more shared-memory segments than this is refused.
+pub(crate) const MAX_FDS: usize = 64;
 
 /// The largest body a frame may carry (the length field is a `u32`).
 pub(crate) const MAX_BODY: usize = u32::MAX as usize;
@@ -97,6 +108,8 @@ pub(crate) enum Kind {
     Missed = 5,
     Job = 6,
     Result = 7,
+    Doorbell = 8,
+    Release = 9,
 }
 
 impl Kind {
@@ -109,6 +122,8 @@ impl Kind {
             5 => Self::Missed,
             6 => Self::Job,
             7 => Self::Result,
+            8 => Self::Doorbell,
+            9 => Self::Release,
             _ => return None,
         })
     }
@@ -159,6 +174,26 @@ pub(crate) enum Failure {
     DecodeArgument { type_name: String, message: String },
     /// The result did not serialise.
     EncodeResult { type_name: String, message: String },
+}
+
+/// Decodes a job's argument or result. A failure's message includes why a shared-memory
+/// handle in it was refused (postcard itself drops that message).
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let _stale = crate::shm::segment::take_decode_error();
+    postcard::from_bytes(bytes).map_err(|e| match crate::shm::segment::take_decode_error() {
+        Some(why) => format!("{e}: {why}"),
+        None => e.to_string(),
+    })
+}
+
+/// Decodes a frame header at the start of `bytes`: (kind, descriptor count, tag, body
+/// length). `None` when the bytes are too short or the kind is unknown.
+pub(crate) fn parse_header(bytes: &[u8]) -> Option<(Kind, usize, u64, usize)> {
+    let h = bytes.get(..HEADER_LEN)?;
+    let body_len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes")) as usize;
+    let kind = Kind::from_u8(h[4])?;
+    let tag = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+    Some((kind, h[5] as usize, tag, body_len))
 }
 
 /// Encodes a frame header.
@@ -322,10 +357,6 @@ pub(crate) struct Frame<'a> {
     pub(crate) kind: Kind,
     pub(crate) tag: u64,
     pub(crate) body: &'a [u8],
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "read by the shared-memory handles (issue 5)")
-    )]
     pub(crate) fds: Vec<OwnedFd>,
 }
 
@@ -441,11 +472,8 @@ impl FrameReader {
         if self.end - self.start < HEADER_LEN + body_len {
             return Ok(None);
         }
-        let h = &self.buf[self.start..self.start + HEADER_LEN];
-        let kind = Kind::from_u8(h[4])
+        let (kind, nfds, tag, _) = parse_header(&self.buf[self.start..self.end])
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown frame kind"))?;
-        let nfds = h[5] as usize;
-        let tag = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
         if nfds > self.fds.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

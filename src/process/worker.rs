@@ -11,24 +11,32 @@
 //! 2. **Handshake**: send `Hello` (pid, image fingerprint); read `Init`; run the initializer,
 //!    if any, under `catch_unwind`; send `Ready`, or `InitFailed` with the panic message and
 //!    exit.
-//! 3. **Jobs**: run `Job` frames one at a time in the order they arrive, and write each job's
-//!    `Result` before starting the next, so a result the parent has not received belongs to
-//!    the job that was running. A panic is caught and becomes a failed result; the worker
+//! 3. **Jobs**: run `Job` frames one at a time in the order they arrive, and publish each
+//!    job's result before starting the next (in the result ring that came with `Init`, or as
+//!    a `Result` frame when it is large), so the parent knows which job was running when a
+//!    worker dies. A panic is caught and becomes a failed result; the worker
 //!    goes on. After `max_tasks` jobs (when set) the worker exits with status 0.
+//!    Descriptors that come with a job are shared-memory segments: mapped (once) and kept
+//!    until the parent's `Release` frame; the descriptors of the segments a result names go
+//!    back with that result, on the socket.
 //! 4. **End**: EOF on the socket (the parent closed it, or died) → exit with status 0. If the
 //!    parent process dies the kernel sends `SIGKILL` (parent-death signal) even if a job is
 //!    stuck and never reads the socket again.
 
 use std::any::type_name;
+use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::bootstrap::{self, ENV_WORKER};
+use super::ring::{self, Ring};
 use super::wire::{self, Failure, Fill, FrameReader, Hello, Init, Kind};
+use crate::shm::segment::{self, Segment, SegmentId};
 
 /// Exit status of a worker whose parent was already gone when it started.
 const EXIT_ORPHANED: i32 = 0;
@@ -80,17 +88,20 @@ fn serve(parent: u32) -> io::Result<i32> {
     send_frame(&socket, Kind::Hello, 0, &encode(&hello))?;
 
     let mut reader = FrameReader::new();
-    let Some(init) = next_frame(&mut reader, &socket, |frame| {
-        (frame.kind == Kind::Init)
-            .then(|| postcard::from_bytes::<Init>(frame.body).ok())
-            .flatten()
+    let Some(init) = next_frame(&mut reader, &socket, |mut frame| {
+        let init = postcard::from_bytes::<Init>(frame.body).ok();
+        match (frame.kind, init, frame.fds.pop()) {
+            (Kind::Init, Some(init), Some(ring)) => Some((init, ring)),
+            _ => None,
+        }
     })?
     else {
         return Ok(0);
     };
-    let Some(init) = init else {
+    let Some((init, ring)) = init else {
         return Ok(EXIT_PROTOCOL);
     };
+    let ring = Ring::open(ring)?;
     if let Some(offset) = init.initializer {
         // SAFETY: the parent sent this offset after the handshake proved that this process
         // runs the same image, and derived it from a `fn()` of that image.
@@ -105,25 +116,59 @@ fn serve(parent: u32) -> io::Result<i32> {
 
     let mut out = Vec::new();
     let mut done = 0u64;
+    // Segments the parent sent, kept until it releases them: it sends each descriptor once.
+    let mut known: HashMap<SegmentId, Arc<Segment>> = HashMap::new();
     loop {
-        let ran = next_frame(&mut reader, &socket, |frame| {
-            if frame.kind != Kind::Job || frame.body.len() < 16 {
-                return None;
+        let step = next_frame(&mut reader, &socket, |frame| match frame.kind {
+            Kind::Job if frame.body.len() >= 16 => {
+                let _stale = segment::take_decode_error();
+                for fd in frame.fds {
+                    match Segment::adopt(fd) {
+                        Ok(seg) => {
+                            known.insert(seg.id(), seg);
+                        }
+                        Err(e) => segment::set_decode_error(format!(
+                            "could not map a shared-memory segment: {e}"
+                        )),
+                    }
+                }
+                Step::Ran(run_job(frame.tag, frame.body, &mut out))
             }
-            run_job(frame.tag, frame.body, &mut out);
-            Some(())
+            Kind::Release => {
+                if let Ok(id) = postcard::from_bytes::<SegmentId>(frame.body) {
+                    known.remove(&id);
+                }
+                Step::Released
+            }
+            _ => Step::Broken,
         })?;
-        match ran {
+        let segments = match step {
             None => return Ok(0),
-            Some(None) => return Ok(EXIT_PROTOCOL),
-            Some(Some(())) => {}
+            Some(Step::Broken) => return Ok(EXIT_PROTOCOL),
+            Some(Step::Released) => continue,
+            Some(Step::Ran(segments)) => segments,
+        };
+        if segments.is_empty() && out.len() <= ring::MAX_RECORD {
+            ring.publish(&out, || send_frame(&socket, Kind::Doorbell, 0, &[]))?;
+        } else {
+            let fds: Vec<BorrowedFd<'_>> = segments.iter().map(|s| s.fd().as_fd()).collect();
+            wire::send_all(socket.as_fd(), &[&out], &fds)?;
         }
-        wire::send_all(socket.as_fd(), &[&out], &[])?;
         done += 1;
         if done == init.max_tasks {
             return Ok(0);
         }
     }
+}
+
+/// What the worker did with one frame.
+enum Step {
+    /// Ran a job; its Result frame is in `out`, naming these segments.
+    Ran(Vec<Arc<Segment>>),
+    /// Let go of a segment.
+    Released,
+    /// Got a frame it does not expect.
+    Broken,
 }
 
 /// Moves the socket off fd 0 to a close-on-exec descriptor, and puts `/dev/null` on fd 0.
@@ -162,8 +207,9 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("control frames always serialise")
 }
 
-/// Runs one Job body and leaves the whole Result frame in `out`.
-fn run_job(id: u64, body: &[u8], out: &mut Vec<u8>) {
+/// Runs one Job body and leaves the whole Result frame in `out`. Returns the shared-memory
+/// segments the result names, whose descriptors must go with the frame.
+fn run_job(id: u64, body: &[u8], out: &mut Vec<u8>) -> Vec<Arc<Segment>> {
     let tramp = i64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
     let func = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
     out.clear();
@@ -172,19 +218,41 @@ fn run_job(id: u64, body: &[u8], out: &mut Vec<u8>) {
     // instantiation of `call_one` or `call_chunk`) in this same image; the handshake proved
     // the images are the same.
     let tramp: Trampoline = unsafe { std::mem::transmute(bootstrap::address_of(tramp)) };
-    let status = match tramp(bootstrap::address_of(func), &body[16..], out) {
+    let (result, mut segments) =
+        segment::collect(|| tramp(bootstrap::address_of(func), &body[16..], out));
+    let result = result.and_then(|()| {
+        if segments.len() > wire::MAX_FDS {
+            return Err(Failure::EncodeResult {
+                type_name: "result".to_owned(),
+                message: format!(
+                    "it names {} shared-memory segments; a result may name at most {}",
+                    segments.len(),
+                    wire::MAX_FDS
+                ),
+            });
+        }
+        Ok(())
+    });
+    let status = match result {
         Ok(()) => wire::STATUS_OK,
         Err(failure) => {
             // A failed encoding may have left `out` shorter or longer than the header.
             out.clear();
             out.resize(wire::HEADER_LEN + 1, 0);
             out.extend_from_slice(&encode(&failure));
+            segments.clear();
             wire::STATUS_FAILED
         }
     };
     out[wire::HEADER_LEN] = status;
-    let header = wire::header(Kind::Result, id, out.len() - wire::HEADER_LEN, 0);
+    let header = wire::header(
+        Kind::Result,
+        id,
+        out.len() - wire::HEADER_LEN,
+        segments.len(),
+    );
     out[..wire::HEADER_LEN].copy_from_slice(&header);
+    segments
 }
 
 /// Tells the parent that this worker reached `main` without its bootstrap, and exits.
@@ -211,9 +279,9 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn decode<A: DeserializeOwned>(arg: &[u8]) -> Result<A, Failure> {
-    postcard::from_bytes(arg).map_err(|e| Failure::DecodeArgument {
+    wire::decode(arg).map_err(|message| Failure::DecodeArgument {
         type_name: type_name::<A>().to_owned(),
-        message: e.to_string(),
+        message,
     })
 }
 
@@ -253,9 +321,9 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    let args: Vec<A> = postcard::from_bytes(arg).map_err(|e| Failure::DecodeArgument {
+    let args: Vec<A> = wire::decode(arg).map_err(|message| Failure::DecodeArgument {
         type_name: type_name::<A>().to_owned(),
-        message: e.to_string(),
+        message,
     })?;
     // SAFETY: as in `call_one`: `func` is a `fn(A) -> R` of this image, sent together with
     // this trampoline by a `map::<A, R>` call.
