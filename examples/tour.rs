@@ -1,17 +1,19 @@
 //! A tour of parpool, measured: `par_map` over 10M items, `imap_unordered` over a plain
-//! iterator, fork-join with `join`, and tasks with `submit` + `as_completed`, each beside
-//! sequential code (and rayon where it has an equivalent), ending with a table of
-//! speed-ups. Run with `cargo run --release --example tour`; `PARPOOL_TOUR_SCALE=small` makes
+//! iterator, fork-join with `join`, tasks with `submit` + `as_completed`, and a process-pool
+//! `map` whose jobs count themselves in a shared-memory counter, each beside sequential code
+//! (and rayon where it has an equivalent), ending with a table of speed-ups. Run with `cargo run --release --example tour`; `PARPOOL_TOUR_SCALE=small` makes
 //! a quick run.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use parpool::prelude::*;
+use parpool::shm::Value;
 use rayon::prelude::*;
 
 /// Problem sizes: the full tour, or a quick one for CI.
 struct Scale {
+    process_jobs: u64,
     map_items: u64,
     slow_items: u64,
     fib_n: u64,
@@ -23,6 +25,7 @@ impl Scale {
     fn from_env() -> Scale {
         match std::env::var("PARPOOL_TOUR_SCALE").as_deref() {
             Ok("small") => Scale {
+                process_jobs: 100,
                 map_items: 200_000,
                 slow_items: 5_000,
                 fib_n: 22,
@@ -30,6 +33,7 @@ impl Scale {
                 runs: 3,
             },
             _ => Scale {
+                process_jobs: 2_000,
                 map_items: 10_000_000,
                 slow_items: 200_000,
                 fib_n: 32,
@@ -77,6 +81,27 @@ fn plain(n: u64) -> impl Iterator<Item = u64> {
         i += 1;
         (i <= n).then_some(i - 1)
     })
+}
+
+/// A process job: the longest Collatz chain among 200 starting points (~50 µs of work),
+/// counted in a counter shared by every worker.
+fn longest_chain((block, jobs_done): (u64, Value<u64>)) -> u32 {
+    jobs_done.fetch_add(1);
+    longest_chain_in(block)
+}
+
+fn longest_chain_in(block: u64) -> u32 {
+    (block * 200 + 1..=block * 200 + 200)
+        .map(|mut n| {
+            let mut steps = 0;
+            while n != 1 {
+                n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 };
+                steps += 1;
+            }
+            steps
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn fib_sequential(n: u64) -> u64 {
@@ -179,7 +204,34 @@ fn main() {
         rayon: Some(median_time(runs, || fib_rayon(black_box(f)))),
     });
 
-    // 5. submit + as_completed: results arrive in completion order.
+    // 5. A process pool: crash-isolated jobs, counted in shared memory.
+    let procs = ProcessPool::new(threads).expect("start the worker processes");
+    let jobs = scale.process_jobs;
+    let counter = Value::new(0u64).expect("shared counter");
+    let expected: Vec<u32> = (0..jobs).map(longest_chain_in).collect();
+    let inputs = || (0..jobs).map(|block| (block, counter.clone()));
+    assert_eq!(
+        procs.map(longest_chain, inputs()).expect("process map"),
+        expected
+    );
+    assert_eq!(counter.load(), jobs, "every job counted itself");
+    rows.push(Row {
+        case: format!("process pool map, {jobs} jobs, shared counter"),
+        sequential: median_time(runs, || (0..jobs).map(longest_chain_in).collect::<Vec<_>>()),
+        parpool: median_time(runs, || {
+            procs.map(longest_chain, inputs()).expect("process map")
+        }),
+        rayon: None,
+    });
+    assert_eq!(counter.load(), jobs * (1 + runs as u64));
+    println!(
+        "process pool: {} workers (pids {:?}); the shared counter saw {} jobs\n",
+        procs.processes(),
+        procs.pids(),
+        counter.load()
+    );
+
+    // 6. submit + as_completed: results arrive in completion order.
     println!("submit + as_completed: 6 tasks of different lengths");
     let start = Instant::now();
     let lengths_ms = [40u64, 10, 30, 5, 20, 15];
@@ -205,7 +257,7 @@ fn main() {
         lengths_ms.iter().sum::<u64>()
     );
 
-    // 6. The cost of one submit + get round trip.
+    // 7. The cost of one submit + get round trip.
     let trips = scale.round_trips;
     let warm = {
         let start = Instant::now();
