@@ -69,16 +69,37 @@ impl ThreadPoolBuildError {
     }
 
     /// The pool was asked for zero threads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(parpool::ThreadPool::new(0).unwrap_err().is_zero_threads());
+    /// ```
     pub fn is_zero_threads(&self) -> bool {
         matches!(self.kind, BuildErrorKind::ZeroThreads)
     }
 
     /// `build_global` was called after the global pool already existed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let _ = parpool::ThreadPool::global(); // the global pool exists from here on
+    /// let error = parpool::ThreadPoolBuilder::new().build_global().unwrap_err();
+    /// assert!(error.is_global_already_initialized());
+    /// ```
     pub fn is_global_already_initialized(&self) -> bool {
         matches!(self.kind, BuildErrorKind::GlobalAlreadyInitialized)
     }
 
     /// `PARPOOL_NUM_THREADS` held something other than a positive integer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Only a bad PARPOOL_NUM_THREADS makes this true; an explicit count never does.
+    /// assert!(!parpool::ThreadPool::new(0).unwrap_err().is_invalid_env());
+    /// ```
     pub fn is_invalid_env(&self) -> bool {
         matches!(self.kind, BuildErrorKind::InvalidEnv { .. })
     }
@@ -162,22 +183,59 @@ impl TaskError {
     }
 
     /// The task panicked; [`TaskError::into_panic`] returns the payload.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// assert!(pool.submit(|| -> u8 { panic!("x") }).get().unwrap_err().is_panic());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn is_panic(&self) -> bool {
         matches!(self.kind, TaskErrorKind::Panic(_))
     }
 
     /// The task was cancelled before it started ([`Task::cancel`](crate::Task::cancel) or
     /// [`ThreadPool::terminate`](crate::ThreadPool::terminate)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// pool.terminate(); // from now on, submitted tasks are cancelled
+    /// assert!(pool.submit(|| 1).get().unwrap_err().is_cancelled());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn is_cancelled(&self) -> bool {
         matches!(self.kind, TaskErrorKind::Cancelled)
     }
 
     /// A timed wait ended before the task finished; the task itself goes on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// let mut task = pool.submit(|| std::thread::sleep(Duration::from_millis(200)));
+    /// assert!(task.get_timeout(Duration::from_millis(1)).unwrap_err().is_timeout());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, TaskErrorKind::Timeout)
     }
 
     /// The panic message, when the task panicked with a string (`panic!("...")`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// let error = pool.submit(|| -> u8 { panic!("disk full") }).get().unwrap_err();
+    /// assert_eq!(error.panic_message(), Some("disk full"));
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn panic_message(&self) -> Option<&str> {
         match &self.kind {
             TaskErrorKind::Panic(payload) => panic_message(payload.as_ref()),
@@ -190,6 +248,15 @@ impl TaskError {
     /// # Panics
     ///
     /// Panics if the error is not a panic (check [`TaskError::is_panic`] first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// let error = pool.submit(|| -> u8 { std::panic::panic_any(7u32) }).get().unwrap_err();
+    /// assert_eq!(*error.into_panic().downcast::<u32>().unwrap(), 7);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn into_panic(self) -> Box<dyn Any + Send> {
         match self.kind {
             TaskErrorKind::Panic(payload) => payload,
@@ -198,6 +265,16 @@ impl TaskError {
     }
 
     /// The panic payload, or the error itself if it is not a panic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// pool.terminate();
+    /// let cancelled = pool.submit(|| 1).get().unwrap_err();
+    /// assert!(cancelled.try_into_panic().unwrap_err().is_cancelled());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, TaskError> {
         match self.kind {
             TaskErrorKind::Panic(payload) => Ok(payload),

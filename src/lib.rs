@@ -30,10 +30,21 @@ pub use process::ProcessPool;
 pub use task::{AsCompleted, Task, as_completed, submit};
 
 /// The names most programs need: `use parpool::prelude::*;`.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::prelude::*;
+///
+/// let pool = ThreadPool::new(2)?;
+/// assert_eq!([1, 2, 3].par_map(|x| x * 10), [10, 20, 30]);
+/// assert_eq!(pool.submit(|| 5).get().unwrap(), 5);
+/// # Ok::<(), ThreadPoolBuildError>(())
+/// ```
 pub mod prelude {
     pub use crate::shm::{Array, Value};
     pub use crate::{
-        IntoParMap, ParMap, ProcessPool, Task, TaskError, ThreadPool, ThreadPoolBuilder,
-        as_completed,
+        IntoParMap, ParMap, ProcessError, ProcessPool, Task, TaskError, ThreadPool,
+        ThreadPoolBuildError, ThreadPoolBuilder, as_completed,
     };
 }

@@ -271,6 +271,16 @@ where
 impl<R> Task<R> {
     /// Whether the task has finished (with a value, a panic, or cancelled): `get` will not
     /// block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// let task = pool.submit(|| 1);
+    /// task.wait();
+    /// assert!(task.is_ready());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn is_ready(&self) -> bool {
         self.shared.is_finished()
     }
@@ -279,6 +289,21 @@ impl<R> Task<R> {
     ///
     /// A worker thread of any pool waits by running that pool's other jobs; any other thread
     /// spins briefly, then parks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// let done = Arc::new(AtomicBool::new(false));
+    /// let flag = Arc::clone(&done);
+    /// let task = pool.submit(move || flag.store(true, Ordering::SeqCst));
+    /// task.wait();
+    /// assert!(done.load(Ordering::SeqCst));
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn wait(&self) {
         let finished = self.wait_deadline(None);
         debug_assert!(finished);
@@ -310,6 +335,15 @@ impl<R> Task<R> {
     /// # Panics
     ///
     /// If the value was already taken by a successful [`get_timeout`](Task::get_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// assert_eq!(pool.submit(|| "value").get().unwrap(), "value");
+    /// assert!(pool.submit(|| -> u8 { panic!("no value") }).get().unwrap_err().is_panic());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn get(mut self) -> Result<R, TaskError> {
         self.wait();
         self.take()
@@ -486,6 +520,16 @@ where
 }
 
 /// The iterator returned by [`as_completed`].
+///
+/// # Examples
+///
+/// ```
+/// let pool = parpool::ThreadPool::new(2)?;
+/// let done = parpool::as_completed([pool.submit(|| 1), pool.submit(|| 2)]);
+/// assert_eq!(done.len(), 2);
+/// assert_eq!(done.map(|t| t.get().unwrap()).sum::<i32>(), 3);
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
 #[must_use = "iterators are lazy and do nothing unless consumed"]
 pub struct AsCompleted<R> {
     slots: Vec<Option<Task<R>>>,

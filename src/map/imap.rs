@@ -144,6 +144,15 @@ where
     /// # Panics
     ///
     /// If `chunk_size` is 0, or iteration has already started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let doubled: Vec<u32> = pool.imap(0..10u32, |x| x * 2).chunk_size(3).collect();
+    /// assert_eq!(doubled, [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn chunk_size(mut self, chunk_size: usize) -> Self {
         assert!(chunk_size > 0, "parpool: the chunk size must be at least 1");
         self.assert_not_started("chunk_size");
@@ -156,6 +165,16 @@ where
     /// # Panics
     ///
     /// If `window` is 0, or iteration has already started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// // At most 2 chunks of 4 items in flight ahead of the consumer.
+    /// let first: Vec<u64> = pool.imap(0u64.., |x| x + 1).chunk_size(4).window(2).take(5).collect();
+    /// assert_eq!(first, [1, 2, 3, 4, 5]);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn window(mut self, window: usize) -> Self {
         assert!(
             window > 0,

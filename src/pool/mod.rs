@@ -24,6 +24,12 @@ pub use scope::{Scope, scope};
 
 /// The environment variable that sets the size of the global pool (and of pools built
 /// without [`ThreadPoolBuilder::num_threads`]). Read once per build.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(parpool::NUM_THREADS_ENV, "PARPOOL_NUM_THREADS");
+/// ```
 pub const NUM_THREADS_ENV: &str = "PARPOOL_NUM_THREADS";
 
 /// A pool of worker threads with work-stealing deques.
@@ -198,6 +204,14 @@ impl ThreadPool {
     }
 
     /// The number of worker threads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::new(3)?;
+    /// assert_eq!(pool.current_num_threads(), 3);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn current_num_threads(&self) -> usize {
         self.registry.num_threads()
     }
@@ -336,23 +350,60 @@ pub struct ThreadPoolBuilder {
 impl ThreadPoolBuilder {
     /// A builder with default settings: [`PARPOOL_NUM_THREADS`](NUM_THREADS_ENV) or one
     /// thread per available CPU, unnamed threads, the standard library's stack size.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPoolBuilder::new().num_threads(1).build()?;
+    /// assert_eq!(pool.current_num_threads(), 1);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The number of worker threads; zero makes [`build`](Self::build) fail.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::builder().num_threads(2).build()?;
+    /// assert_eq!(pool.current_num_threads(), 2);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn num_threads(mut self, num_threads: usize) -> Self {
         self.num_threads = Some(num_threads);
         self
     }
 
     /// Names worker `i` with `name(i)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parpool::ThreadPool::builder().num_threads(1).thread_name(|i| format!("cruncher-{i}")).build()?;
+    /// let name = pool.install(|| std::thread::current().name().map(str::to_owned));
+    /// assert_eq!(name.as_deref(), Some("cruncher-0"));
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn thread_name(mut self, name: impl FnMut(usize) -> String + 'static) -> Self {
         self.thread_name = Some(Box::new(name));
         self
     }
 
     /// The stack size of each worker thread, in bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Deep recursion on the workers needs a bigger stack than the default.
+    /// fn depth(n: u32) -> u32 {
+    ///     if n == 0 { 0 } else { 1 + depth(n - 1) }
+    /// }
+    /// let pool = parpool::ThreadPool::builder().num_threads(1).stack_size(64 << 20).build()?;
+    /// assert_eq!(pool.install(|| depth(100_000)), 100_000);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = Some(bytes);
         self
