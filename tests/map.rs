@@ -523,3 +523,21 @@ fn free_functions_use_the_current_pool() {
     assert_eq!(parpool::try_map(0..4, Ok::<_, ()>), Ok(vec![0, 1, 2, 3]));
     assert_eq!(parpool::imap_unordered(0..4u8, |x| x).count(), 4);
 }
+
+#[test]
+fn stress_imap_unordered_small_window_many_threads() {
+    // A window of two slots on an oversubscribed pool reuses every slot and ring position
+    // as fast as possible while drainers get preempted between claiming a chunk and reading
+    // which slot it is in: each item must still come back exactly once.
+    let pool = pool(8);
+    for round in 0..40u64 {
+        let n = 5_000 + round;
+        let mut got: Vec<u64> = pool
+            .imap_unordered(0..n, |x| x)
+            .chunk_size(1 + (round % 3) as usize)
+            .window(2)
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..n).collect::<Vec<_>>(), "round {round}");
+    }
+}

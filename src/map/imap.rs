@@ -270,8 +270,8 @@ where
         let slots = self
             .window
             .unwrap_or(WINDOW_PER_THREAD * registry.num_threads().max(1));
-        let window = Arc::new(Window::new(MapOp(f), registry, slots));
-        self.state = State::Running(Feeder::new(window, input, chunk, false));
+        let window = Arc::new(Window::new(MapOp(f), slots));
+        self.state = State::Running(Feeder::new(window, registry, input, chunk, false));
     }
 }
 

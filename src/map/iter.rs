@@ -252,12 +252,8 @@ where
             None => return out,
         },
     };
-    let window = Arc::new(Window::new(
-        RawOp { f },
-        Arc::clone(&registry),
-        window_size(&registry),
-    ));
-    let mut feeder = Feeder::new(window, input, chunk, true);
+    let window = Arc::new(Window::new(RawOp { f }, window_size(&registry)));
+    let mut feeder = Feeder::new(window, registry, input, chunk, true);
     run_window(&mut feeder, &mut IntoVec(&mut out));
     out
 }
@@ -288,12 +284,9 @@ where
     });
     if let Some(per_item_ns) = sampled {
         let op = RawTryOp(RawOp { f });
-        let window = Arc::new(Window::new(
-            op,
-            Arc::clone(&registry),
-            window_size(&registry),
-        ));
-        let mut feeder = Feeder::new(window, input, ChunkSize::Auto { per_item_ns }, true);
+        let window = Arc::new(Window::new(op, window_size(&registry)));
+        let chunk = ChunkSize::Auto { per_item_ns };
+        let mut feeder = Feeder::new(window, registry, input, chunk, true);
         run_window(&mut feeder, &mut collect);
     }
     match collect.error {

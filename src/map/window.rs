@@ -14,15 +14,20 @@
 //! ```
 //!
 //! - **Submitted ring.** The feeder writes the slot index at position `published % W`, then
-//!   advances `published` with a release store. A drainer claims position `claimed` with a
-//!   compare-exchange on `claimed` (so each submission runs once), and its acquire load of
-//!   `published` makes the slot's contents visible. A position is rewritten only `W`
-//!   submissions later, which needs a free slot, which needs its chunk claimed and consumed:
-//!   claims happen in order, so the position was claimed before it is reused.
+//!   advances `published` with a release store. A drainer reads the entry at position
+//!   `claimed`, then claims the position with a compare-exchange on `claimed` (so each
+//!   submission runs once); its acquire load of `published` makes the entry and the slot's
+//!   contents visible. A position is rewritten only `W` submissions later, which needs a
+//!   free slot, which needs some chunk claimed and consumed; claims happen in order, so no
+//!   position is rewritten while it is unclaimed, and the entry read before a successful
+//!   claim is the right one. (After the claim it is not: with results taken in completion
+//!   order, later chunks can finish and free their slots while this one waits to be read.)
 //! - **Completed ring.** A drainer takes a position with `fetch_add` on `completed_tail` and
 //!   stores `slot + 1` there with release; the feeder reads positions in order, waits for a
 //!   non-zero entry (acquire: the results are visible), and zeroes it. At most `W` chunks
-//!   are in flight, so the ring never laps the feeder.
+//!   are in flight, so the ring never laps the feeder, and the `fetch_add`s acquire and
+//!   release each other so that an entry's next store comes after its zeroing (see
+//!   `complete`).
 //!
 //! Buffers stay in their slots and are reused, so a steady-state map allocates nothing per
 //! chunk. The feeder keeps the free list and all counters of its own; it also *helps*:
@@ -65,7 +70,6 @@
 
 use std::cell::UnsafeCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
@@ -73,7 +77,7 @@ use super::sample::Stopwatch;
 use crate::pool::job::{HeapJob, Panic, catch};
 use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, WaitLatch, snooze};
 use crate::pool::registry::Registry;
-use crate::sync::{Mutex, lock};
+use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 
 /// What a window applies to each item.
 pub(crate) trait ChunkOp<T>: Send + Sync {
@@ -115,11 +119,11 @@ pub(crate) enum Outcome {
 }
 
 /// One chunk's buffers. Owned by one thread at a time (see the module docs).
-struct SlotData<T, R> {
-    seq: usize,
-    input: Vec<T>,
-    output: Vec<R>,
-    outcome: Outcome,
+pub(crate) struct SlotData<T, R> {
+    pub(crate) seq: usize,
+    pub(crate) input: Vec<T>,
+    pub(crate) output: Vec<R>,
+    pub(crate) outcome: Outcome,
     /// How long running the chunk took, for the feeder's chunk sizing.
     run_ns: f64,
 }
@@ -131,7 +135,6 @@ struct Slot<T, R> {
 /// The state shared by a feeder and its drainers.
 pub(crate) struct Window<T, Op: ChunkOp<T>> {
     op: Op,
-    registry: Arc<Registry>,
     slots: Box<[Slot<T, Op::Output>]>,
     submitted: Box<[AtomicUsize]>,
     published: CachePadded<AtomicUsize>,
@@ -156,7 +159,7 @@ const SLEEPING: usize = 1;
 const ONE_COMPLETION: usize = 2;
 
 impl<T, Op: ChunkOp<T>> Window<T, Op> {
-    pub(crate) fn new(op: Op, registry: Arc<Registry>, window: usize) -> Self {
+    pub(crate) fn new(op: Op, window: usize) -> Self {
         assert!(window > 0);
         let slots = (0..window)
             .map(|seq| Slot {
@@ -172,7 +175,6 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
         let ring = || (0..window).map(|_| AtomicUsize::new(0)).collect();
         Window {
             op,
-            registry,
             slots,
             submitted: ring(),
             published: CachePadded::new(AtomicUsize::new(0)),
@@ -195,35 +197,84 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
         self.stop_seq.fetch_min(seq, Ordering::Relaxed);
     }
 
+    /// The buffers of a slot.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns the slot (see the module docs): it is free and held by the
+    /// feeder, claimed by this thread, or completed and not yet released; and no other
+    /// reference to its data is alive.
+    #[expect(
+        clippy::mut_from_ref,
+        reason = "ownership of a slot is handed over by the rings"
+    )]
+    pub(crate) unsafe fn slot_data(&self, slot: usize) -> &mut SlotData<T, Op::Output> {
+        // SAFETY: exclusive ownership is the caller's promise.
+        unsafe { &mut *self.slots[slot].data.get() }
+    }
+
+    /// The feeder hands a filled slot to the drainers (appends it to the submitted ring).
+    /// Only the feeder calls this.
+    pub(crate) fn publish(&self, slot: usize) {
+        // Relaxed: only the feeder writes `published`.
+        let position = self.published.load(Ordering::Relaxed);
+        self.submitted[position % self.len()].store(slot, Ordering::Relaxed);
+        // Release: hands the slot (and its entry in the ring) to the drainers.
+        self.published.store(position + 1, Ordering::Release);
+    }
+
+    /// The feeder takes completion number `head` if it has been published: the slot is
+    /// the feeder's again. Only the feeder calls this, with consecutive `head`s.
+    pub(crate) fn take_completed(&self, head: usize) -> Option<usize> {
+        let entry = &self.completed[head % self.len()];
+        // Acquire: pairs with the drainer's release; the slot's results are visible.
+        let value = entry.load(Ordering::Acquire);
+        if value == 0 {
+            return None;
+        }
+        entry.store(0, Ordering::Relaxed);
+        Some(value - 1)
+    }
+
     /// Claims the next submitted chunk, if any.
-    fn claim(&self) -> Option<usize> {
-        let mut claimed = self.claimed.load(Ordering::Relaxed);
+    pub(crate) fn claim(&self) -> Option<usize> {
+        // Acquire (here and on the exchange's failure): a claimed count was written by a
+        // claimer that had seen the position published; acquiring it makes that publication
+        // visible here too, so the load of `published` below never looks older than the
+        // claims already made (with relaxed claims it could, on a weakly ordered machine,
+        // and the entry read below could then be stale).
+        let mut claimed = self.claimed.load(Ordering::Acquire);
         loop {
-            // Acquire: pairs with the feeder's release of `published`; the slot index and
-            // the slot's contents are visible after it.
+            // Acquire: pairs with the feeder's release of `published`; the entry and the
+            // slot's contents are visible after it.
             if claimed == self.published.load(Ordering::Acquire) {
                 return None;
             }
+            // Read the slot index *before* claiming: while position `claimed` is unclaimed its
+            // entry cannot be rewritten (see "Submitted ring"), and the exchange below only
+            // succeeds if it still is. Read after the exchange, the entry could already hold
+            // a later chunk's slot: once this thread has claimed the position, later chunks
+            // may complete and free their slots (in completion order), and the feeder may
+            // publish `W` positions further on.
+            let slot = self.submitted[claimed % self.len()].load(Ordering::Relaxed);
+            // AcqRel: releases what this claimer saw to the next one (see above).
             match self.claimed.compare_exchange_weak(
                 claimed,
                 claimed + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
+                Ordering::AcqRel,
+                Ordering::Acquire,
             ) {
-                Ok(_) => {
-                    let slot = self.submitted[claimed % self.len()].load(Ordering::Relaxed);
-                    return Some(slot);
-                }
+                Ok(_) => return Some(slot),
                 Err(actual) => claimed = actual,
             }
         }
     }
 
     /// Runs a claimed chunk and publishes its completion.
-    fn run(&self, slot: usize) {
+    pub(crate) fn run(&self, slot: usize) {
         // SAFETY: the slot was claimed by this thread: nobody else touches it until the
         // completion below hands it back to the feeder.
-        let data = unsafe { &mut *self.slots[slot].data.get() };
+        let data = unsafe { self.slot_data(slot) };
         if data.seq > self.stop_seq.load(Ordering::Relaxed) {
             data.input.clear();
             data.outcome = Outcome::Skipped;
@@ -264,7 +315,13 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
     }
 
     fn complete(&self, slot: usize) {
-        let position = self.completed_tail.fetch_add(1, Ordering::Relaxed);
+        // AcqRel: the feeder zeroes entry `p` when it takes completion `p`, and the store of
+        // completion `p + W` to the same entry must come after that zero. At least one of the
+        // completions `p + 1 ..= p + W` is of a chunk published after the zeroing (at most
+        // `W` chunks are outstanding), so its claim acquired the zeroing; acquiring and
+        // releasing along the positions carries that to whoever takes `p + W`. (Loom found
+        // the lost completion that relaxed positions allow.)
+        let position = self.completed_tail.fetch_add(1, Ordering::AcqRel);
         // Release: hands the slot's results to the feeder.
         self.completed[position % self.len()].store(slot + 1, Ordering::Release);
         if self.signal.fetch_add(ONE_COMPLETION, Ordering::AcqRel) & SLEEPING != 0 {
@@ -361,6 +418,8 @@ impl ChunkSize {
 /// only it touches.
 pub(crate) struct Feeder<I: Iterator, Op: ChunkOp<I::Item>> {
     window: Arc<Window<I::Item, Op>>,
+    /// The pool the drainers run on.
+    registry: Arc<Registry>,
     input: I,
     exhausted: bool,
     free: Vec<usize>,
@@ -406,6 +465,7 @@ where
 {
     pub(crate) fn new(
         window: Arc<Window<I::Item, Op>>,
+        registry: Arc<Registry>,
         input: I,
         chunk: ChunkSize,
         wait_on_drop: bool,
@@ -413,10 +473,11 @@ where
         let slots = window.len();
         // The feeder runs chunks too (while it waits): with it, as many threads as the pool
         // has work on chunks.
-        let max_drainers = window.registry.num_threads().saturating_sub(1).max(1);
+        let max_drainers = registry.num_threads().saturating_sub(1).max(1);
         Feeder {
             free: (0..slots).rev().collect(),
             window,
+            registry,
             input,
             exhausted: false,
             outstanding: 0,
@@ -442,7 +503,7 @@ where
             };
             let size = self.chunk.items();
             // SAFETY: a free slot belongs to the feeder.
-            let data = unsafe { &mut *self.window.slots[slot].data.get() };
+            let data = unsafe { self.window.slot_data(slot) };
             data.input.extend(self.input.by_ref().take(size));
             if data.input.len() < size {
                 self.exhausted = true;
@@ -455,10 +516,7 @@ where
             data.outcome = Outcome::Done;
             self.next_seq += 1;
             self.outstanding += 1;
-            let position = self.window.published.load(Ordering::Relaxed);
-            self.window.submitted[position % self.window.len()].store(slot, Ordering::Relaxed);
-            // Release: hands the slot (and its position in the ring) to the drainers.
-            self.window.published.store(position + 1, Ordering::Release);
+            self.window.publish(slot);
             self.spawn_drainer_if_needed();
         }
     }
@@ -472,14 +530,14 @@ where
         if drainers >= self.max_drainers.min(unclaimed) {
             return;
         }
-        if !window.registry.try_increment_terminate_count() {
+        if !self.registry.try_increment_terminate_count() {
             // The pool is shutting down: the feeder runs the chunks itself.
             return;
         }
         window.drainers.fetch_add(1, Ordering::AcqRel);
         let for_job = Arc::clone(&self.window);
+        let registry = Arc::clone(&self.registry);
         let job = move || {
-            let registry = Arc::clone(&for_job.registry);
             drain(&for_job);
             drop(for_job);
             registry.terminate();
@@ -488,7 +546,7 @@ where
         // only used while a chunk runs, and every chunk completes before the feeder (which
         // holds that borrow) is done (see `iter.rs`, and `'static` ops for `imap`).
         let job = unsafe { HeapJob::into_job_ref(job) };
-        window.registry.push_or_inject(job);
+        self.registry.push_or_inject(job);
     }
 }
 
@@ -526,18 +584,11 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
     }
 
     fn poll_completed(&mut self) -> Option<usize> {
-        let entry = &self.window.completed[self.completed_head % self.window.len()];
-        // Acquire: pairs with the drainer's release; the slot's results are visible.
-        let value = entry.load(Ordering::Acquire);
-        if value == 0 {
-            return None;
-        }
-        entry.store(0, Ordering::Relaxed);
+        let slot = self.window.take_completed(self.completed_head)?;
         self.completed_head += 1;
         self.outstanding -= 1;
-        let slot = value - 1;
         // SAFETY: the completion handed the slot to the feeder.
-        let data = unsafe { &*self.window.slots[slot].data.get() };
+        let data = unsafe { self.window.slot_data(slot) };
         let items = data.output.len();
         self.chunk.observe(items, data.run_ns);
         Some(slot)
@@ -565,7 +616,7 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
     pub(crate) fn slot(&mut self, slot: usize) -> (&mut Vec<Op::Output>, &mut Outcome, usize) {
         // SAFETY: the feeder owns completed slots until it releases them, and `&mut self`
         // makes this the only access.
-        let data = unsafe { &mut *self.window.slots[slot].data.get() };
+        let data = unsafe { self.window.slot_data(slot) };
         (&mut data.output, &mut data.outcome, data.seq)
     }
 
