@@ -73,7 +73,10 @@ pub(crate) const CAPACITY: usize = 256 * 1024;
 /// ring never has to wait for one result to be consumed in pieces.
 pub(crate) const MAX_RECORD: usize = CAPACITY / 4;
 
-/// How long a worker sleeps at most, per round, waiting for room.
+/// How long a worker sleeps at most, per round, waiting for room. The parent's `FUTEX_WAKE`
+/// ends the wait normally; this only bounds the stall should a wake-up be lost. Not
+/// measured: long enough that a worker waiting on a busy parent does not spin, short
+/// enough that a lost wake-up costs little.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
 /// Where the data starts.

@@ -25,7 +25,11 @@ use crate::process::bootstrap;
 use crate::process::ring::Ring;
 use crate::process::wire::{FrameReader, Outbox};
 
-/// Consecutive failures to start a replacement worker before a slot gives up.
+/// Consecutive failures to start a replacement worker before a slot gives up. Not
+/// measured: a passing failure (a spawn refused under memory pressure, a start slowed past
+/// the startup timeout) rarely repeats three times in a row, while a lasting one (an
+/// initializer that always panics) is reported after three startups instead of retried
+/// forever.
 const MAX_START_ATTEMPTS: u32 = 3;
 
 /// A freshly spawned worker: the child, its socket, its pidfd and its result ring.

@@ -78,6 +78,12 @@ pub(super) const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// The most jobs sent in one `sendmsg`: two iovecs each, well under `IOV_MAX` (1024).
 const MAX_BATCH: usize = 256;
 
+/// About how many jobs the moving average of job durations spans: each finished job moves
+/// it `1 / JOB_AVERAGE_SPAN` of the way to its own duration. Not measured: short enough
+/// that the credit follows a change in job size within a few dozen jobs, long enough that
+/// one odd job does not swing it.
+const JOB_AVERAGE_SPAN: f64 = 8.0;
+
 #[derive(Debug)]
 pub(super) struct Job {
     pub(super) id: u64,
@@ -514,8 +520,7 @@ impl State {
         let elapsed = now.saturating_duration_since(w.front_since);
         w.front_since = now;
         job.spec.sink.complete(outcome);
-        // Moving average over about 8 jobs.
-        self.job_nanos += (elapsed.as_nanos() as f64 - self.job_nanos) / 8.0;
+        self.job_nanos += (elapsed.as_nanos() as f64 - self.job_nanos) / JOB_AVERAGE_SPAN;
         self.job_nanos = self.job_nanos.max(1.0);
     }
 
