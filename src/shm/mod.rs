@@ -189,6 +189,8 @@ macro_rules! atomic_ints {
             }
         }
 
+        // SeqCst throughout: `Value`'s lock-free operations are documented as sequentially
+        // consistent; they pair with whatever other threads and processes do to the value.
         impl sealed::Atomic for $int {
             unsafe fn fetch_add(ptr: *mut Self, value: Self) -> Self {
                 // SAFETY: the caller's contract.
