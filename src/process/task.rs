@@ -420,7 +420,26 @@ impl<R> ProcessTask<R> {
     ///
     /// # Examples
     ///
-    /// See [`ProcessTask`].
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use parpool::shm::Value;
+    /// use std::time::Duration;
+    ///
+    /// fn wait_for(go: Value<u32>) {
+    ///     while go.load() == 0 {
+    ///         std::thread::sleep(Duration::from_millis(1));
+    ///     }
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let go = Value::new(0u32)?;
+    /// let task = pool.submit(wait_for, go.clone())?;
+    /// assert!(!task.is_ready());
+    /// go.store(1);
+    /// task.wait();
+    /// assert!(task.is_ready());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_ready(&self) -> bool {
         self.slot.is_finished()
     }
@@ -429,7 +448,20 @@ impl<R> ProcessTask<R> {
     ///
     /// # Examples
     ///
-    /// See [`ProcessTask`].
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn double(x: u64) -> u64 {
+    ///     2 * x
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let task = pool.submit(double, 21)?;
+    /// task.wait();
+    /// assert!(task.is_ready());
+    /// assert_eq!(task.get()?, 42);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn wait(&self) {
         self.wait_until(None);
     }
@@ -475,9 +507,26 @@ impl<R: DeserializeOwned> ProcessTask<R> {
     /// not deserialise, a cancellation, or a pool terminated before the job ran. See
     /// [`ProcessError`].
     ///
+    /// # Panics
+    ///
+    /// When [`get_timeout`](Self::get_timeout) already returned the job's result (or
+    /// failure): the result is moved out once.
+    ///
     /// # Examples
     ///
-    /// See [`ProcessTask`].
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn half(x: u64) -> u64 {
+    ///     assert!(x % 2 == 0, "odd");
+    ///     x / 2
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// assert_eq!(pool.submit(half, 8)?.get()?, 4);
+    /// assert!(pool.submit(half, 7)?.get().unwrap_err().is_panic());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn get(self) -> Result<R, ProcessError> {
         self.wait_until(None);
         self.slot.take()?.decode()
