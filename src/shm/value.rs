@@ -272,6 +272,10 @@ impl<T: AtomicInt> Value<T> {
     /// Stores `new` if the value is `current`, atomically, without the lock. Returns the
     /// previous value: `Ok` if it was `current`, else `Err`. Sequentially consistent.
     ///
+    /// # Errors
+    ///
+    /// `Err(previous)` when the value was not `current`; nothing was stored.
+    ///
     /// # Examples
     ///
     /// ```

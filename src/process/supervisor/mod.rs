@@ -117,16 +117,20 @@ struct Local {
     generations: Vec<u32>,
 }
 
+/// Which of a worker's descriptors an epoll event is about.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
     Socket = 0,
     Pidfd = 1,
 }
 
+/// The epoll token of a worker's socket or pidfd: the slot's generation in the high 32 bits,
+/// the slot and the source below.
 fn token(slot: usize, generation: u32, source: Source) -> u64 {
     (u64::from(generation) << 32) | ((slot as u64) << 1) | source as u64
 }
 
+/// The slot, generation and source an epoll token names (the inverse of [`token`]).
 fn untoken(token: u64) -> (usize, u32, Source) {
     let source = if token & 1 == 0 {
         Source::Socket
@@ -140,6 +144,7 @@ fn untoken(token: u64) -> (usize, u32, Source) {
     )
 }
 
+/// A failure to set up the pool itself, before any worker starts.
 fn startup_error(e: std::io::Error) -> ProcessError {
     ProcessError::startup("could not set up the pool", Some(e))
 }
@@ -435,7 +440,7 @@ fn supervise(shared: &Shared) {
         for &slot in readable.iter().chain(&exited) {
             // A dead worker's socket is read to the end: results written before it died.
             // A live socket gets one read per wake (epoll is level-triggered: what is left
-            // wakes us again); a dead worker's socket is read to the end.
+            // wakes us again).
             let nonblocking_rounds = if exited.contains(&slot) {
                 usize::MAX
             } else {

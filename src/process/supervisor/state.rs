@@ -84,6 +84,8 @@ const MAX_BATCH: usize = 256;
 /// one odd job does not swing it.
 const JOB_AVERAGE_SPAN: f64 = 8.0;
 
+/// A job in the queue or sent to a worker: its id (the tag of its Job and Result frames)
+/// and what was submitted.
 #[derive(Debug)]
 pub(super) struct Job {
     pub(super) id: u64,
@@ -131,6 +133,7 @@ pub(super) enum Killed {
     Terminate,
 }
 
+/// A worker process, as the supervisor sees it.
 #[derive(Debug)]
 pub(super) struct Worker {
     pub(super) pid: u32,
@@ -163,6 +166,7 @@ pub(super) struct Worker {
     pub(super) eof: bool,
 }
 
+/// One of the pool's places for a worker; it outlives the workers that fill it.
 #[derive(Debug, Default)]
 pub(super) struct Slot {
     pub(super) worker: Option<Worker>,
@@ -176,6 +180,7 @@ pub(super) struct Slot {
     pub(super) given_up: bool,
 }
 
+/// What the supervisor and the submitting threads change under `Shared::state`.
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) phase: Phase,
