@@ -540,7 +540,19 @@ impl ProcessError {
     ///
     /// # Examples
     ///
-    /// See [`is_panic`](Self::is_panic).
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn fail(_: ()) {
+    ///     panic!("bad input")
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let err = pool.submit(fail, ())?.get().unwrap_err();
+    /// assert_eq!(err.panic_message(), Some("bad input"));
+    /// assert_eq!(ProcessPool::new(0).unwrap_err().panic_message(), None);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn panic_message(&self) -> Option<&str> {
         match &*self.kind {
             ProcessErrorKind::Panic { message, .. } => Some(message),
@@ -578,7 +590,20 @@ impl ProcessError {
     ///
     /// # Examples
     ///
-    /// See [`is_crash`](Self::is_crash).
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn abort(_: ()) {
+    ///     std::process::abort()
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let err = pool.submit(abort, ())?.get().unwrap_err();
+    /// assert!(err.is_crash());
+    /// assert_eq!(err.signal(), Some(6)); // SIGABRT
+    /// assert_eq!(err.exit_code(), None);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn signal(&self) -> Option<i32> {
         match &*self.kind {
             ProcessErrorKind::Crash {
@@ -593,7 +618,19 @@ impl ProcessError {
     ///
     /// # Examples
     ///
-    /// See [`is_crash`](Self::is_crash).
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn quit(code: i32) {
+    ///     std::process::exit(code)
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let err = pool.submit(quit, 7)?.get().unwrap_err();
+    /// assert_eq!(err.exit_code(), Some(7));
+    /// assert_eq!(err.signal(), None);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn exit_code(&self) -> Option<i32> {
         match &*self.kind {
             ProcessErrorKind::Crash {
@@ -637,7 +674,7 @@ impl ProcessError {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// use parpool::ProcessPool;
     /// use std::time::Duration;
     ///
@@ -717,7 +754,24 @@ impl ProcessError {
     ///
     /// # Examples
     ///
-    /// See [`is_serialization`](Self::is_serialization).
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::ffi::OsString;
+    /// use std::os::unix::ffi::OsStringExt;
+    /// use std::path::PathBuf;
+    ///
+    /// fn exists(path: PathBuf) -> bool {
+    ///     path.exists()
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// // serde serialises a path as a string, so a path that is not UTF-8 does not serialise.
+    /// let not_utf8 = PathBuf::from(OsString::from_vec(vec![0xff]));
+    /// let err = pool.submit(exists, not_utf8).unwrap_err();
+    /// assert!(err.type_name().unwrap().ends_with("PathBuf"));
+    /// assert_eq!(pool.submit(exists, PathBuf::from("/"))?.get()?, true);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn type_name(&self) -> Option<&str> {
         match &*self.kind {
             ProcessErrorKind::Serialization { type_name, .. } => Some(type_name),
@@ -772,7 +826,27 @@ impl ProcessError {
     ///
     /// # Examples
     ///
-    /// See [`ProcessTask::cancel`](crate::process::ProcessTask::cancel).
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use parpool::shm::Value;
+    /// use std::time::Duration;
+    ///
+    /// fn wait_for(go: Value<u32>) {
+    ///     while go.load() == 0 {
+    ///         std::thread::sleep(Duration::from_millis(1));
+    ///     }
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let go = Value::new(0u32)?;
+    /// let running = pool.submit(wait_for, go.clone())?; // holds the only worker
+    /// let queued = pool.submit(wait_for, go.clone())?;
+    /// assert!(queued.cancel());
+    /// assert!(queued.get().unwrap_err().is_cancelled());
+    /// go.store(1);
+    /// running.get()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_cancelled(&self) -> bool {
         matches!(*self.kind, ProcessErrorKind::Cancelled)
     }
@@ -958,7 +1032,20 @@ impl ShmError {
     ///
     /// # Examples
     ///
-    /// See [`Value::lock`](crate::shm::Value::lock).
+    /// ```
+    /// use parpool::shm::Value;
+    ///
+    /// let v = Value::new(0u8)?;
+    /// let w = v.clone();
+    /// std::thread::spawn(move || {
+    ///     let _guard = w.lock().unwrap();
+    ///     panic!("stopped while holding the lock");
+    /// })
+    /// .join()
+    /// .unwrap_err();
+    /// assert!(v.get().unwrap_err().is_poisoned());
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
     pub fn is_poisoned(&self) -> bool {
         matches!(*self.kind, ShmErrorKind::Poisoned)
     }
@@ -967,7 +1054,14 @@ impl ShmError {
     ///
     /// # Examples
     ///
-    /// See [`ShmError`].
+    /// ```
+    /// use parpool::shm::Array;
+    ///
+    /// let a = Array::from_slice(&[1u8])?;
+    /// assert!(a.set(1, 0).unwrap_err().is_out_of_bounds());
+    /// a.set(0, 2)?;
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
     pub fn is_out_of_bounds(&self) -> bool {
         matches!(*self.kind, ShmErrorKind::OutOfBounds { .. })
     }

@@ -111,9 +111,15 @@ fn worker_parent() -> Option<u32> {
 /// # Examples
 ///
 /// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
 /// fn main() {
-///     parpool::process::init();
+///     parpool::process::init(); // in a worker: runs the worker loop and never returns
 ///     // ... the program, which may use a ProcessPool ...
+///     let procs = parpool::ProcessPool::new(1).unwrap();
+///     assert_eq!(procs.map(square, [3]).unwrap(), [9]);
 /// }
 /// # main();
 /// ```

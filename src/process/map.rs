@@ -627,7 +627,19 @@ impl ProcessPool {
     ///
     /// # Examples
     ///
-    /// See [`Imap`].
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn double(x: u32) -> u32 {
+    ///     2 * x
+    /// }
+    ///
+    /// let procs = ProcessPool::new(2)?;
+    /// let mut results = procs.imap(double, 1..=3);
+    /// assert_eq!(results.next().transpose()?, Some(2));
+    /// assert_eq!(results.collect::<Result<Vec<_>, _>>()?, [4, 6]);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn imap<'a, A, R, I>(&'a self, f: fn(A) -> R, items: I) -> Imap<'a, R>
     where
         I: IntoIterator<Item = A>,
@@ -644,7 +656,19 @@ impl ProcessPool {
     ///
     /// # Examples
     ///
-    /// See [`ImapUnordered`].
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn double(x: u32) -> u32 {
+    ///     2 * x
+    /// }
+    ///
+    /// let procs = ProcessPool::new(2)?;
+    /// let mut v = procs.imap_unordered(double, 1..=3).collect::<Result<Vec<_>, _>>()?;
+    /// v.sort_unstable(); // completion order, not input order
+    /// assert_eq!(v, [2, 4, 6]);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn imap_unordered<'a, A, R, I>(&'a self, f: fn(A) -> R, items: I) -> ImapUnordered<'a, R>
     where
         I: IntoIterator<Item = A>,

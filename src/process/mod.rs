@@ -163,6 +163,7 @@ impl ProcessPool {
     ///     .max_tasks_per_child(1000)
     ///     .task_timeout(Duration::from_secs(60))
     ///     .build()?;
+    /// assert_eq!(procs.processes(), 2);
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
     pub fn builder() -> ProcessPoolBuilder {
@@ -173,7 +174,13 @@ impl ProcessPool {
     ///
     /// # Examples
     ///
-    /// See [`new`](Self::new).
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// let procs = ProcessPool::builder().processes(3).build()?;
+    /// assert_eq!(procs.processes(), 3);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn processes(&self) -> usize {
         self.shared.config().processes
     }
@@ -239,7 +246,20 @@ impl ProcessPool {
     ///
     /// # Examples
     ///
-    /// See [`ProcessError::is_closed`].
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn id(x: u8) -> u8 {
+    ///     x
+    /// }
+    ///
+    /// let procs = ProcessPool::new(1)?;
+    /// let before = procs.submit(id, 5)?;
+    /// procs.close();
+    /// assert!(procs.submit(id, 6).unwrap_err().is_closed());
+    /// assert_eq!(before.get()?, 5); // submitted before `close`: it still runs
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn close(&self) {
         self.shared.close();
     }
@@ -379,6 +399,7 @@ fn encode_argument<A: Serialize + ?Sized>(
 /// }
 ///
 /// let procs = ProcessPool::builder().processes(2).initializer(setup).build()?;
+/// assert_eq!(procs.processes(), 2);
 /// # Ok::<(), parpool::ProcessError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -410,7 +431,14 @@ impl ProcessPoolBuilder {
     ///
     /// # Examples
     ///
-    /// See [`ProcessPoolBuilder`].
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// assert_eq!(ProcessPool::builder().processes(1).build()?.processes(), 1);
+    /// let err = ProcessPool::builder().processes(0).build().unwrap_err();
+    /// assert!(err.is_invalid_argument());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn processes(mut self, processes: usize) -> Self {
         self.processes = Some(processes);
         self
@@ -446,7 +474,28 @@ impl ProcessPoolBuilder {
     ///
     /// # Examples
     ///
-    /// See [`ProcessError::is_task_timeout`].
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// fn hang(_: ()) {
+    ///     loop {
+    ///         std::thread::sleep(Duration::from_secs(1));
+    ///     }
+    /// }
+    ///
+    /// fn id(x: u8) -> u8 {
+    ///     x
+    /// }
+    ///
+    /// let procs = ProcessPool::builder()
+    ///     .processes(1)
+    ///     .task_timeout(Duration::from_millis(100))
+    ///     .build()?;
+    /// assert!(procs.submit(hang, ())?.get().unwrap_err().is_task_timeout());
+    /// assert_eq!(procs.submit(id, 7)?.get()?, 7); // a new worker took the slot
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.config.task_timeout = Some(timeout);
         self
@@ -458,7 +507,25 @@ impl ProcessPoolBuilder {
     ///
     /// # Examples
     ///
-    /// See [`ProcessPoolBuilder`] and [`ProcessError::is_startup`].
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    ///
+    /// static SET_UP: AtomicBool = AtomicBool::new(false);
+    ///
+    /// fn setup() {
+    ///     SET_UP.store(true, Ordering::Relaxed);
+    /// }
+    ///
+    /// fn was_set_up(_: ()) -> bool {
+    ///     SET_UP.load(Ordering::Relaxed)
+    /// }
+    ///
+    /// let procs = ProcessPool::builder().processes(1).initializer(setup).build()?;
+    /// assert!(procs.submit(was_set_up, ())?.get()?);
+    /// assert!(!SET_UP.load(Ordering::Relaxed)); // it ran in the worker, not here
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn initializer(mut self, initializer: fn()) -> Self {
         self.config.initializer = Some(initializer);
         self
@@ -473,10 +540,23 @@ impl ProcessPoolBuilder {
     /// use parpool::ProcessPool;
     /// use std::time::Duration;
     ///
+    /// fn slow_setup() {
+    ///     std::thread::sleep(Duration::from_secs(60));
+    /// }
+    ///
     /// let procs = ProcessPool::builder()
     ///     .processes(1)
     ///     .startup_timeout(Duration::from_secs(5))
     ///     .build()?;
+    /// assert_eq!(procs.processes(), 1);
+    ///
+    /// let err = ProcessPool::builder()
+    ///     .processes(1)
+    ///     .initializer(slow_setup)
+    ///     .startup_timeout(Duration::from_millis(200))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.is_startup());
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
@@ -494,7 +574,13 @@ impl ProcessPoolBuilder {
     ///
     /// # Examples
     ///
-    /// See [`ProcessPoolBuilder`].
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// let procs = ProcessPool::builder().processes(2).build()?;
+    /// assert_eq!(procs.pids().len(), 2); // every worker is ready when `build` returns
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn build(&self) -> Result<ProcessPool, ProcessError> {
         let mut config = self.config.clone();
         config.processes = self

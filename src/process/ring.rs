@@ -73,7 +73,10 @@ pub(crate) const CAPACITY: usize = 256 * 1024;
 /// ring never has to wait for one result to be consumed in pieces.
 pub(crate) const MAX_RECORD: usize = CAPACITY / 4;
 
-/// How long a worker sleeps at most, per round, waiting for room.
+/// How long a worker sleeps at most, per round, waiting for room. The parent's `FUTEX_WAKE`
+/// ends the wait normally; this only bounds the stall should a wake-up be lost. Not
+/// measured: long enough that a worker waiting on a busy parent does not spin, short
+/// enough that a lost wake-up costs little.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
 /// Where the data starts.
@@ -168,6 +171,8 @@ impl Ring {
         h.tail.store(tail + record.len() as u64, Ordering::Release);
         // SeqCst fence: the worker's half of the Dekker handshake (see the module docs).
         fence(Ordering::SeqCst);
+        // Only a swap that takes the flag from 1 rings: one doorbell per sleep. AcqRel: pairs
+        // with the SeqCst store of 1 in `arm`.
         if h.parent_sleeping.load(Ordering::Relaxed) != 0
             && h.parent_sleeping.swap(0, Ordering::AcqRel) != 0
         {
@@ -185,15 +190,23 @@ impl Ring {
         let h = self.header();
         let room = |head: u64| CAPACITY as u64 - (tail - head) >= len as u64;
         loop {
+            // SeqCst: the futex word is read before the room check. `take` bumps it after it
+            // moves `head`, so either this load sees the bump, and with it the new `head`, or
+            // the futex wait below returns at once.
             let seen = h.consumed.load(Ordering::SeqCst);
+            // Acquire: pairs with the Release store of `head` in `take`: the parent copied
+            // those bytes out before it freed their room.
             if room(h.head.load(Ordering::Acquire)) {
                 return Ok(());
             }
             // The ring is not empty, so the parent will not go to sleep on it; but it may be
-            // asleep already if it has not seen our last record.
+            // asleep already if it has not seen our last record. (AcqRel as in `publish`.)
             if h.parent_sleeping.swap(0, Ordering::AcqRel) != 0 {
                 doorbell()?;
             }
+            // SeqCst store, then SeqCst load: announce the wait, then check once more. `take`
+            // moves `head` before it reads this flag (SeqCst), so it wakes us or we see the
+            // room; `seen` above covers a bump that lands in between.
             h.worker_waiting.store(1, Ordering::SeqCst);
             if room(h.head.load(Ordering::SeqCst)) {
                 h.worker_waiting.store(0, Ordering::Relaxed);
@@ -211,8 +224,9 @@ impl Ring {
     /// pending: then the parent must not sleep.
     pub(crate) fn arm(&self) -> bool {
         let h = self.header();
+        // SeqCst store, fence and load of `tail`: the parent's half of the Dekker handshake
+        // with `publish` (see the module docs). Only the parent writes `head`.
         h.parent_sleeping.store(1, Ordering::SeqCst);
-        // SeqCst fence: the parent's half of the Dekker handshake (see the module docs).
         fence(Ordering::SeqCst);
         h.tail.load(Ordering::SeqCst) != h.head.load(Ordering::Relaxed)
     }
@@ -220,6 +234,7 @@ impl Ring {
     /// Whether records wait to be taken (parent side).
     pub(crate) fn pending(&self) -> bool {
         let h = self.header();
+        // Acquire: pairs with the worker's Release store of `tail`, as in `take`.
         h.tail.load(Ordering::Acquire) != h.head.load(Ordering::Relaxed)
     }
 
@@ -266,6 +281,9 @@ impl Ring {
         }
         // Release: the copy above is done before the worker may reuse the room.
         h.head.store(tail, Ordering::Release);
+        // SeqCst: bump the futex word, then read whether the worker waits; pairs with the
+        // worker's SeqCst load of `consumed`, store of `worker_waiting` and load of `head` in
+        // `wait_for_room`.
         h.consumed.fetch_add(1, Ordering::SeqCst);
         if h.worker_waiting.load(Ordering::SeqCst) != 0 {
             let _ = futex::wake(&h.consumed, futex::Flags::empty(), 1);

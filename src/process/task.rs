@@ -119,6 +119,8 @@ impl TaskSlot {
 
     /// Claims the job for sending. `false` when it was cancelled.
     fn start(&self) -> bool {
+        // AcqRel: pairs with the CAS in `cancel`, the other way out of QUEUED: one of them
+        // wins. No data is handed over here (the outcome's hand-over is `complete`'s).
         self.state
             .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -136,18 +138,21 @@ impl TaskSlot {
 
     /// Returns a started job to the queued state (its worker died before running it).
     fn requeue(&self) {
+        // AcqRel: as in `start`, whose transition this undoes.
         let _ = self
             .state
             .compare_exchange(STARTED, QUEUED, Ordering::AcqRel, Ordering::Acquire);
     }
 
     fn is_cancelled(&self) -> bool {
+        // Acquire: pairs with the CAS in `cancel`.
         self.state.load(Ordering::Acquire) == CANCELLED
     }
 
     /// Stores the outcome and wakes the waiter, unless the job was cancelled.
     fn complete(&self, outcome: Outcome) {
         let mut result = lock(&self.result);
+        // Acquire: pairs with the CAS in `cancel`; a cancelled or done job takes no outcome.
         let state = self.state.load(Ordering::Acquire);
         if state == CANCELLED || state == DONE {
             return;
@@ -169,6 +174,8 @@ impl TaskSlot {
     }
 
     fn cancel(&self) -> bool {
+        // AcqRel: pairs with the CAS in `start` and the loads in `complete` and
+        // `is_finished`: either the job leaves QUEUED here or it is sent.
         let won = self
             .state
             .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
@@ -182,6 +189,8 @@ impl TaskSlot {
     }
 
     fn is_finished(&self) -> bool {
+        // Acquire: pairs with the Release CAS in `complete` (a waiter that sees DONE sees the
+        // outcome) and with the CAS in `cancel`.
         matches!(self.state.load(Ordering::Acquire), DONE | CANCELLED)
     }
 
@@ -243,6 +252,14 @@ impl TaskSlot {
 }
 
 /// The completion queue of a `map`/`imap` call: chunk outcomes in completion order.
+///
+/// # Memory ordering
+///
+/// `complete` pushes an outcome onto `done` under its lock, then increments `completed` with
+/// `Release`; `take` spins on `completed` with `Acquire` before it takes the lock, so the
+/// count it waits for means the outcome is queued. `abandoned` is a `Relaxed` flag: a chunk
+/// sent before the dispatcher sees it is only wasted work, its outcome dropped in
+/// `complete`.
 #[derive(Debug)]
 pub(crate) struct Batch {
     done: Mutex<VecDeque<(usize, Outcome)>>,
@@ -281,6 +298,7 @@ impl Batch {
     /// Waits for the next completed chunk. `taken` counts the chunks taken so far (the
     /// caller's counter, used to spin without the lock).
     pub(crate) fn take(&self, taken: &mut usize) -> (usize, Outcome) {
+        // Acquire: pairs with the Release increment in `complete`.
         spin_until(SPIN, || self.completed.load(Ordering::Acquire) > *taken);
         let mut done = lock(&self.done);
         loop {
@@ -402,7 +420,26 @@ impl<R> ProcessTask<R> {
     ///
     /// # Examples
     ///
-    /// See [`ProcessTask`].
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use parpool::shm::Value;
+    /// use std::time::Duration;
+    ///
+    /// fn wait_for(go: Value<u32>) {
+    ///     while go.load() == 0 {
+    ///         std::thread::sleep(Duration::from_millis(1));
+    ///     }
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let go = Value::new(0u32)?;
+    /// let task = pool.submit(wait_for, go.clone())?;
+    /// assert!(!task.is_ready());
+    /// go.store(1);
+    /// task.wait();
+    /// assert!(task.is_ready());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_ready(&self) -> bool {
         self.slot.is_finished()
     }
@@ -411,7 +448,20 @@ impl<R> ProcessTask<R> {
     ///
     /// # Examples
     ///
-    /// See [`ProcessTask`].
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn double(x: u64) -> u64 {
+    ///     2 * x
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let task = pool.submit(double, 21)?;
+    /// task.wait();
+    /// assert!(task.is_ready());
+    /// assert_eq!(task.get()?, 42);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn wait(&self) {
         self.wait_until(None);
     }
@@ -457,9 +507,26 @@ impl<R: DeserializeOwned> ProcessTask<R> {
     /// not deserialise, a cancellation, or a pool terminated before the job ran. See
     /// [`ProcessError`].
     ///
+    /// # Panics
+    ///
+    /// When [`get_timeout`](Self::get_timeout) already returned the job's result (or
+    /// failure): the result is moved out once.
+    ///
     /// # Examples
     ///
-    /// See [`ProcessTask`].
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn half(x: u64) -> u64 {
+    ///     assert!(x % 2 == 0, "odd");
+    ///     x / 2
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// assert_eq!(pool.submit(half, 8)?.get()?, 4);
+    /// assert!(pool.submit(half, 7)?.get().unwrap_err().is_panic());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
     pub fn get(self) -> Result<R, ProcessError> {
         self.wait_until(None);
         self.slot.take()?.decode()
@@ -510,6 +577,7 @@ impl<R: DeserializeOwned> ProcessTask<R> {
 
 impl<R> fmt::Debug for ProcessTask<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Acquire, as in `is_finished`; only a snapshot to print.
         let state = match self.slot.state.load(Ordering::Acquire) {
             QUEUED => "queued",
             STARTED => "started",

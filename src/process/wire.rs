@@ -83,7 +83,8 @@ pub(crate) const HEADER_LEN: usize = 16;
 
 /// The most file descriptors one `sendmsg` (one frame, or one batch of job frames) may carry.
 /// The receive buffer for ancillary data is sized for this many; a job argument or result
-/// that names more shared-memory segments than this is refused.
+/// that names more shared-memory segments than this is refused. Linux accepts up to 253
+/// (`SCM_MAX_FD`) per message; 64 keeps that buffer small.
 pub(crate) const MAX_FDS: usize = 64;
 
 /// The largest body a frame may carry (the length field is a `u32`).

@@ -50,7 +50,14 @@ impl<T: Pod> Array<T> {
     ///
     /// # Examples
     ///
-    /// See [`Array`].
+    /// ```
+    /// use parpool::shm::Array;
+    ///
+    /// let a = Array::from_slice(&[1.5f64, -2.0])?;
+    /// assert_eq!(a.len(), 2);
+    /// assert_eq!(a.get(1)?, -2.0);
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
     pub fn from_slice(values: &[T]) -> Result<Self, ShmError> {
         let block = Block::create(values.len(), |data| {
             // SAFETY: `create` hands out the data area, valid and aligned for `len` values,
@@ -101,7 +108,13 @@ impl<T: Pod> Array<T> {
     ///
     /// # Examples
     ///
-    /// See [`len`](Self::len).
+    /// ```
+    /// use parpool::shm::Array;
+    ///
+    /// assert!(Array::<u8>::zeroed(0)?.is_empty());
+    /// assert!(!Array::from_slice(&[0u8])?.is_empty());
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.block.len == 0
     }
@@ -112,6 +125,10 @@ impl<T: Pod> Array<T> {
     ///
     /// `index >= len()` ([`is_out_of_bounds`](ShmError::is_out_of_bounds)); a poisoned
     /// lock ([`is_poisoned`](ShmError::is_poisoned)).
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (see [`lock`](Self::lock)).
     ///
     /// # Examples
     ///
@@ -134,6 +151,10 @@ impl<T: Pod> Array<T> {
     ///
     /// `index >= len()` ([`is_out_of_bounds`](ShmError::is_out_of_bounds)); a poisoned
     /// lock ([`is_poisoned`](ShmError::is_poisoned)). Nothing was written.
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (see [`lock`](Self::lock)).
     ///
     /// # Examples
     ///
@@ -166,9 +187,22 @@ impl<T: Pod> Array<T> {
     ///
     /// A poisoned lock ([`is_poisoned`](ShmError::is_poisoned)).
     ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (see [`lock`](Self::lock)).
+    ///
     /// # Examples
     ///
-    /// See [`zeroed`](Self::zeroed).
+    /// ```
+    /// use parpool::shm::Array;
+    ///
+    /// let a = Array::from_slice(&[3u32, 1, 2])?;
+    /// let mut v = a.to_vec()?;
+    /// v.sort_unstable(); // a copy: the shared array keeps its order
+    /// assert_eq!(v, [1, 2, 3]);
+    /// assert_eq!(a.to_vec()?, [3, 1, 2]);
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
     pub fn to_vec(&self) -> Result<Vec<T>, ShmError> {
         Ok(self.lock()?.to_vec())
     }
@@ -211,11 +245,20 @@ impl<T: Pod> Array<T> {
     /// # Examples
     ///
     /// ```
+    /// use parpool::ProcessPool;
     /// use parpool::shm::Array;
     ///
+    /// fn die_holding(a: Array<u8>) {
+    ///     let _guard = a.lock().unwrap();
+    ///     std::process::exit(1); // the worker dies with the lock held
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
     /// let a = Array::from_slice(&[1u8])?;
     /// assert!(!a.is_poisoned());
-    /// # Ok::<(), parpool::ShmError>(())
+    /// assert!(pool.submit(die_holding, a.clone())?.get().unwrap_err().is_crash());
+    /// assert!(a.is_poisoned());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_poisoned(&self) -> bool {
         self.block.lock().is_poisoned()
@@ -225,7 +268,24 @@ impl<T: Pod> Array<T> {
     ///
     /// # Examples
     ///
-    /// See [`Value::lock`](super::Value::lock).
+    /// ```
+    /// use parpool::shm::Array;
+    ///
+    /// let a = Array::from_slice(&[1u8, 2])?;
+    /// let b = a.clone();
+    /// std::thread::spawn(move || {
+    ///     let mut data = b.lock().unwrap();
+    ///     data[0] = 10;
+    ///     panic!("stopped half-way");
+    /// })
+    /// .join()
+    /// .unwrap_err();
+    /// assert!(a.to_vec().unwrap_err().is_poisoned());
+    /// a.clear_poison();
+    /// assert!(!a.is_poisoned());
+    /// assert_eq!(a.to_vec()?, [10, 2]); // the half-done update stays
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
     pub fn clear_poison(&self) {
         self.block.lock().clear_poison();
     }
@@ -261,6 +321,21 @@ impl<'de, T: Pod> Deserialize<'de> for Array<T> {
 
 /// The lock of an [`Array`], held: derefs to the elements. Unlocks when dropped (and poisons
 /// the lock if the thread is panicking).
+///
+/// # Examples
+///
+/// ```
+/// use parpool::shm::Array;
+///
+/// let a = Array::from_slice(&[1i32, 2, 3])?;
+/// {
+///     let mut guard = a.lock()?;
+///     guard.reverse();
+///     assert_eq!(*guard, [3, 2, 1]);
+/// } // unlocked here
+/// assert_eq!(a.to_vec()?, [3, 2, 1]);
+/// # Ok::<(), parpool::ShmError>(())
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArrayGuard<'a, T: Pod> {
     array: &'a Array<T>,

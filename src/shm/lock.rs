@@ -28,6 +28,12 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The lock as laid out in shared memory.
+///
+/// # Memory ordering
+///
+/// The data behind the lock is ordered by the mutex. `poisoned` is stored with `Release`
+/// and loaded with `Acquire`: most accesses happen with the mutex held, which orders them
+/// anyway, but `is_poisoned` reads it and `clear_poison` writes it without holding it.
 #[repr(C)]
 pub(crate) struct SharedLock {
     /// 1 when poisoned.
@@ -120,6 +126,7 @@ impl SharedLock {
         // SAFETY: the mutex was initialised by `init` when its segment was created, and its
         // memory lives as long as `self`.
         let rc = unsafe { libc::pthread_mutex_lock(self.mutex.get()) };
+        // Acquire: pairs with the Release stores in `poison` and `clear_poison`.
         match rc {
             0 if self.poisoned.load(Ordering::Acquire) != 0 => Acquired::Poisoned,
             0 => Acquired::Clean,
@@ -157,6 +164,8 @@ impl SharedLock {
     /// Whether the lock is poisoned, or its holder died and nobody locked it since (then
     /// this marks it poisoned, as the next `lock` would).
     pub(crate) fn is_poisoned(&self) -> bool {
+        // Acquire (here and below): pairs with the Release stores in `poison` and
+        // `clear_poison`.
         if self.poisoned.load(Ordering::Acquire) != 0 {
             return true;
         }
@@ -183,6 +192,7 @@ impl SharedLock {
     /// Ends the poisoned state (including a death nobody has noticed yet).
     pub(crate) fn clear_poison(&self) {
         self.is_poisoned();
+        // Release: pairs with the Acquire loads in `lock` and `is_poisoned`.
         self.poisoned.store(0, Ordering::Release);
     }
 }

@@ -138,6 +138,21 @@ pub unsafe trait Pod: Copy + Send + Sync + 'static {
 /// Integer types, which a [`Value`] can update without its lock
 /// ([`fetch_add`](Value::fetch_add) and friends). Sealed: implemented for the primitive
 /// integers up to 64 bits.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::shm::{AtomicInt, Value};
+///
+/// fn bump<T: AtomicInt>(v: &Value<T>, by: T) -> T {
+///     v.fetch_add(by)
+/// }
+///
+/// let v = Value::new(1i32)?;
+/// assert_eq!(bump(&v, 2), 1);
+/// assert_eq!(v.load(), 3);
+/// # Ok::<(), parpool::ShmError>(())
+/// ```
 pub trait AtomicInt: Pod + sealed::Atomic {}
 
 mod sealed {
@@ -189,6 +204,8 @@ macro_rules! atomic_ints {
             }
         }
 
+        // SeqCst throughout: `Value`'s lock-free operations are documented as sequentially
+        // consistent; they pair with whatever other threads and processes do to the value.
         impl sealed::Atomic for $int {
             unsafe fn fetch_add(ptr: *mut Self, value: Self) -> Self {
                 // SAFETY: the caller's contract.

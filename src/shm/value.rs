@@ -75,9 +75,19 @@ impl<T: Pod> Value<T> {
     /// The lock is poisoned ([`is_poisoned`](ShmError::is_poisoned)): read it through
     /// [`lock`](Self::lock) to see it anyway.
     ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (see [`lock`](Self::lock)).
+    ///
     /// # Examples
     ///
-    /// See [`new`](Self::new).
+    /// ```
+    /// use parpool::shm::Value;
+    ///
+    /// let v = Value::new(7u16)?;
+    /// assert_eq!(v.get()?, 7);
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
     pub fn get(&self) -> Result<T, ShmError> {
         Ok(*self.lock()?)
     }
@@ -87,6 +97,10 @@ impl<T: Pod> Value<T> {
     /// # Errors
     ///
     /// The lock is poisoned ([`is_poisoned`](ShmError::is_poisoned)); nothing was written.
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (see [`lock`](Self::lock)).
     ///
     /// # Examples
     ///
@@ -109,6 +123,11 @@ impl<T: Pod> Value<T> {
     /// # Errors
     ///
     /// The lock is poisoned ([`is_poisoned`](ShmError::is_poisoned)); `f` did not run.
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock, e.g. when `f` calls a locking method of the same
+    /// value (see [`lock`](Self::lock)).
     ///
     /// # Examples
     ///
@@ -183,7 +202,23 @@ impl<T: Pod> Value<T> {
     ///
     /// # Examples
     ///
-    /// See [`lock`](Self::lock).
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use parpool::shm::Value;
+    ///
+    /// fn die_holding(v: Value<u64>) {
+    ///     let _guard = v.lock().unwrap();
+    ///     std::process::exit(1); // the worker dies with the lock held
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let v = Value::new(5u64)?;
+    /// assert!(!v.is_poisoned());
+    /// assert!(pool.submit(die_holding, v.clone())?.get().unwrap_err().is_crash());
+    /// assert!(v.is_poisoned());
+    /// assert_eq!(*v.lock().unwrap_or_else(|e| e.into_inner()), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_poisoned(&self) -> bool {
         self.block.lock().is_poisoned()
     }
@@ -192,7 +227,23 @@ impl<T: Pod> Value<T> {
     ///
     /// # Examples
     ///
-    /// See [`lock`](Self::lock).
+    /// ```
+    /// use parpool::shm::Value;
+    ///
+    /// let v = Value::new(1u32)?;
+    /// let w = v.clone();
+    /// std::thread::spawn(move || {
+    ///     let mut guard = w.lock().unwrap();
+    ///     *guard = 2;
+    ///     panic!("after the update");
+    /// })
+    /// .join()
+    /// .unwrap_err();
+    /// assert!(v.is_poisoned());
+    /// v.clear_poison();
+    /// assert_eq!(v.get()?, 2);
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
     pub fn clear_poison(&self) {
         self.block.lock().clear_poison();
     }
@@ -221,6 +272,10 @@ impl<T: AtomicInt> Value<T> {
     /// Stores `new` if the value is `current`, atomically, without the lock. Returns the
     /// previous value: `Ok` if it was `current`, else `Err`. Sequentially consistent.
     ///
+    /// # Errors
+    ///
+    /// `Err(previous)` when the value was not `current`; nothing was stored.
+    ///
     /// # Examples
     ///
     /// ```
@@ -240,7 +295,14 @@ impl<T: AtomicInt> Value<T> {
     ///
     /// # Examples
     ///
-    /// See [`fetch_add`](Self::fetch_add).
+    /// ```
+    /// use parpool::shm::Value;
+    ///
+    /// let v = Value::new(41u64)?;
+    /// v.fetch_add(1);
+    /// assert_eq!(v.load(), 42);
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
     pub fn load(&self) -> T {
         // SAFETY: as in `fetch_add`.
         unsafe { T::load(self.block.data()) }
@@ -301,6 +363,21 @@ impl<'de, T: Pod> Deserialize<'de> for Value<T> {
 ///
 /// The guard works on a copy of the value, written back when it drops: a process that dies
 /// while holding it leaves the old value whole.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::shm::Value;
+///
+/// let v = Value::new([0u8; 4])?;
+/// {
+///     let mut guard = v.lock()?;
+///     guard[0] = 1;
+///     guard[3] = 4;
+/// } // written back and unlocked here
+/// assert_eq!(v.get()?, [1, 0, 0, 4]);
+/// # Ok::<(), parpool::ShmError>(())
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ValueGuard<'a, T: Pod> {
     value: &'a Value<T>,

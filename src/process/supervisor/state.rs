@@ -1,14 +1,6 @@
-//! The parent side of a process pool: the job queue, dispatch with a per-worker credit
-//! window, crash and timeout detection, respawning, and shutdown.
-//!
-//! # Threads
-//!
-//! Each pool has one **supervisor thread**. It spawns every worker (a worker's parent-death
-//! signal fires when the thread that spawned it exits, so that thread must live as long as
-//! the pool), and it waits in `epoll` on, per worker, the socket (results) and a pidfd
-//! (death), plus an eventfd that other threads write to wake it. Threads that submit work
-//! send job frames themselves, under the state lock, without waking the supervisor: a
-//! `submit` + `get` costs the two process wake-ups of a round trip and nothing more.
+//! The per-pool state behind the supervisor's lock: the job queue, the worker slots,
+//! dispatch with a per-worker credit window, results, crash and timeout detection, and the
+//! steps of shutdown (see the [parent module](super) for the threads and for shutdown).
 //!
 //! # Dispatch and the credit window
 //!
@@ -41,42 +33,25 @@
 //! sends `SIGKILL` through the pidfd and marks why, and the death is handled as above. A
 //! worker that does not finish its handshake within the startup timeout is killed too, and
 //! counts as a failure to start.
-//!
-//! # Failure to start
-//!
-//! While the pool is being built, any worker that fails to start fails the build: the others
-//! are killed and `new`/`build` returns the error. Later, a slot whose replacement fails
-//! [`MAX_START_ATTEMPTS`] times in a row stays empty; when no slot has or can get a worker,
-//! queued and future jobs fail with the startup error.
-//!
-//! # Shutdown
-//!
-//! `close` (and `join`, and `Drop`, which call it) stops new submissions; the queue still
-//! drains. Once no job is queued or running, the supervisor shuts down the write side of
-//! every socket; each worker reads EOF and exits with status 0; the supervisor reaps it (and
-//! kills one that is still alive after [`EXIT_GRACE`]). When every slot is empty the
-//! supervisor thread returns, and `join` returns after it. `terminate` instead kills every
-//! worker at once and fails every queued and running job with a "closed" error.
 
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
-use rustix::event::{EventfdFlags, Timespec, eventfd};
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::Signal;
 
-use super::bootstrap;
-use super::ring::Ring;
-use super::task::{Outcome, Reply, Sink};
-use super::wire::{self, Fill, FrameReader, Kind, Outbox, SharedFd};
+use super::{JobSpec, Shared, Source, token};
 use crate::ProcessError;
 use crate::error::{ExitStatus, SerdeStage};
-use crate::shm::segment::{Holder, Segment, SegmentId};
+use crate::process::bootstrap;
+use crate::process::ring::Ring;
+use crate::process::task::{Outcome, Reply};
+use crate::process::wire::{self, Kind, Outbox, SharedFd};
+use crate::shm::segment::{Segment, SegmentId};
 
 /// About how much work, in time, a worker may hold. The credit is
 /// `ceil(CREDIT_TARGET / average job duration)`: 500 µs lets one-item jobs of a few µs fill
@@ -85,72 +60,41 @@ use crate::shm::segment::{Holder, Segment, SegmentId};
 /// a second slot so the round trip (50–85 µs here) overlaps with work, and gives jobs of
 /// 500 µs or more a credit of 1: a job never waits behind a long one while another worker
 /// idles.
-pub(crate) const CREDIT_TARGET: Duration = Duration::from_micros(500);
+const CREDIT_TARGET: Duration = Duration::from_micros(500);
 
 /// The smallest credit: the job a worker runs. A fresh pool starts here (its estimate of a
 /// job's duration starts at `CREDIT_TARGET`) and deepens the window as short jobs come back.
-pub(crate) const MIN_CREDIT: usize = 1;
+const MIN_CREDIT: usize = 1;
 
 /// The largest credit. 64 one-item jobs of the `map` benchmark keep a worker busy through a
 /// supervisor wake-up; more only adds jobs to requeue when a worker dies.
-pub(crate) const MAX_CREDIT: usize = 64;
+const MAX_CREDIT: usize = 64;
 
 /// How long a worker may take to exit after its socket was shut down (or after it closed
 /// its end), before it is killed. Idle workers exit within a millisecond; a second leaves
 /// room for `atexit` work on a loaded machine.
-pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(1);
+pub(super) const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// The most jobs sent in one `sendmsg`: two iovecs each, well under `IOV_MAX` (1024).
-pub(crate) const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 256;
 
-/// Consecutive failures to start a replacement worker before a slot gives up.
-pub(crate) const MAX_START_ATTEMPTS: u32 = 3;
+/// About how many jobs the moving average of job durations spans: each finished job moves
+/// it `1 / JOB_AVERAGE_SPAN` of the way to its own duration. Not measured: short enough
+/// that the credit follows a change in job size within a few dozen jobs, long enough that
+/// one odd job does not swing it.
+const JOB_AVERAGE_SPAN: f64 = 8.0;
 
-/// The default time a worker has to start: spawn, handshake, and initializer. Spawning the
-/// executable takes about a millisecond; 30 s leaves room for slow initializers and for
-/// heavily loaded CI machines, while still turning a worker that never starts into an
-/// error.
-pub(crate) const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The epoll token of the eventfd.
-const WAKER_TOKEN: u64 = u64::MAX;
-
-/// Settings of a pool, fixed at build time.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) processes: usize,
-    pub(crate) max_tasks_per_child: Option<u64>,
-    pub(crate) task_timeout: Option<Duration>,
-    pub(crate) initializer: Option<fn()>,
-    pub(crate) startup_timeout: Duration,
-}
-
-/// The function a job runs, named by offsets from the anchor (see `bootstrap`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Call {
-    pub(crate) trampoline: i64,
-    pub(crate) function: i64,
-}
-
-/// A job as submitted: what to run, its encoded argument, and where its outcome goes.
+/// A job in the queue or sent to a worker: its id (the tag of its Job and Result frames)
+/// and what was submitted.
 #[derive(Debug)]
-pub(crate) struct JobSpec {
-    pub(crate) call: Call,
-    pub(crate) payload: Vec<u8>,
-    /// Shared-memory segments the argument names; kept alive until the job is answered.
-    pub(crate) segments: Vec<Arc<Segment>>,
-    pub(crate) sink: Sink,
-}
-
-#[derive(Debug)]
-struct Job {
-    id: u64,
-    spec: JobSpec,
+pub(super) struct Job {
+    pub(super) id: u64,
+    pub(super) spec: JobSpec,
 }
 
 /// What the pool is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     /// `new`/`build` waits for the first workers.
     Starting,
     /// Accepting jobs.
@@ -165,7 +109,7 @@ enum Phase {
 
 /// How far a worker got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
+pub(super) enum Stage {
     /// Spawned; waiting for its Hello.
     Hello,
     /// Sent Init; waiting for Ready.
@@ -178,7 +122,7 @@ enum Stage {
 
 /// Why the supervisor killed a worker (decides how its running job fails).
 #[derive(Debug)]
-enum Killed {
+pub(super) enum Killed {
     /// Its job ran past the task timeout.
     Timeout,
     /// It did not start properly; the message says why.
@@ -189,306 +133,84 @@ enum Killed {
     Terminate,
 }
 
+/// A worker process, as the supervisor sees it.
 #[derive(Debug)]
-struct Worker {
-    pid: u32,
-    child: Child,
-    pidfd: OwnedFd,
-    socket: Arc<OwnedFd>,
+pub(super) struct Worker {
+    pub(super) pid: u32,
+    pub(super) child: Child,
+    pub(super) pidfd: OwnedFd,
+    pub(super) socket: Arc<OwnedFd>,
     /// Where the worker publishes small results.
-    ring: Arc<Ring>,
-    stage: Stage,
+    pub(super) ring: Arc<Ring>,
+    pub(super) stage: Stage,
     /// Startup deadline, or the deadline to exit after EOF or shutdown.
-    deadline: Option<Instant>,
+    pub(super) deadline: Option<Instant>,
     /// Sent and not yet answered, in send order; the front one is running.
-    inflight: VecDeque<Job>,
+    pub(super) inflight: VecDeque<Job>,
     /// Results that arrived before the result of an earlier job (a large result on the
     /// socket can be overtaken by a later small one in the ring), by job id.
-    early: Vec<(u64, Outcome)>,
+    pub(super) early: Vec<(u64, Outcome)>,
     /// When the front job started, as far as the parent knows.
-    front_since: Instant,
-    outbox: Outbox,
+    pub(super) front_since: Instant,
+    pub(super) outbox: Outbox,
     /// EPOLLOUT is registered because the outbox holds bytes.
-    out_armed: bool,
+    pub(super) out_armed: bool,
     /// Jobs this worker may still be sent (`max_tasks_per_child`).
-    jobs_left: u64,
+    pub(super) jobs_left: u64,
     /// Shared-memory segments whose descriptor this worker was sent (it keeps them until a
     /// `Release`).
-    sent: HashSet<SegmentId>,
-    killed: Option<Killed>,
+    pub(super) sent: HashSet<SegmentId>,
+    pub(super) killed: Option<Killed>,
     /// What a worker that failed to start said about it.
-    startup_message: Option<String>,
-    eof: bool,
+    pub(super) startup_message: Option<String>,
+    pub(super) eof: bool,
 }
 
+/// One of the pool's places for a worker; it outlives the workers that fill it.
 #[derive(Debug, Default)]
-struct Slot {
-    worker: Option<Worker>,
+pub(super) struct Slot {
+    pub(super) worker: Option<Worker>,
     /// Bumped for every new worker; part of the epoll tokens, so events of a dead worker
     /// are not taken for its replacement's.
-    generation: u32,
-    start_failures: u32,
+    pub(super) generation: u32,
+    pub(super) start_failures: u32,
     /// The supervisor is spawning a worker for this slot.
-    spawning: bool,
+    pub(super) spawning: bool,
     /// Gave up after `MAX_START_ATTEMPTS` failures.
-    given_up: bool,
+    pub(super) given_up: bool,
 }
 
+/// What the supervisor and the submitting threads change under `Shared::state`.
 #[derive(Debug)]
-struct State {
-    phase: Phase,
-    queue: VecDeque<Job>,
-    slots: Vec<Slot>,
-    next_id: u64,
+pub(super) struct State {
+    pub(super) phase: Phase,
+    pub(super) queue: VecDeque<Job>,
+    pub(super) slots: Vec<Slot>,
+    pub(super) next_id: u64,
     /// Moving average of job durations, in nanoseconds (for the credit).
     job_nanos: f64,
     /// A startup error: fails the build while Starting; afterwards the pool is broken.
-    failure: Option<ProcessError>,
+    pub(super) failure: Option<ProcessError>,
     /// Round-robin start for picking among equally loaded workers.
     next_pick: usize,
 }
 
-/// The state shared by the pool handle, submitting threads and the supervisor thread.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// This pool, as a holder of the shared-memory segments it sends (see `shm::segment`).
-    this: Weak<dyn Holder>,
-    /// Segments whose last handle in this process dropped, to release in the workers.
-    released: Mutex<Vec<SegmentId>>,
-    state: Mutex<State>,
-    /// The result ring of each slot's worker, for waiters that poll (`poll_ring`).
-    rings: Mutex<Vec<Option<Arc<Ring>>>>,
-    /// Signalled when the phase leaves `Starting`.
-    started: Condvar,
-    epoll: OwnedFd,
-    waker: OwnedFd,
-    config: Config,
-    fingerprint: wire::Fingerprint,
-}
-
-/// Supervisor-thread-only data: the frame readers (read without the state lock).
-struct Local {
-    readers: Vec<FrameReader>,
-    sockets: Vec<Option<Arc<OwnedFd>>>,
-    rings: Vec<Option<Arc<Ring>>>,
-    generations: Vec<u32>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Socket = 0,
-    Pidfd = 1,
-}
-
-fn token(slot: usize, generation: u32, source: Source) -> u64 {
-    (u64::from(generation) << 32) | ((slot as u64) << 1) | source as u64
-}
-
-fn untoken(token: u64) -> (usize, u32, Source) {
-    let source = if token & 1 == 0 {
-        Source::Socket
-    } else {
-        Source::Pidfd
-    };
-    (
-        ((token & 0xffff_ffff) >> 1) as usize,
-        (token >> 32) as u32,
-        source,
-    )
-}
-
-fn startup_error(e: std::io::Error) -> ProcessError {
-    ProcessError::startup("could not set up the pool", Some(e))
-}
-
-/// Starts a pool: the supervisor thread, which spawns the workers. Returns once every worker
-/// is ready, or with the first startup error.
-pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), ProcessError> {
-    if config.processes == 0 {
-        return Err(ProcessError::invalid_argument(
-            "a process pool needs at least one process",
-        ));
-    }
-    bootstrap::check_bootstrap()?;
-    let fingerprint = bootstrap::fingerprint().map_err(startup_error)?;
-    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| startup_error(e.into()))?;
-    let waker = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-        .map_err(|e| startup_error(e.into()))?;
-    epoll::add(
-        &epoll,
-        &waker,
-        EventData::new_u64(WAKER_TOKEN),
-        EventFlags::IN,
-    )
-    .map_err(|e| startup_error(e.into()))?;
-    let n = config.processes;
-    let shared = Arc::new_cyclic(|this: &Weak<Shared>| Shared {
-        this: this.clone(),
-        released: Mutex::new(Vec::new()),
-        state: Mutex::new(State {
+impl State {
+    /// A pool of `processes` empty slots, starting. The estimate of a job's duration starts
+    /// at `CREDIT_TARGET`, so the credit starts at `MIN_CREDIT`.
+    pub(super) fn new(processes: usize) -> Self {
+        State {
             phase: Phase::Starting,
             queue: VecDeque::new(),
-            slots: (0..n).map(|_| Slot::default()).collect(),
+            slots: (0..processes).map(|_| Slot::default()).collect(),
             next_id: 0,
             job_nanos: CREDIT_TARGET.as_nanos() as f64,
             failure: None,
             next_pick: 0,
-        }),
-        started: Condvar::new(),
-        rings: Mutex::new(vec![None; n]),
-        epoll,
-        waker,
-        config,
-        fingerprint,
-    });
-    let for_thread = Arc::clone(&shared);
-    let thread = std::thread::Builder::new()
-        .name("parpool-supervisor".into())
-        .spawn(move || supervise(&for_thread))
-        .map_err(startup_error)?;
-    let mut state = shared.lock();
-    while state.phase == Phase::Starting {
-        state = shared
-            .started
-            .wait(state)
-            .unwrap_or_else(PoisonError::into_inner);
-    }
-    if state.phase == Phase::Running {
-        drop(state);
-        return Ok((shared, thread));
-    }
-    let error = state
-        .failure
-        .take()
-        .unwrap_or_else(|| ProcessError::startup("the pool stopped while starting", None));
-    drop(state);
-    let _ = thread.join();
-    Err(error)
-}
-
-impl Holder for Shared {
-    fn released(&self, id: SegmentId) {
-        self.released
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(id);
-        self.wake();
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Internal lock: the state stays consistent between statements that can panic, and
-        // the supervisor aborts on an internal panic, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn wake(&self) {
-        let _ = rustix::io::write(&self.waker, &1u64.to_ne_bytes());
-    }
-
-    /// The pool's settings.
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Queues jobs and sends what the workers' credit allows.
-    ///
-    /// # Errors
-    ///
-    /// The pool is closed, or broken because no worker can start.
-    pub(crate) fn submit(
-        &self,
-        jobs: impl IntoIterator<Item = JobSpec>,
-    ) -> Result<(), ProcessError> {
-        let mut state = self.lock();
-        if state.phase != Phase::Running {
-            return Err(ProcessError::closed());
-        }
-        if let Some(failure) = &state.failure {
-            return Err(failure.duplicate());
-        }
-        for spec in jobs {
-            let id = state.next_id;
-            state.next_id += 1;
-            state.queue.push_back(Job { id, spec });
-        }
-        let timer_started = state.dispatch(self, Instant::now());
-        drop(state);
-        if timer_started {
-            // A job started on an idle worker under a task timeout: the supervisor must
-            // recompute its epoll timeout.
-            self.wake();
-        }
-        Ok(())
-    }
-
-    /// Takes the results in a worker's ring, if any, when the state lock is free: a waiting
-    /// thread's shortcut past the supervisor (see `task`).
-    pub(crate) fn poll_ring(&self, slot: usize) {
-        let ring = self
-            .rings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(slot)
-            .cloned()
-            .flatten();
-        if !ring.is_some_and(|ring| ring.pending()) {
-            return;
-        }
-        let Ok(mut state) = self.state.try_lock() else {
-            return; // the supervisor (or another waiter) is at it
-        };
-        let now = Instant::now();
-        state.take_ring(slot, &mut Vec::new(), now);
-        let timer_started = state.dispatch(self, now);
-        drop(state);
-        if timer_started {
-            self.wake();
         }
     }
 
-    fn set_ring(&self, slot: usize, ring: Option<Arc<Ring>>) {
-        self.rings.lock().unwrap_or_else(PoisonError::into_inner)[slot] = ring;
-    }
-
-    /// Drops queued jobs nobody waits for (an abandoned `imap`).
-    pub(crate) fn purge(&self) {
-        self.lock().queue.retain(|job| !job.spec.sink.is_dead());
-    }
-
-    /// Stops taking jobs; the queue drains, then the workers exit.
-    pub(crate) fn close(&self) {
-        let mut state = self.lock();
-        if state.phase == Phase::Running {
-            state.phase = Phase::Closing;
-            drop(state);
-            self.wake();
-        }
-    }
-
-    /// Kills every worker and fails every queued and running job.
-    pub(crate) fn terminate(&self) {
-        let mut state = self.lock();
-        if matches!(state.phase, Phase::Running | Phase::Closing) {
-            state.phase = Phase::Terminating;
-            drop(state);
-            self.wake();
-        }
-    }
-
-    /// The pids of the live workers.
-    pub(crate) fn pids(&self) -> Vec<u32> {
-        self.lock()
-            .slots
-            .iter()
-            .filter_map(|slot| slot.worker.as_ref().map(|w| w.pid))
-            .collect()
-    }
-}
-
-impl State {
-    fn worker(&mut self, slot: usize) -> &mut Worker {
+    pub(super) fn worker(&mut self, slot: usize) -> &mut Worker {
         self.slots[slot].worker.as_mut().expect("a live worker")
     }
 
@@ -529,7 +251,7 @@ impl State {
     /// A worker is topped up only once it is down to half its credit, so the jobs go out in
     /// batches of about half the credit, one `sendmsg` per batch, while the worker still has
     /// the other half to work on.
-    fn dispatch(&mut self, shared: &Shared, now: Instant) -> bool {
+    pub(super) fn dispatch(&mut self, shared: &Shared, now: Instant) -> bool {
         if !matches!(self.phase, Phase::Running | Phase::Closing) {
             return false;
         }
@@ -642,7 +364,7 @@ impl State {
         }
     }
 
-    fn kill(&mut self, slot: usize, why: Killed) {
+    pub(super) fn kill(&mut self, slot: usize, why: Killed) {
         if let Some(w) = self.slots[slot].worker.as_mut() {
             if w.killed.is_none() {
                 w.killed = Some(why);
@@ -661,57 +383,22 @@ impl State {
                 .any(|w| !w.inflight.is_empty() || !w.outbox.is_empty())
     }
 
-    /// Whether a slot should get a (new) worker now.
-    fn wants_worker(&self, slot: usize) -> bool {
-        let s = &self.slots[slot];
-        if s.worker.is_some() || s.spawning || s.given_up {
-            return false;
-        }
-        match self.phase {
-            Phase::Starting => self.failure.is_none(),
-            Phase::Running => true,
-            Phase::Closing => self.queue.iter().any(|job| !job.spec.sink.is_dead()),
-            Phase::Terminating | Phase::Stopped => false,
-        }
-    }
-
     /// Fails every queued job with `error` (or "closed").
-    fn fail_queue(&mut self, error: Option<&ProcessError>) {
+    pub(super) fn fail_queue(&mut self, error: Option<&ProcessError>) {
         for job in self.queue.drain(..) {
             let e = error.map_or_else(ProcessError::closed, ProcessError::duplicate);
             job.spec.sink.complete(Err(e));
         }
     }
 
-    /// A worker could not start.
-    fn start_failed(&mut self, slot: usize, error: ProcessError, shared: &Shared) {
-        let s = &mut self.slots[slot];
-        s.start_failures += 1;
-        match self.phase {
-            Phase::Starting => {
-                self.failure.get_or_insert(error);
-                self.phase = Phase::Terminating;
-                shared.started.notify_all();
-            }
-            Phase::Running | Phase::Closing => {
-                if s.start_failures >= MAX_START_ATTEMPTS {
-                    s.given_up = true;
-                }
-                let any_left = self
-                    .slots
-                    .iter()
-                    .any(|s| s.worker.is_some() || s.spawning || !s.given_up);
-                if !any_left {
-                    self.fail_queue(Some(&error));
-                    self.failure.get_or_insert(error);
-                }
-            }
-            Phase::Terminating | Phase::Stopped => {}
-        }
-    }
-
     /// Handles one frame from a worker.
-    fn on_frame(&mut self, slot: usize, frame: wire::Frame<'_>, shared: &Shared, now: Instant) {
+    pub(super) fn on_frame(
+        &mut self,
+        slot: usize,
+        frame: wire::Frame<'_>,
+        shared: &Shared,
+        now: Instant,
+    ) {
         let stage = self.worker(slot).stage;
         match (stage, frame.kind) {
             (Stage::Hello, Kind::Hello) => {
@@ -838,13 +525,12 @@ impl State {
         let elapsed = now.saturating_duration_since(w.front_since);
         w.front_since = now;
         job.spec.sink.complete(outcome);
-        // Moving average over about 8 jobs.
-        self.job_nanos += (elapsed.as_nanos() as f64 - self.job_nanos) / 8.0;
+        self.job_nanos += (elapsed.as_nanos() as f64 - self.job_nanos) / JOB_AVERAGE_SPAN;
         self.job_nanos = self.job_nanos.max(1.0);
     }
 
     /// Takes the results a worker published in its ring.
-    fn take_ring(&mut self, slot: usize, buf: &mut Vec<u8>, now: Instant) {
+    pub(super) fn take_ring(&mut self, slot: usize, buf: &mut Vec<u8>, now: Instant) {
         let Some(w) = self.slots[slot].worker.as_ref() else {
             return;
         };
@@ -873,7 +559,7 @@ impl State {
     }
 
     /// Tells the workers that have segment `id` to let go of it.
-    fn release(&mut self, id: SegmentId, shared: &Shared) {
+    pub(super) fn release(&mut self, id: SegmentId, shared: &Shared) {
         let body = postcard::to_allocvec(&id).expect("a SegmentId serialises");
         let header = wire::header(Kind::Release, 0, body.len(), 0);
         for slot in 0..self.slots.len() {
@@ -893,7 +579,7 @@ impl State {
     }
 
     /// A worker exited: reap it, settle its jobs, free its slot.
-    fn on_exit(&mut self, slot: usize, shared: &Shared) {
+    pub(super) fn on_exit(&mut self, slot: usize, shared: &Shared) {
         let Some(mut w) = self.slots[slot].worker.take() else {
             return;
         };
@@ -946,7 +632,7 @@ impl State {
     }
 
     /// The socket of a worker reached EOF.
-    fn on_eof(&mut self, slot: usize, shared: &Shared, now: Instant) {
+    pub(super) fn on_eof(&mut self, slot: usize, shared: &Shared, now: Instant) {
         let w = self.worker(slot);
         if w.eof {
             return;
@@ -957,7 +643,7 @@ impl State {
     }
 
     /// Kills workers past a deadline; returns the next deadline.
-    fn check_deadlines(&mut self, shared: &Shared, now: Instant) -> Option<Instant> {
+    pub(super) fn check_deadlines(&mut self, shared: &Shared, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for slot in 0..self.slots.len() {
@@ -1004,7 +690,7 @@ impl State {
     }
 
     /// Moves Closing and Terminating pools along; returns whether the pool stopped.
-    fn advance(&mut self, shared: &Shared, now: Instant) -> bool {
+    pub(super) fn advance(&mut self, shared: &Shared, now: Instant) -> bool {
         match self.phase {
             Phase::Closing if !self.has_work() => {
                 for slot in 0..self.slots.len() {
@@ -1048,81 +734,6 @@ impl State {
         }
         done
     }
-
-    /// Installs a freshly spawned worker in its slot.
-    fn install(
-        &mut self,
-        slot: usize,
-        spawned: std::io::Result<Spawned>,
-        shared: &Shared,
-        local: &mut Local,
-        now: Instant,
-    ) {
-        self.slots[slot].spawning = false;
-        let (child, socket, pidfd, ring) = match spawned {
-            Ok(s) => s,
-            Err(e) => {
-                let error = ProcessError::startup("could not spawn a worker process", Some(e));
-                self.start_failed(slot, error, shared);
-                return;
-            }
-        };
-        let s = &mut self.slots[slot];
-        s.generation = s.generation.wrapping_add(1);
-        let generation = s.generation;
-        let socket = Arc::new(socket);
-        let registered = epoll::add(
-            &shared.epoll,
-            &*socket,
-            EventData::new_u64(token(slot, generation, Source::Socket)),
-            EventFlags::IN,
-        )
-        .and_then(|()| {
-            epoll::add(
-                &shared.epoll,
-                &pidfd,
-                EventData::new_u64(token(slot, generation, Source::Pidfd)),
-                EventFlags::IN,
-            )
-        });
-        local.readers[slot] = FrameReader::new();
-        local.sockets[slot] = Some(Arc::clone(&socket));
-        let ring = Arc::new(ring);
-        local.rings[slot] = Some(Arc::clone(&ring));
-        shared.set_ring(slot, Some(Arc::clone(&ring)));
-        local.generations[slot] = generation;
-        let pid = child.id();
-        s.worker = Some(Worker {
-            pid,
-            child,
-            pidfd,
-            socket,
-            ring,
-            stage: Stage::Hello,
-            deadline: Some(now + shared.config.startup_timeout),
-            inflight: VecDeque::new(),
-            early: Vec::new(),
-            front_since: now,
-            outbox: Outbox::default(),
-            out_armed: false,
-            jobs_left: shared.config.max_tasks_per_child.unwrap_or(u64::MAX),
-            sent: HashSet::new(),
-            killed: None,
-            startup_message: None,
-            eof: false,
-        });
-        if let Err(e) = registered {
-            // Without its registrations the supervisor would never hear from the worker.
-            self.kill(
-                slot,
-                Killed::Startup(format!("epoll registration failed: {e}")),
-            );
-            let _ = self.worker(slot).child.wait();
-            self.slots[slot].worker = None;
-            let error = ProcessError::startup("could not watch a worker process", Some(e.into()));
-            self.start_failed(slot, error, shared);
-        }
-    }
 }
 
 impl Worker {
@@ -1140,7 +751,7 @@ impl Worker {
     }
 
     /// Sends queued bytes now that the socket is writable.
-    fn flush(&mut self, shared: &Shared, token: u64) -> std::io::Result<()> {
+    pub(super) fn flush(&mut self, shared: &Shared, token: u64) -> std::io::Result<()> {
         if !self.outbox.flush(self.socket.as_fd())? && self.out_armed && !self.eof {
             self.out_armed = false;
             epoll::modify(
@@ -1153,9 +764,6 @@ impl Worker {
         Ok(())
     }
 }
-
-/// A freshly spawned worker: the child, its socket, its pidfd and its result ring.
-type Spawned = (Child, OwnedFd, OwnedFd, Ring);
 
 /// Decodes a Result body.
 fn decode_outcome(pid: u32, body: &[u8], segments: Vec<Arc<Segment>>) -> Outcome {
@@ -1178,213 +786,4 @@ fn decode_outcome(pid: u32, body: &[u8], segments: Vec<Arc<Segment>>) -> Outcome
             format!("worker {pid} sent an unreadable failure: {e}"),
         )),
     })
-}
-
-/// Spawns a worker, opens its pidfd and makes its result ring.
-fn spawn_worker() -> std::io::Result<Spawned> {
-    let ring = Ring::create()?;
-    let (mut child, socket) = bootstrap::spawn()?;
-    let pid = Pid::from_child(&child);
-    match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-        Ok(pidfd) => Ok((child, socket, pidfd, ring)),
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(e.into())
-        }
-    }
-}
-
-/// Aborts the process if the supervisor panics: a half-updated pool state would lose jobs
-/// or hang their waiters, which is worse than a loud stop.
-struct AbortOnPanic;
-
-impl Drop for AbortOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("parpool: the process pool supervisor panicked; aborting");
-            std::process::abort();
-        }
-    }
-}
-
-/// The supervisor thread.
-fn supervise(shared: &Shared) {
-    let _guard = AbortOnPanic;
-    let n = shared.config.processes;
-    let mut local = Local {
-        readers: (0..n).map(|_| FrameReader::new()).collect(),
-        sockets: vec![None; n],
-        rings: vec![None; n],
-        generations: vec![0; n],
-    };
-    let mut events: Vec<epoll::Event> = Vec::with_capacity(2 * n + 1);
-    let mut readable = Vec::new();
-    let mut writable = Vec::new();
-    let mut exited = Vec::new();
-    let mut eof = vec![false; n];
-    let mut ring_buf = Vec::new();
-    let mut deadline: Option<Instant> = None;
-    loop {
-        // Spawn what the pool lacks, outside the lock: an exec takes about a millisecond.
-        let wanted: Vec<usize> = {
-            let mut state = shared.lock();
-            let wanted: Vec<usize> = (0..n).filter(|&s| state.wants_worker(s)).collect();
-            for &slot in &wanted {
-                state.slots[slot].spawning = true;
-            }
-            wanted
-        };
-        if !wanted.is_empty() {
-            let spawned: Vec<_> = wanted.iter().map(|_| spawn_worker()).collect();
-            let mut state = shared.lock();
-            let now = Instant::now();
-            for (slot, result) in wanted.into_iter().zip(spawned) {
-                state.install(slot, result, shared, &mut local, now);
-            }
-            deadline = state.check_deadlines(shared, now);
-        }
-
-        // Announce the sleep to every worker's ring; a ring with results means no sleep.
-        let mut pending = false;
-        for ring in local.rings.iter().flatten() {
-            pending |= ring.arm();
-        }
-        let timeout = if pending {
-            Some(Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            })
-        } else {
-            deadline.map(|d| {
-                let wait = d.saturating_duration_since(Instant::now()) + Duration::from_micros(100);
-                Timespec::try_from(wait).unwrap_or(Timespec {
-                    tv_sec: i64::MAX,
-                    tv_nsec: 0,
-                })
-            })
-        };
-        events.clear();
-        match epoll::wait(
-            &shared.epoll,
-            rustix::buffer::spare_capacity(&mut events),
-            timeout.as_ref(),
-        ) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => panic!("epoll_wait failed: {e}"),
-        }
-        for ring in local.rings.iter().flatten() {
-            ring.disarm();
-        }
-
-        // Read sockets outside the lock.
-        readable.clear();
-        writable.clear();
-        exited.clear();
-        for event in &events {
-            let data = event.data.u64();
-            if data == WAKER_TOKEN {
-                let mut buf = [0u8; 8];
-                let _ = rustix::io::read(&shared.waker, &mut buf);
-                continue;
-            }
-            let (slot, generation, source) = untoken(data);
-            if local.generations[slot] != generation {
-                continue;
-            }
-            match source {
-                Source::Socket => {
-                    let flags = event.flags;
-                    if flags.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
-                        readable.push(slot);
-                    }
-                    if flags.contains(EventFlags::OUT) {
-                        writable.push(slot);
-                    }
-                }
-                Source::Pidfd => exited.push(slot),
-            }
-        }
-        for &slot in readable.iter().chain(&exited) {
-            // A dead worker's socket is read to the end: results written before it died.
-            // A live socket gets one read per wake (epoll is level-triggered: what is left
-            // wakes us again); a dead worker's socket is read to the end.
-            let nonblocking_rounds = if exited.contains(&slot) {
-                usize::MAX
-            } else {
-                1
-            };
-            if let Some(socket) = local.sockets[slot].clone() {
-                for _ in 0..nonblocking_rounds {
-                    match local.readers[slot].fill(socket.as_fd(), true) {
-                        Ok(Fill::Data(_)) => {}
-                        Ok(Fill::Empty) => break,
-                        Ok(Fill::Eof) | Err(_) => {
-                            eof[slot] = true;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-
-        let mut state = shared.lock();
-        let now = Instant::now();
-        for slot in readable.iter().chain(&exited).copied() {
-            if state.slots[slot].worker.is_none() {
-                continue;
-            }
-            loop {
-                match local.readers[slot].next_frame() {
-                    Ok(Some(frame)) => state.on_frame(slot, frame, shared, now),
-                    Ok(None) => break,
-                    Err(_) => {
-                        state.kill(slot, Killed::Broken);
-                        break;
-                    }
-                }
-                if state.slots[slot].worker.is_none() {
-                    break;
-                }
-            }
-            if std::mem::take(&mut eof[slot]) && state.slots[slot].worker.is_some() {
-                state.on_eof(slot, shared, now);
-            }
-        }
-        for slot in 0..n {
-            state.take_ring(slot, &mut ring_buf, now);
-        }
-        let released = std::mem::take(
-            &mut *shared
-                .released
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for id in released {
-            state.release(id, shared);
-        }
-        for &slot in &writable {
-            let generation = state.slots[slot].generation;
-            if let Some(w) = state.slots[slot].worker.as_mut() {
-                if w.flush(shared, token(slot, generation, Source::Socket))
-                    .is_err()
-                {
-                    state.kill(slot, Killed::Broken);
-                }
-            }
-        }
-        for &slot in &exited {
-            state.on_exit(slot, shared);
-            local.sockets[slot] = None;
-            local.rings[slot] = None;
-            shared.set_ring(slot, None);
-            local.readers[slot] = FrameReader::new();
-        }
-        state.dispatch(shared, now);
-        let stopped = state.advance(shared, now);
-        deadline = state.check_deadlines(shared, now);
-        if stopped {
-            return;
-        }
-    }
 }
