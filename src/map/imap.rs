@@ -355,8 +355,8 @@ impl crate::ThreadPool {
     }
 }
 
-/// [`ThreadPool::imap`] on the current pool (the pool whose worker calls it, else the
-/// global pool).
+/// [`ThreadPool::imap`](crate::ThreadPool::imap) on the current pool (the pool whose worker
+/// calls it, else the global pool).
 ///
 /// # Examples
 ///
@@ -374,7 +374,7 @@ where
     Imap::new(items.into_iter(), f, current_registry_arc())
 }
 
-/// [`ThreadPool::imap_unordered`] on the current pool.
+/// [`ThreadPool::imap_unordered`](crate::ThreadPool::imap_unordered) on the current pool.
 ///
 /// # Examples
 ///
