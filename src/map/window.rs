@@ -35,14 +35,13 @@
 //!
 //! # Drainers
 //!
-//! A drainer is a pool job that claims and runs chunks until none is left, then retires.
-//! `drainers` counts the live ones (spawned and not yet retired). Retiring is a
-//! read-modify-write (`fetch_sub`) followed by one more look at `published`; the feeder's
-//! check before it blocks is a read-modify-write (`fetch_add(0)`) after it published. One of
-//! the two RMWs comes first in `drainers`' modification order: if the feeder's, the
-//! drainer's later RMW acquires the feeder's publication and its last look sees the chunk
-//! (it rejoins); if the drainer's, the feeder sees zero drainers and spawns one (or runs the
-//! chunk itself). So no submitted chunk is ever left without a thread to run it.
+//! A drainer is a pool job that claims and runs chunks until none is left, lingers a little
+//! ([`DRAINER_LINGER_ROUNDS`]: the feeder refills the window only between its own chunks),
+//! then retires. `drainers` counts the live ones (spawned and not yet retired). Retiring is a
+//! `fetch_sub` followed by one more look at `published`: a chunk published meanwhile makes
+//! the drainer rejoin. When it publishes, the feeder reads `drainers` with a relaxed load and
+//! spawns one more if fewer run than there are threads and unclaimed chunks; a stale count
+//! only costs parallelism for a moment, never a chunk (see the next paragraph).
 //!
 //! The feeder never waits for unclaimed work: while it waits for a completion it claims
 //! chunks itself, so a chunk that no drainer took still runs. Drainers are for parallelism,
