@@ -145,8 +145,11 @@ impl SharedLock {
     /// As [`lock`](Self::lock), except that a lock this thread holds is busy (`None`).
     pub(crate) fn try_lock(&self) -> Option<Acquired> {
         // SAFETY: as in `lock`.
-        let rc = unsafe { libc::pthread_mutex_trylock(self.mutex.get()) };
-        self.acquired(rc)
+        match unsafe { libc::pthread_mutex_trylock(self.mutex.get()) } {
+            // A robust error-checking mutex tells its own holder EDEADLK: busy, for us.
+            libc::EDEADLK => None,
+            rc => self.acquired(rc),
+        }
     }
 
     /// Acquires the lock, waiting for it until `deadline` (`None`: it was still held then).

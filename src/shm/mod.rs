@@ -56,6 +56,7 @@
 
 mod array;
 mod lock;
+mod queue;
 pub(crate) mod segment;
 mod value;
 
@@ -72,6 +73,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use crate::error::ShmError;
 pub use array::{Array, ArrayGuard};
 pub use lock::{Lock, LockGuard};
+pub use queue::{GetError, PutError, Queue};
 pub use value::{Value, ValueGuard};
 
 use lock::SharedLock;
