@@ -68,7 +68,7 @@
 
 mod error;
 mod ring;
-#[cfg(all(test, parpool_loom))]
+#[cfg(test)]
 mod test;
 
 use std::cell::Cell;

@@ -485,7 +485,7 @@ impl Bytes {
     }
 
     /// A ring of `size` bytes for a loom model.
-    #[cfg(parpool_loom)]
+    #[cfg(all(test, parpool_loom))]
     pub(super) fn new_model(size: u32) -> Self {
         Self {
             cells: (0..size).map(|_| loom::cell::UnsafeCell::new(0)).collect(),
