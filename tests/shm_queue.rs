@@ -53,7 +53,11 @@ fn seed_ten_jobs_print_under_one_lock() {
         )
         .unwrap();
     assert!(alone.iter().all(|&a| a), "two holders at once: {alone:?}");
-    assert_eq!(total.load(), 10, "an update was lost: the lock did not exclude");
+    assert_eq!(
+        total.load(),
+        10,
+        "an update was lost: the lock did not exclude"
+    );
 }
 
 fn hold_lock_until_told((lock, held, release): (Lock, Value<u32>, Value<u32>)) {

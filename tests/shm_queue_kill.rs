@@ -15,9 +15,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use parpool::shm::{Array, Queue, Value};
 use parpool::ProcessPool;
 use parpool::process::ProcessTask;
+use parpool::shm::{Array, Queue, Value};
 
 const SCENARIO: &str = "PARPOOL_TEST_SCENARIO";
 const ITEMS_ENV: &str = "PARPOOL_KILL_STORM_ITEMS";
@@ -167,7 +167,11 @@ fn storm(items: u64) {
     }
     let elapsed = start.elapsed();
     // A worker killed while holding these locks poisoned them; the bytes are whole.
-    let acked = storm.acked.lock().unwrap_or_else(|e| e.into_inner()).to_vec();
+    let acked = storm
+        .acked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .to_vec();
     let got = storm.got.lock().unwrap_or_else(|e| e.into_inner()).to_vec();
     let twice = got.iter().filter(|&&g| g > 1).count() as u64;
     let missing = (0..items as usize)

@@ -1,7 +1,10 @@
 //! Shared memory between the processes of a [`ProcessPool`](crate::ProcessPool):
 //! [`Value<T>`] and [`Array<T>`], each with a process-shared lock that survives a dying
 //! holder, in the spirit of Python's `multiprocessing.Value('d', 0.0)` and
-//! `Array('i', range(10))`.
+//! `Array('i', range(10))`; [`Lock`], that lock on its own (`multiprocessing.Lock`); and
+//! [`Queue<T>`], a bounded multi-producer multi-consumer queue of serde values
+//! (`multiprocessing.Queue`) that a producer or consumer killed at any instruction never
+//! corrupts or blocks.
 //!
 //! - The memory is a `memfd_create` file: nothing is named in `/dev/shm`, nothing leaks
 //!   there, and the kernel frees it when the last handle in the last process is gone, even

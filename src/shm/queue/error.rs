@@ -272,14 +272,14 @@ impl fmt::Display for GetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             GetErrorKind::Empty => f.write_str("the shared queue is empty"),
-            GetErrorKind::Timeout => {
-                f.write_str("the shared queue stayed empty until the timeout")
-            }
+            GetErrorKind::Timeout => f.write_str("the shared queue stayed empty until the timeout"),
             GetErrorKind::Closed => f.write_str("the shared queue is closed and empty"),
-            GetErrorKind::Decode(e) => write!(f, "an item taken from the queue did not decode: {e}"),
-            GetErrorKind::Corrupt => f.write_str(
-                "the shared queue's memory was overwritten outside its protocol",
-            ),
+            GetErrorKind::Decode(e) => {
+                write!(f, "an item taken from the queue did not decode: {e}")
+            }
+            GetErrorKind::Corrupt => {
+                f.write_str("the shared queue's memory was overwritten outside its protocol")
+            }
         }
     }
 }

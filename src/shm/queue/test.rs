@@ -79,7 +79,8 @@ mod model {
             // SAFETY: `_lock` stands for the put lock and outlives `held`.
             let held = unsafe { PutHeld::assume() };
             if let Ok(reserved) = self.ring.reserve(&held, len) {
-                self.ring.fill(&self.bytes, &reserved, &vec![0xEE; len as usize]);
+                self.ring
+                    .fill(&self.bytes, &reserved, &vec![0xEE; len as usize]);
             }
         }
 
