@@ -269,7 +269,8 @@ mod dead_holder {
                 let ring = &q.control().ring;
                 let reserved = ring.reserve(&held, 10).unwrap();
                 ring.fill(&q.bytes(), &reserved, &[0xEE; 10]);
-                std::mem::forget(reserved);
+                // Dies here: no commit (and the lock is never released).
+                let _ = reserved;
             });
         });
         q.put(vec![2]).unwrap();
@@ -292,7 +293,8 @@ mod dead_holder {
                 let taken = control.ring.take(&q.bytes(), &held).unwrap();
                 let mut out = vec![0; taken.len()];
                 control.ring.read(&q.bytes(), &taken, &mut out);
-                std::mem::forget(taken);
+                // Dies here: no release of the record (nor of the lock).
+                let _ = taken;
             });
         });
         assert_eq!(q.len(), 1);
