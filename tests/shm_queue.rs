@@ -363,3 +363,27 @@ fn consumers_killed_by_task_timeout() {
     assert_eq!(q.get().unwrap(), u64::MAX);
     assert!(next > 0);
 }
+
+/// A handle names its segment and what it holds: a queue of one type, or a lock, never
+/// opens as something else.
+#[test]
+fn handles_open_only_as_what_they_are() {
+    let q = Queue::<u32>::new(4).unwrap();
+    q.put(5).unwrap();
+    let json = serde_json::to_string(&q).unwrap();
+    let same: Queue<u32> = serde_json::from_str(&json).unwrap();
+    assert_eq!(same.get().unwrap(), 5);
+    let err = serde_json::from_str::<Queue<u64>>(&json).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not a `parpool::shm::queue::Queue<u64>`"),
+        "{err}"
+    );
+    assert!(serde_json::from_str::<Lock>(&json).is_err());
+
+    let lock = Lock::new().unwrap();
+    let json = serde_json::to_string(&lock).unwrap();
+    assert!(serde_json::from_str::<Lock>(&json).is_ok());
+    assert!(serde_json::from_str::<Value<u8>>(&json).is_err());
+    assert!(serde_json::from_str::<Queue<u8>>(&json).is_err());
+}

@@ -495,7 +495,7 @@ impl Serialize for Lock {
 
 impl<'de> Deserialize<'de> for Lock {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = RawBlock::deserialize(deserializer, type_hash::<Lock>(), "Lock", |len| {
+        let raw = RawBlock::deserialize(deserializer, type_hash::<Lock>(), "a `Lock`", |len| {
             (len == 0).then_some(0)
         })?;
         Ok(Self { raw })

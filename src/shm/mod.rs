@@ -388,8 +388,9 @@ impl RawBlock {
         }
     }
 
-    /// The segment a received handle names, checked to hold `kind` and a data area of at
-    /// least `data_bytes(len)` bytes (`None`: no size fits that `len`).
+    /// The segment a received handle names, checked to hold `kind` (described as
+    /// `kind_name`, e.g. "values of type `f32`") and a data area of at least
+    /// `data_bytes(len)` bytes (`None`: no size fits that `len`).
     fn from_wire(
         wire: &HandleWire,
         kind: u64,
@@ -423,7 +424,7 @@ impl RawBlock {
             return Err(mismatch("another segment reuses its inode"));
         }
         if header.type_hash != kind || wire.type_hash != kind {
-            return Err(mismatch(&format!("not a `{kind_name}`")));
+            return Err(mismatch(&format!("not {kind_name}")));
         }
         if header.len != wire.len {
             return Err(mismatch("length"));

@@ -783,7 +783,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         let raw = RawBlock::deserialize(
             deserializer,
             type_hash::<Self>(),
-            std::any::type_name::<Self>(),
+            &format!("a `{}`", std::any::type_name::<Self>()),
             |size| {
                 let size = u32::try_from(size).ok()?;
                 let valid = size.is_power_of_two()
