@@ -1,7 +1,8 @@
 //! The kill storm: four producer and four consumer processes move items through one small
 //! `shm::Queue` while the parent SIGKILLs pool workers at random moments (so a producer
 //! or consumer dies at whatever instruction it is at: inside `put` or `get`, holding a
-//! lock, asleep, or between items), and replaces the jobs that died.
+//! lock, asleep, or between items), and replaces the jobs that died. Producers also abort
+//! now and then right after a put.
 //!
 //! At the end: no item was got twice; none was torn (each item's payload is a function of
 //! its id, checked by the consumer); every item whose `put` returned (acknowledged in
@@ -24,6 +25,8 @@ const ITEMS_ENV: &str = "PARPOOL_KILL_STORM_ITEMS";
 const DEFAULT_ITEMS: u64 = 100_000;
 const PRODUCERS: usize = 4;
 const CONSUMERS: usize = 4;
+/// A producer aborts itself after putting every this many-th id (besides the SIGKILLs).
+const ABORT_EVERY: u64 = 25_000;
 /// The most milliseconds between two kills (each pause is random below it).
 const MAX_KILL_PAUSE_MS: u64 = 20;
 
@@ -57,6 +60,10 @@ fn produce(storm: Storm) {
             return;
         }
         storm.queue.put((id, payload(id))).unwrap();
+        if id % ABORT_EVERY == ABORT_EVERY - 1 {
+            // Between the put and its acknowledgement: an item in the queue, never acked.
+            std::process::abort();
+        }
         let mut acked = storm.acked.lock().unwrap_or_else(|e| e.into_inner());
         acked[id as usize] = 1;
     }
@@ -141,7 +148,7 @@ fn storm(items: u64) {
     let submit_consumer = || pool.submit(consume, storm.clone()).unwrap();
     let mut producers: Vec<_> = (0..PRODUCERS).map(|_| submit_producer()).collect();
     let mut consumers: Vec<_> = (0..CONSUMERS).map(|_| submit_consumer()).collect();
-    let (mut kills, mut producer_kills, mut consumer_kills) = (0u64, 0u64, 0u64);
+    let (mut kills, mut producers_died, mut consumers_died) = (0u64, 0u64, 0u64);
     let mut closed = false;
     loop {
         std::thread::sleep(Duration::from_millis(rng.next() % MAX_KILL_PAUSE_MS));
@@ -153,10 +160,10 @@ fn storm(items: u64) {
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             kills += 1;
         }
-        producer_kills += reap(&mut producers, submit_producer, || {
+        producers_died += reap(&mut producers, submit_producer, || {
             storm.next.load() < items
         });
-        consumer_kills += reap(&mut consumers, submit_consumer, || true);
+        consumers_died += reap(&mut consumers, submit_consumer, || true);
         if !closed && producers.is_empty() {
             storm.queue.close();
             closed = true;
@@ -183,21 +190,21 @@ fn storm(items: u64) {
     let got_total = got.iter().map(|&g| u64::from(g)).sum::<u64>();
     let torn = storm.torn.load();
     println!(
-        "STORM seed={seed} items={items} got={got_total} kills={kills} producer_kills={producer_kills} \
-         consumer_kills={consumer_kills} got_twice={twice} torn={torn} \
+        "STORM seed={seed} items={items} got={got_total} kills={kills} producers_died={producers_died} \
+         consumers_died={consumers_died} got_twice={twice} torn={torn} \
          acked_but_missing={missing} got_unacked={got_unacked} seconds={:.1}",
         elapsed.as_secs_f64()
     );
     assert_eq!(torn, 0, "torn items");
     assert_eq!(twice, 0, "items got twice");
     assert!(
-        missing <= consumer_kills,
-        "{missing} acknowledged items never got, more than the {consumer_kills} consumers killed"
+        missing <= consumers_died,
+        "{missing} acknowledged items never got, more than the {consumers_died} consumers killed"
     );
     // Each id is claimed once: it is got, or its producer died before the commit (one per
     // killed producer), or a consumer died with it (one per killed consumer).
     assert!(
-        got_total + producer_kills + consumer_kills >= items,
+        got_total + producers_died + consumers_died >= items,
         "items lost beyond what the killed users explain"
     );
 }
