@@ -28,7 +28,7 @@ const CONSUMERS: usize = 4;
 /// A producer aborts itself after putting every this many-th id (besides the SIGKILLs).
 const ABORT_EVERY: u64 = 25_000;
 /// The most milliseconds between two kills (each pause is random below it).
-const MAX_KILL_PAUSE_MS: u64 = 20;
+const MAX_KILL_PAUSE_MS: u64 = 5;
 
 type Item = (u64, Vec<u8>);
 
