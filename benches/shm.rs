@@ -7,6 +7,12 @@
 //!   (`benches/python/shm_baseline.py`);
 //! - `atomic_fetch_add`: two workers `fetch_add(1)` on a `Value<u64>`; beside two threads on
 //!   an `AtomicU64` (the hardware floor).
+//! - `queue_1p1c`: a `shm::Queue<u64>` from one worker process to the parent; beside
+//!   `std::sync::mpsc::sync_channel` between two threads (the in-process floor) and Python's
+//!   `multiprocessing.Queue` from one process to the parent;
+//! - `queue_4p4c`: four producer processes to four consumer processes, beside Python's;
+//! - `queue_round_trip`: the parent puts into one queue, a worker echoes into another
+//!   (capacity 1 each, a pipe); beside Python's two queues.
 //!
 //! The summary at the end prints ops/s and ratios.
 //!
@@ -21,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use parpool::ProcessPool;
-use parpool::shm::Value;
+use parpool::shm::{Queue, Value};
 
 use common::{baseline_value, median_ns, python_baseline};
 
@@ -98,6 +104,106 @@ fn atomic_fetch_add(c: &mut Criterion, pool: &ProcessPool) {
     group.finish();
 }
 
+/// Items through the queue in one iteration of `queue_1p1c` and `queue_4p4c`.
+const QUEUE_N: u64 = 200_000;
+/// Producers (and consumers) of `queue_4p4c`.
+const QUEUE_WORKERS: u64 = 4;
+/// Round trips in one iteration of `queue_round_trip`.
+const ROUND_TRIPS: u64 = 2_000;
+/// Capacity of the throughput benchmarks' queues (Python's is unbounded).
+const QUEUE_CAPACITY: usize = 4096;
+
+fn produce((q, start, n): (Queue<u64>, u64, u64)) {
+    for i in start..start + n {
+        q.put(i).unwrap();
+    }
+}
+
+fn consume((q, n): (Queue<u64>, u64)) -> u64 {
+    (0..n).map(|_| q.get().unwrap()).sum()
+}
+
+fn echo((requests, replies): (Queue<u64>, Queue<u64>)) {
+    while let Ok(x) = requests.get() {
+        replies.put(x).unwrap();
+    }
+}
+
+fn queue_1p1c(c: &mut Criterion, pool: &ProcessPool) {
+    let mut group = c.benchmark_group("queue_1p1c");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(QUEUE_N));
+    let q = Queue::new(QUEUE_CAPACITY).unwrap();
+    group.bench_function(
+        BenchmarkId::new("parpool_process_to_parent", QUEUE_N),
+        |b| {
+            b.iter(|| {
+                let job = pool.submit(produce, (q.clone(), 0, QUEUE_N)).unwrap();
+                let sum: u64 = (0..QUEUE_N).map(|_| q.get().unwrap()).sum();
+                job.get().unwrap();
+                assert_eq!(sum, QUEUE_N * (QUEUE_N - 1) / 2);
+            })
+        },
+    );
+    group.bench_function(BenchmarkId::new("std_sync_channel_threads", QUEUE_N), |b| {
+        b.iter(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+            let producer = std::thread::spawn(move || {
+                for i in 0..QUEUE_N {
+                    tx.send(i).unwrap();
+                }
+            });
+            let sum: u64 = rx.iter().sum();
+            producer.join().unwrap();
+            assert_eq!(sum, QUEUE_N * (QUEUE_N - 1) / 2);
+        })
+    });
+    group.finish();
+}
+
+fn queue_4p4c(c: &mut Criterion, pool: &ProcessPool) {
+    let mut group = c.benchmark_group("queue_4p4c");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(QUEUE_N));
+    let q = Queue::new(QUEUE_CAPACITY).unwrap();
+    let per = QUEUE_N / QUEUE_WORKERS;
+    group.bench_function(BenchmarkId::new("parpool_processes", QUEUE_N), |b| {
+        b.iter(|| {
+            let consumers: Vec<_> = (0..QUEUE_WORKERS)
+                .map(|_| pool.submit(consume, (q.clone(), per)).unwrap())
+                .collect();
+            let producers: Vec<_> = (0..QUEUE_WORKERS)
+                .map(|w| pool.submit(produce, (q.clone(), w * per, per)).unwrap())
+                .collect();
+            producers.into_iter().for_each(|p| p.get().unwrap());
+            let sum: u64 = consumers.into_iter().map(|c| c.get().unwrap()).sum();
+            assert_eq!(sum, QUEUE_N * (QUEUE_N - 1) / 2);
+        })
+    });
+    group.finish();
+}
+
+fn queue_round_trip(c: &mut Criterion, pool: &ProcessPool) {
+    let mut group = c.benchmark_group("queue_round_trip");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(ROUND_TRIPS));
+    let (requests, replies) = (Queue::new(1).unwrap(), Queue::new(1).unwrap());
+    let job = pool
+        .submit(echo, (requests.clone(), replies.clone()))
+        .unwrap();
+    group.bench_function(BenchmarkId::new("parpool_process", ROUND_TRIPS), |b| {
+        b.iter(|| {
+            for i in 0..ROUND_TRIPS {
+                requests.put(i).unwrap();
+                assert_eq!(replies.get().unwrap(), i);
+            }
+        })
+    });
+    group.finish();
+    requests.close();
+    job.get().unwrap();
+}
+
 fn rate(path: &str, ops: u64) -> Option<f64> {
     median_ns(path).map(|ns| ops as f64 / (ns / 1e9))
 }
@@ -155,12 +261,68 @@ fn summary(python: Option<&[(String, f64)]>) {
     }
 }
 
+fn queue_summary(python: Option<&[(String, f64)]>) {
+    println!("\n== shm::Queue summary (medians of this run) ==");
+    let floor = rate(
+        &format!("queue_1p1c/std_sync_channel_threads/{QUEUE_N}"),
+        QUEUE_N,
+    );
+    if let Some(ours) = rate(
+        &format!("queue_1p1c/parpool_process_to_parent/{QUEUE_N}"),
+        QUEUE_N,
+    ) {
+        println!("1 producer process -> parent: {:.2}M items/s", ours / 1e6);
+        if let Some(floor) = floor {
+            println!(
+                "  std sync_channel, 2 threads: {:.2}M items/s: parpool at {:.2}× of it",
+                floor / 1e6,
+                ours / floor
+            );
+        }
+        if let Some(py) = baseline_value(python, "queue_1p1c_items_per_s") {
+            println!(
+                "  Python multiprocessing.Queue: {:.0}k items/s: parpool {:.1}× faster (goal ≥ 30×)",
+                py / 1e3,
+                ours / py
+            );
+        }
+    }
+    if let Some(ours) = rate(&format!("queue_4p4c/parpool_processes/{QUEUE_N}"), QUEUE_N) {
+        println!(
+            "4 producer -> 4 consumer processes: {:.2}M items/s",
+            ours / 1e6
+        );
+        if let Some(py) = baseline_value(python, "queue_4p4c_items_per_s") {
+            println!(
+                "  Python multiprocessing.Queue: {:.0}k items/s: parpool {:.1}× faster",
+                py / 1e3,
+                ours / py
+            );
+        }
+    }
+    if let Some(ns) = median_ns(&format!("queue_round_trip/parpool_process/{ROUND_TRIPS}")) {
+        let us = ns / ROUND_TRIPS as f64 / 1e3;
+        println!("round trip parent -> process -> parent: {us:.1} µs");
+        if let Some(py) = baseline_value(python, "queue_round_trip_us") {
+            println!(
+                "  Python, two Queues: {py:.1} µs: parpool {:.1}× faster",
+                py / us
+            );
+        }
+    }
+}
+
 fn main() {
     let python = python_baseline("shm_baseline.py");
     let pool = ProcessPool::new(2).unwrap();
+    let wide = ProcessPool::new(2 * QUEUE_WORKERS as usize).unwrap();
     let mut c = Criterion::default().configure_from_args();
     locked_increment(&mut c, &pool);
     atomic_fetch_add(&mut c, &pool);
+    queue_1p1c(&mut c, &pool);
+    queue_4p4c(&mut c, &wide);
+    queue_round_trip(&mut c, &pool);
     c.final_summary();
     summary(python.as_deref());
+    queue_summary(python.as_deref());
 }

@@ -1000,6 +1000,7 @@ enum ShmErrorKind {
     Poisoned,
     OutOfBounds { index: usize, len: usize },
     UnknownSegment(String),
+    Invalid(String),
 }
 
 impl ShmError {
@@ -1023,6 +1024,10 @@ impl ShmError {
 
     pub(crate) fn unknown_segment(message: impl Into<String>) -> Self {
         Self::new(ShmErrorKind::UnknownSegment(message.into()))
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ShmErrorKind::Invalid(message.into()))
     }
 
     /// The lock is poisoned: a process or thread died (or panicked) while holding it, so the
@@ -1094,6 +1099,22 @@ impl ShmError {
     pub fn is_io(&self) -> bool {
         matches!(*self.kind, ShmErrorKind::Io(_))
     }
+
+    /// An argument out of range, such as a [`Queue`](crate::shm::Queue) of capacity 0;
+    /// nothing was made.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::shm::Queue;
+    ///
+    /// let err = Queue::<u8>::new(0).unwrap_err();
+    /// assert!(err.is_invalid());
+    /// assert_eq!(err.to_string(), "a shared queue's capacity must be 1 to 2^31 items, not 0");
+    /// ```
+    pub fn is_invalid(&self) -> bool {
+        matches!(*self.kind, ShmErrorKind::Invalid(_))
+    }
 }
 
 impl fmt::Display for ShmError {
@@ -1107,7 +1128,9 @@ impl fmt::Display for ShmError {
                 f,
                 "index {index} is out of bounds for a shared array of length {len}"
             ),
-            ShmErrorKind::UnknownSegment(message) => f.write_str(message),
+            ShmErrorKind::UnknownSegment(message) | ShmErrorKind::Invalid(message) => {
+                f.write_str(message)
+            }
         }
     }
 }

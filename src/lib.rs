@@ -8,7 +8,8 @@
 //! - [`ThreadPool::submit`] → [`Task`]: Python's `apply_async` / `Executor.submit`, with
 //!   [`as_completed`].
 //! - [`ProcessPool`]: process-isolated jobs that survive crashes and hangs.
-//! - [`shm::Value`] and [`shm::Array`]: shared memory for process jobs.
+//! - [`shm::Value`], [`shm::Array`], [`shm::Lock`] and [`shm::Queue`]: shared memory for
+//!   process jobs.
 
 mod error;
 mod map;

@@ -3,17 +3,18 @@
 //! Under `--cfg parpool_loom` these are loom's instrumented versions, so the loom tests in
 //! `pool/loom_tests.rs` explore every interleaving of the latch, sleep and task-slot
 //! protocols; in normal builds they are the std types at zero cost. Only the modules that
-//! implement those protocols (`pool/latch.rs`, `pool/sleep.rs`, `task.rs`) import from here.
+//! implement those protocols (`pool/latch.rs`, `pool/sleep.rs`, `task.rs`, `map/window.rs`,
+//! `shm/queue/ring.rs`) import from here.
 
 #[cfg(parpool_loom)]
-pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(parpool_loom)]
 pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 #[cfg(parpool_loom)]
 pub(crate) use loom::thread::{self, Thread};
 
 #[cfg(not(parpool_loom))]
-pub(crate) use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(parpool_loom))]
 pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 #[cfg(not(parpool_loom))]

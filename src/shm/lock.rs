@@ -1,4 +1,5 @@
-//! A process-shared, robust lock with a poison flag, living inside a segment.
+//! A process-shared, robust lock with a poison flag, living inside a segment
+//! ([`SharedLock`], under every handle of this module), and [`Lock`], one on its own.
 //!
 //! # The lock
 //!
@@ -24,8 +25,16 @@
 //! trusted to use the lock only through this type.
 
 use std::cell::UnsafeCell;
+use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{LockResult, TryLockError, TryLockResult};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{RawBlock, ShmError, type_hash};
 
 /// The lock as laid out in shared memory.
 ///
@@ -126,17 +135,64 @@ impl SharedLock {
         // SAFETY: the mutex was initialised by `init` when its segment was created, and its
         // memory lives as long as `self`.
         let rc = unsafe { libc::pthread_mutex_lock(self.mutex.get()) };
+        self.acquired(rc).expect("a blocking lock does not give up")
+    }
+
+    /// Acquires the lock if it is free now.
+    ///
+    /// # Panics
+    ///
+    /// As [`lock`](Self::lock), except that a lock this thread holds is busy (`None`).
+    pub(crate) fn try_lock(&self) -> Option<Acquired> {
+        // SAFETY: as in `lock`.
+        match unsafe { libc::pthread_mutex_trylock(self.mutex.get()) } {
+            // A robust error-checking mutex tells its own holder EDEADLK: busy, for us.
+            libc::EDEADLK => None,
+            rc => self.acquired(rc),
+        }
+    }
+
+    /// Acquires the lock, waiting for it until `deadline` (`None`: it was still held then).
+    ///
+    /// # Panics
+    ///
+    /// As [`lock`](Self::lock).
+    pub(crate) fn lock_until(&self, deadline: Instant) -> Option<Acquired> {
+        if let Some(acquired) = self.try_lock() {
+            return Some(acquired);
+        }
+        // `pthread_mutex_timedlock` takes a CLOCK_REALTIME instant; the deadline is
+        // monotonic, so convert what is left of it (a clock step while waiting shifts it).
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SAFETY: an all-zero timespec is a valid value.
+        let mut at: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: `at` is a valid, writable timespec; CLOCK_REALTIME always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut at) };
+        let nanos = i128::from(at.tv_sec) * 1_000_000_000
+            + i128::from(at.tv_nsec)
+            + left.as_nanos() as i128;
+        at.tv_sec = (nanos / 1_000_000_000) as libc::time_t;
+        at.tv_nsec = (nanos % 1_000_000_000) as _;
+        // SAFETY: as in `lock`; `at` is a valid timespec on the stack.
+        let rc = unsafe { libc::pthread_mutex_timedlock(self.mutex.get(), &at) };
+        self.acquired(rc)
+    }
+
+    /// What a `pthread_mutex_*lock` return code means: acquired (how), or not (`None`: busy
+    /// or timed out).
+    fn acquired(&self, rc: libc::c_int) -> Option<Acquired> {
         // Acquire: pairs with the Release stores in `poison` and `clear_poison`.
         match rc {
-            0 if self.poisoned.load(Ordering::Acquire) != 0 => Acquired::Poisoned,
-            0 => Acquired::Clean,
+            0 if self.poisoned.load(Ordering::Acquire) != 0 => Some(Acquired::Poisoned),
+            0 => Some(Acquired::Clean),
             libc::EOWNERDEAD => {
                 // SAFETY: we hold the mutex (EOWNERDEAD means acquired); making it consistent
                 // is what lets later lockers in.
                 unsafe { libc::pthread_mutex_consistent(self.mutex.get()) };
                 self.poison();
-                Acquired::Poisoned
+                Some(Acquired::Poisoned)
             }
+            libc::EBUSY | libc::ETIMEDOUT => None,
             libc::EDEADLK => panic!("this thread already holds this shared-memory lock"),
             e => panic!(
                 "the shared-memory lock is unusable: {}",
@@ -194,5 +250,294 @@ impl SharedLock {
         self.is_poisoned();
         // Release: pairs with the Acquire loads in `lock` and `is_poisoned`.
         self.poisoned.store(0, Ordering::Release);
+    }
+}
+
+/// A lock shared with the workers of a process pool (Python's `multiprocessing.Lock`), that
+/// survives a holder that dies.
+///
+/// It is the robust, process-shared mutex that [`Value`](super::Value) and
+/// [`Array`](super::Array) use, on its own: [`lock`](Self::lock) returns a guard that
+/// unlocks when dropped. When a holder dies while holding it (SIGKILL, abort, a task
+/// timeout, a panic), the next locker gets a [`PoisonError`](std::sync::PoisonError) that
+/// still carries the guard, as with `std::sync::Mutex`: never a deadlock.
+/// [`clear_poison`](Self::clear_poison) ends that state.
+///
+/// Cloning gives another handle to the same lock. A handle is an ordinary argument or result
+/// of a [`ProcessPool`](crate::ProcessPool) job (see the [module](super) docs).
+///
+/// # Examples
+///
+/// Ten jobs print under one lock:
+///
+/// ```
+/// use parpool::ProcessPool;
+/// use parpool::shm::Lock;
+///
+/// fn greet((lock, i): (Lock, u32)) -> u32 {
+///     let _guard = lock.lock().unwrap();
+///     println!("hello world {i}");
+///     i
+/// }
+///
+/// let pool = ProcessPool::new(2)?;
+/// let lock = Lock::new()?;
+/// let done = pool.map(greet, (0..10).map(|i| (lock.clone(), i)))?;
+/// assert_eq!(done, (0..10).collect::<Vec<_>>());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Lock {
+    raw: RawBlock,
+}
+
+impl Lock {
+    /// A new, unlocked lock in its own shared-memory segment.
+    ///
+    /// # Errors
+    ///
+    /// The operating system refused the segment ([`is_io`](ShmError::is_io)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::shm::Lock;
+    ///
+    /// let lock = Lock::new()?;
+    /// assert!(!lock.is_poisoned());
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
+    pub fn new() -> Result<Self, ShmError> {
+        let raw = RawBlock::create(type_hash::<Lock>(), 0, 0, |_| Ok(()))?;
+        Ok(Self { raw })
+    }
+
+    /// Acquires the lock, blocking (asleep in the kernel) while another thread or process
+    /// holds it.
+    ///
+    /// # Errors
+    ///
+    /// A poisoned lock (a holder died or panicked while holding it): the
+    /// [`PoisonError`](std::sync::PoisonError) still carries the guard
+    /// ([`into_inner`](std::sync::PoisonError::into_inner)).
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (instead of deadlocking).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::shm::Lock;
+    ///
+    /// let lock = Lock::new()?;
+    /// let l = lock.clone();
+    /// std::thread::spawn(move || {
+    ///     let _guard = l.lock().unwrap();
+    ///     panic!("a holder that panics poisons the lock");
+    /// })
+    /// .join()
+    /// .unwrap_err();
+    /// let guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    /// drop(guard);
+    /// lock.clear_poison();
+    /// assert!(lock.lock().is_ok());
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
+    pub fn lock(&self) -> LockResult<LockGuard<'_>> {
+        let acquired = self.raw.lock().lock();
+        acquired.into_result(self.guard())
+    }
+
+    /// Acquires the lock if it is free now, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`TryLockError::WouldBlock`] when another thread or process (or this thread) holds
+    /// it; [`TryLockError::Poisoned`] (carrying the guard) as in [`lock`](Self::lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::TryLockError;
+    /// use parpool::shm::Lock;
+    ///
+    /// let lock = Lock::new()?;
+    /// let guard = lock.try_lock().unwrap();
+    /// assert!(matches!(lock.try_lock(), Err(TryLockError::WouldBlock)));
+    /// drop(guard);
+    /// assert!(lock.try_lock().is_ok());
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
+    pub fn try_lock(&self) -> TryLockResult<LockGuard<'_>> {
+        match self.raw.lock().try_lock() {
+            Some(acquired) => Ok(acquired.into_result(self.guard())?),
+            None => Err(TryLockError::WouldBlock),
+        }
+    }
+
+    /// Acquires the lock, waiting for it at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`TryLockError::WouldBlock`] when it was still held when the timeout expired;
+    /// [`TryLockError::Poisoned`] (carrying the guard) as in [`lock`](Self::lock).
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (instead of waiting out the timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::TryLockError;
+    /// use std::time::Duration;
+    /// use parpool::shm::Lock;
+    ///
+    /// let lock = Lock::new()?;
+    /// let l = lock.clone();
+    /// let _guard = lock.lock().unwrap();
+    /// std::thread::spawn(move || {
+    ///     let waited = l.lock_timeout(Duration::from_millis(20));
+    ///     assert!(matches!(waited, Err(TryLockError::WouldBlock)));
+    /// })
+    /// .join()
+    /// .unwrap();
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
+    pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<LockGuard<'_>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let acquired = match deadline {
+            Some(deadline) => self.raw.lock().lock_until(deadline),
+            None => Some(self.raw.lock().lock()),
+        };
+        match acquired {
+            Some(acquired) => Ok(acquired.into_result(self.guard())?),
+            None => Err(TryLockError::WouldBlock),
+        }
+    }
+
+    /// Whether the lock is poisoned: a holder panicked or died while holding it (a death is
+    /// noticed here even if nobody has locked it since).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use parpool::shm::Lock;
+    ///
+    /// fn die_holding(lock: Lock) {
+    ///     let _guard = lock.lock().unwrap();
+    ///     std::process::abort();
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let lock = Lock::new()?;
+    /// assert!(pool.submit(die_holding, lock.clone())?.get().unwrap_err().is_crash());
+    /// assert!(lock.is_poisoned());
+    /// assert!(lock.lock().is_err()); // poisoned, but never a deadlock
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_poisoned(&self) -> bool {
+        self.raw.lock().is_poisoned()
+    }
+
+    /// Ends the poisoned state, for every process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::shm::Lock;
+    ///
+    /// let lock = Lock::new()?;
+    /// let l = lock.clone();
+    /// std::thread::spawn(move || {
+    ///     let _guard = l.lock().unwrap();
+    ///     panic!("poison it");
+    /// })
+    /// .join()
+    /// .unwrap_err();
+    /// assert!(lock.is_poisoned());
+    /// lock.clear_poison();
+    /// assert!(!lock.is_poisoned());
+    /// # Ok::<(), parpool::ShmError>(())
+    /// ```
+    pub fn clear_poison(&self) {
+        self.raw.lock().clear_poison();
+    }
+
+    fn guard(&self) -> LockGuard<'_> {
+        LockGuard {
+            lock: self,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Clone for Lock {
+    fn clone(&self) -> Self {
+        Self {
+            raw: self.raw.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Lock").field(&self.raw).finish()
+    }
+}
+
+impl Serialize for Lock {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lock {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = RawBlock::deserialize(deserializer, type_hash::<Lock>(), "a `Lock`", |len| {
+            (len == 0).then_some(0)
+        })?;
+        Ok(Self { raw })
+    }
+}
+
+/// A held [`Lock`]. Unlocks when dropped, and poisons the lock if the thread is panicking.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::shm::Lock;
+///
+/// let lock = Lock::new()?;
+/// {
+///     let _guard = lock.lock().unwrap();
+///     assert!(lock.try_lock().is_err());
+/// } // unlocked here
+/// assert!(lock.try_lock().is_ok());
+/// # Ok::<(), parpool::ShmError>(())
+/// ```
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+    /// The lock must be released by the thread that took it.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let shared = self.lock.raw.lock();
+        if std::thread::panicking() {
+            shared.poison();
+        }
+        // SAFETY: this guard holds the lock, taken by `Lock::lock`/`try_lock`/`lock_timeout`
+        // on this thread (the guard is not `Send`).
+        unsafe { shared.unlock() };
+    }
+}
+
+impl fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LockGuard").field(&self.lock.raw).finish()
     }
 }

@@ -1,7 +1,10 @@
 //! Shared memory between the processes of a [`ProcessPool`](crate::ProcessPool):
 //! [`Value<T>`] and [`Array<T>`], each with a process-shared lock that survives a dying
 //! holder, in the spirit of Python's `multiprocessing.Value('d', 0.0)` and
-//! `Array('i', range(10))`.
+//! `Array('i', range(10))`; [`Lock`], that lock on its own (`multiprocessing.Lock`); and
+//! [`Queue<T>`], a bounded multi-producer multi-consumer queue of serde values
+//! (`multiprocessing.Queue`) that a producer or consumer killed at any instruction never
+//! corrupts or blocks.
 //!
 //! - The memory is a `memfd_create` file: nothing is named in `/dev/shm`, nothing leaks
 //!   there, and the kernel frees it when the last handle in the last process is gone, even
@@ -56,6 +59,7 @@
 
 mod array;
 mod lock;
+mod queue;
 pub(crate) mod segment;
 mod value;
 
@@ -71,6 +75,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::error::ShmError;
 pub use array::{Array, ArrayGuard};
+pub use lock::{Lock, LockGuard};
+pub use queue::{GetError, PutError, Queue};
 pub use value::{Value, ValueGuard};
 
 use lock::SharedLock;
@@ -303,63 +309,61 @@ struct HandleWire {
     len: u64,
 }
 
-/// A typed view of a segment: a header and `len` values of `T`. What `Value` and `Array`
-/// are made of.
-struct Block<T> {
+/// An untyped segment: a [`Header`], then a data area at [`DATA`]. Every handle of this
+/// module ([`Value`], [`Array`], [`Lock`], [`Queue`]) is one, with its own `kind` (the
+/// header's `type_hash`) so that a handle of one kind never opens a segment of another.
+struct RawBlock {
     segment: Arc<Segment>,
-    /// Checked against the segment's size once; never read again from shared memory.
-    len: usize,
-    _type: PhantomData<T>,
 }
 
-impl<T> Clone for Block<T> {
+impl Clone for RawBlock {
     fn clone(&self) -> Self {
         Self {
             segment: Arc::clone(&self.segment),
-            len: self.len,
-            _type: PhantomData,
         }
     }
 }
 
-impl<T: Pod> Block<T> {
-    /// Makes a segment for `len` values; `init` writes them (the memory starts zeroed).
-    fn create(len: usize, init: impl FnOnce(*mut T)) -> Result<Self, ShmError> {
-        const { assert!(align_of::<T>() <= DATA, "Pod types aligned above 128 bytes") };
-        let too_large = || {
-            ShmError::io(std::io::Error::new(
-                std::io::ErrorKind::OutOfMemory,
-                "the shared array is too large",
-            ))
-        };
-        let bytes = len
-            .checked_mul(size_of::<T>())
-            .and_then(|b| b.checked_add(DATA))
+impl RawBlock {
+    /// Makes a zeroed segment with a header naming `kind` and `len`, and a data area of
+    /// `data_bytes`; `init` writes the data area before any other thread or process can see
+    /// it.
+    fn create(
+        kind: u64,
+        len: u64,
+        data_bytes: usize,
+        init: impl FnOnce(*mut u8) -> std::io::Result<()>,
+    ) -> Result<Self, ShmError> {
+        let bytes = data_bytes
+            .checked_add(DATA)
             .filter(|&b| b <= isize::MAX as usize)
-            .ok_or_else(too_large)?;
+            .ok_or_else(|| {
+                ShmError::io(std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    "the shared-memory segment is too large",
+                ))
+            })?;
         let segment = Segment::create("parpool-shm", bytes).map_err(ShmError::io)?;
         let header = segment.as_ptr().cast::<Header>();
         // SAFETY: the segment is new, at least DATA bytes (> size of Header), page-aligned,
         // and no other thread or process has it yet, so plain writes race with nothing; the
-        // data area holds `len` values of `T` at DATA, aligned (DATA >= align_of::<T>()).
+        // data area is the `data_bytes` after DATA.
         unsafe {
             (&raw mut (*header).magic).write(MAGIC);
             (&raw mut (*header).token).write(new_token());
-            (&raw mut (*header).type_hash).write(type_hash::<T>());
-            (&raw mut (*header).len).write(len as u64);
+            (&raw mut (*header).type_hash).write(kind);
+            (&raw mut (*header).len).write(len);
             SharedLock::init(&raw mut (*header).lock).map_err(ShmError::io)?;
-            init(segment.as_ptr().add(DATA).cast::<T>());
+            init(segment.as_ptr().add(DATA)).map_err(ShmError::io)?;
         }
         Ok(Self {
             segment: segment.register(),
-            len,
-            _type: PhantomData,
         })
     }
 
     fn header(&self) -> &Header {
         // SAFETY: the segment starts with a Header written at creation (checked by magic,
-        // token and type in `from_wire` for received segments); it is only read after that,
+        // token and kind in `from_wire` for received segments); it is only read after that,
         // except for the lock, which is built for shared use.
         unsafe { &*self.segment.as_ptr().cast::<Header>() }
     }
@@ -368,10 +372,10 @@ impl<T: Pod> Block<T> {
         &self.header().lock
     }
 
-    /// The first value: aligned, and valid for `len` values while `self` lives.
-    fn data(&self) -> *mut T {
-        // SAFETY: DATA is inside the mapping (its size was checked to hold DATA + len values).
-        unsafe { self.segment.as_ptr().add(DATA).cast::<T>() }
+    /// The start of the data area, 128-byte aligned.
+    fn data(&self) -> *mut u8 {
+        // SAFETY: DATA is inside the mapping (its size was checked to hold the header).
+        unsafe { self.segment.as_ptr().add(DATA) }
     }
 
     fn wire(&self) -> HandleWire {
@@ -380,11 +384,19 @@ impl<T: Pod> Block<T> {
             id: self.segment.id(),
             token: header.token,
             type_hash: header.type_hash,
-            len: self.len as u64,
+            len: header.len,
         }
     }
 
-    fn from_wire(wire: &HandleWire) -> Result<Self, ShmError> {
+    /// The segment a received handle names, checked to hold `kind` (described as
+    /// `kind_name`, e.g. "values of type `f32`") and a data area of at least
+    /// `data_bytes(len)` bytes (`None`: no size fits that `len`).
+    fn from_wire(
+        wire: &HandleWire,
+        kind: u64,
+        kind_name: &str,
+        data_bytes: impl FnOnce(u64) -> Option<usize>,
+    ) -> Result<Self, ShmError> {
         let Some(segment) = Segment::lookup(wire.id) else {
             return Err(ShmError::unknown_segment(format!(
                 "shared-memory segment {}:{} is not known in process {}: a handle can only be \
@@ -402,27 +414,20 @@ impl<T: Pod> Block<T> {
                 wire.id.dev, wire.id.ino
             ))
         };
-        let len = usize::try_from(wire.len).map_err(|_| mismatch("length"))?;
-        let needed = len
-            .checked_mul(size_of::<T>())
-            .and_then(|b| b.checked_add(DATA));
+        let needed = data_bytes(wire.len).and_then(|b| b.checked_add(DATA));
         if needed.is_none_or(|n| n > segment.len()) {
             return Err(mismatch("length"));
         }
-        let block = Self {
-            segment,
-            len,
-            _type: PhantomData,
-        };
+        let block = Self { segment };
         let header = block.header();
         if header.magic != MAGIC || header.token != wire.token {
             return Err(mismatch("another segment reuses its inode"));
         }
-        if header.type_hash != type_hash::<T>() || wire.type_hash != header.type_hash {
-            return Err(mismatch(&format!(
-                "not values of type `{}`",
-                std::any::type_name::<T>()
-            )));
+        if header.type_hash != kind || wire.type_hash != kind {
+            return Err(mismatch(&format!("not {kind_name}")));
+        }
+        if header.len != wire.len {
+            return Err(mismatch("length"));
         }
         Ok(block)
     }
@@ -432,23 +437,108 @@ impl<T: Pod> Block<T> {
         self.wire().serialize(serializer)
     }
 
-    fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+    fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+        kind: u64,
+        kind_name: &str,
+        data_bytes: impl FnOnce(u64) -> Option<usize>,
+    ) -> Result<Self, D::Error> {
         let wire = HandleWire::deserialize(deserializer)?;
-        Self::from_wire(&wire).map_err(|e| {
+        Self::from_wire(&wire, kind, kind_name, data_bytes).map_err(|e| {
             segment::set_decode_error(e.to_string());
             serde::de::Error::custom(e)
         })
     }
 }
 
-impl<T> std::fmt::Debug for Block<T> {
+impl std::fmt::Debug for RawBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let id = self.segment.id();
+        write!(f, "{}:{}", id.dev, id.ino)
+    }
+}
+
+/// A typed view of a segment: a header and `len` values of `T`. What `Value` and `Array`
+/// are made of.
+struct Block<T> {
+    raw: RawBlock,
+    /// Checked against the segment's size once; never read again from shared memory.
+    len: usize,
+    _type: PhantomData<T>,
+}
+
+impl<T> Clone for Block<T> {
+    fn clone(&self) -> Self {
+        Self {
+            raw: self.raw.clone(),
+            len: self.len,
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T: Pod> Block<T> {
+    /// The data area for `len` values, in bytes.
+    fn data_bytes(len: u64) -> Option<usize> {
+        usize::try_from(len).ok()?.checked_mul(size_of::<T>())
+    }
+
+    /// Makes a segment for `len` values; `init` writes them (the memory starts zeroed).
+    fn create(len: usize, init: impl FnOnce(*mut T)) -> Result<Self, ShmError> {
+        const { assert!(align_of::<T>() <= DATA, "Pod types aligned above 128 bytes") };
+        let bytes = Self::data_bytes(len as u64).ok_or_else(|| {
+            ShmError::io(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                "the shared array is too large",
+            ))
+        })?;
+        let raw = RawBlock::create(type_hash::<T>(), len as u64, bytes, |data| {
+            // The data area holds `len` values of `T`, aligned (DATA >= align_of::<T>()).
+            init(data.cast::<T>());
+            Ok(())
+        })?;
+        Ok(Self {
+            raw,
+            len,
+            _type: PhantomData,
+        })
+    }
+
+    fn lock(&self) -> &SharedLock {
+        self.raw.lock()
+    }
+
+    /// The first value: aligned, and valid for `len` values while `self` lives.
+    fn data(&self) -> *mut T {
+        self.raw.data().cast::<T>()
+    }
+
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+
+    fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = RawBlock::deserialize(
+            deserializer,
+            type_hash::<T>(),
+            &format!("values of type `{}`", std::any::type_name::<T>()),
+            Self::data_bytes,
+        )?;
+        let len = raw.header().len as usize;
+        Ok(Self {
+            raw,
+            len,
+            _type: PhantomData,
+        })
+    }
+}
+
+impl<T> std::fmt::Debug for Block<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}:{} ({} × {})",
-            id.dev,
-            id.ino,
+            "{:?} ({} × {})",
+            self.raw,
             self.len,
             std::any::type_name::<T>()
         )
