@@ -274,7 +274,8 @@ impl Cluster {
 
     /// The fold of `f(i)` over `0..n` with `op`, spread over the ranks; the total on
     /// rank 0. Each rank folds runs of consecutive items from `identity()`, and the partials
-    /// are combined in index order, so `op` need only be associative.
+    /// are combined in index order, so `op` need only be associative; `identity()` must be
+    /// its neutral element (0 for `+`, 1 for `*`), as it is folded in once per run.
     ///
     /// # Errors
     ///

@@ -207,7 +207,6 @@ where
             let dest = comm.process_at_rank(to as i32);
             stops.push(dest.immediate_send_with_tag(scope, &[0u8; 0][..], tag::STOP));
         }
-        drop(hand_out);
         sends.into_iter().for_each(|s| s.wait_without_status());
         stops.into_iter().for_each(|s| s.wait_without_status());
     });
