@@ -123,7 +123,8 @@ impl<T: Equivalence> Codec<T> for Plain {
 ///
 /// let rows = vec![vec![1u8, 2], vec![]];
 /// let bytes = Postcard.encode_slice(&rows).unwrap();
-/// assert_eq!(Postcard.decode(bytes.to_vec()).unwrap(), rows);
+/// let back: Vec<Vec<u8>> = Postcard.decode(bytes.to_vec()).unwrap();
+/// assert_eq!(back, rows);
 /// assert!(Codec::<String>::decode(&Postcard, vec![5, b'a']).is_err()); // truncated
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
