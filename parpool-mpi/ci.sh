@@ -34,6 +34,9 @@ fi
 step "clippy"
 cargo clippy -p parpool-mpi --all-targets -- -D warnings
 
+step "cargo doc (broken intra-doc links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p parpool-mpi
+
 step "cargo test -p parpool-mpi (one rank: unit, doc and rank tests)"
 cargo test --release -p parpool-mpi 2>&1 | tee target/mpi-test.out
 ranks=$(sed -n 's/.*Running tests\/ranks.rs (\(.*\))$/\1/p' target/mpi-test.out)
