@@ -6,8 +6,9 @@
 //! mpirun -np 2 --bind-to core target/release/deps/ranks-<hash> --bench
 //! ```
 //!
-//! (`.ci/run` finds the binary and runs both). Each rank maps on a one-thread pool, so the
-//! ranks are the only parallelism. Two loads of 2M items (`--items N` to change):
+//! (`cargo bench` prints the binary's path; on a machine shared with other work add
+//! `--mca mpi_yield_when_idle 1`, or waiting ranks spin). Each rank maps on a one-thread
+//! pool, so the ranks are the only parallelism. Two loads of 2M items (`--items N` to change):
 //!
 //! - `uniform`: every item spins ~0.7 µs (calibrated on rank 0 at start). The figure is
 //!   the 1-rank time over the 2-rank time.
