@@ -94,7 +94,7 @@ impl Report {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use parpool::ThreadPool;
 /// use parpool_mpi::{Cluster, Plain};
 ///
@@ -106,7 +106,11 @@ impl Report {
 /// assert!(error.is_panic());
 /// assert_eq!(error.item(), Some(42));
 /// assert_eq!(error.message(), "bad item");
-/// println!("{error}"); // "rank 0: item 42 panicked: bad item" on one rank
+/// assert!(!error.is_codec() && !error.is_mismatch());
+/// if cluster.size() == 1 {
+///     assert_eq!(error.rank(), 0);
+///     assert_eq!(error.to_string(), "rank 0: item 42 panicked: bad item");
+/// }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapError {
