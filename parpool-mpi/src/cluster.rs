@@ -10,6 +10,7 @@ use parpool::ThreadPool;
 use crate::codec::Codec;
 use crate::dynamic::{self, Chunks};
 use crate::error::{Kind, MapError, Report};
+use crate::local;
 use crate::scatter;
 use crate::tag;
 use crate::work::{RangeMap, RangeReduce, SliceMap, Work};
@@ -308,9 +309,17 @@ impl Cluster {
             op,
         };
         let parts = self.run(&codec, &work, n);
-        let total = parts.map(|parts| {
-            parts.map(|p| vec![p.into_iter().flatten().fold((work.identity)(), &work.op)])
-        });
+        // Rank 0 folds the partials in order; a panic in `op` here is an error as well.
+        let fold = |partials: Vec<Vec<R>>| {
+            let total = || {
+                partials
+                    .into_iter()
+                    .flatten()
+                    .fold((work.identity)(), &work.op)
+            };
+            local::guarded(0, total).map(|total| vec![total])
+        };
+        let total = parts.and_then(|parts| parts.map(fold).transpose());
         Ok(self.deliver(&codec, total)?.map(|mut v| v.remove(0)))
     }
 

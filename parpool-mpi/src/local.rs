@@ -114,3 +114,13 @@ where
     };
     catch_unwind(AssertUnwindSafe(run)).map_err(|payload| first.into_report(rank, payload.as_ref()))
 }
+
+/// `run()` with a panic turned into a report that names `rank` but no item (for the
+/// folding of partials, which belongs to no one item).
+pub(crate) fn guarded<R>(rank: u32, run: impl FnOnce() -> R) -> Result<R, Report> {
+    catch_unwind(AssertUnwindSafe(run)).map_err(|payload| Report {
+        rank,
+        kind: Kind::Panic { item: None },
+        message: panic_message(payload.as_ref()),
+    })
+}

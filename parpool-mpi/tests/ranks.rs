@@ -239,6 +239,27 @@ fn panics(c: &mut Checks<'_>, schedule: Schedule) {
     c.expect_err("panic in op", got, |e| {
         assert!(e.is_panic() && e.message() == "intended: op")
     });
+    // Sum 0..2000 passes 10^6 near the end: inside a rank's fold, or in rank 0's fold of
+    // the partials; either way an error, never a crash.
+    let got = cluster.reduce_range(
+        Plain,
+        n,
+        |i| i as u64,
+        || 0,
+        |a, b| {
+            if a + b > 1_000_000 {
+                panic!("intended: total too large")
+            } else {
+                a + b
+            }
+        },
+    );
+    c.expect_err("panic in the final fold", got, |e| {
+        assert!(
+            e.is_panic() && e.message() == "intended: total too large",
+            "{e}"
+        );
+    });
 }
 
 fn misuse(c: &mut Checks<'_>, schedule: Schedule) {
