@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long the one-time calibration spins against `Instant`.
+#[cfg(target_arch = "x86_64")]
 const CALIBRATION: Duration = Duration::from_micros(5);
 
 /// A running stopwatch.
