@@ -7,18 +7,23 @@
 //! - [`join`] and [`scope`]: fork-join on the current pool.
 //! - [`ThreadPool::submit`] → [`Task`]: Python's `apply_async` / `Executor.submit`, with
 //!   [`as_completed`].
-//! - [`ProcessPool`]: process-isolated jobs that survive crashes and hangs.
-//! - [`shm::Value`] and [`shm::Array`]: shared memory for process jobs.
+//! - `ProcessPool`: process-isolated jobs that survive crashes and hangs (Linux, the
+//!   default `process` feature).
+//! - `shm::Value` and `shm::Array`: shared memory for process jobs (likewise).
 
 mod error;
 mod map;
 mod pool;
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub mod process;
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub mod shm;
 mod sync;
 mod task;
 
-pub use error::{ProcessError, ShmError, TaskError, ThreadPoolBuildError};
+pub use error::{TaskError, ThreadPoolBuildError};
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub use error::{ProcessError, ShmError};
 pub use map::{
     Imap, ImapUnordered, IntoParMap, ParMap, imap, imap_unordered, map, map_chunked, try_map,
 };
@@ -26,6 +31,7 @@ pub use pool::{
     NUM_THREADS_ENV, Scope, ThreadPool, ThreadPoolBuilder, current_num_threads,
     current_thread_index, join, scope,
 };
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub use process::ProcessPool;
 pub use task::{AsCompleted, Task, as_completed, submit};
 
@@ -42,9 +48,12 @@ pub use task::{AsCompleted, Task, as_completed, submit};
 /// # Ok::<(), ThreadPoolBuildError>(())
 /// ```
 pub mod prelude {
+    #[cfg(all(feature = "process", target_os = "linux"))]
     pub use crate::shm::{Array, Value};
+    #[cfg(all(feature = "process", target_os = "linux"))]
+    pub use crate::{ProcessError, ProcessPool};
     pub use crate::{
-        IntoParMap, ParMap, ProcessError, ProcessPool, Task, TaskError, ThreadPool,
-        ThreadPoolBuildError, ThreadPoolBuilder, as_completed,
+        IntoParMap, ParMap, Task, TaskError, ThreadPool, ThreadPoolBuildError, ThreadPoolBuilder,
+        as_completed,
     };
 }
