@@ -21,11 +21,12 @@ pub mod shm;
 mod sync;
 mod task;
 
-pub use error::{TaskError, ThreadPoolBuildError};
 #[cfg(all(feature = "process", target_os = "linux"))]
 pub use error::{ProcessError, ShmError};
+pub use error::{TaskError, ThreadPoolBuildError};
 pub use map::{
-    Imap, ImapUnordered, IntoParMap, ParMap, imap, imap_unordered, map, map_chunked, try_map,
+    Imap, ImapUnordered, IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice, imap,
+    imap_unordered, map, map_chunked, try_map,
 };
 pub use pool::{
     NUM_THREADS_ENV, Scope, ThreadPool, ThreadPoolBuilder, current_num_threads,
@@ -50,10 +51,10 @@ pub use task::{AsCompleted, Task, as_completed, submit};
 pub mod prelude {
     #[cfg(all(feature = "process", target_os = "linux"))]
     pub use crate::shm::{Array, Value};
+    pub use crate::{
+        IntoParMap, ParMap, ParSlice, Task, TaskError, ThreadPool, ThreadPoolBuildError,
+        ThreadPoolBuilder, as_completed,
+    };
     #[cfg(all(feature = "process", target_os = "linux"))]
     pub use crate::{ProcessError, ProcessPool};
-    pub use crate::{
-        IntoParMap, ParMap, Task, TaskError, ThreadPool, ThreadPoolBuildError, ThreadPoolBuilder,
-        as_completed,
-    };
 }

@@ -90,7 +90,7 @@ fn advise_huge_pages<R>(ptr: *mut R, len: usize) {
 fn advise_huge_pages<R>(_ptr: *mut R, _len: usize) {}
 
 /// An indexed input: splits in two, and is consumed in order on any thread.
-pub(crate) trait Source: Send + Sized {
+pub trait Source: Send + Sized {
     type Item;
     type Iter: Iterator<Item = Self::Item>;
     fn len(&self) -> usize;
@@ -111,6 +111,67 @@ impl<'a, T: Sync> Source for &'a [T] {
     }
     fn into_iter(self) -> Self::Iter {
         self.iter()
+    }
+}
+
+impl<'a, T: Send> Source for &'a mut [T] {
+    type Item = &'a mut T;
+    type Iter = std::slice::IterMut<'a, T>;
+
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+    fn split_at(self, index: usize) -> (Self, Self) {
+        self.split_at_mut(index)
+    }
+    fn into_iter(self) -> Self::Iter {
+        self.iter_mut()
+    }
+}
+
+/// A slice as consecutive chunks of `size` items (the last may be shorter): one item per
+/// chunk.
+#[derive(Debug)]
+pub struct Chunks<S> {
+    pub(crate) slice: S,
+    /// At least 1.
+    pub(crate) size: usize,
+}
+
+impl<'a, T: Sync> Source for Chunks<&'a [T]> {
+    type Item = &'a [T];
+    type Iter = std::slice::Chunks<'a, T>;
+
+    fn len(&self) -> usize {
+        self.slice.len().div_ceil(self.size)
+    }
+    fn split_at(self, index: usize) -> (Self, Self) {
+        let (left, right) = self
+            .slice
+            .split_at((index * self.size).min(self.slice.len()));
+        let size = self.size;
+        (Chunks { slice: left, size }, Chunks { slice: right, size })
+    }
+    fn into_iter(self) -> Self::Iter {
+        self.slice.chunks(self.size)
+    }
+}
+
+impl<'a, T: Send> Source for Chunks<&'a mut [T]> {
+    type Item = &'a mut [T];
+    type Iter = std::slice::ChunksMut<'a, T>;
+
+    fn len(&self) -> usize {
+        self.slice.len().div_ceil(self.size)
+    }
+    fn split_at(self, index: usize) -> (Self, Self) {
+        let at = (index * self.size).min(self.slice.len());
+        let (left, right) = self.slice.split_at_mut(at);
+        let size = self.size;
+        (Chunks { slice: left, size }, Chunks { slice: right, size })
+    }
+    fn into_iter(self) -> Self::Iter {
+        self.slice.chunks_mut(self.size)
     }
 }
 
@@ -209,13 +270,13 @@ impl<T> Iterator for OwnedIter<'_, T> {
 
 /// An integer range as `start` plus a length, for every primitive integer type.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct IntRange<T> {
+pub struct IntRange<T> {
     start: T,
     len: usize,
 }
 
 /// Integers that [`IntRange`] can step through.
-pub(crate) trait Int: Copy + Send + Sync + 'static {
+pub trait Int: Copy + Send + Sync + 'static {
     /// `self + offset`, for offsets that keep the result in range.
     fn offset(self, offset: usize) -> Self;
     /// The number of integers in `start..end`, if it fits in `usize`.
@@ -299,7 +360,7 @@ impl<T: Int> Source for IntRange<T> {
 
 /// The integers of an [`IntRange`], in order.
 #[derive(Debug)]
-pub(crate) struct IntIter<T> {
+pub struct IntIter<T> {
     range: IntRange<T>,
     next: usize,
 }
@@ -348,12 +409,6 @@ impl<R> Written<R> {
         }
     }
 
-    /// `self` with `other` appended; see [`Written::append`].
-    fn merge(mut self, other: Written<R>) -> Written<R> {
-        self.append(other);
-        self
-    }
-
     /// Gives up ownership of the results (they now belong to the output vector); returns
     /// how many there are.
     fn release(self) -> usize {
@@ -370,8 +425,8 @@ impl<R> Drop for Written<R> {
     }
 }
 
-/// `len` uninitialised output places starting at `ptr`, each written by exactly one leaf.
-struct Dst<R> {
+/// `len` uninitialised output places starting at `ptr`, each written by exactly one batch.
+pub(crate) struct Dst<R> {
     ptr: *mut R,
     len: usize,
 }
@@ -397,7 +452,7 @@ impl<R> Dst<R> {
     }
 }
 
-/// Sets the flag if dropped during a panic: tells the other leaves to stop mapping.
+/// Sets the flag if dropped during a panic: tells the other pieces to stop.
 struct StopOnUnwind<'a>(&'a AtomicBool);
 
 impl Drop for StopOnUnwind<'_> {
@@ -408,33 +463,66 @@ impl Drop for StopOnUnwind<'_> {
     }
 }
 
-/// Maps `source` into `dst` in order, on this thread.
-#[inline]
-fn write_seq<S, R, F>(source: S, dst: Dst<R>, f: &F, stop: &AtomicBool) -> Written<R>
-where
-    S: Source,
-    F: Fn(S::Item) -> R,
-{
-    debug_assert!(source.len() <= dst.len);
-    let mut written = Written::empty(dst.ptr);
-    let unwinding = StopOnUnwind(stop);
-    for item in source.into_iter() {
-        let value = f(item);
-        // SAFETY: `written.len < dst.len` (the source is no longer than `dst`), and this
-        // place is written once, by this leaf only.
-        unsafe { dst.ptr.wrapping_add(written.len).write(value) };
-        written.len += 1;
-    }
-    std::mem::forget(unwinding);
-    written
+/// What one call does with its items. The engine (sampling, splitting on demand) is the
+/// same for every operation of the kit; they differ only here.
+///
+/// A call's items are cut into pieces, and each piece into batches consumed in order on
+/// one thread. Every batch gets a [`Place`](Consumer::Place) (its share of the output,
+/// split alongside the items) and hands back an [`Out`](Consumer::Out); the engine merges
+/// the outs of neighbouring batches and pieces left to right, so a merge always sees two
+/// neighbours in input order.
+pub(crate) trait Consumer<I>: Sync {
+    /// A batch's share of the output: the places it writes, or `()`.
+    type Place: Send;
+    /// What a batch or piece hands back.
+    type Out: Send;
+    /// Made lazily, at most once per piece, on the thread that maps the piece.
+    type State;
+
+    /// `place` cut like the items: `[0, index)` and `[index, len)`.
+    fn split_place(place: Self::Place, index: usize) -> (Self::Place, Self::Place);
+    /// The out of no items at `place`.
+    fn empty(&self, place: &Self::Place) -> Self::Out;
+    /// Consumes `items` in order into `place` (as many items as it has places). May set
+    /// `stop` to end the whole call early (an `Err`); then no piece starts another item.
+    fn consume(
+        &self,
+        state: &mut Option<Self::State>,
+        items: impl Iterator<Item = I>,
+        place: Self::Place,
+        stop: &AtomicBool,
+    ) -> Self::Out;
+    /// The out of `left` followed by `right`.
+    fn merge(&self, left: Self::Out, right: Self::Out) -> Self::Out;
 }
 
-/// What every piece of one `par_map` shares.
-struct Ctx<'f, F> {
-    f: &'f F,
+/// Consumes one batch on this thread; a panic in it tells the other pieces to stop.
+#[inline]
+fn run_batch<S, C>(
+    consumer: &C,
+    state: &mut Option<C::State>,
+    source: S,
+    place: C::Place,
+    stop: &AtomicBool,
+) -> C::Out
+where
+    S: Source,
+    C: Consumer<S::Item>,
+{
+    let unwinding = StopOnUnwind(stop);
+    let out = consumer.consume(state, source.into_iter(), place, stop);
+    std::mem::forget(unwinding);
+    out
+}
+
+/// What every piece of one call shares.
+struct Ctx<'c, C> {
+    consumer: &'c C,
     /// Items between two looks for idle workers, to start with (the piece adapts it).
     interval: usize,
-    /// Set when a piece panics: the others stop mapping.
+    /// No piece is cut shorter than this (`with_min_len`; at least 1).
+    min_len: usize,
+    /// Set when a piece panics or fails: the others stop.
     stop: AtomicBool,
 }
 
@@ -444,120 +532,384 @@ fn peers_want_work() -> bool {
     WorkerThread::current().is_some_and(WorkerThread::peers_want_work)
 }
 
-/// Maps a piece on this worker, in batches of about [`CHECK_NS`]; between batches, if
+/// Consumes a piece on this worker, in batches of about [`CHECK_NS`]; between batches, if
 /// another worker is idle, splits what is left in two with `join`, so the idle worker can
 /// take the second half (lazy binary splitting).
-fn split_on_demand<S, R, F>(mut source: S, mut dst: Dst<R>, ctx: &Ctx<'_, F>) -> Written<R>
+fn split_on_demand<S, C>(mut source: S, mut place: C::Place, ctx: &Ctx<'_, C>) -> C::Out
 where
     S: Source,
-    R: Send,
-    F: Fn(S::Item) -> R + Sync,
+    C: Consumer<S::Item>,
 {
-    let mut written = Written::empty(dst.ptr);
+    let consumer = ctx.consumer;
+    let mut out = consumer.empty(&place);
+    let mut state = None;
     let mut interval = ctx.interval;
     while source.len() > 0 {
         if ctx.stop.load(Ordering::Relaxed) {
-            // Another piece panicked: the rest of `source` is dropped unmapped.
+            // Another piece panicked or failed: the rest of `source` is dropped unconsumed.
             break;
         }
-        if source.len() >= 2 && peers_want_work() {
+        if source.len() >= 2 * ctx.min_len && peers_want_work() {
+            // Each half makes its own state: this piece's is not needed any more.
+            drop(state);
             let mid = source.len() / 2;
             let (left, right) = source.split_at(mid);
-            let (left_dst, right_dst) = dst.split_at(mid);
+            let (left_place, right_place) = C::split_place(place, mid);
             let (a, b) = join(
-                || split_on_demand(left, left_dst, ctx),
-                || split_on_demand(right, right_dst, ctx),
+                || split_on_demand(left, left_place, ctx),
+                || split_on_demand(right, right_place, ctx),
             );
-            return written.merge(a).merge(b);
+            return consumer.merge(consumer.merge(out, a), b);
         }
         let take = interval.min(source.len());
         let (head, tail) = source.split_at(take);
-        let (head_dst, tail_dst) = dst.split_at(take);
-        (source, dst) = (tail, tail_dst);
+        let (head_place, tail_place) = C::split_place(place, take);
+        (source, place) = (tail, tail_place);
         let watch = Stopwatch::start();
-        written.append(write_seq(head, head_dst, ctx.f, &ctx.stop));
+        let batch = run_batch(consumer, &mut state, head, head_place, &ctx.stop);
+        out = consumer.merge(out, batch);
         // Keep batches near CHECK_NS as the cost per item drifts (a ramp of costs).
         let elapsed = watch.elapsed_ns().max(1.0);
         interval = ((interval as f64 * CHECK_NS as f64 / elapsed) as usize).clamp(1, MAX_INTERVAL);
     }
-    written
+    out
 }
 
-/// Maps every item of `source` into `out` (cleared first, its allocation reused), in order,
-/// on the current pool.
-pub(crate) fn map_into<S, R, F>(source: S, f: &F, out: &mut Vec<R>)
+/// Consumes every item of `source` into `place` on the current pool: sampling on the
+/// caller, then splitting on demand (see the module docs). `min_len` is the shortest piece
+/// the pool may cut (0 counts as 1).
+pub(crate) fn drive<S, C>(source: S, place: C::Place, consumer: &C, min_len: usize) -> C::Out
 where
     S: Source,
-    R: Send,
-    F: Fn(S::Item) -> R + Sync,
+    C: Consumer<S::Item>,
 {
-    let n = source.len();
+    let min_len = min_len.max(1);
+    let stop = AtomicBool::new(false);
+    let mut state = None;
+    let mut out = Some(consumer.empty(&place));
+    let mut rest = Some((source, place));
+
+    // 1. Sampling on this thread, window by window, until the input is done (or failed) or
+    //    the rest is estimated to be worth parallel work.
+    let mut probe = CostProbe::new();
+    let per_item_ns = loop {
+        let window = probe.window(|batch| {
+            let (source, place) = rest.take().expect("the rest is put back after every batch");
+            if source.len() == 0 {
+                rest = Some((source, place));
+                return (0, false);
+            }
+            let take = batch.min(source.len());
+            let (head, tail) = source.split_at(take);
+            let (head_place, tail_place) = C::split_place(place, take);
+            rest = Some((tail, tail_place));
+            let batch_out = run_batch(consumer, &mut state, head, head_place, &stop);
+            let so_far = out.take().expect("the out is put back after every batch");
+            out = Some(consumer.merge(so_far, batch_out));
+            (take, !stop.load(Ordering::Relaxed))
+        });
+        let remaining = rest.as_ref().map_or(0, |(source, _)| source.len());
+        match window {
+            Some(per_item_ns)
+                if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64
+                    && remaining >= 2 * min_len =>
+            {
+                break per_item_ns;
+            }
+            Some(_) => {}
+            None => return out.expect("the out is put back after every batch"),
+        }
+    };
+    let (rest, place) = rest.expect("the rest is put back after every batch");
+    let out = out.expect("the out is put back after every batch");
+
+    // 2. The rest, on the pool.
+    let registry = current_registry();
+    let tail = if registry.num_threads() == 1 && WorkerThread::current().is_none() {
+        // One worker would only take the work off this thread, not share it.
+        run_batch(consumer, &mut state, rest, place, &stop)
+    } else {
+        // The pool's pieces make their own state; the caller's is done.
+        drop(state);
+        let interval = (CHECK_NS as f64 / per_item_ns).clamp(1.0, MAX_INTERVAL as f64) as usize;
+        let ctx = Ctx {
+            consumer,
+            interval,
+            min_len,
+            stop,
+        };
+        registry.in_worker(|_| split_on_demand(rest, place, &ctx))
+    };
+    consumer.merge(out, tail)
+}
+
+impl<R> Dst<R> {
+    /// Writes `value` at place `index`.
+    ///
+    /// # Safety
+    ///
+    /// `index < self.len`, and each place is written at most once.
+    #[inline]
+    unsafe fn write(&self, index: usize, value: R) {
+        debug_assert!(index < self.len);
+        // SAFETY: `index < len` (the caller's promise), so the place lies inside the
+        // output buffer (or is a no-op for zero-sized `R`), and nobody else writes it.
+        unsafe { self.ptr.wrapping_add(index).write(value) };
+    }
+}
+
+/// `map`, `map_init` and `for_each` (a map to `()`): each result goes to its place in the
+/// output. `f` gets the piece's state, made by `init` (`()` for the plain operations).
+pub(crate) struct MapConsumer<'f, Init, F> {
+    pub(crate) init: &'f Init,
+    pub(crate) f: &'f F,
+}
+
+impl<I, St, R, Init, F> Consumer<I> for MapConsumer<'_, Init, F>
+where
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, I) -> R + Sync,
+    R: Send,
+{
+    type Place = Dst<R>;
+    type Out = Written<R>;
+    type State = St;
+
+    fn split_place(place: Dst<R>, index: usize) -> (Dst<R>, Dst<R>) {
+        place.split_at(index)
+    }
+    fn empty(&self, place: &Dst<R>) -> Written<R> {
+        Written::empty(place.ptr)
+    }
+    #[inline]
+    fn consume(
+        &self,
+        state: &mut Option<St>,
+        items: impl Iterator<Item = I>,
+        place: Dst<R>,
+        _stop: &AtomicBool,
+    ) -> Written<R> {
+        let state = state.get_or_insert_with(self.init);
+        let mut written = Written::empty(place.ptr);
+        for item in items.take(place.len) {
+            let value = (self.f)(state, item);
+            // SAFETY: `written.len < place.len` (`take`), and this batch alone owns its
+            // places, each visited once.
+            unsafe { place.write(written.len, value) };
+            written.len += 1;
+        }
+        written
+    }
+    fn merge(&self, mut left: Written<R>, right: Written<R>) -> Written<R> {
+        left.append(right);
+        left
+    }
+}
+
+/// `try_map` and `try_for_each`: like [`MapConsumer`], but the first `Err` stops the call.
+/// Every batch checks the stop flag before each item, so once an error is seen no item
+/// starts anywhere; the results of the others are dropped with their `Written`.
+pub(crate) struct TryMapConsumer<'f, Init, F> {
+    pub(crate) init: &'f Init,
+    pub(crate) f: &'f F,
+}
+
+impl<I, St, R, E, Init, F> Consumer<I> for TryMapConsumer<'_, Init, F>
+where
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, I) -> Result<R, E> + Sync,
+    R: Send,
+    E: Send,
+{
+    type Place = Dst<R>;
+    type Out = Result<Written<R>, E>;
+    type State = St;
+
+    fn split_place(place: Dst<R>, index: usize) -> (Dst<R>, Dst<R>) {
+        place.split_at(index)
+    }
+    fn empty(&self, place: &Dst<R>) -> Self::Out {
+        Ok(Written::empty(place.ptr))
+    }
+    #[inline]
+    fn consume(
+        &self,
+        state: &mut Option<St>,
+        items: impl Iterator<Item = I>,
+        place: Dst<R>,
+        stop: &AtomicBool,
+    ) -> Self::Out {
+        let state = state.get_or_insert_with(self.init);
+        let mut written = Written::empty(place.ptr);
+        for item in items.take(place.len) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match (self.f)(state, item) {
+                // SAFETY: as in `MapConsumer::consume`.
+                Ok(value) => unsafe { place.write(written.len, value) },
+                Err(error) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(error);
+                }
+            }
+            written.len += 1;
+        }
+        Ok(written)
+    }
+    /// The leftmost error wins; the results on either side are dropped with it.
+    fn merge(&self, left: Self::Out, right: Self::Out) -> Self::Out {
+        let mut left = left?;
+        left.append(right?);
+        Ok(left)
+    }
+}
+
+/// `map_reduce` and its conveniences: each batch folds its items from `identity()`, and
+/// neighbours are combined with `reduce`. `None` stands for "no items yet", so `identity`
+/// runs once per batch, not per merge.
+pub(crate) struct ReduceConsumer<'f, Init, F, Id, Red> {
+    pub(crate) init: &'f Init,
+    pub(crate) f: &'f F,
+    pub(crate) identity: &'f Id,
+    pub(crate) reduce: &'f Red,
+}
+
+impl<I, St, T, Init, F, Id, Red> Consumer<I> for ReduceConsumer<'_, Init, F, Id, Red>
+where
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, I) -> T + Sync,
+    Id: Fn() -> T + Sync,
+    Red: Fn(T, T) -> T + Sync,
+    T: Send,
+{
+    type Place = ();
+    type Out = Option<T>;
+    type State = St;
+
+    fn split_place((): (), _index: usize) -> ((), ()) {
+        ((), ())
+    }
+    fn empty(&self, (): &()) -> Option<T> {
+        None
+    }
+    #[inline]
+    fn consume(
+        &self,
+        state: &mut Option<St>,
+        items: impl Iterator<Item = I>,
+        (): (),
+        _stop: &AtomicBool,
+    ) -> Option<T> {
+        let state = state.get_or_insert_with(self.init);
+        Some(items.fold((self.identity)(), |acc, item| {
+            (self.reduce)(acc, (self.f)(state, item))
+        }))
+    }
+    fn merge(&self, left: Option<T>, right: Option<T>) -> Option<T> {
+        match (left, right) {
+            (Some(left), Some(right)) => Some((self.reduce)(left, right)),
+            (left, None) => left,
+            (None, right) => right,
+        }
+    }
+}
+
+/// An output vector being filled: `out` cleared, room for `n` results reserved (a fresh
+/// large buffer advised to use huge pages), and the [`Dst`] covering all of it.
+fn output_places<R>(out: &mut Vec<R>, n: usize) -> Dst<R> {
     out.clear();
     if out.capacity() < n {
         out.reserve(n);
         advise_huge_pages(out.as_mut_ptr(), n);
     }
-    let base = out.as_mut_ptr();
-    let stop = AtomicBool::new(false);
-    let mut written = Written::empty(base);
-    let mut rest = Some(source);
+    Dst {
+        ptr: out.as_mut_ptr(),
+        len: n,
+    }
+}
 
-    // 1. Sampling on this thread, window by window, until the input is done or the rest is
-    //    estimated to be worth parallel work.
-    let mut probe = CostProbe::new();
-    let per_item_ns = loop {
-        let window = probe.window(|batch| {
-            let source = rest.take().expect("the rest is put back after every batch");
-            if source.len() == 0 {
-                rest = Some(source);
-                return (0, false);
-            }
-            let take = batch.min(source.len());
-            let (head, tail) = source.split_at(take);
-            rest = Some(tail);
-            let dst = Dst {
-                ptr: base.wrapping_add(written.len),
-                len: take,
-            };
-            written.append(write_seq(head, dst, f, &stop));
-            (take, true)
-        });
-        let remaining = rest.as_ref().map_or(0, Source::len);
-        match window {
-            Some(per_item_ns) if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64 => {
-                break per_item_ns;
-            }
-            Some(_) => {}
-            None => {
-                let len = written.release();
-                debug_assert_eq!(len, n);
-                // SAFETY: every place in `[0, n)` was initialised exactly once (`written`
-                // covered it), and ownership passed from `written` to the vector.
-                unsafe { out.set_len(len) };
-                return;
-            }
-        }
-    };
-    let rest = rest.expect("the rest is put back after every batch");
-
-    // 2. The rest, on the pool.
-    let dst = Dst {
-        ptr: base.wrapping_add(written.len),
-        len: rest.len(),
-    };
-    let registry = current_registry();
-    let tail = if registry.num_threads() == 1 && WorkerThread::current().is_none() {
-        // One worker would only take the work off this thread, not share it.
-        write_seq(rest, dst, f, &stop)
-    } else {
-        let interval = (CHECK_NS as f64 / per_item_ns).clamp(1.0, MAX_INTERVAL as f64) as usize;
-        let ctx = Ctx { f, interval, stop };
-        registry.in_worker(|_| split_on_demand(rest, dst, &ctx))
-    };
-    written.append(tail);
+/// Hands the results in `written` (all `n` places of `out`, from [`output_places`]) to
+/// `out`.
+fn finish_output<R>(out: &mut Vec<R>, written: Written<R>, n: usize) {
+    assert_eq!(
+        written.ptr,
+        out.as_mut_ptr(),
+        "parpool: results written elsewhere"
+    );
     let len = written.release();
-    debug_assert_eq!(len, n);
-    // SAFETY: every place in `[0, n)` was initialised exactly once (the merged `Written`
-    // covers the whole range), and ownership passed from `written` to the vector.
+    assert_eq!(len, n, "parpool: not every result was written");
+    // SAFETY: the `Written` started at the buffer and covered `n` places, each initialised
+    // exactly once, and its ownership passed to the vector (`release`).
     unsafe { out.set_len(len) };
+}
+
+/// Maps every item of `source` with `f` (state from `init`) into `out` (cleared first, its
+/// allocation reused), in order, on the current pool.
+pub(crate) fn map_into<S, St, R, Init, F>(
+    source: S,
+    init: &Init,
+    f: &F,
+    out: &mut Vec<R>,
+    min_len: usize,
+) where
+    S: Source,
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, S::Item) -> R + Sync,
+    R: Send,
+{
+    let n = source.len();
+    let place = output_places(out, n);
+    let written = drive(source, place, &MapConsumer { init, f }, min_len);
+    finish_output(out, written, n);
+}
+
+/// Like [`map_into`] for a fallible `f`: on the first `Err` the call stops, `out` is left
+/// empty, and the error is returned.
+pub(crate) fn try_map_into<S, St, R, E, Init, F>(
+    source: S,
+    init: &Init,
+    f: &F,
+    out: &mut Vec<R>,
+    min_len: usize,
+) -> Result<(), E>
+where
+    S: Source,
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, S::Item) -> Result<R, E> + Sync,
+    R: Send,
+    E: Send,
+{
+    let n = source.len();
+    let place = output_places(out, n);
+    let written = drive(source, place, &TryMapConsumer { init, f }, min_len)?;
+    finish_output(out, written, n);
+    Ok(())
+}
+
+/// Maps every item with `f` and combines the results with `reduce` (`identity` for none),
+/// on the current pool.
+pub(crate) fn map_reduce<S, St, T, Init, F, Id, Red>(
+    source: S,
+    init: &Init,
+    f: &F,
+    identity: &Id,
+    reduce: &Red,
+    min_len: usize,
+) -> T
+where
+    S: Source,
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, S::Item) -> T + Sync,
+    Id: Fn() -> T + Sync,
+    Red: Fn(T, T) -> T + Sync,
+    T: Send,
+{
+    let consumer = ReduceConsumer {
+        init,
+        f,
+        identity,
+        reduce,
+    };
+    drive(source, (), &consumer, min_len).unwrap_or_else(identity)
 }
