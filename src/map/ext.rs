@@ -436,8 +436,9 @@ pub trait ParMap: Indexed {
     ///     |_, x| x + 1,
     /// );
     /// assert_eq!(out[9_999], 10_000);
-    /// // The caller's sampling, plus at most two pieces of >= 4096 items each.
-    /// assert!(pieces.into_inner() <= 3);
+    /// // The caller's sampling, the pool's piece, and at most one cut of it in two halves
+    /// // (each >= 4096 items; a third piece would leave one shorter).
+    /// assert!(pieces.into_inner() <= 4);
     /// ```
     fn with_min_len(&self, min_len: usize) -> MinLen<'_, Self> {
         MinLen {
