@@ -358,10 +358,10 @@ pub trait ParMap: Indexed {
     /// Like [`par_map`](ParMap::par_map) for a fallible `f`: stops at the first `Err` and
     /// returns it.
     ///
-    /// Once an error is seen, no piece starts another item (items already running
-    /// finish); the results computed so far are dropped, each exactly once. If several
-    /// items fail, the error returned is the leftmost of those that ran, and which ran
-    /// depends on timing, as with any early stop.
+    /// The error returned is the first in input order, as sequentially: once an item
+    /// fails, no item right of it is started (those already running finish), while items
+    /// left of it still run, since one of them may fail first. The results computed so far
+    /// are dropped, each exactly once.
     ///
     /// # Examples
     ///

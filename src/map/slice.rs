@@ -30,7 +30,7 @@
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::sample::{CostProbe, Stopwatch};
 
@@ -452,13 +452,23 @@ impl<R> Dst<R> {
     }
 }
 
-/// Sets the flag if dropped during a panic: tells the other pieces to stop.
-struct StopOnUnwind<'a>(&'a AtomicBool);
+/// Where a call stops: the index of the leftmost item known to have failed (`try_`
+/// operations), 0 once anything panicked, [`GO_ON`] while nothing has. No item at or past
+/// it is started; items before it still are, so the error a call returns is the first in
+/// input order, as sequentially. Relaxed: it only decides how much work is skipped, and the
+/// results themselves travel back through `join`.
+pub(crate) type StopAt = AtomicUsize;
+
+/// [`StopAt`] while nothing has failed.
+const GO_ON: usize = usize::MAX;
+
+/// Stops the whole call if dropped during a panic.
+struct StopOnUnwind<'a>(&'a StopAt);
 
 impl Drop for StopOnUnwind<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.store(true, Ordering::Relaxed);
+            self.0.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -483,14 +493,15 @@ pub(crate) trait Consumer<I>: Sync {
     fn split_place(place: Self::Place, index: usize) -> (Self::Place, Self::Place);
     /// The out of no items at `place`.
     fn empty(&self, place: &Self::Place) -> Self::Out;
-    /// Consumes `items` in order into `place` (as many items as it has places). May set
-    /// `stop` to end the whole call early (an `Err`); then no piece starts another item.
+    /// Consumes `items`, the call's items from index `start` on, in order into `place`
+    /// (as many items as it has places). A failure at index `i` lowers `stop` to `i`.
     fn consume(
         &self,
         state: &mut Option<Self::State>,
         items: impl Iterator<Item = I>,
         place: Self::Place,
-        stop: &AtomicBool,
+        start: usize,
+        stop: &StopAt,
     ) -> Self::Out;
     /// The out of `left` followed by `right`.
     fn merge(&self, left: Self::Out, right: Self::Out) -> Self::Out;
@@ -501,16 +512,16 @@ pub(crate) trait Consumer<I>: Sync {
 fn run_batch<S, C>(
     consumer: &C,
     state: &mut Option<C::State>,
-    source: S,
-    place: C::Place,
-    stop: &AtomicBool,
+    (source, place): (S, C::Place),
+    start: usize,
+    stop: &StopAt,
 ) -> C::Out
 where
     S: Source,
     C: Consumer<S::Item>,
 {
     let unwinding = StopOnUnwind(stop);
-    let out = consumer.consume(state, source.into_iter(), place, stop);
+    let out = consumer.consume(state, source.into_iter(), place, start, stop);
     std::mem::forget(unwinding);
     out
 }
@@ -522,8 +533,8 @@ struct Ctx<'c, C> {
     interval: usize,
     /// No piece is cut shorter than this (`with_min_len`; at least 1).
     min_len: usize,
-    /// Set when a piece panics or fails: the others stop.
-    stop: AtomicBool,
+    /// Where the call stops.
+    stop: StopAt,
 }
 
 /// Whether the current worker should split its piece: some worker is idle and the last
@@ -534,8 +545,14 @@ fn peers_want_work() -> bool {
 
 /// Consumes a piece on this worker, in batches of about [`CHECK_NS`]; between batches, if
 /// another worker is idle, splits what is left in two with `join`, so the idle worker can
-/// take the second half (lazy binary splitting).
-fn split_on_demand<S, C>(mut source: S, mut place: C::Place, ctx: &Ctx<'_, C>) -> C::Out
+/// take the second half (lazy binary splitting). `start` is the index of the piece's first
+/// item in the call.
+fn split_on_demand<S, C>(
+    mut source: S,
+    mut place: C::Place,
+    mut start: usize,
+    ctx: &Ctx<'_, C>,
+) -> C::Out
 where
     S: Source,
     C: Consumer<S::Item>,
@@ -545,8 +562,9 @@ where
     let mut state = None;
     let mut interval = ctx.interval;
     while source.len() > 0 {
-        if ctx.stop.load(Ordering::Relaxed) {
-            // Another piece panicked or failed: the rest of `source` is dropped unconsumed.
+        if ctx.stop.load(Ordering::Relaxed) <= start {
+            // A panic, or a failure left of here: the rest of `source` is dropped
+            // unconsumed.
             break;
         }
         if source.len() >= 2 * ctx.min_len && peers_want_work() {
@@ -556,8 +574,8 @@ where
             let (left, right) = source.split_at(mid);
             let (left_place, right_place) = C::split_place(place, mid);
             let (a, b) = join(
-                || split_on_demand(left, left_place, ctx),
-                || split_on_demand(right, right_place, ctx),
+                || split_on_demand(left, left_place, start, ctx),
+                || split_on_demand(right, right_place, start + mid, ctx),
             );
             return consumer.merge(consumer.merge(out, a), b);
         }
@@ -566,7 +584,8 @@ where
         let (head_place, tail_place) = C::split_place(place, take);
         (source, place) = (tail, tail_place);
         let watch = Stopwatch::start();
-        let batch = run_batch(consumer, &mut state, head, head_place, &ctx.stop);
+        let batch = run_batch(consumer, &mut state, (head, head_place), start, &ctx.stop);
+        start += take;
         out = consumer.merge(out, batch);
         // Keep batches near CHECK_NS as the cost per item drifts (a ramp of costs).
         let elapsed = watch.elapsed_ns().max(1.0);
@@ -584,7 +603,8 @@ where
     C: Consumer<S::Item>,
 {
     let min_len = min_len.max(1);
-    let stop = AtomicBool::new(false);
+    let stop = StopAt::new(GO_ON);
+    let mut start = 0;
     let mut state = None;
     let mut out = Some(consumer.empty(&place));
     let mut rest = Some((source, place));
@@ -603,10 +623,11 @@ where
             let (head, tail) = source.split_at(take);
             let (head_place, tail_place) = C::split_place(place, take);
             rest = Some((tail, tail_place));
-            let batch_out = run_batch(consumer, &mut state, head, head_place, &stop);
+            let batch_out = run_batch(consumer, &mut state, (head, head_place), start, &stop);
+            start += take;
             let so_far = out.take().expect("the out is put back after every batch");
             out = Some(consumer.merge(so_far, batch_out));
-            (take, !stop.load(Ordering::Relaxed))
+            (take, stop.load(Ordering::Relaxed) > start)
         });
         let remaining = rest.as_ref().map_or(0, |(source, _)| source.len());
         match window {
@@ -627,7 +648,7 @@ where
     let registry = current_registry();
     let tail = if registry.num_threads() == 1 && WorkerThread::current().is_none() {
         // One worker would only take the work off this thread, not share it.
-        run_batch(consumer, &mut state, rest, place, &stop)
+        run_batch(consumer, &mut state, (rest, place), start, &stop)
     } else {
         // The pool's pieces make their own state; the caller's is done.
         drop(state);
@@ -638,7 +659,7 @@ where
             min_len,
             stop,
         };
-        registry.in_worker(|_| split_on_demand(rest, place, &ctx))
+        registry.in_worker(|_| split_on_demand(rest, place, start, &ctx))
     };
     consumer.merge(out, tail)
 }
@@ -687,7 +708,8 @@ where
         state: &mut Option<St>,
         items: impl Iterator<Item = I>,
         place: Dst<R>,
-        _stop: &AtomicBool,
+        _start: usize,
+        _stop: &StopAt,
     ) -> Written<R> {
         let state = state.get_or_insert_with(self.init);
         let mut written = Written::empty(place.ptr);
@@ -706,9 +728,9 @@ where
     }
 }
 
-/// `try_map` and `try_for_each`: like [`MapConsumer`], but the first `Err` stops the call.
-/// Every batch checks the stop flag before each item, so once an error is seen no item
-/// starts anywhere; the results of the others are dropped with their `Written`.
+/// `try_map` and `try_for_each`: like [`MapConsumer`], but an `Err` stops the call. Every
+/// batch checks [`StopAt`] before each item, so once an error is seen no item right of it
+/// starts anywhere; the results are dropped with their `Written`.
 pub(crate) struct TryMapConsumer<'f, Init, F> {
     pub(crate) init: &'f Init,
     pub(crate) f: &'f F,
@@ -737,19 +759,20 @@ where
         state: &mut Option<St>,
         items: impl Iterator<Item = I>,
         place: Dst<R>,
-        stop: &AtomicBool,
+        start: usize,
+        stop: &StopAt,
     ) -> Self::Out {
         let state = state.get_or_insert_with(self.init);
         let mut written = Written::empty(place.ptr);
-        for item in items.take(place.len) {
-            if stop.load(Ordering::Relaxed) {
+        for (index, item) in (start..).zip(items.take(place.len)) {
+            if stop.load(Ordering::Relaxed) <= index {
                 break;
             }
             match (self.f)(state, item) {
                 // SAFETY: as in `MapConsumer::consume`.
                 Ok(value) => unsafe { place.write(written.len, value) },
                 Err(error) => {
-                    stop.store(true, Ordering::Relaxed);
+                    stop.fetch_min(index, Ordering::Relaxed);
                     return Err(error);
                 }
             }
@@ -757,7 +780,8 @@ where
         }
         Ok(written)
     }
-    /// The leftmost error wins; the results on either side are dropped with it.
+    /// The leftmost error wins (every item left of it ran, so it is the first in input
+    /// order); the results on either side are dropped with it.
     fn merge(&self, left: Self::Out, right: Self::Out) -> Self::Out {
         let mut left = left?;
         left.append(right?);
@@ -799,7 +823,8 @@ where
         state: &mut Option<St>,
         items: impl Iterator<Item = I>,
         (): (),
-        _stop: &AtomicBool,
+        _start: usize,
+        _stop: &StopAt,
     ) -> Option<T> {
         let state = state.get_or_insert_with(self.init);
         Some(items.fold((self.identity)(), |acc, item| {
