@@ -1,4 +1,14 @@
-//! Indexed inputs (slices, owned vectors, integer ranges): `par_map` and friends.
+//! Indexed inputs (slices, owned vectors, integer ranges, chunks): `par_map` and the rest
+//! of the kit, on one engine.
+//!
+//! # One engine, one consumer per operation
+//!
+//! [`drive`] does the sampling and the splitting below for every operation; what an
+//! operation does with its items is a [`Consumer`]: [`MapConsumer`] writes results in place
+//! (`par_map`, `par_map_init`, and `par_for_each`, a map to `()` whose output never
+//! allocates), [`TryMapConsumer`] stops at the first `Err`, [`ReduceConsumer`] folds and
+//! combines neighbours left to right. Per-piece state (`par_map_init`) is made lazily by
+//! the consumer, once per piece, on the thread that maps it.
 //!
 //! # How the work is cut
 //!
@@ -18,6 +28,13 @@
 //!    second half. So pieces are cut only when someone needs work, an idle worker always
 //!    gets the largest piece left, and skewed costs stay balanced: lazy binary splitting on
 //!    top of the lazily publishing `join` (see `pool/registry.rs`).
+//!
+//! # Stopping early
+//!
+//! A call shares one [`StopAt`]: the leftmost failing index seen so far, or 0 after a
+//! panic. A piece stops between batches, and a `try_` batch before each item, once the
+//! next item lies at or past it; items left of a failure still run, so the error returned
+//! is the first in input order.
 //!
 //! # Where results go
 //!
