@@ -429,13 +429,25 @@ fn kit(c: &mut Criterion) {
     });
     group.bench_function("seq_try_for_each", |b| {
         b.iter(|| {
-            black_box(&tiny)
-                .iter()
-                .try_for_each(|x| if *x > 5000 { Err(()) } else { Ok(()) })
+            black_box(&tiny).iter().try_for_each(|x| {
+                if black_box(*x) > 5000 {
+                    Err(())
+                } else {
+                    Ok(())
+                }
+            })
         })
     });
     group.bench_function("try_par_for_each", |b| {
-        b.iter(|| black_box(&tiny).try_par_for_each(|x| if *x > 5000 { Err(()) } else { Ok(()) }))
+        b.iter(|| {
+            black_box(&tiny).try_par_for_each(|x| {
+                if black_box(*x) > 5000 {
+                    Err(())
+                } else {
+                    Ok(())
+                }
+            })
+        })
     });
     group.bench_function("par_for_each_init", |b| {
         b.iter(|| black_box(&tiny).par_for_each_init(|| 0u64, |s, x| *s += black_box(*x)))

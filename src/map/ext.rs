@@ -566,7 +566,8 @@ pub trait ParSlice<T> {
     /// ```
     fn par_for_each_mut<F>(&mut self, f: F)
     where
-        F: Fn(&mut T) + Sync;
+        F: Fn(&mut T) + Sync,
+        T: Send;
 
     /// The slice as chunks of `size` items (the last may be shorter), each mapped as one
     /// item.
@@ -585,7 +586,9 @@ pub trait ParSlice<T> {
     /// let sums: Vec<i32> = data.par_chunks(2).map(|c| c.iter().sum());
     /// assert_eq!(sums, [3, 7, 5]);
     /// ```
-    fn par_chunks(&self, size: usize) -> ParChunks<'_, T>;
+    fn par_chunks(&self, size: usize) -> ParChunks<'_, T>
+    where
+        T: Sync;
 
     /// The slice as mutable chunks of `size` items (the last may be shorter).
     ///
@@ -602,24 +605,33 @@ pub trait ParSlice<T> {
     /// image.par_chunks_mut(4).for_each(|row| row[0] = 255);
     /// assert_eq!(image, [255, 0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0]);
     /// ```
-    fn par_chunks_mut(&mut self, size: usize) -> ParChunksMut<'_, T>;
+    fn par_chunks_mut(&mut self, size: usize) -> ParChunksMut<'_, T>
+    where
+        T: Send;
 }
 
-impl<T: Send + Sync> ParSlice<T> for [T] {
+impl<T> ParSlice<T> for [T] {
     fn par_for_each_mut<F>(&mut self, f: F)
     where
         F: Fn(&mut T) + Sync,
+        T: Send,
     {
         let mut out: Vec<()> = Vec::new();
         map_into(self, &no_state, &|(), item| f(item), &mut out, 1);
     }
 
-    fn par_chunks(&self, size: usize) -> ParChunks<'_, T> {
+    fn par_chunks(&self, size: usize) -> ParChunks<'_, T>
+    where
+        T: Sync,
+    {
         assert!(size > 0, "parpool: the chunk size must be at least 1");
         ParChunks { slice: self, size }
     }
 
-    fn par_chunks_mut(&mut self, size: usize) -> ParChunksMut<'_, T> {
+    fn par_chunks_mut(&mut self, size: usize) -> ParChunksMut<'_, T>
+    where
+        T: Send,
+    {
         assert!(size > 0, "parpool: the chunk size must be at least 1");
         ParChunksMut { slice: self, size }
     }
