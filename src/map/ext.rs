@@ -10,7 +10,9 @@
 use std::iter::Sum;
 use std::ops::{Range, RangeInclusive};
 
-use super::slice::{Chunks, IntRange, OwnedSlice, Source, map_into, map_reduce, try_map_into};
+use super::slice::{
+    Chunks, IntRange, OwnedSlice, Source, for_each, map_into, map_reduce, try_map_into,
+};
 
 /// The state of the plain (stateless) operations.
 #[inline]
@@ -155,8 +157,12 @@ pub trait ParMap: Indexed {
     where
         F: Fn(Self::Item<'a>) + Sync,
     {
-        // A map to `()`: the output vector never allocates.
-        self.par_map(f);
+        for_each(
+            self.source(),
+            &no_state,
+            &|(), item| f(item),
+            self.min_len(),
+        );
     }
 
     /// Like [`par_map`](ParMap::par_map), with state that `f` may mutate: `init` makes it
@@ -228,7 +234,7 @@ pub trait ParMap: Indexed {
         I: Fn() -> S + Sync,
         F: Fn(&mut S, Self::Item<'a>) + Sync,
     {
-        self.par_map_init(init, f);
+        for_each(self.source(), &init, &f, self.min_len());
     }
 
     /// Maps every item with `map` and combines the results with `reduce`; `identity()` is
@@ -616,8 +622,7 @@ impl<T> ParSlice<T> for [T] {
         F: Fn(&mut T) + Sync,
         T: Send,
     {
-        let mut out: Vec<()> = Vec::new();
-        map_into(self, &no_state, &|(), item| f(item), &mut out, 1);
+        for_each(self, &no_state, &|(), item| f(item), 1);
     }
 
     fn par_chunks(&self, size: usize) -> ParChunks<'_, T>
@@ -792,7 +797,11 @@ impl<'s, T: Send> ParChunksMut<'s, T> {
     where
         F: Fn(&'s mut [T]) + Sync,
     {
-        self.map(f);
+        let source = Chunks {
+            slice: self.slice,
+            size: self.size,
+        };
+        for_each(source, &no_state, &|(), chunk| f(chunk), 1);
     }
 }
 

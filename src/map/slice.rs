@@ -5,8 +5,8 @@
 //!
 //! [`drive`] does the sampling and the splitting below for every operation; what an
 //! operation does with its items is a [`Consumer`]: [`MapConsumer`] writes results in place
-//! (`par_map`, `par_map_init`, and `par_for_each`, a map to `()` whose output never
-//! allocates), [`TryMapConsumer`] stops at the first `Err`, [`ReduceConsumer`] folds and
+//! (`par_map`, `par_map_init`), [`ForEachConsumer`] only calls (`par_for_each` and its
+//! variants), [`TryMapConsumer`] stops at the first `Err`, [`ReduceConsumer`] folds and
 //! combines neighbours left to right. Per-piece state (`par_map_init`) is made lazily by
 //! the consumer, once per piece, on the thread that maps it.
 //!
@@ -743,6 +743,50 @@ where
         left.append(right);
         left
     }
+}
+
+/// `for_each` and its variants: nothing is collected, so a batch is the plain loop.
+pub(crate) struct ForEachConsumer<'f, Init, F> {
+    pub(crate) init: &'f Init,
+    pub(crate) f: &'f F,
+}
+
+impl<I, St, Init, F> Consumer<I> for ForEachConsumer<'_, Init, F>
+where
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, I) + Sync,
+{
+    type Place = ();
+    type Out = ();
+    type State = St;
+
+    fn split_place((): (), _index: usize) -> ((), ()) {
+        ((), ())
+    }
+    fn empty(&self, (): &()) {}
+    #[inline]
+    fn consume(
+        &self,
+        state: &mut Option<St>,
+        items: impl Iterator<Item = I>,
+        (): (),
+        _start: usize,
+        _stop: &StopAt,
+    ) {
+        let state = state.get_or_insert_with(self.init);
+        items.for_each(|item| (self.f)(state, item));
+    }
+    fn merge(&self, (): (), (): ()) {}
+}
+
+/// Calls `f` (with state from `init`) on every item of `source`, on the current pool.
+pub(crate) fn for_each<S, St, Init, F>(source: S, init: &Init, f: &F, min_len: usize)
+where
+    S: Source,
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, S::Item) + Sync,
+{
+    drive(source, (), &ForEachConsumer { init, f }, min_len);
 }
 
 /// `try_map` and `try_for_each`: like [`MapConsumer`], but an `Err` stops the call. Every
