@@ -504,3 +504,39 @@ fn min_len_bounds_how_fine_the_pool_cuts() {
         );
     }
 }
+
+#[test]
+fn stress_failures_and_panics_over_many_rounds() {
+    // Failures and panics at moving positions, on more threads than cores, with items of
+    // uneven cost: every round returns the first error (or re-raises the panic) and drops
+    // every result exactly once.
+    let live = Arc::new(AtomicIsize::new(0));
+    let pool = pool(6);
+    let n = 30_000u64;
+    for round in 0..150u64 {
+        let k = (round * 7919) % n;
+        let result = pool.install(|| {
+            (0..n).try_par_map(|x| {
+                if x >= k && x % 997 == k % 997 {
+                    Err(x)
+                } else {
+                    Ok(Tracked::new(&live, work(x)))
+                }
+            })
+        });
+        assert_eq!(result.map(|v| v.len()), Err(k), "round {round}");
+        assert_eq!(live.load(Ordering::SeqCst), 0, "round {round}");
+
+        let message = panic_message(|| {
+            pool.install(|| {
+                (0..n).par_for_each_init(
+                    || Tracked::new(&live, 0),
+                    |_, x| assert!(x != k, "boom at {x}"),
+                );
+            });
+        });
+        assert_eq!(message, format!("boom at {k}"));
+        assert_eq!(live.load(Ordering::SeqCst), 0, "round {round}");
+    }
+    assert_eq!(pool.install(|| (0..n).par_sum(|x| x)), n * (n - 1) / 2);
+}
