@@ -62,8 +62,8 @@ use sealed::Indexed;
 /// # Panics
 ///
 /// If a closure panics, the panic is re-raised at the call once the other workers have
-/// stopped (they start no new item); results already computed are dropped, and the pool
-/// keeps serving.
+/// stopped (each at the end of its current batch, about 2 µs of work); results already
+/// computed are dropped, and the pool keeps serving.
 ///
 /// # Examples
 ///
