@@ -428,6 +428,14 @@ fn kit(c: &mut Criterion) {
                 .collect::<Vec<u64>>()
         })
     });
+    group.bench_function("seq_try_map", |b| {
+        b.iter(|| {
+            black_box(&tiny)
+                .iter()
+                .map(|x| Ok::<_, ()>(x * 2 + 1))
+                .collect::<Result<Vec<u64>, ()>>()
+        })
+    });
     group.bench_function("try_par_map", |b| {
         b.iter(|| black_box(&tiny).try_par_map(|x| Ok::<_, ()>(x * 2 + 1)))
     });

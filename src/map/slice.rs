@@ -639,12 +639,15 @@ where
             let take = batch.min(source.len());
             let (head, tail) = source.split_at(take);
             let (head_place, tail_place) = C::split_place(place, take);
+            let more = tail.len() > 0;
             rest = Some((tail, tail_place));
             let batch_out = run_batch(consumer, &mut state, (head, head_place), start, &stop);
             start += take;
             let so_far = out.take().expect("the out is put back after every batch");
             out = Some(consumer.merge(so_far, batch_out));
-            (take, stop.load(Ordering::Relaxed) > start)
+            // Done (or failed): say so now, sparing a clock read (~10 ns, most of what a
+            // tiny call costs beyond its loop).
+            (take, more && stop.load(Ordering::Relaxed) > start)
         });
         let remaining = rest.as_ref().map_or(0, |(source, _)| source.len());
         match window {
