@@ -506,6 +506,8 @@ pub(crate) trait Consumer<I>: Sync {
     /// Made lazily, at most once per piece, on the thread that maps the piece.
     type State;
 
+    /// A piece's state, made before its first batch.
+    fn make_state(&self) -> Self::State;
     /// `place` cut like the items: `[0, index)` and `[index, len)`.
     fn split_place(place: Self::Place, index: usize) -> (Self::Place, Self::Place);
     /// The out of no items at `place`.
@@ -514,7 +516,7 @@ pub(crate) trait Consumer<I>: Sync {
     /// (as many items as it has places). A failure at index `i` lowers `stop` to `i`.
     fn consume(
         &self,
-        state: &mut Option<Self::State>,
+        state: &mut Self::State,
         items: impl Iterator<Item = I>,
         place: Self::Place,
         start: usize,
@@ -537,9 +539,15 @@ where
     S: Source,
     C: Consumer<S::Item>,
 {
+    // The state lives in a local for the batch, where the compiler can keep it in
+    // registers; behind `&mut Option` it must assume that any opaque call in `f` changes it
+    // (measured: `par_for_each_init` over 1k items took 2.7× its loop). A panic drops it
+    // here, once.
+    let mut local = state.take().unwrap_or_else(|| consumer.make_state());
     let unwinding = StopOnUnwind(stop);
-    let out = consumer.consume(state, source.into_iter(), place, start, stop);
+    let out = consumer.consume(&mut local, source.into_iter(), place, start, stop);
     std::mem::forget(unwinding);
+    *state = Some(local);
     out
 }
 
@@ -716,6 +724,10 @@ where
     type Out = Written<R>;
     type State = St;
 
+    fn make_state(&self) -> St {
+        (self.init)()
+    }
+
     fn split_place(place: Dst<R>, index: usize) -> (Dst<R>, Dst<R>) {
         place.split_at(index)
     }
@@ -725,13 +737,12 @@ where
     #[inline]
     fn consume(
         &self,
-        state: &mut Option<St>,
+        state: &mut St,
         items: impl Iterator<Item = I>,
         place: Dst<R>,
         _start: usize,
         _stop: &StopAt,
     ) -> Written<R> {
-        let state = state.get_or_insert_with(self.init);
         let mut written = Written::empty(place.ptr);
         for item in items.take(place.len) {
             let value = (self.f)(state, item);
@@ -763,6 +774,10 @@ where
     type Out = ();
     type State = St;
 
+    fn make_state(&self) -> St {
+        (self.init)()
+    }
+
     fn split_place((): (), _index: usize) -> ((), ()) {
         ((), ())
     }
@@ -770,13 +785,12 @@ where
     #[inline]
     fn consume(
         &self,
-        state: &mut Option<St>,
+        state: &mut St,
         items: impl Iterator<Item = I>,
         (): (),
         _start: usize,
         _stop: &StopAt,
     ) {
-        let state = state.get_or_insert_with(self.init);
         items.for_each(|item| (self.f)(state, item));
     }
     fn merge(&self, (): (), (): ()) {}
@@ -811,6 +825,10 @@ where
     type Out = Result<Written<R>, E>;
     type State = St;
 
+    fn make_state(&self) -> St {
+        (self.init)()
+    }
+
     fn split_place(place: Dst<R>, index: usize) -> (Dst<R>, Dst<R>) {
         place.split_at(index)
     }
@@ -820,13 +838,12 @@ where
     #[inline]
     fn consume(
         &self,
-        state: &mut Option<St>,
+        state: &mut St,
         items: impl Iterator<Item = I>,
         place: Dst<R>,
         start: usize,
         stop: &StopAt,
     ) -> Self::Out {
-        let state = state.get_or_insert_with(self.init);
         let mut written = Written::empty(place.ptr);
         for (index, item) in (start..).zip(items.take(place.len)) {
             if stop.load(Ordering::Relaxed) <= index {
@@ -875,6 +892,10 @@ where
     type Out = Option<T>;
     type State = St;
 
+    fn make_state(&self) -> St {
+        (self.init)()
+    }
+
     fn split_place((): (), _index: usize) -> ((), ()) {
         ((), ())
     }
@@ -884,13 +905,12 @@ where
     #[inline]
     fn consume(
         &self,
-        state: &mut Option<St>,
+        state: &mut St,
         items: impl Iterator<Item = I>,
         (): (),
         _start: usize,
         _stop: &StopAt,
     ) -> Option<T> {
-        let state = state.get_or_insert_with(self.init);
         Some(items.fold((self.identity)(), |acc, item| {
             (self.reduce)(acc, (self.f)(state, item))
         }))
