@@ -485,8 +485,8 @@ impl ThreadPoolBuilder {
     ///
     /// # Errors
     ///
-    /// Zero threads, more than 65535, an invalid `PARPOOL_NUM_THREADS` (when no count was
-    /// set), or an OS refusal to start a thread.
+    /// Zero threads, more than 65535 (255 on 32-bit targets), an invalid
+    /// `PARPOOL_NUM_THREADS` (when no count was set), or an OS refusal to start a thread.
     ///
     /// # Examples
     ///
