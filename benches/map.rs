@@ -11,6 +11,11 @@
 //! | `plain_iter_1m` | 1M trivial items from an iterator without a size hint, ordered |
 //! | `imap_200k_1us` | 200k items of ~1 µs from a plain iterator, lazily |
 //! | `imap_chunk1` | cost per item of `imap` with chunk size 1 (100k trivial items) |
+//! | `kit_for_each_mut_10m` | 10M `u64` updated in place, `x = x * 2 + 1` |
+//! | `kit_sum_10m` | the sum of `x * 2 + 1` over 10M `u64` |
+//! | `kit_1us_1m` | the same two over 1M items of ~1 µs each |
+//! | `kit_chunks_mut_10m` | 10M `u64` updated in place in chunks of 4096 |
+//! | `kit_tiny_1k` | every operation of the kit over 1k trivial items, beside its loop |
 //!
 //! Run with `cargo bench --bench map`; quote the medians and the ratios within a group.
 
@@ -242,5 +247,242 @@ fn iterators(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, slices, iterators);
+/// The rayon user's everyday kit: in-place updates, reductions and chunks, beside rayon's
+/// `par_iter_mut`, `par_iter().map().sum()` and `par_chunks_mut`.
+fn kit(c: &mut Criterion) {
+    let (pool, rayon) = pools();
+    let mut data: Vec<u64> = (0..10_000_000).collect();
+
+    let mut group = c.benchmark_group("kit_for_each_mut_10m");
+    group.sample_size(20);
+    group.bench_function("sequential", |b| {
+        b.iter(|| {
+            data.iter_mut()
+                .for_each(|x| *x = x.wrapping_mul(2).wrapping_add(1))
+        })
+    });
+    group.bench_function("parpool", |b| {
+        b.iter(|| {
+            pool.install(|| data.par_for_each_mut(|x| *x = x.wrapping_mul(2).wrapping_add(1)))
+        })
+    });
+    group.bench_function("rayon", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                data.par_iter_mut()
+                    .for_each(|x| *x = x.wrapping_mul(2).wrapping_add(1))
+            })
+        })
+    });
+    group.finish();
+
+    let data: Vec<u64> = (0..10_000_000).collect();
+    let mut group = c.benchmark_group("kit_sum_10m");
+    group.sample_size(20);
+    group.bench_function("sequential", |b| {
+        b.iter(|| data.iter().map(|x| x * 2 + 1).sum::<u64>())
+    });
+    group.bench_function("parpool_map_reduce", |b| {
+        b.iter(|| pool.install(|| data.par_map_reduce(|x| x * 2 + 1, || 0, |a, b| a + b)))
+    });
+    group.bench_function("parpool_sum", |b| {
+        b.iter(|| pool.install(|| data.par_sum(|x| x * 2 + 1)))
+    });
+    group.bench_function("rayon", |b| {
+        b.iter(|| rayon.install(|| data.par_iter().map(|x| x * 2 + 1).sum::<u64>()))
+    });
+    group.finish();
+
+    let mut items: Vec<u64> = (0..1_000_000).collect();
+    let mut group = c.benchmark_group("kit_1us_1m");
+    group.sample_size(10);
+    group.bench_function("sequential_for_each_mut", |b| {
+        b.iter(|| items.iter_mut().for_each(|x| *x = one_micro(*x)))
+    });
+    group.bench_function("parpool_for_each_mut", |b| {
+        b.iter(|| pool.install(|| items.par_for_each_mut(|x| *x = one_micro(*x))))
+    });
+    group.bench_function("rayon_for_each_mut", |b| {
+        b.iter(|| rayon.install(|| items.par_iter_mut().for_each(|x| *x = one_micro(*x))))
+    });
+    group.bench_function("sequential_sum", |b| {
+        b.iter(|| {
+            items
+                .iter()
+                .map(|&x| one_micro(x))
+                .fold(0, u64::wrapping_add)
+        })
+    });
+    group.bench_function("parpool_map_reduce", |b| {
+        b.iter(|| pool.install(|| items.par_map_reduce(|&x| one_micro(x), || 0, u64::wrapping_add)))
+    });
+    group.bench_function("rayon_sum", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                items
+                    .par_iter()
+                    .map(|&x| one_micro(x))
+                    .reduce(|| 0, u64::wrapping_add)
+            })
+        })
+    });
+    group.finish();
+
+    let mut data: Vec<u64> = (0..10_000_000).collect();
+    let bump = |chunk: &mut [u64]| {
+        chunk
+            .iter_mut()
+            .for_each(|x| *x = x.wrapping_mul(2).wrapping_add(1))
+    };
+    let mut group = c.benchmark_group("kit_chunks_mut_10m");
+    group.sample_size(20);
+    group.bench_function("sequential", |b| {
+        b.iter(|| data.chunks_mut(4096).for_each(bump))
+    });
+    group.bench_function("parpool", |b| {
+        b.iter(|| pool.install(|| ParSlice::par_chunks_mut(&mut data[..], 4096).for_each(bump)))
+    });
+    group.bench_function("rayon", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                rayon::slice::ParallelSliceMut::par_chunks_mut(&mut data[..], 4096).for_each(bump)
+            })
+        })
+    });
+    group.finish();
+
+    // From outside any pool (the global pool), as a program would call them: 1k trivial
+    // items must stay near the cost of the loop beside each.
+    // The read-only operations get `tiny`, which nothing changes (the `try_` cases never
+    // fail on it); the in-place ones get `tiny_mut`.
+    let tiny: Vec<u64> = (0..1000).collect();
+    let mut tiny_mut = tiny.clone();
+    let mut group = c.benchmark_group("kit_tiny_1k");
+    group.bench_function("seq_for_each", |b| {
+        b.iter(|| {
+            black_box(&tiny).iter().for_each(|x| {
+                black_box(x);
+            })
+        })
+    });
+    group.bench_function("par_for_each", |b| {
+        b.iter(|| {
+            black_box(&tiny).par_for_each(|x| {
+                black_box(x);
+            })
+        })
+    });
+    group.bench_function("seq_for_each_mut", |b| {
+        b.iter(|| {
+            black_box(&mut tiny_mut)
+                .iter_mut()
+                .for_each(|x| *x = x.wrapping_mul(3))
+        })
+    });
+    group.bench_function("par_for_each_mut", |b| {
+        b.iter(|| black_box(&mut tiny_mut).par_for_each_mut(|x| *x = x.wrapping_mul(3)))
+    });
+    group.bench_function("seq_chunks", |b| {
+        b.iter(|| {
+            black_box(&tiny)
+                .chunks(16)
+                .map(|c| c[0])
+                .collect::<Vec<u64>>()
+        })
+    });
+    group.bench_function("par_chunks", |b| {
+        b.iter(|| ParSlice::par_chunks(&black_box(&tiny)[..], 16).map(|c| c[0]))
+    });
+    group.bench_function("seq_chunks_mut", |b| {
+        b.iter(|| {
+            black_box(&mut tiny_mut)
+                .chunks_mut(16)
+                .for_each(|c| c[0] += 1)
+        })
+    });
+    group.bench_function("par_chunks_mut", |b| {
+        b.iter(|| {
+            ParSlice::par_chunks_mut(&mut black_box(&mut tiny_mut)[..], 16).for_each(|c| c[0] += 1)
+        })
+    });
+    group.bench_function("seq_sum", |b| {
+        b.iter(|| black_box(&tiny).iter().map(|x| x * 2 + 1).sum::<u64>())
+    });
+    group.bench_function("par_sum", |b| {
+        b.iter(|| black_box(&tiny).par_sum(|x| x * 2 + 1))
+    });
+    group.bench_function("par_map_reduce", |b| {
+        b.iter(|| black_box(&tiny).par_map_reduce(|x| x * 2 + 1, || 0, |a, b| a + b))
+    });
+    group.bench_function("seq_min", |b| {
+        b.iter(|| black_box(&tiny).iter().map(|x| x ^ 5).min())
+    });
+    group.bench_function("par_min", |b| {
+        b.iter(|| black_box(&tiny).par_min(|x| x ^ 5))
+    });
+    group.bench_function("seq_map", |b| {
+        b.iter(|| {
+            black_box(&tiny)
+                .iter()
+                .map(|x| x * 2 + 1)
+                .collect::<Vec<u64>>()
+        })
+    });
+    group.bench_function("seq_try_map", |b| {
+        b.iter(|| {
+            black_box(&tiny)
+                .iter()
+                .map(|x| Ok::<_, ()>(x * 2 + 1))
+                .collect::<Result<Vec<u64>, ()>>()
+        })
+    });
+    group.bench_function("try_par_map", |b| {
+        b.iter(|| black_box(&tiny).try_par_map(|x| Ok::<_, ()>(x * 2 + 1)))
+    });
+    group.bench_function("par_map_init", |b| {
+        b.iter(|| black_box(&tiny).par_map_init(|| 1u64, |s, x| x * 2 + *s))
+    });
+    group.bench_function("seq_try_for_each", |b| {
+        b.iter(|| {
+            black_box(&tiny).iter().try_for_each(|x| {
+                if black_box(*x) > 5000 {
+                    Err(())
+                } else {
+                    Ok(())
+                }
+            })
+        })
+    });
+    group.bench_function("try_par_for_each", |b| {
+        b.iter(|| {
+            black_box(&tiny).try_par_for_each(|x| {
+                if black_box(*x) > 5000 {
+                    Err(())
+                } else {
+                    Ok(())
+                }
+            })
+        })
+    });
+    group.bench_function("seq_for_each_init", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            black_box(&tiny).iter().for_each(|x| sum += black_box(*x));
+            sum
+        })
+    });
+    group.bench_function("par_for_each_init", |b| {
+        b.iter(|| black_box(&tiny).par_for_each_init(|| 0u64, |s, x| *s += black_box(*x)))
+    });
+    group.bench_function("rayon_for_each", |b| {
+        b.iter(|| {
+            black_box(&tiny).par_iter().for_each(|x| {
+                black_box(x);
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, slices, iterators, kit);
 criterion_main!(benches);

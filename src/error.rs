@@ -5,7 +5,9 @@
 
 use std::any::Any;
 use std::fmt;
+#[cfg(all(feature = "process", target_os = "linux"))]
 use std::io;
+#[cfg(all(feature = "process", target_os = "linux"))]
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------
@@ -352,11 +354,13 @@ impl std::error::Error for TaskError {}
 /// assert!(err.is_invalid_argument());
 /// assert_eq!(err.pid(), None);
 /// ```
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub struct ProcessError {
     kind: Box<ProcessErrorKind>,
 }
 
 /// How a worker process ended.
+#[cfg(all(feature = "process", target_os = "linux"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExitStatus {
     /// Killed by this signal number.
@@ -366,6 +370,7 @@ pub(crate) enum ExitStatus {
 }
 
 /// Where a (de)serialisation failed.
+#[cfg(all(feature = "process", target_os = "linux"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SerdeStage {
     /// Encoding the argument in the parent (`submit`, `map`).
@@ -378,6 +383,7 @@ pub(crate) enum SerdeStage {
     DecodeResult,
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 #[derive(Debug)]
 enum ProcessErrorKind {
     InvalidArgument(String),
@@ -409,6 +415,7 @@ enum ProcessErrorKind {
     Io(io::Error),
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl ProcessError {
     fn new(kind: ProcessErrorKind) -> Self {
         Self {
@@ -874,6 +881,7 @@ impl ProcessError {
 }
 
 /// A readable name for the signals a job is likely to die of.
+#[cfg(all(feature = "process", target_os = "linux"))]
 fn signal_name(signal: i32) -> Option<&'static str> {
     Some(match signal {
         libc::SIGABRT => "SIGABRT, an abort",
@@ -888,6 +896,7 @@ fn signal_name(signal: i32) -> Option<&'static str> {
     })
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl fmt::Display for ProcessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.kind {
@@ -947,6 +956,7 @@ impl fmt::Display for ProcessError {
     }
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl fmt::Debug for ProcessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessError")
@@ -956,6 +966,7 @@ impl fmt::Debug for ProcessError {
     }
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl std::error::Error for ProcessError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &*self.kind {
@@ -990,10 +1001,12 @@ impl std::error::Error for ProcessError {
 /// assert_eq!(err.to_string(), "index 3 is out of bounds for a shared array of length 3");
 /// # Ok::<(), parpool::ShmError>(())
 /// ```
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub struct ShmError {
     kind: Box<ShmErrorKind>,
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 #[derive(Debug)]
 enum ShmErrorKind {
     Io(io::Error),
@@ -1003,6 +1016,7 @@ enum ShmErrorKind {
     Invalid(String),
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl ShmError {
     fn new(kind: ShmErrorKind) -> Self {
         Self {
@@ -1117,6 +1131,7 @@ impl ShmError {
     }
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl fmt::Display for ShmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.kind {
@@ -1135,6 +1150,7 @@ impl fmt::Display for ShmError {
     }
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl fmt::Debug for ShmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShmError")
@@ -1144,6 +1160,7 @@ impl fmt::Debug for ShmError {
     }
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl std::error::Error for ShmError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &*self.kind {
@@ -1153,6 +1170,7 @@ impl std::error::Error for ShmError {
     }
 }
 
+#[cfg(all(feature = "process", target_os = "linux"))]
 impl<G> From<std::sync::PoisonError<G>> for ShmError {
     fn from(_: std::sync::PoisonError<G>) -> Self {
         Self::poisoned()

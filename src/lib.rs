@@ -7,26 +7,33 @@
 //! - [`join`] and [`scope`]: fork-join on the current pool.
 //! - [`ThreadPool::submit`] → [`Task`]: Python's `apply_async` / `Executor.submit`, with
 //!   [`as_completed`].
-//! - [`ProcessPool`]: process-isolated jobs that survive crashes and hangs.
-//! - [`shm::Value`], [`shm::Array`], [`shm::Lock`] and [`shm::Queue`]: shared memory for
-//!   process jobs.
+//! - `ProcessPool`: process-isolated jobs that survive crashes and hangs (Linux, the
+//!   default `process` feature).
+//! - `shm::Value`, `shm::Array`, `shm::Lock` and `shm::Queue`: shared memory for process
+//!   jobs and threads (likewise).
 
 mod error;
 mod map;
 mod pool;
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub mod process;
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub mod shm;
 mod sync;
 mod task;
 
-pub use error::{ProcessError, ShmError, TaskError, ThreadPoolBuildError};
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub use error::{ProcessError, ShmError};
+pub use error::{TaskError, ThreadPoolBuildError};
 pub use map::{
-    Imap, ImapUnordered, IntoParMap, ParMap, imap, imap_unordered, map, map_chunked, try_map,
+    Imap, ImapUnordered, IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice, imap,
+    imap_unordered, map, map_chunked, try_map,
 };
 pub use pool::{
     NUM_THREADS_ENV, Scope, ThreadPool, ThreadPoolBuilder, current_num_threads,
     current_thread_index, join, scope,
 };
+#[cfg(all(feature = "process", target_os = "linux"))]
 pub use process::ProcessPool;
 pub use task::{AsCompleted, Task, as_completed, submit};
 
@@ -43,9 +50,12 @@ pub use task::{AsCompleted, Task, as_completed, submit};
 /// # Ok::<(), ThreadPoolBuildError>(())
 /// ```
 pub mod prelude {
+    #[cfg(all(feature = "process", target_os = "linux"))]
     pub use crate::shm::{Array, Value};
     pub use crate::{
-        IntoParMap, ParMap, ProcessError, ProcessPool, Task, TaskError, ThreadPool,
-        ThreadPoolBuildError, ThreadPoolBuilder, as_completed,
+        IntoParMap, ParMap, ParSlice, Task, TaskError, ThreadPool, ThreadPoolBuildError,
+        ThreadPoolBuilder, as_completed,
     };
+    #[cfg(all(feature = "process", target_os = "linux"))]
+    pub use crate::{ProcessError, ProcessPool};
 }

@@ -7,14 +7,18 @@
 //! `shm/queue/ring.rs`) import from here.
 
 #[cfg(parpool_loom)]
-pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+#[cfg(all(parpool_loom, feature = "process", target_os = "linux"))]
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
 #[cfg(parpool_loom)]
 pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 #[cfg(parpool_loom)]
 pub(crate) use loom::thread::{self, Thread};
 
 #[cfg(not(parpool_loom))]
-pub(crate) use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+#[cfg(all(not(parpool_loom), feature = "process", target_os = "linux"))]
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64};
 #[cfg(not(parpool_loom))]
 pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 #[cfg(not(parpool_loom))]

@@ -1,5 +1,6 @@
 //! Public behaviour of the process pool: results, ordering, handles, errors that are not
 //! crashes, the builder, and shutdown.
+#![cfg(all(feature = "process", target_os = "linux"))]
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};

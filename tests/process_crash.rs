@@ -2,6 +2,7 @@
 //! `exit`, and a job that never ends under a task timeout. Each time only that job fails,
 //! with what happened and the worker's pid, the other jobs of the same map complete with the
 //! right results, and the pool replaces the worker.
+#![cfg(all(feature = "process", target_os = "linux"))]
 
 use std::time::{Duration, Instant};
 

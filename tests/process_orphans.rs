@@ -2,6 +2,7 @@
 //! and a dropped pool leaves no worker, zombie or open descriptor behind.
 //!
 //! These tests count process-wide things (children, descriptors), so they run one at a time.
+#![cfg(all(feature = "process", target_os = "linux"))]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

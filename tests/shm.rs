@@ -1,6 +1,7 @@
 //! Shared memory: `Value` and `Array` on their own and as arguments and results of
 //! process-pool jobs, exact totals under contention from two processes, and segments that
 //! are freed once the last handle is gone.
+#![cfg(all(feature = "process", target_os = "linux"))]
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::OnceLock;

@@ -1,6 +1,7 @@
 //! The shared lock survives a dying holder: a worker SIGKILLed (or panicking) while it holds
 //! the lock poisons it, and the next locker, in the parent or another worker, gets the
 //! poison instead of a deadlock, and can recover.
+#![cfg(all(feature = "process", target_os = "linux"))]
 
 use std::time::Duration;
 

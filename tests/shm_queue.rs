@@ -3,6 +3,7 @@
 //! ordering, bounds, close, timeouts, and many producers and consumers at once.
 //!
 //! The kill storm is in `shm_queue_kill.rs`.
+#![cfg(all(feature = "process", target_os = "linux"))]
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

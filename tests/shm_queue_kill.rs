@@ -12,6 +12,7 @@
 //!
 //! `PARPOOL_KILL_STORM_ITEMS` sets the number of items (default 100 000; the full
 //! run is 1 000 000).
+#![cfg(all(feature = "process", target_os = "linux"))]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};

@@ -1,11 +1,11 @@
 //! The map family, built only on the pool's crate-internal API (`join`, the registry's
 //! `in_worker` and job spawning).
 //!
-//! - `slice.rs`: indexed inputs (slices, vectors, ranges) for `par_map`: sampling, then
-//!   splitting on demand with results written in place.
+//! - `slice.rs`: indexed inputs (slices, vectors, ranges, chunks) for `par_map` and the rest
+//!   of the kit: sampling, then splitting on demand, results written in place or reduced.
 //! - `iter.rs`: `map`, `map_chunked` and `try_map` over any iterator, ordered.
 //! - `imap.rs`: the lazy `Imap` / `ImapUnordered`.
-//! - `ext.rs`: the `ParMap` / `IntoParMap` extension traits.
+//! - `ext.rs`: the extension traits (`ParMap`, `ParSlice`, `IntoParMap`) and their views.
 //! - `sample.rs`: measuring what items cost (a cheap stopwatch, sample windows).
 //! - `window.rs`: the bounded chunk window behind the iterator maps; `test.rs` model-checks
 //!   its hand-overs with loom.
@@ -19,6 +19,6 @@ mod slice;
 mod test;
 mod window;
 
-pub use ext::{IntoParMap, ParMap};
+pub use ext::{IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice};
 pub use imap::{Imap, ImapUnordered, imap, imap_unordered};
 pub use iter::{map, map_chunked, try_map};

@@ -10,10 +10,11 @@
 //! make a split decision worse, never a result wrong.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// How long the one-time calibration spins against `Instant`.
-const CALIBRATION: Duration = Duration::from_micros(5);
+#[cfg(target_arch = "x86_64")]
+const CALIBRATION: std::time::Duration = std::time::Duration::from_micros(5);
 
 /// A running stopwatch.
 #[derive(Debug, Clone, Copy)]
@@ -138,6 +139,8 @@ impl CostProbe {
 
 #[cfg(test)]
 mod test {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

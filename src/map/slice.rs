@@ -1,4 +1,14 @@
-//! Indexed inputs (slices, owned vectors, integer ranges): `par_map` and friends.
+//! Indexed inputs (slices, owned vectors, integer ranges, chunks): `par_map` and the rest
+//! of the kit, on one engine.
+//!
+//! # One engine, one consumer per operation
+//!
+//! [`drive`] does the sampling and the splitting below for every operation; what an
+//! operation does with its items is a [`Consumer`]: [`MapConsumer`] writes results in place
+//! (`par_map`, `par_map_init`), [`ForEachConsumer`] only calls (`par_for_each` and its
+//! variants), [`TryMapConsumer`] stops at the first `Err`, [`ReduceConsumer`] folds and
+//! combines neighbours left to right. Per-piece state (`par_map_init`) is made lazily by
+//! the consumer, once per piece, on the thread that maps it.
 //!
 //! # How the work is cut
 //!
@@ -19,6 +29,13 @@
 //!    gets the largest piece left, and skewed costs stay balanced: lazy binary splitting on
 //!    top of the lazily publishing `join` (see `pool/registry.rs`).
 //!
+//! # Stopping early
+//!
+//! A call shares one [`StopAt`]: the leftmost failing index seen so far, or 0 after a
+//! panic. A piece stops between batches, and a `try_` batch before each item, once the
+//! next item lies at or past it; items left of a failure still run, so the error returned
+//! is the first in input order.
+//!
 //! # Where results go
 //!
 //! Each piece writes its results straight into their final place in the output vector: no
@@ -30,7 +47,7 @@
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::sample::{CostProbe, Stopwatch};
 
@@ -90,7 +107,7 @@ fn advise_huge_pages<R>(ptr: *mut R, len: usize) {
 fn advise_huge_pages<R>(_ptr: *mut R, _len: usize) {}
 
 /// An indexed input: splits in two, and is consumed in order on any thread.
-pub(crate) trait Source: Send + Sized {
+pub trait Source: Send + Sized {
     type Item;
     type Iter: Iterator<Item = Self::Item>;
     fn len(&self) -> usize;
@@ -111,6 +128,67 @@ impl<'a, T: Sync> Source for &'a [T] {
     }
     fn into_iter(self) -> Self::Iter {
         self.iter()
+    }
+}
+
+impl<'a, T: Send> Source for &'a mut [T] {
+    type Item = &'a mut T;
+    type Iter = std::slice::IterMut<'a, T>;
+
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+    fn split_at(self, index: usize) -> (Self, Self) {
+        self.split_at_mut(index)
+    }
+    fn into_iter(self) -> Self::Iter {
+        self.iter_mut()
+    }
+}
+
+/// A slice as consecutive chunks of `size` items (the last may be shorter): one item per
+/// chunk.
+#[derive(Debug)]
+pub struct Chunks<S> {
+    pub(crate) slice: S,
+    /// At least 1.
+    pub(crate) size: usize,
+}
+
+impl<'a, T: Sync> Source for Chunks<&'a [T]> {
+    type Item = &'a [T];
+    type Iter = std::slice::Chunks<'a, T>;
+
+    fn len(&self) -> usize {
+        self.slice.len().div_ceil(self.size)
+    }
+    fn split_at(self, index: usize) -> (Self, Self) {
+        let (left, right) = self
+            .slice
+            .split_at((index * self.size).min(self.slice.len()));
+        let size = self.size;
+        (Chunks { slice: left, size }, Chunks { slice: right, size })
+    }
+    fn into_iter(self) -> Self::Iter {
+        self.slice.chunks(self.size)
+    }
+}
+
+impl<'a, T: Send> Source for Chunks<&'a mut [T]> {
+    type Item = &'a mut [T];
+    type Iter = std::slice::ChunksMut<'a, T>;
+
+    fn len(&self) -> usize {
+        self.slice.len().div_ceil(self.size)
+    }
+    fn split_at(self, index: usize) -> (Self, Self) {
+        let at = (index * self.size).min(self.slice.len());
+        let (left, right) = self.slice.split_at_mut(at);
+        let size = self.size;
+        (Chunks { slice: left, size }, Chunks { slice: right, size })
+    }
+    fn into_iter(self) -> Self::Iter {
+        self.slice.chunks_mut(self.size)
     }
 }
 
@@ -209,13 +287,13 @@ impl<T> Iterator for OwnedIter<'_, T> {
 
 /// An integer range as `start` plus a length, for every primitive integer type.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct IntRange<T> {
+pub struct IntRange<T> {
     start: T,
     len: usize,
 }
 
 /// Integers that [`IntRange`] can step through.
-pub(crate) trait Int: Copy + Send + Sync + 'static {
+pub trait Int: Copy + Send + Sync + 'static {
     /// `self + offset`, for offsets that keep the result in range.
     fn offset(self, offset: usize) -> Self;
     /// The number of integers in `start..end`, if it fits in `usize`.
@@ -299,7 +377,7 @@ impl<T: Int> Source for IntRange<T> {
 
 /// The integers of an [`IntRange`], in order.
 #[derive(Debug)]
-pub(crate) struct IntIter<T> {
+pub struct IntIter<T> {
     range: IntRange<T>,
     next: usize,
 }
@@ -348,12 +426,6 @@ impl<R> Written<R> {
         }
     }
 
-    /// `self` with `other` appended; see [`Written::append`].
-    fn merge(mut self, other: Written<R>) -> Written<R> {
-        self.append(other);
-        self
-    }
-
     /// Gives up ownership of the results (they now belong to the output vector); returns
     /// how many there are.
     fn release(self) -> usize {
@@ -370,8 +442,8 @@ impl<R> Drop for Written<R> {
     }
 }
 
-/// `len` uninitialised output places starting at `ptr`, each written by exactly one leaf.
-struct Dst<R> {
+/// `len` uninitialised output places starting at `ptr`, each written by exactly one batch.
+pub(crate) struct Dst<R> {
     ptr: *mut R,
     len: usize,
 }
@@ -397,45 +469,97 @@ impl<R> Dst<R> {
     }
 }
 
-/// Sets the flag if dropped during a panic: tells the other leaves to stop mapping.
-struct StopOnUnwind<'a>(&'a AtomicBool);
+/// Where a call stops: the index of the leftmost item known to have failed (`try_`
+/// operations), 0 once anything panicked, [`GO_ON`] while nothing has. No item at or past
+/// it is started; items before it still are, so the error a call returns is the first in
+/// input order, as sequentially. Relaxed: it only decides how much work is skipped, and the
+/// results themselves travel back through `join`.
+pub(crate) type StopAt = AtomicUsize;
+
+/// [`StopAt`] while nothing has failed.
+const GO_ON: usize = usize::MAX;
+
+/// Stops the whole call if dropped during a panic.
+struct StopOnUnwind<'a>(&'a StopAt);
 
 impl Drop for StopOnUnwind<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.store(true, Ordering::Relaxed);
+            self.0.store(0, Ordering::Relaxed);
         }
     }
 }
 
-/// Maps `source` into `dst` in order, on this thread.
-#[inline]
-fn write_seq<S, R, F>(source: S, dst: Dst<R>, f: &F, stop: &AtomicBool) -> Written<R>
-where
-    S: Source,
-    F: Fn(S::Item) -> R,
-{
-    debug_assert!(source.len() <= dst.len);
-    let mut written = Written::empty(dst.ptr);
-    let unwinding = StopOnUnwind(stop);
-    for item in source.into_iter() {
-        let value = f(item);
-        // SAFETY: `written.len < dst.len` (the source is no longer than `dst`), and this
-        // place is written once, by this leaf only.
-        unsafe { dst.ptr.wrapping_add(written.len).write(value) };
-        written.len += 1;
-    }
-    std::mem::forget(unwinding);
-    written
+/// What one call does with its items. The engine (sampling, splitting on demand) is the
+/// same for every operation of the kit; they differ only here.
+///
+/// A call's items are cut into pieces, and each piece into batches consumed in order on
+/// one thread. Every batch gets a [`Place`](Consumer::Place) (its share of the output,
+/// split alongside the items) and hands back an [`Out`](Consumer::Out); the engine merges
+/// the outs of neighbouring batches and pieces left to right, so a merge always sees two
+/// neighbours in input order.
+pub(crate) trait Consumer<I>: Sync {
+    /// A batch's share of the output: the places it writes, or `()`.
+    type Place: Send;
+    /// What a batch or piece hands back.
+    type Out: Send;
+    /// Made lazily, at most once per piece, on the thread that maps the piece.
+    type State;
+
+    /// A piece's state, made before its first batch.
+    fn make_state(&self) -> Self::State;
+    /// `place` cut like the items: `[0, index)` and `[index, len)`.
+    fn split_place(place: Self::Place, index: usize) -> (Self::Place, Self::Place);
+    /// The out of no items at `place`.
+    fn empty(&self, place: &Self::Place) -> Self::Out;
+    /// Consumes `items`, the call's items from index `start` on, in order into `place`
+    /// (as many items as it has places). A failure at index `i` lowers `stop` to `i`.
+    fn consume(
+        &self,
+        state: &mut Self::State,
+        items: impl Iterator<Item = I>,
+        place: Self::Place,
+        start: usize,
+        stop: &StopAt,
+    ) -> Self::Out;
+    /// The out of `left` followed by `right`.
+    fn merge(&self, left: Self::Out, right: Self::Out) -> Self::Out;
 }
 
-/// What every piece of one `par_map` shares.
-struct Ctx<'f, F> {
-    f: &'f F,
+/// Consumes one batch on this thread; a panic in it tells the other pieces to stop.
+#[inline]
+fn run_batch<S, C>(
+    consumer: &C,
+    state: &mut Option<C::State>,
+    (source, place): (S, C::Place),
+    start: usize,
+    stop: &StopAt,
+) -> C::Out
+where
+    S: Source,
+    C: Consumer<S::Item>,
+{
+    // The state lives in a local for the batch, where the compiler can keep it in
+    // registers; behind `&mut Option` it must assume that any opaque call in `f` changes it
+    // (measured: `par_for_each_init` over 1k items took 2.7× its loop). A panic drops it
+    // here, once.
+    let mut local = state.take().unwrap_or_else(|| consumer.make_state());
+    let unwinding = StopOnUnwind(stop);
+    let out = consumer.consume(&mut local, source.into_iter(), place, start, stop);
+    std::mem::forget(unwinding);
+    *state = Some(local);
+    out
+}
+
+/// What every piece of one call shares.
+struct Ctx<'c, C> {
+    consumer: &'c C,
     /// Items between two looks for idle workers, to start with (the piece adapts it).
     interval: usize,
-    /// Set when a piece panics: the others stop mapping.
-    stop: AtomicBool,
+    /// No piece is cut shorter than this (`with_min_len`; at least 1).
+    min_len: usize,
+    /// Where the call stops.
+    stop: StopAt,
 }
 
 /// Whether the current worker should split its piece: some worker is idle and the last
@@ -444,120 +568,457 @@ fn peers_want_work() -> bool {
     WorkerThread::current().is_some_and(WorkerThread::peers_want_work)
 }
 
-/// Maps a piece on this worker, in batches of about [`CHECK_NS`]; between batches, if
+/// Consumes a piece on this worker, in batches of about [`CHECK_NS`]; between batches, if
 /// another worker is idle, splits what is left in two with `join`, so the idle worker can
-/// take the second half (lazy binary splitting).
-fn split_on_demand<S, R, F>(mut source: S, mut dst: Dst<R>, ctx: &Ctx<'_, F>) -> Written<R>
+/// take the second half (lazy binary splitting). `start` is the index of the piece's first
+/// item in the call.
+fn split_on_demand<S, C>(
+    mut source: S,
+    mut place: C::Place,
+    mut start: usize,
+    ctx: &Ctx<'_, C>,
+) -> C::Out
 where
     S: Source,
-    R: Send,
-    F: Fn(S::Item) -> R + Sync,
+    C: Consumer<S::Item>,
 {
-    let mut written = Written::empty(dst.ptr);
+    let consumer = ctx.consumer;
+    let mut out = consumer.empty(&place);
+    let mut state = None;
     let mut interval = ctx.interval;
     while source.len() > 0 {
-        if ctx.stop.load(Ordering::Relaxed) {
-            // Another piece panicked: the rest of `source` is dropped unmapped.
+        if ctx.stop.load(Ordering::Relaxed) <= start {
+            // A panic, or a failure left of here: the rest of `source` is dropped
+            // unconsumed.
             break;
         }
-        if source.len() >= 2 && peers_want_work() {
+        if source.len() >= 2 * ctx.min_len && peers_want_work() {
+            // Each half makes its own state: this piece's is not needed any more.
+            drop(state);
             let mid = source.len() / 2;
             let (left, right) = source.split_at(mid);
-            let (left_dst, right_dst) = dst.split_at(mid);
+            let (left_place, right_place) = C::split_place(place, mid);
             let (a, b) = join(
-                || split_on_demand(left, left_dst, ctx),
-                || split_on_demand(right, right_dst, ctx),
+                || split_on_demand(left, left_place, start, ctx),
+                || split_on_demand(right, right_place, start + mid, ctx),
             );
-            return written.merge(a).merge(b);
+            return consumer.merge(consumer.merge(out, a), b);
         }
         let take = interval.min(source.len());
         let (head, tail) = source.split_at(take);
-        let (head_dst, tail_dst) = dst.split_at(take);
-        (source, dst) = (tail, tail_dst);
+        let (head_place, tail_place) = C::split_place(place, take);
+        (source, place) = (tail, tail_place);
         let watch = Stopwatch::start();
-        written.append(write_seq(head, head_dst, ctx.f, &ctx.stop));
+        let batch = run_batch(consumer, &mut state, (head, head_place), start, &ctx.stop);
+        start += take;
+        out = consumer.merge(out, batch);
         // Keep batches near CHECK_NS as the cost per item drifts (a ramp of costs).
         let elapsed = watch.elapsed_ns().max(1.0);
         interval = ((interval as f64 * CHECK_NS as f64 / elapsed) as usize).clamp(1, MAX_INTERVAL);
     }
-    written
+    out
 }
 
-/// Maps every item of `source` into `out` (cleared first, its allocation reused), in order,
-/// on the current pool.
-pub(crate) fn map_into<S, R, F>(source: S, f: &F, out: &mut Vec<R>)
+/// Consumes every item of `source` into `place` on the current pool: sampling on the
+/// caller, then splitting on demand (see the module docs). `min_len` is the shortest piece
+/// the pool may cut (0 counts as 1).
+pub(crate) fn drive<S, C>(source: S, place: C::Place, consumer: &C, min_len: usize) -> C::Out
 where
     S: Source,
-    R: Send,
-    F: Fn(S::Item) -> R + Sync,
+    C: Consumer<S::Item>,
 {
-    let n = source.len();
+    let min_len = min_len.max(1);
+    let stop = StopAt::new(GO_ON);
+    let mut start = 0;
+    let mut state = None;
+    let mut out = Some(consumer.empty(&place));
+    let mut rest = Some((source, place));
+
+    // 1. Sampling on this thread, window by window, until the input is done (or failed) or
+    //    the rest is estimated to be worth parallel work.
+    let mut probe = CostProbe::new();
+    let per_item_ns = loop {
+        let window = probe.window(|batch| {
+            let (source, place) = rest.take().expect("the rest is put back after every batch");
+            if source.len() == 0 {
+                rest = Some((source, place));
+                return (0, false);
+            }
+            let take = batch.min(source.len());
+            let (head, tail) = source.split_at(take);
+            let (head_place, tail_place) = C::split_place(place, take);
+            let more = tail.len() > 0;
+            rest = Some((tail, tail_place));
+            let batch_out = run_batch(consumer, &mut state, (head, head_place), start, &stop);
+            start += take;
+            let so_far = out.take().expect("the out is put back after every batch");
+            out = Some(consumer.merge(so_far, batch_out));
+            // Done (or failed): say so now, sparing a clock read (~10 ns, most of what a
+            // tiny call costs beyond its loop).
+            (take, more && stop.load(Ordering::Relaxed) > start)
+        });
+        let remaining = rest.as_ref().map_or(0, |(source, _)| source.len());
+        match window {
+            Some(per_item_ns)
+                if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64
+                    && remaining >= 2 * min_len =>
+            {
+                break per_item_ns;
+            }
+            Some(_) => {}
+            None => return out.expect("the out is put back after every batch"),
+        }
+    };
+    let (rest, place) = rest.expect("the rest is put back after every batch");
+    let out = out.expect("the out is put back after every batch");
+
+    // 2. The rest, on the pool.
+    let registry = current_registry();
+    let tail = if registry.num_threads() == 1 && WorkerThread::current().is_none() {
+        // One worker would only take the work off this thread, not share it.
+        run_batch(consumer, &mut state, (rest, place), start, &stop)
+    } else {
+        // The pool's pieces make their own state; the caller's is done.
+        drop(state);
+        let interval = (CHECK_NS as f64 / per_item_ns).clamp(1.0, MAX_INTERVAL as f64) as usize;
+        let ctx = Ctx {
+            consumer,
+            interval,
+            min_len,
+            stop,
+        };
+        registry.in_worker(|_| split_on_demand(rest, place, start, &ctx))
+    };
+    consumer.merge(out, tail)
+}
+
+impl<R> Dst<R> {
+    /// Writes `value` at place `index`.
+    ///
+    /// # Safety
+    ///
+    /// `index < self.len`, and each place is written at most once.
+    #[inline]
+    unsafe fn write(&self, index: usize, value: R) {
+        debug_assert!(index < self.len);
+        // SAFETY: `index < len` (the caller's promise), so the place lies inside the
+        // output buffer (or is a no-op for zero-sized `R`), and nobody else writes it.
+        unsafe { self.ptr.wrapping_add(index).write(value) };
+    }
+}
+
+/// `map`, `map_init` and `for_each` (a map to `()`): each result goes to its place in the
+/// output. `f` gets the piece's state, made by `init` (`()` for the plain operations).
+pub(crate) struct MapConsumer<'f, Init, F> {
+    pub(crate) init: &'f Init,
+    pub(crate) f: &'f F,
+}
+
+impl<I, St, R, Init, F> Consumer<I> for MapConsumer<'_, Init, F>
+where
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, I) -> R + Sync,
+    R: Send,
+{
+    type Place = Dst<R>;
+    type Out = Written<R>;
+    type State = St;
+
+    fn make_state(&self) -> St {
+        (self.init)()
+    }
+
+    fn split_place(place: Dst<R>, index: usize) -> (Dst<R>, Dst<R>) {
+        place.split_at(index)
+    }
+    fn empty(&self, place: &Dst<R>) -> Written<R> {
+        Written::empty(place.ptr)
+    }
+    #[inline]
+    fn consume(
+        &self,
+        state: &mut St,
+        items: impl Iterator<Item = I>,
+        place: Dst<R>,
+        _start: usize,
+        _stop: &StopAt,
+    ) -> Written<R> {
+        let mut written = Written::empty(place.ptr);
+        for item in items.take(place.len) {
+            let value = (self.f)(state, item);
+            // SAFETY: `written.len < place.len` (`take`), and this batch alone owns its
+            // places, each visited once.
+            unsafe { place.write(written.len, value) };
+            written.len += 1;
+        }
+        written
+    }
+    fn merge(&self, mut left: Written<R>, right: Written<R>) -> Written<R> {
+        left.append(right);
+        left
+    }
+}
+
+/// `for_each` and its variants: nothing is collected, so a batch is the plain loop.
+pub(crate) struct ForEachConsumer<'f, Init, F> {
+    pub(crate) init: &'f Init,
+    pub(crate) f: &'f F,
+}
+
+impl<I, St, Init, F> Consumer<I> for ForEachConsumer<'_, Init, F>
+where
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, I) + Sync,
+{
+    type Place = ();
+    type Out = ();
+    type State = St;
+
+    fn make_state(&self) -> St {
+        (self.init)()
+    }
+
+    fn split_place((): (), _index: usize) -> ((), ()) {
+        ((), ())
+    }
+    fn empty(&self, (): &()) {}
+    #[inline]
+    fn consume(
+        &self,
+        state: &mut St,
+        items: impl Iterator<Item = I>,
+        (): (),
+        _start: usize,
+        _stop: &StopAt,
+    ) {
+        items.for_each(|item| (self.f)(state, item));
+    }
+    fn merge(&self, (): (), (): ()) {}
+}
+
+/// Calls `f` (with state from `init`) on every item of `source`, on the current pool.
+pub(crate) fn for_each<S, St, Init, F>(source: S, init: &Init, f: &F, min_len: usize)
+where
+    S: Source,
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, S::Item) + Sync,
+{
+    drive(source, (), &ForEachConsumer { init, f }, min_len);
+}
+
+/// `try_map` and `try_for_each`: like [`MapConsumer`], but an `Err` stops the call. Every
+/// batch checks [`StopAt`] before each item, so once an error is seen no item right of it
+/// starts anywhere; the results are dropped with their `Written`.
+pub(crate) struct TryMapConsumer<'f, Init, F> {
+    pub(crate) init: &'f Init,
+    pub(crate) f: &'f F,
+}
+
+impl<I, St, R, E, Init, F> Consumer<I> for TryMapConsumer<'_, Init, F>
+where
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, I) -> Result<R, E> + Sync,
+    R: Send,
+    E: Send,
+{
+    type Place = Dst<R>;
+    type Out = Result<Written<R>, E>;
+    type State = St;
+
+    fn make_state(&self) -> St {
+        (self.init)()
+    }
+
+    fn split_place(place: Dst<R>, index: usize) -> (Dst<R>, Dst<R>) {
+        place.split_at(index)
+    }
+    fn empty(&self, place: &Dst<R>) -> Self::Out {
+        Ok(Written::empty(place.ptr))
+    }
+    #[inline]
+    fn consume(
+        &self,
+        state: &mut St,
+        items: impl Iterator<Item = I>,
+        place: Dst<R>,
+        start: usize,
+        stop: &StopAt,
+    ) -> Self::Out {
+        let mut written = Written::empty(place.ptr);
+        for (index, item) in (start..).zip(items.take(place.len)) {
+            if stop.load(Ordering::Relaxed) <= index {
+                break;
+            }
+            match (self.f)(state, item) {
+                // SAFETY: as in `MapConsumer::consume`.
+                Ok(value) => unsafe { place.write(written.len, value) },
+                Err(error) => {
+                    stop.fetch_min(index, Ordering::Relaxed);
+                    return Err(error);
+                }
+            }
+            written.len += 1;
+        }
+        Ok(written)
+    }
+    /// The leftmost error wins (every item left of it ran, so it is the first in input
+    /// order); the results on either side are dropped with it.
+    fn merge(&self, left: Self::Out, right: Self::Out) -> Self::Out {
+        let mut left = left?;
+        left.append(right?);
+        Ok(left)
+    }
+}
+
+/// `map_reduce` and its conveniences: each batch folds its items from `identity()`, and
+/// neighbours are combined with `reduce`. `None` stands for "no items yet", so `identity`
+/// runs once per batch, not per merge.
+pub(crate) struct ReduceConsumer<'f, Init, F, Id, Red> {
+    pub(crate) init: &'f Init,
+    pub(crate) f: &'f F,
+    pub(crate) identity: &'f Id,
+    pub(crate) reduce: &'f Red,
+}
+
+impl<I, St, T, Init, F, Id, Red> Consumer<I> for ReduceConsumer<'_, Init, F, Id, Red>
+where
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, I) -> T + Sync,
+    Id: Fn() -> T + Sync,
+    Red: Fn(T, T) -> T + Sync,
+    T: Send,
+{
+    type Place = ();
+    type Out = Option<T>;
+    type State = St;
+
+    fn make_state(&self) -> St {
+        (self.init)()
+    }
+
+    fn split_place((): (), _index: usize) -> ((), ()) {
+        ((), ())
+    }
+    fn empty(&self, (): &()) -> Option<T> {
+        None
+    }
+    #[inline]
+    fn consume(
+        &self,
+        state: &mut St,
+        items: impl Iterator<Item = I>,
+        (): (),
+        _start: usize,
+        _stop: &StopAt,
+    ) -> Option<T> {
+        Some(items.fold((self.identity)(), |acc, item| {
+            (self.reduce)(acc, (self.f)(state, item))
+        }))
+    }
+    fn merge(&self, left: Option<T>, right: Option<T>) -> Option<T> {
+        match (left, right) {
+            (Some(left), Some(right)) => Some((self.reduce)(left, right)),
+            (left, None) => left,
+            (None, right) => right,
+        }
+    }
+}
+
+/// An output vector being filled: `out` cleared, room for `n` results reserved (a fresh
+/// large buffer advised to use huge pages), and the [`Dst`] covering all of it.
+fn output_places<R>(out: &mut Vec<R>, n: usize) -> Dst<R> {
     out.clear();
     if out.capacity() < n {
         out.reserve(n);
         advise_huge_pages(out.as_mut_ptr(), n);
     }
-    let base = out.as_mut_ptr();
-    let stop = AtomicBool::new(false);
-    let mut written = Written::empty(base);
-    let mut rest = Some(source);
+    Dst {
+        ptr: out.as_mut_ptr(),
+        len: n,
+    }
+}
 
-    // 1. Sampling on this thread, window by window, until the input is done or the rest is
-    //    estimated to be worth parallel work.
-    let mut probe = CostProbe::new();
-    let per_item_ns = loop {
-        let window = probe.window(|batch| {
-            let source = rest.take().expect("the rest is put back after every batch");
-            if source.len() == 0 {
-                rest = Some(source);
-                return (0, false);
-            }
-            let take = batch.min(source.len());
-            let (head, tail) = source.split_at(take);
-            rest = Some(tail);
-            let dst = Dst {
-                ptr: base.wrapping_add(written.len),
-                len: take,
-            };
-            written.append(write_seq(head, dst, f, &stop));
-            (take, true)
-        });
-        let remaining = rest.as_ref().map_or(0, Source::len);
-        match window {
-            Some(per_item_ns) if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64 => {
-                break per_item_ns;
-            }
-            Some(_) => {}
-            None => {
-                let len = written.release();
-                debug_assert_eq!(len, n);
-                // SAFETY: every place in `[0, n)` was initialised exactly once (`written`
-                // covered it), and ownership passed from `written` to the vector.
-                unsafe { out.set_len(len) };
-                return;
-            }
-        }
-    };
-    let rest = rest.expect("the rest is put back after every batch");
-
-    // 2. The rest, on the pool.
-    let dst = Dst {
-        ptr: base.wrapping_add(written.len),
-        len: rest.len(),
-    };
-    let registry = current_registry();
-    let tail = if registry.num_threads() == 1 && WorkerThread::current().is_none() {
-        // One worker would only take the work off this thread, not share it.
-        write_seq(rest, dst, f, &stop)
-    } else {
-        let interval = (CHECK_NS as f64 / per_item_ns).clamp(1.0, MAX_INTERVAL as f64) as usize;
-        let ctx = Ctx { f, interval, stop };
-        registry.in_worker(|_| split_on_demand(rest, dst, &ctx))
-    };
-    written.append(tail);
+/// Hands the results in `written` (all `n` places of `out`, from [`output_places`]) to
+/// `out`.
+fn finish_output<R>(out: &mut Vec<R>, written: Written<R>, n: usize) {
+    assert_eq!(
+        written.ptr,
+        out.as_mut_ptr(),
+        "parpool: results written elsewhere"
+    );
     let len = written.release();
-    debug_assert_eq!(len, n);
-    // SAFETY: every place in `[0, n)` was initialised exactly once (the merged `Written`
-    // covers the whole range), and ownership passed from `written` to the vector.
+    assert_eq!(len, n, "parpool: not every result was written");
+    // SAFETY: the `Written` started at the buffer and covered `n` places, each initialised
+    // exactly once, and its ownership passed to the vector (`release`).
     unsafe { out.set_len(len) };
+}
+
+/// Maps every item of `source` with `f` (state from `init`) into `out` (cleared first, its
+/// allocation reused), in order, on the current pool.
+pub(crate) fn map_into<S, St, R, Init, F>(
+    source: S,
+    init: &Init,
+    f: &F,
+    out: &mut Vec<R>,
+    min_len: usize,
+) where
+    S: Source,
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, S::Item) -> R + Sync,
+    R: Send,
+{
+    let n = source.len();
+    let place = output_places(out, n);
+    let written = drive(source, place, &MapConsumer { init, f }, min_len);
+    finish_output(out, written, n);
+}
+
+/// Like [`map_into`] for a fallible `f`: on the first `Err` the call stops, `out` is left
+/// empty, and the error is returned.
+pub(crate) fn try_map_into<S, St, R, E, Init, F>(
+    source: S,
+    init: &Init,
+    f: &F,
+    out: &mut Vec<R>,
+    min_len: usize,
+) -> Result<(), E>
+where
+    S: Source,
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, S::Item) -> Result<R, E> + Sync,
+    R: Send,
+    E: Send,
+{
+    let n = source.len();
+    let place = output_places(out, n);
+    let written = drive(source, place, &TryMapConsumer { init, f }, min_len)?;
+    finish_output(out, written, n);
+    Ok(())
+}
+
+/// Maps every item with `f` and combines the results with `reduce` (`identity` for none),
+/// on the current pool.
+pub(crate) fn map_reduce<S, St, T, Init, F, Id, Red>(
+    source: S,
+    init: &Init,
+    f: &F,
+    identity: &Id,
+    reduce: &Red,
+    min_len: usize,
+) -> T
+where
+    S: Source,
+    Init: Fn() -> St + Sync,
+    F: Fn(&mut St, S::Item) -> T + Sync,
+    Id: Fn() -> T + Sync,
+    Red: Fn(T, T) -> T + Sync,
+    T: Send,
+{
+    let consumer = ReduceConsumer {
+        init,
+        f,
+        identity,
+        reduce,
+    };
+    drive(source, (), &consumer, min_len).unwrap_or_else(identity)
 }

@@ -345,7 +345,12 @@ pub struct ThreadPoolBuilder {
     num_threads: Option<usize>,
     thread_name: Option<Box<dyn FnMut(usize) -> String>>,
     stack_size: Option<usize>,
+    start_handler: Option<ThreadHandler>,
+    exit_handler: Option<ThreadHandler>,
 }
+
+/// A start or exit handler, shared by every worker of a pool.
+pub(crate) type ThreadHandler = Arc<dyn Fn(usize) + Send + Sync>;
 
 impl ThreadPoolBuilder {
     /// A builder with default settings: [`PARPOOL_NUM_THREADS`](NUM_THREADS_ENV) or one
@@ -409,12 +414,79 @@ impl ThreadPoolBuilder {
         self
     }
 
+    /// Runs `handler(i)` on worker `i` when it starts, before it takes any work: per-thread
+    /// setup such as pinning, thread-local buffers or a profiler hook (rayon's
+    /// `start_handler`). [`current_thread_index`](crate::current_thread_index) already
+    /// works inside it.
+    ///
+    /// # Panics
+    ///
+    /// A panic in `handler` aborts the process (as in rayon without a panic handler): a
+    /// pool with a worker whose setup failed would misbehave later in ways far harder to
+    /// trace.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let started = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&started);
+    /// let pool = parpool::ThreadPool::builder()
+    ///     .num_threads(3)
+    ///     .start_handler(move |i| log.lock().unwrap().push(i))
+    ///     .build()?;
+    /// // Dropping the pool waits for its workers, each of which ran the handler first.
+    /// drop(pool);
+    /// let mut started = started.lock().unwrap().clone();
+    /// started.sort();
+    /// assert_eq!(started, [0, 1, 2]);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn start_handler(mut self, handler: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.start_handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Runs `handler(i)` on worker `i` as it exits, after its last job: per-thread
+    /// teardown (rayon's `exit_handler`). Dropping the pool waits for its workers, so every
+    /// exit handler has run when `drop` returns.
+    ///
+    /// # Panics
+    ///
+    /// A panic in `handler` aborts the process, as for
+    /// [`start_handler`](Self::start_handler).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// let exited = Arc::new(AtomicUsize::new(0));
+    /// let count = Arc::clone(&exited);
+    /// let pool = parpool::ThreadPool::builder()
+    ///     .num_threads(2)
+    ///     .exit_handler(move |_| {
+    ///         count.fetch_add(1, Ordering::SeqCst);
+    ///     })
+    ///     .build()?;
+    /// assert_eq!(pool.install(|| 1 + 1), 2);
+    /// drop(pool);
+    /// assert_eq!(exited.load(Ordering::SeqCst), 2);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn exit_handler(mut self, handler: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.exit_handler = Some(Arc::new(handler));
+        self
+    }
+
     /// Starts the pool.
     ///
     /// # Errors
     ///
-    /// Zero threads, more than 65535, an invalid `PARPOOL_NUM_THREADS` (when no count was
-    /// set), or an OS refusal to start a thread.
+    /// Zero threads, more than 65535 (255 on 32-bit targets), an invalid
+    /// `PARPOOL_NUM_THREADS` (when no count was set), or an OS refusal to start a thread.
     ///
     /// # Examples
     ///
@@ -480,6 +552,11 @@ impl ThreadPoolBuilder {
     pub(crate) fn configured_stack_size(&self) -> Option<usize> {
         self.stack_size
     }
+
+    /// The start and exit handlers, for one worker.
+    pub(crate) fn handlers(&self) -> (Option<ThreadHandler>, Option<ThreadHandler>) {
+        (self.start_handler.clone(), self.exit_handler.clone())
+    }
 }
 
 impl fmt::Debug for ThreadPoolBuilder {
@@ -488,6 +565,11 @@ impl fmt::Debug for ThreadPoolBuilder {
             .field("num_threads", &self.num_threads)
             .field("thread_name", &self.thread_name.as_ref().map(|_| "<fn>"))
             .field("stack_size", &self.stack_size)
+            .field(
+                "start_handler",
+                &self.start_handler.as_ref().map(|_| "<fn>"),
+            )
+            .field("exit_handler", &self.exit_handler.as_ref().map(|_| "<fn>"))
             .finish()
     }
 }

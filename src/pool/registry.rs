@@ -43,7 +43,7 @@ use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 use super::job::{AbortIfPanic, JobRef, StackJob, resume};
 use super::latch::{CoreLatch, WaitLatch};
 use super::sleep::Sleep;
-use super::{ThreadPoolBuildError, ThreadPoolBuilder};
+use super::{ThreadHandler, ThreadPoolBuildError, ThreadPoolBuilder};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 
 /// The first joins of each job a worker takes on publish their `b` half at once instead of
@@ -105,7 +105,8 @@ impl Registry {
                 thread = thread.stack_size(size);
             }
             let for_thread = Arc::clone(&registry);
-            match thread.spawn(move || main_loop(for_thread, index, worker)) {
+            let handlers = builder.handlers();
+            match thread.spawn(move || main_loop(for_thread, index, worker, handlers)) {
                 Ok(handle) => lock(&registry.handles).push(handle),
                 Err(error) => {
                     // Stop the workers already started; they have no work yet.
@@ -238,8 +239,16 @@ impl Registry {
     }
 }
 
-/// The worker's loop: run jobs until the terminate latch is set.
-fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>) {
+/// The worker's loop: run jobs until the terminate latch is set. The start and exit
+/// handlers run on either side of it, with the worker registered (so
+/// `current_thread_index` works in them), under the abort guard: a panic in a handler
+/// aborts the process rather than leave a pool with a worker missing its setup.
+fn main_loop(
+    registry: Arc<Registry>,
+    index: usize,
+    deque: Worker<JobRef>,
+    (start_handler, exit_handler): (Option<ThreadHandler>, Option<ThreadHandler>),
+) {
     let worker = WorkerThread {
         deque,
         frames: UnsafeCell::new(Vec::new()),
@@ -252,9 +261,15 @@ fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>) {
     WORKER_THREAD.with(|current| current.set(&raw const worker));
     // Internal panics abort; user panics are caught inside the jobs.
     let abort = AbortIfPanic;
+    if let Some(handler) = start_handler {
+        handler(index);
+    }
     let terminate = &worker.registry.thread_infos[index].terminate;
     worker.wait_until(terminate, None);
     debug_assert!(worker.deque.is_empty(), "worker exits with queued jobs");
+    if let Some(handler) = exit_handler {
+        handler(index);
+    }
     std::mem::forget(abort);
     WORKER_THREAD.with(|current| current.set(std::ptr::null()));
 }

@@ -49,8 +49,10 @@
 //!
 //! ## The counters word
 //!
-//! One `AtomicUsize`, cache-padded: bits 0..16 count sleeping threads, bits 16..32 count
-//! inactive threads (searching, sleepy or sleeping), the rest is the JEC. An even JEC is
+//! One `AtomicUsize`, cache-padded: on 64-bit targets bits 0..16 count sleeping threads,
+//! bits 16..32 count inactive threads (searching, sleepy or sleeping), the rest is the JEC.
+//! On 32-bit targets each thread count has 8 bits and the JEC 16 (as in rayon), so a pool
+//! there has at most 255 workers. An even JEC is
 //! "sleepy" (a worker announced sleepiness after the last publication), odd is "active".
 //! Busy workers read the inactive count (one `Relaxed` load, a cache line nobody writes
 //! while everyone is busy) to decide whether to publish work at all; see `registry.rs`.
@@ -78,7 +80,12 @@ pub(crate) const ROUNDS_UNTIL_SLEEPY: u32 = 1;
 /// One more search round after announcing sleepiness, then sleep.
 const ROUNDS_UNTIL_SLEEPING: u32 = ROUNDS_UNTIL_SLEEPY + 1;
 
+/// The width of each thread count in the counters word: half of it stays for the JEC.
+#[cfg(target_pointer_width = "64")]
 const THREADS_BITS: usize = 16;
+/// The width of each thread count in the counters word: half of it stays for the JEC.
+#[cfg(not(target_pointer_width = "64"))]
+const THREADS_BITS: usize = 8;
 const SLEEPING_SHIFT: usize = 0;
 const INACTIVE_SHIFT: usize = THREADS_BITS;
 const JEC_SHIFT: usize = 2 * THREADS_BITS;
@@ -266,7 +273,7 @@ impl Sleep {
             }
         }
         // Registered as asleep. One last look at the injector: the JEC can wrap around (2^32
-        // publications while we were sleepy), and we may be the only worker that would ever
+        // publications while we were sleepy, 2^16 on 32-bit targets), and we may be the only worker that would ever
         // take an injected job.
         let mut completed = true;
         if has_injected_jobs() {
