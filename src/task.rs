@@ -256,9 +256,13 @@ where
         if for_job.start() {
             for_job.complete(catch(f));
         } else {
-            drop(f);
+            // A cancelled task's closure is dropped unrun; its captures' `Drop` is user
+            // code, caught like the closure itself.
+            let _ = catch(move || drop(f));
         }
-        drop(for_job);
+        // The last reference may be this one (the handle is gone): then the result is
+        // dropped here, and its `Drop` is user code too.
+        let _ = catch(move || drop(for_job));
         registry.terminate();
     });
     registry.push_or_inject(job);

@@ -13,6 +13,7 @@ use std::io::Read;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,10 @@ fn child() {
     };
     match scenario.as_str() {
         "iterator-panic-drops-items" => iterator_panic_drops_items(),
+        "no-job-runs-while-unwinding" => no_job_runs_while_unwinding(),
+        "drop-panic-task-result" => drop_panic_task_result(),
+        "drop-panic-cancelled-capture" => drop_panic_cancelled_capture(),
+        "drop-panic-chunk-results" => drop_panic_chunk_results(),
         other => panic!("unknown scenario {other:?}"),
     }
     println!("SCENARIO_OK");
@@ -152,4 +157,149 @@ fn iterator_panic_drops_items() {
 #[test]
 fn iterator_panic_drops_every_pulled_item_before_unwinding() {
     assert_child_passes("iterator-panic-drops-items");
+}
+
+/// Defect 5: `join`'s `a` panics while `b` runs on another worker; the waiting worker runs
+/// the tasks queued on its deque meanwhile. None of them may run inside the unwind: each
+/// records `thread::panicking()`, and each panics while holding a mutex of its own, which
+/// must come out poisoned.
+fn no_job_runs_while_unwinding() {
+    let pool = ThreadPool::new(2).unwrap();
+    let saw_panicking = Arc::new(AtomicUsize::new(0));
+    let unpoisoned = Arc::new(AtomicUsize::new(0));
+    let total = rounds(200) * 20;
+    pool.install(|| {
+        for _ in 0..rounds(200) {
+            let tasks = Mutex::new(Vec::new());
+            // `b` is published first, so the idle worker steals it (thieves take the oldest
+            // job); `a` queues the tasks behind it on this worker's deque, then panics.
+            let joined = panic::catch_unwind(AssertUnwindSafe(|| {
+                parpool::join(
+                    || {
+                        for _ in 0..20 {
+                            let saw = Arc::clone(&saw_panicking);
+                            let unpoisoned = Arc::clone(&unpoisoned);
+                            let task = parpool::submit(move || {
+                                if thread::panicking() {
+                                    saw.fetch_add(1, Ordering::SeqCst);
+                                }
+                                let mutex = Mutex::new(0);
+                                let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+                                    let _guard = mutex.lock().unwrap();
+                                    panic!("task panics holding the lock");
+                                }));
+                                if !mutex.is_poisoned() {
+                                    unpoisoned.fetch_add(1, Ordering::SeqCst);
+                                }
+                            });
+                            tasks.lock().unwrap().push(task);
+                        }
+                        panic!("a fails");
+                    },
+                    || thread::sleep(Duration::from_micros(300)),
+                )
+            }));
+            assert!(joined.is_err());
+            for task in tasks.into_inner().unwrap() {
+                task.get().unwrap();
+            }
+        }
+    });
+    println!("panicking={saw_panicking:?} unpoisoned={unpoisoned:?} of {total}");
+    assert_eq!(saw_panicking.load(Ordering::SeqCst), 0);
+    assert_eq!(unpoisoned.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn no_unrelated_job_runs_while_a_worker_unwinds() {
+    assert_child_passes("no-job-runs-while-unwinding");
+}
+
+/// Counts its drops, then panics in `Drop` if armed.
+#[derive(Debug)]
+struct PanicOnDrop(Arc<AtomicUsize>, bool);
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        if self.1 {
+            panic!("user Drop panics");
+        }
+    }
+}
+
+/// Defect 6, first place: a task's result whose handle is gone is dropped on the worker.
+fn drop_panic_task_result() {
+    let pool = ThreadPool::new(1).unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    for _ in 0..10 {
+        let drops = Arc::clone(&drops);
+        drop(pool.submit(move || PanicOnDrop(drops, true)));
+    }
+    // The worker survives and serves.
+    assert_eq!(pool.submit(|| 7).get().unwrap(), 7);
+    drop(pool);
+    assert_eq!(drops.load(Ordering::SeqCst), 10);
+}
+
+/// Defect 6, second place: a cancelled task's closure is dropped unrun on the worker.
+fn drop_panic_cancelled_capture() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let blocker = pool.submit(move || {
+        started_tx.send(()).unwrap();
+        let _ = gate.recv();
+    });
+    started.recv().unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let captured = PanicOnDrop(Arc::clone(&drops), true);
+    let queued = pool.submit(move || drop(captured));
+    assert!(queued.cancel());
+    release.send(()).unwrap();
+    blocker.get().unwrap();
+    assert!(queued.get().unwrap_err().is_cancelled());
+    assert_eq!(pool.submit(|| 7).get().unwrap(), 7);
+    drop(pool);
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+/// Defect 6, third place: a chunk's earlier results are dropped on the worker after a later
+/// item panicked; each of them panics in `Drop`. (Only that chunk's: results that reach the
+/// caller are dropped there while the map unwinds, and a panicking `Drop` during an unwind
+/// aborts in any Rust code.)
+fn drop_panic_chunk_results() {
+    let pool = ThreadPool::new(2).unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    for _ in 0..rounds(20) {
+        let caught = panic::catch_unwind(AssertUnwindSafe(|| {
+            pool.map_chunked(0..400, 100, |i| {
+                if i == 250 {
+                    panic!("item 250 fails");
+                }
+                PanicOnDrop(Arc::clone(&drops), (200..250).contains(&i))
+            })
+        }));
+        let payload = caught.expect_err("the map must re-raise a panic");
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .unwrap_or("a Drop panic");
+        assert!(
+            message == "item 250 fails" || message == "user Drop panics",
+            "{message}"
+        );
+    }
+    assert_eq!(pool.map(0..10, |x| x + 1).len(), 10);
+}
+
+#[test]
+fn user_drop_panics_on_workers_are_caught() {
+    for scenario in [
+        "drop-panic-task-result",
+        "drop-panic-cancelled-capture",
+        "drop-panic-chunk-results",
+    ] {
+        assert_child_passes(scenario);
+    }
 }

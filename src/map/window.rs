@@ -312,9 +312,9 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
     pub(crate) fn run(&self, mut token: SlotToken) {
         let data = self.data(&mut token);
         if data.seq > self.stop_seq.load(Ordering::Relaxed) {
-            data.outcome = match catch(|| data.input.clear()) {
-                Ok(()) => Outcome::Skipped,
-                Err(payload) => Outcome::Panicked(payload),
+            data.outcome = match drop_all_caught(&mut data.input) {
+                None => Outcome::Skipped,
+                Some(payload) => Outcome::Panicked(payload),
             };
         } else {
             let watch = Stopwatch::start();
@@ -343,7 +343,7 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
                 }
                 Err(payload) => {
                     // A result's `Drop` may panic too; the first panic is the one reported.
-                    let _ = catch(|| output.clear());
+                    drop(drop_all_caught(output));
                     self.stop_after(0);
                     Outcome::Panicked(payload)
                 }
@@ -375,6 +375,18 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
             unsafe { WaitLatch::set(&*latch) };
         }
     }
+}
+
+/// Drops every element of `values`, one at a time under `catch` (dropping them in bulk,
+/// a second panicking `Drop` would abort the process); returns the first panic.
+fn drop_all_caught<V>(values: &mut Vec<V>) -> Option<Panic> {
+    let mut first = None;
+    while let Some(value) = values.pop() {
+        if let Err(payload) = catch(move || drop(value)) {
+            first.get_or_insert(payload);
+        }
+    }
+    first
 }
 
 /// The drainer job's body: claim and run chunks until none is left, then retire (see
@@ -593,7 +605,8 @@ where
         let registry = Arc::clone(&self.registry);
         let job = move || {
             drain(&for_job);
-            drop(for_job);
+            // The last `Arc` drops the op (an `imap` closure's captures): user code.
+            let _ = catch(move || drop(for_job));
             registry.terminate();
         };
         // SAFETY: the job owns an `Arc` of the window; what the window's op borrows is

@@ -180,11 +180,6 @@ impl<'r> SpinLatch<'r> {
             owner,
         }
     }
-
-    /// The worker waiting for this latch.
-    pub(crate) fn owner(&self) -> &'r WorkerThread {
-        self.owner
-    }
 }
 
 impl Latch for SpinLatch<'_> {
