@@ -90,6 +90,8 @@ fn child() {
         "drop-panic-task-result" => drop_panic_task_result(),
         "drop-panic-cancelled-capture" => drop_panic_cancelled_capture(),
         "drop-panic-chunk-results" => drop_panic_chunk_results(),
+        "cross-pool-drop" => cross_pool_drop(),
+        "failed-build-leaves-no-thread" => failed_build_leaves_no_thread(),
         other => panic!("unknown scenario {other:?}"),
     }
     println!("SCENARIO_OK");
@@ -302,4 +304,68 @@ fn user_drop_panics_on_workers_are_caught() {
     ] {
         assert_child_passes(scenario);
     }
+}
+
+/// Defect 7: the last handle of pool A is dropped inside `b.install(..)` called from one of
+/// A's own tasks. Before the fix, B's worker joined A's worker, which waited for that very
+/// `install`: a deadlock.
+fn cross_pool_drop() {
+    let a = ThreadPool::new(1).unwrap();
+    let b = Arc::new(ThreadPool::new(1).unwrap());
+    let slot: Arc<Mutex<Option<ThreadPool>>> = Arc::new(Mutex::new(None));
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let task = {
+        let slot = Arc::clone(&slot);
+        let b = Arc::clone(&b);
+        a.submit(move || {
+            gate.recv().unwrap();
+            b.install(|| drop(slot.lock().unwrap().take()));
+            "dropped"
+        })
+    };
+    *slot.lock().unwrap() = Some(a);
+    go.send(()).unwrap();
+    assert_eq!(task.get().unwrap(), "dropped");
+    assert_eq!(b.install(|| 5), 5);
+}
+
+#[test]
+fn dropping_a_pool_never_waits_on_a_thread_waiting_on_the_dropper() {
+    assert_child_passes("cross-pool-drop");
+}
+
+/// The number of threads of this process.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Defect 8: a `thread_name` callback that panics, or returns a name with a NUL byte, at
+/// index 2 of a 4-thread build: `build()` returns an error and no thread is left behind.
+fn failed_build_leaves_no_thread() {
+    let before = thread_count();
+    for round in 0..10 {
+        let builder = ThreadPool::builder().num_threads(4);
+        let builder = if round % 2 == 0 {
+            builder.thread_name(|i| {
+                assert!(i < 2, "no name for {i}");
+                format!("named-{i}")
+            })
+        } else {
+            builder.thread_name(|i| format!("named-{i}{}", if i == 2 { "\0" } else { "" }))
+        };
+        let built = panic::catch_unwind(AssertUnwindSafe(|| builder.build()));
+        let error = built
+            .expect("build() must not unwind")
+            .expect_err("the build must fail");
+        assert!(error.is_thread_name(), "{error}");
+        assert!(error.to_string().contains("thread 2"), "{error}");
+    }
+    let after = thread_count();
+    println!("threads before={before} after={after}");
+    assert_eq!(before, after, "a failed build left threads behind");
+}
+
+#[test]
+fn a_failed_build_returns_an_error_and_leaves_no_thread() {
+    assert_child_passes("failed-build-leaves-no-thread");
 }

@@ -65,9 +65,10 @@ pub const NUM_THREADS_ENV: &str = "PARPOOL_NUM_THREADS";
 /// 4. `drop` joins the worker threads: when it returns, the threads have exited.
 ///
 /// So `drop` blocks until submitted work is done: a task that never finishes keeps `drop`
-/// waiting, as it keeps Python's `join()` waiting. If the last handle is dropped on one of
-/// the pool's own workers (a task that owned the pool), the threads cannot be joined from
-/// there; they exit on their own once the work is done.
+/// waiting, as it keeps Python's `join()` waiting. If the last handle is dropped on a worker
+/// thread of any pool (a task that owned the pool, or an `install` into another pool called
+/// from one of this pool's tasks), `drop` does not join: one of the threads it would wait
+/// for may be waiting for the dropper. The threads exit on their own once the work is done.
 ///
 /// Call [`terminate`](ThreadPool::terminate) before dropping to cancel queued tasks
 /// instead of running them (Python's `terminate()` then `join()`).
@@ -274,8 +275,11 @@ impl ThreadPool {
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.registry.terminate();
-        if WorkerThread::current().is_some_and(|w| std::ptr::eq(w.registry(), &*self.registry)) {
-            // Dropped on one of our own workers: it cannot join itself.
+        if WorkerThread::current().is_some() {
+            // Dropped on a worker of any pool: joining could wait on a thread that waits on
+            // this one (this pool's own worker; or, dropped inside `b.install(..)` called
+            // from one of this pool's tasks, the worker blocked in that `install`). The
+            // threads exit on their own once their work is done.
             return;
         }
         self.registry.join_workers();
@@ -414,7 +418,9 @@ impl ThreadPoolBuilder {
     /// # Errors
     ///
     /// Zero threads, more than 65535, an invalid `PARPOOL_NUM_THREADS` (when no count was
-    /// set), or an OS refusal to start a thread.
+    /// set), a [`thread_name`](Self::thread_name) callback that panics or returns a name
+    /// with a NUL byte, or an OS refusal to start a thread. A failed build leaves no thread
+    /// running.
     ///
     /// # Examples
     ///

@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
-use super::job::{AbortIfPanic, JobRef, StackJob, resume};
+use super::job::{AbortIfPanic, JobRef, StackJob, catch, resume};
 use super::latch::{CoreLatch, WaitLatch};
 use super::sleep::Sleep;
 use super::{ThreadPoolBuildError, ThreadPoolBuilder};
@@ -77,10 +77,18 @@ struct ThreadInfo {
 
 impl Registry {
     /// Starts the workers described by `builder`.
+    ///
+    /// Everything that can fail in user code (the thread names) is settled before the first
+    /// thread starts; if the OS then refuses a thread, the workers already started are
+    /// stopped and joined. A failed build leaves no thread behind.
     pub(crate) fn new(
         mut builder: ThreadPoolBuilder,
     ) -> Result<Arc<Registry>, ThreadPoolBuildError> {
         let n_threads = builder.resolved_num_threads()?;
+        let mut names = Vec::with_capacity(n_threads);
+        for index in 0..n_threads {
+            names.push(thread_name(&mut builder, index)?);
+        }
         let workers: Vec<Worker<JobRef>> = (0..n_threads).map(|_| Worker::new_lifo()).collect();
         let registry = Arc::new(Registry {
             thread_infos: workers
@@ -96,9 +104,9 @@ impl Registry {
             cancel_pending: AtomicBool::new(false),
             handles: Mutex::new(Vec::with_capacity(n_threads)),
         });
-        for (index, worker) in workers.into_iter().enumerate() {
+        for ((index, worker), name) in workers.into_iter().enumerate().zip(names) {
             let mut thread = std::thread::Builder::new();
-            if let Some(name) = builder.thread_name_for(index) {
+            if let Some(name) = name {
                 thread = thread.name(name);
             }
             if let Some(size) = builder.configured_stack_size() {
@@ -235,6 +243,28 @@ impl Registry {
 
     pub(crate) fn notify_worker_latch_is_set(&self, index: usize) {
         self.sleep.notify_worker_latch_is_set(index);
+    }
+}
+
+/// The name of worker `index` from the builder's callback: a panic in it, or a NUL byte in
+/// the name (which `std::thread` cannot pass to the OS), is an error.
+fn thread_name(
+    builder: &mut ThreadPoolBuilder,
+    index: usize,
+) -> Result<Option<String>, ThreadPoolBuildError> {
+    match catch(|| builder.thread_name_for(index)) {
+        Ok(Some(name)) if name.contains('\0') => Err(ThreadPoolBuildError::thread_name(
+            index,
+            format!("the name {name:?} contains a NUL byte"),
+        )),
+        Ok(name) => Ok(name),
+        Err(payload) => {
+            let message = crate::error::panic_message(payload.as_ref()).unwrap_or("a panic");
+            Err(ThreadPoolBuildError::thread_name(
+                index,
+                format!("the thread_name callback panicked: {message}"),
+            ))
+        }
     }
 }
 
