@@ -19,6 +19,11 @@
 //! comes later in the state's modification order, sees `HOOKED` and drains the list. The
 //! list is drained under the mutex, so each hook runs exactly once.
 //!
+//! A hook can be removed again by the [`HookId`] its registration returned (a timed wait
+//! that timed out removes its latch's hook), so that polling an unfinished task leaves
+//! nothing behind. Removal also happens under the mutex: a hook is either removed or run,
+//! never both.
+//!
 //! # Memory ordering
 //!
 //! The `DONE` transition is `AcqRel`: its release half publishes the result to readers that
@@ -33,7 +38,7 @@ use std::time::{Duration, Instant};
 use crate::error::TaskError;
 use crate::pool::ThreadPool;
 use crate::pool::job::{HeapJob, Outcome, catch};
-use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, WaitLatch, snooze};
+use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, Wait, WaitLatch, snooze};
 use crate::pool::registry::{Registry, WorkerThread};
 use crate::sync::{AtomicU8, Mutex, Ordering, lock};
 
@@ -56,12 +61,23 @@ fn is_finished(state: u8) -> bool {
 /// A callback run once when a task finishes.
 type Hook = Box<dyn FnOnce() + Send>;
 
+/// Names a registered hook, for [`TaskShared::remove_hook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HookId(u64);
+
+/// The registered hooks, each with its id, and the id the next one gets.
+#[derive(Default)]
+struct Hooks {
+    list: Vec<(HookId, Hook)>,
+    next_id: u64,
+}
+
 /// The state shared by a task's closure and its handle.
 pub(crate) struct TaskShared<R> {
     state: AtomicU8,
     /// Written once by the running worker before `DONE`; read once by the handle after.
     result: UnsafeCell<Option<Outcome<R>>>,
-    hooks: Mutex<Vec<Hook>>,
+    hooks: Mutex<Hooks>,
 }
 
 // SAFETY: `result` is written by one thread before the `DONE` release and read by the
@@ -74,7 +90,7 @@ impl<R> TaskShared<R> {
         TaskShared {
             state: AtomicU8::new(QUEUED),
             result: UnsafeCell::new(None),
-            hooks: Mutex::new(Vec::new()),
+            hooks: Mutex::new(Hooks::default()),
         }
     }
 
@@ -137,20 +153,34 @@ impl<R> TaskShared<R> {
     }
 
     /// Registers `hook` to run once the task finishes, or runs it now if it has.
-    pub(crate) fn add_hook(&self, hook: Hook) {
-        let previous = {
+    pub(crate) fn add_hook(&self, hook: Hook) -> HookId {
+        let (id, previous) = {
             let mut hooks = lock(&self.hooks);
-            hooks.push(hook);
-            self.state.fetch_or(HOOKED, Ordering::AcqRel)
+            let id = HookId(hooks.next_id);
+            hooks.next_id += 1;
+            hooks.list.push((id, hook));
+            (id, self.state.fetch_or(HOOKED, Ordering::AcqRel))
         };
         if is_finished(previous) {
             self.run_hooks();
         }
+        id
+    }
+
+    /// Unregisters hook `id` unless it has run (or is running) already.
+    pub(crate) fn remove_hook(&self, id: HookId) {
+        let removed = {
+            let mut hooks = lock(&self.hooks);
+            let position = hooks.list.iter().rposition(|(hook_id, _)| *hook_id == id);
+            position.map(|position| hooks.list.remove(position))
+        };
+        // Dropped outside the lock: a hook's captures may be anything.
+        drop(removed);
     }
 
     fn run_hooks(&self) {
-        let hooks = std::mem::take(&mut *lock(&self.hooks));
-        for hook in hooks {
+        let hooks = std::mem::take(&mut lock(&self.hooks).list);
+        for (_, hook) in hooks {
             hook();
         }
     }
@@ -451,13 +481,23 @@ impl<R> Task<R> {
                 }
             }
         }
-        let latch = Arc::new(WaitLatch::for_current_thread());
+        // A timed wait runs no other job meanwhile (see "Waiting inside a worker" in
+        // `pool/latch.rs`).
+        let latch = Arc::new(WaitLatch::for_current_thread(match deadline {
+            None => Wait::Unrelated,
+            Some(_) => Wait::Timed,
+        }));
         let for_hook = Arc::clone(&latch);
-        self.shared.add_hook(Box::new(move || {
+        let hook = self.shared.add_hook(Box::new(move || {
             // SAFETY: the hook owns an `Arc` to the latch, so it is live.
             unsafe { WaitLatch::set(&*for_hook) }
         }));
-        latch.wait_deadline(deadline) || self.shared.is_finished()
+        if latch.wait_deadline(deadline) {
+            return true;
+        }
+        // Timed out: nobody will wait on this latch any more.
+        self.shared.remove_hook(hook);
+        self.shared.is_finished()
     }
 
     fn take(&mut self) -> Result<R, TaskError> {
@@ -575,7 +615,7 @@ impl<R> Iterator for AsCompleted<R> {
                     self.remaining -= 1;
                     return self.slots[index].take();
                 }
-                let latch = Arc::new(WaitLatch::for_current_thread());
+                let latch = Arc::new(WaitLatch::for_current_thread(Wait::Unrelated));
                 inner.1 = Some(Arc::clone(&latch));
                 latch
             };

@@ -9,6 +9,8 @@
 //! process (this binary re-executed on the ignored `child` test with `PARPOOL_TEST_SCENARIO`
 //! set) under a time bound: a failure fails that one test, never the suite.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::io::Read;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::{Command, Stdio};
@@ -92,10 +94,37 @@ fn child() {
         "drop-panic-chunk-results" => drop_panic_chunk_results(),
         "cross-pool-drop" => cross_pool_drop(),
         "failed-build-leaves-no-thread" => failed_build_leaves_no_thread(),
+        "nested-waits-get" => nested_waits(false),
+        "nested-waits-install" => nested_waits(true),
+        "timed-wait-on-worker" => timed_wait_on_worker(),
+        "timed-out-waiters-removed" => timed_out_waiters_removed(),
         other => panic!("unknown scenario {other:?}"),
     }
     println!("SCENARIO_OK");
 }
+
+/// Counts the bytes this process has allocated and not freed.
+struct CountingAlloc;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// An item borrowing the caller's stack, counting its drops there.
 struct Item<'a>(&'a AtomicUsize);
@@ -368,4 +397,120 @@ fn failed_build_leaves_no_thread() {
 #[test]
 fn a_failed_build_returns_an_error_and_leaves_no_thread() {
     assert_child_passes("failed-build-leaves-no-thread");
+}
+
+thread_local! {
+    /// How many tasks are waiting on this thread's stack.
+    static WAITING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Defect 2: `n` tasks queued on 1-thread pool A each wait for pool B (`get` of a task, or
+/// an `install`). Before the fix the waiting worker ran the next queued task on top of the
+/// waiting one, so the stack held all `n` (a stack overflow at n = 6,000). The tasks
+/// record how many of them were waiting on one stack at once: bounded now.
+fn nested_waits(install: bool) {
+    let a = ThreadPool::new(1).unwrap();
+    let b = Arc::new(ThreadPool::new(1).unwrap());
+    let deepest = Arc::new(AtomicUsize::new(0));
+    let n = rounds(6000);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let b = Arc::clone(&b);
+            let deepest = Arc::clone(&deepest);
+            a.submit(move || {
+                let depth = WAITING.with(|w| {
+                    w.set(w.get() + 1);
+                    w.get()
+                });
+                deepest.fetch_max(depth, Ordering::SeqCst);
+                let sleep = || thread::sleep(Duration::from_micros(200));
+                if install {
+                    b.install(sleep);
+                } else {
+                    b.submit(sleep).get().unwrap();
+                }
+                WAITING.with(|w| w.set(w.get() - 1));
+                i
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.get().unwrap(), i);
+    }
+    let deepest = deepest.load(Ordering::SeqCst);
+    println!("tasks={n} deepest={deepest}");
+    assert!(
+        deepest <= 17,
+        "{deepest} waiting tasks stacked on one worker"
+    );
+}
+
+#[test]
+fn waiting_inside_a_worker_uses_a_bounded_stack() {
+    assert_child_passes("nested-waits-get");
+    assert_child_passes("nested-waits-install");
+}
+
+/// Defect 3: a task on 1-thread pool A waits for a slow task of pool B with a 10 ms
+/// timeout while another job is queued on A. Before the fix the waiting worker ran that job
+/// meanwhile and returned only when it ended; here the job ends only once the timed wait
+/// has returned, so the old behaviour hangs (and the child is killed).
+fn timed_wait_on_worker() {
+    let a = ThreadPool::new(1).unwrap();
+    let b = Arc::new(ThreadPool::new(1).unwrap());
+    let (release_b, b_gate) = std::sync::mpsc::channel::<()>();
+    let (queued, is_queued) = std::sync::mpsc::channel::<()>();
+    let waiter = {
+        let b = Arc::clone(&b);
+        a.submit(move || {
+            is_queued.recv().unwrap();
+            let mut slow = b.submit(move || b_gate.recv().unwrap());
+            let outcome = slow.get_timeout(Duration::from_millis(10));
+            let timed_out = outcome.is_err_and(|e| e.is_timeout());
+            let not_ready = !slow.wait_timeout(Duration::from_millis(1));
+            (timed_out, not_ready)
+        })
+    };
+    let (release_long, long_gate) = std::sync::mpsc::channel::<()>();
+    let long = a.submit(move || long_gate.recv().unwrap());
+    queued.send(()).unwrap();
+    assert_eq!(waiter.get().unwrap(), (true, true));
+    release_long.send(()).unwrap();
+    long.get().unwrap();
+    release_b.send(()).unwrap();
+}
+
+#[test]
+fn a_timed_wait_on_a_worker_runs_no_other_job() {
+    assert_child_passes("timed-wait-on-worker");
+}
+
+/// Defect 4: polling an unfinished task with `get_timeout(ZERO)` must not leave a waiter
+/// behind per poll (before the fix: ~96 bytes each, for as long as the task ran).
+fn timed_out_waiters_removed() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let mut task = pool.submit(move || gate.recv().unwrap());
+    for _ in 0..100 {
+        assert!(task.get_timeout(Duration::ZERO).unwrap_err().is_timeout());
+    }
+    let polls = rounds(100_000);
+    let before = LIVE_BYTES.load(Ordering::SeqCst);
+    for _ in 0..polls {
+        assert!(task.get_timeout(Duration::ZERO).unwrap_err().is_timeout());
+        assert!(!task.wait_timeout(Duration::ZERO));
+    }
+    let grown = LIVE_BYTES.load(Ordering::SeqCst).saturating_sub(before);
+    println!("polls={polls} grown={grown} bytes");
+    assert!(
+        grown < 64 << 10,
+        "{grown} bytes kept by {polls} timed-out polls"
+    );
+    release.send(()).unwrap();
+    task.get_timeout(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+fn timed_out_waits_leave_nothing_behind() {
+    assert_child_passes("timed-out-waiters-removed");
 }

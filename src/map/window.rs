@@ -74,7 +74,7 @@ use crossbeam_utils::CachePadded;
 
 use super::sample::Stopwatch;
 use crate::pool::job::{HeapJob, Panic, catch};
-use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, WaitLatch, snooze};
+use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, Wait, WaitLatch, snooze};
 use crate::pool::registry::Registry;
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 
@@ -663,7 +663,7 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
     #[cold]
     fn sleep_until_completed(&mut self) -> SlotToken {
         loop {
-            let latch = Arc::new(WaitLatch::for_current_thread());
+            let latch = Arc::new(WaitLatch::for_current_thread(Wait::Unrelated));
             *lock(&self.window.feeder_latch) = Some(Arc::clone(&latch));
             self.window.signal.fetch_or(SLEEPING, Ordering::AcqRel);
             let found = self.poll_completed();

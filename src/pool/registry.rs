@@ -36,12 +36,11 @@ use std::cell::{Cell, UnsafeCell};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
 use super::job::{AbortIfPanic, JobRef, StackJob, catch, resume};
-use super::latch::{CoreLatch, WaitLatch};
+use super::latch::{CoreLatch, Wait, WaitLatch};
 use super::sleep::Sleep;
 use super::{ThreadPoolBuildError, ThreadPoolBuilder};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
@@ -54,6 +53,18 @@ use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 /// run inline starts its own joins at its parent's depth, so fib(30) published ~3000 frames
 /// per run for 5–7 steals; with a per-job budget of 4 it publishes ~4 per steal.)
 const EAGER_JOINS: u32 = 4;
+
+/// How many waits that run other jobs may nest on one worker's stack (beyond the main
+/// loop's); a wait that would be deeper blocks its thread instead (see "Waiting inside a
+/// worker" in `latch.rs`).
+///
+/// Each level costs the pool's frames (~0.5 KiB in release builds: a wait of 2 MiB of
+/// default stack overflowed after 3,000–6,000 levels) plus the frames of the job that
+/// waits, so 16 levels stay far inside any stack a job could already use, and a waiting
+/// task is held up by at most 16 later jobs before its own wait can return. Deeper nesting
+/// buys no parallelism (it only stacks waiters on one thread), while blocking too early
+/// would idle a worker whenever a task waits for a sibling task.
+pub(crate) const MAX_NESTED_WAITS: u32 = 16;
 
 /// The shared state of one pool.
 #[derive(Debug)]
@@ -175,7 +186,7 @@ impl Registry {
     fn in_worker_external<R: Send>(&self, op: impl FnOnce(&WorkerThread) -> R + Send) -> R {
         let job = StackJob::new(
             || op(WorkerThread::current().expect("injected job ran off the pool")),
-            WaitLatch::for_current_thread(),
+            WaitLatch::for_current_thread(Wait::Unrelated),
         );
         // SAFETY: `job` stays in this frame until its latch is set: `wait` returns only then.
         self.inject(unsafe { job.as_job_ref() });
@@ -275,6 +286,7 @@ fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>) {
         frames: UnsafeCell::new(Vec::new()),
         published: Cell::new(0),
         eager_joins: Cell::new(EAGER_JOINS),
+        waits: Cell::new(0),
         index,
         rng: Cell::new(seed(index)),
         registry,
@@ -283,7 +295,7 @@ fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>) {
     // Internal panics abort; user panics are caught inside the jobs.
     let abort = AbortIfPanic;
     let terminate = &worker.registry.thread_infos[index].terminate;
-    worker.wait_until(terminate, None);
+    worker.wait_until(terminate);
     debug_assert!(worker.deque.is_empty(), "worker exits with queued jobs");
     std::mem::forget(abort);
     WORKER_THREAD.with(|current| current.set(std::ptr::null()));
@@ -310,6 +322,9 @@ pub(crate) struct WorkerThread {
     published: Cell<usize>,
     /// Joins left that publish eagerly; refilled when the worker takes on a new job.
     eager_joins: Cell<u32>,
+    /// How many [`WorkerThread::wait_until`] frames are on this thread's stack (the main
+    /// loop's included); see "Waiting inside a worker" in `latch.rs`.
+    waits: Cell<u32>,
     index: usize,
     rng: Cell<u64>,
     registry: Arc<Registry>,
@@ -406,7 +421,7 @@ impl WorkerThread {
 
     /// Publishes every private frame: the worker is about to wait, and idle workers must be
     /// able to take everything it is not running.
-    fn publish_all_frames(&self) {
+    pub(crate) fn publish_all_frames(&self) {
         // SAFETY: as in `push_frame`.
         let len = unsafe { (*self.frames.get()).len() };
         while self.published.get() < len {
@@ -442,7 +457,7 @@ impl WorkerThread {
                 // SAFETY: a job popped from the own deque is live and runs exactly once here.
                 Some(other) => unsafe { self.execute(other) },
                 None => {
-                    self.wait_until(latch, None);
+                    self.wait_until(latch);
                     break;
                 }
             }
@@ -450,17 +465,26 @@ impl WorkerThread {
         false
     }
 
-    /// Runs other jobs (and sleeps when there are none) until `latch` is set or `deadline`
-    /// passes; returns whether the latch is set.
+    /// Runs other jobs (and sleeps when there are none) until `latch` is set.
     #[inline]
-    pub(crate) fn wait_until(&self, latch: &CoreLatch, deadline: Option<Instant>) -> bool {
-        latch.probe() || self.wait_until_cold(latch, deadline)
+    pub(crate) fn wait_until(&self, latch: &CoreLatch) {
+        if !latch.probe() {
+            self.wait_until_cold(latch);
+        }
+    }
+
+    /// Whether a wait starting now may run other jobs on this stack: fewer than
+    /// [`MAX_NESTED_WAITS`] job-running waits are under way besides the main loop's.
+    #[inline]
+    pub(crate) fn may_run_jobs_while_waiting(&self) -> bool {
+        self.waits.get() <= MAX_NESTED_WAITS
     }
 
     #[cold]
-    fn wait_until_cold(&self, latch: &CoreLatch, deadline: Option<Instant>) -> bool {
+    fn wait_until_cold(&self, latch: &CoreLatch) {
         // Jobs catch their own panics; a panic here is a bug that would leave latches unset.
         let abort = AbortIfPanic;
+        self.waits.set(self.waits.get() + 1);
         self.publish_all_frames();
         let sleep = &self.registry.sleep;
         'outer: while !latch.probe() {
@@ -478,21 +502,13 @@ impl WorkerThread {
                     unsafe { self.execute(job) };
                     continue 'outer;
                 }
-                let in_time = deadline.is_none_or(|d| Instant::now() < d)
-                    && sleep.no_work_found(&mut idle, latch, deadline, || {
-                        self.registry.has_injected_job()
-                    });
-                if !in_time {
-                    sleep.work_found();
-                    std::mem::forget(abort);
-                    return latch.probe();
-                }
+                sleep.no_work_found(&mut idle, latch, || self.registry.has_injected_job());
             }
             sleep.work_found();
             break;
         }
+        self.waits.set(self.waits.get() - 1);
         std::mem::forget(abort);
-        true
     }
 
     /// Runs a job taken from a queue; the job starts with a fresh budget of eager joins.

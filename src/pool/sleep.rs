@@ -55,12 +55,10 @@
 //! Busy workers read the inactive count (one `Relaxed` load, a cache line nobody writes
 //! while everyone is busy) to decide whether to publish work at all; see `registry.rs`.
 
-use std::time::Instant;
-
 use crossbeam_utils::CachePadded;
 
 use super::latch::{CoreLatch, snooze};
-use crate::sync::{AtomicUsize, MutexGuard};
+use crate::sync::AtomicUsize;
 use crate::sync::{Condvar, Mutex, Ordering, lock};
 
 /// Search rounds (with backoff) before a worker announces it is sleepy. With
@@ -184,14 +182,14 @@ impl Sleep {
     /// One search round found nothing: back off, become sleepy, or sleep, depending on how
     /// long the worker has been searching. `latch` is what the worker waits for (its
     /// terminate latch, or a join latch); `has_injected_jobs` is the last check before
-    /// blocking. Returns false if `deadline` passed while asleep.
+    /// blocking. A worker never sleeps here with a deadline: a timed wait blocks its thread
+    /// without running jobs (see "Waiting inside a worker" in `latch.rs`).
     pub(crate) fn no_work_found(
         &self,
         idle: &mut IdleState,
         latch: &CoreLatch,
-        deadline: Option<Instant>,
         has_injected_jobs: impl FnOnce() -> bool,
-    ) -> bool {
+    ) {
         if idle.rounds < ROUNDS_UNTIL_SLEEPY {
             snooze(idle.rounds);
             idle.rounds += 1;
@@ -201,9 +199,8 @@ impl Sleep {
             idle.rounds += 1;
         } else {
             debug_assert_eq!(idle.rounds, ROUNDS_UNTIL_SLEEPING);
-            return self.sleep(idle, latch, deadline, has_injected_jobs);
+            self.sleep(idle, latch, has_injected_jobs);
         }
-        true
     }
 
     /// Makes the JEC sleepy (even) if it is active, and returns its value.
@@ -233,21 +230,20 @@ impl Sleep {
         &self,
         idle: &mut IdleState,
         latch: &CoreLatch,
-        deadline: Option<Instant>,
         has_injected_jobs: impl FnOnce() -> bool,
-    ) -> bool {
+    ) {
         let jec = idle.jec.expect("sleep without announcing sleepiness");
         if !latch.get_sleepy() {
             // The latch was set: stop idling.
             idle.wake_fully();
-            return true;
+            return;
         }
         let state = &self.worker_sleep_states[idle.worker_index];
         let mut is_blocked = lock(&state.is_blocked);
         debug_assert!(!*is_blocked);
         if !latch.fall_asleep() {
             idle.wake_fully();
-            return true;
+            return;
         }
         loop {
             let old = self.counters.load(Ordering::Acquire);
@@ -255,7 +251,7 @@ impl Sleep {
                 // Work was published since we got sleepy; search again before sleeping.
                 idle.wake_partly();
                 latch.wake_up();
-                return true;
+                return;
             }
             if self
                 .counters
@@ -268,52 +264,21 @@ impl Sleep {
         // Registered as asleep. One last look at the injector: the JEC can wrap around (2^32
         // publications while we were sleepy), and we may be the only worker that would ever
         // take an injected job.
-        let mut completed = true;
         if has_injected_jobs() {
             // Undo our registration ourselves (normally the waker does it).
             self.counters.fetch_sub(ONE_SLEEPING, Ordering::AcqRel);
         } else {
             *is_blocked = true;
-            completed = self.block(state, is_blocked, deadline);
+            // Blocks until a waker clears `is_blocked` (and deregisters us).
+            while *is_blocked {
+                is_blocked = state
+                    .condvar
+                    .wait(is_blocked)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
         }
         idle.wake_fully();
         latch.wake_up();
-        completed
-    }
-
-    /// Blocks until woken (`is_blocked` cleared by a waker) or `deadline` passes; on a
-    /// timeout the worker deregisters itself. Returns false on timeout.
-    fn block(
-        &self,
-        state: &WorkerSleepState,
-        mut is_blocked: MutexGuard<'_, bool>,
-        deadline: Option<Instant>,
-    ) -> bool {
-        while *is_blocked {
-            match deadline {
-                None => {
-                    is_blocked = state
-                        .condvar
-                        .wait(is_blocked)
-                        .unwrap_or_else(|p| p.into_inner());
-                }
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        // Still registered (nobody cleared the flag under the mutex): undo.
-                        *is_blocked = false;
-                        self.counters.fetch_sub(ONE_SLEEPING, Ordering::AcqRel);
-                        return false;
-                    }
-                    is_blocked = state
-                        .condvar
-                        .wait_timeout(is_blocked, deadline - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
-        }
-        true
     }
 
     /// `num_jobs` jobs were just published (pushed onto a deque or injected): wake sleepers

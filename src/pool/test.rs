@@ -10,7 +10,7 @@ use std::sync::Arc;
 use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
-use super::latch::{CoreLatch, Latch, WaitLatch};
+use super::latch::{CoreLatch, Latch, Wait, WaitLatch};
 use super::sleep::Sleep;
 use crate::sync::Ordering;
 use crate::task::TaskShared;
@@ -20,7 +20,7 @@ use crate::task::TaskShared;
 #[test]
 fn loom_wait_latch_hand_off() {
     loom::model(|| {
-        let latch = Arc::new(WaitLatch::for_current_thread());
+        let latch = Arc::new(WaitLatch::for_current_thread(Wait::Unrelated));
         let data = Arc::new(AtomicBool::new(false));
         let setter = {
             let (latch, data) = (Arc::clone(&latch), Arc::clone(&data));
@@ -58,7 +58,7 @@ fn loom_sleep_no_lost_wake_up() {
                     }
                     // The job stands for a push onto another worker's deque, which the
                     // last-chance injector check does not see.
-                    sleep.no_work_found(&mut idle, &never_set, None, || false);
+                    sleep.no_work_found(&mut idle, &never_set, || false);
                 }
             })
         };
@@ -84,7 +84,7 @@ fn loom_latch_wakes_sleeping_worker() {
             thread::spawn(move || {
                 let mut idle = sleep.start_looking(0);
                 while !latch.probe() {
-                    sleep.no_work_found(&mut idle, &latch, None, || false);
+                    sleep.no_work_found(&mut idle, &latch, || false);
                 }
                 sleep.work_found();
             })
