@@ -54,6 +54,15 @@ use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 /// per run for 5–7 steals; with a per-job budget of 4 it publishes ~4 per steal.)
 const EAGER_JOINS: u32 = 4;
 
+/// How many deques a search round looks at before the last one (which looks at all).
+///
+/// A worker searches [`ROUNDS_UNTIL_SLEEPY`](super::sleep::ROUNDS_UNTIL_SLEEPY) rounds
+/// before it announces sleepiness; with every deque in every round, each idle transition
+/// cost `32 × threads` probes per worker, and starting a pool (every worker idle at once)
+/// was quadratic: build(1,000) took 0.44 s, build(4,000) 6.9 s. Pools of up to 9 threads
+/// still look at every deque in every round.
+const STEAL_VICTIMS_PER_ROUND: usize = 8;
+
 /// How many waits that run other jobs may nest on one worker's stack (beyond the main
 /// loop's); a wait that would be deeper blocks its thread instead (see "Waiting inside a
 /// worker" in `latch.rs`).
@@ -496,7 +505,7 @@ impl WorkerThread {
             }
             let mut idle = sleep.start_looking(self.index);
             while !latch.probe() {
-                if let Some(job) = self.find_work() {
+                if let Some(job) = self.find_work(idle.is_sleepy()) {
                     sleep.work_found();
                     // SAFETY: taken from a deque or the injector: live, runs once.
                     unsafe { self.execute(job) };
@@ -523,26 +532,35 @@ impl WorkerThread {
     }
 
     /// Own deque, then the other workers' deques, then the injector: finish what this
-    /// worker started before taking on something new.
-    fn find_work(&self) -> Option<JobRef> {
+    /// worker started before taking on something new. `every_victim`: look at every other
+    /// deque (the search after announcing sleepiness, which the sleep protocol relies on),
+    /// else at up to [`STEAL_VICTIMS_PER_ROUND`].
+    fn find_work(&self, every_victim: bool) -> Option<JobRef> {
         self.deque
             .pop()
-            .or_else(|| self.steal())
+            .or_else(|| self.steal(every_victim))
             .or_else(|| self.registry.pop_injected_job())
     }
 
     /// Steals one job from another worker, starting at a random victim.
-    fn steal(&self) -> Option<JobRef> {
+    fn steal(&self, every_victim: bool) -> Option<JobRef> {
         let infos = &self.registry.thread_infos;
         let n = infos.len();
         if n <= 1 {
             return None;
         }
+        let victims = if every_victim {
+            n
+        } else {
+            n.min(STEAL_VICTIMS_PER_ROUND)
+        };
         loop {
             let mut retry = false;
             let start = self.next_random() % n;
-            for victim in (start..n).chain(0..start) {
-                if victim == self.index {
+            for victim in (start..n).chain(0..start).take(victims) {
+                // `is_empty` is two loads; `steal` also pins the epoch. Most deques of an
+                // idle pool are empty.
+                if victim == self.index || infos[victim].stealer.is_empty() {
                     continue;
                 }
                 match infos[victim].stealer.steal() {

@@ -357,6 +357,12 @@ impl Sleep {
 }
 
 impl IdleState {
+    /// Whether the worker has announced sleepiness: its next search must look everywhere
+    /// (see "Why no wake-up is lost").
+    pub(crate) fn is_sleepy(&self) -> bool {
+        self.jec.is_some()
+    }
+
     fn wake_fully(&mut self) {
         self.rounds = 0;
         self.jec = None;
