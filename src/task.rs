@@ -36,10 +36,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::TaskError;
-use crate::pool::ThreadPool;
-use crate::pool::job::{HeapJob, Outcome, catch};
-use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, Wait, WaitLatch, snooze};
-use crate::pool::registry::{Registry, WorkerThread};
+use crate::pool::{
+    Outcome, Registry, SPIN_HINT_ROUNDS, ThreadPool, Wait, WaitLatch, catch, current_registry,
+    on_worker, snooze,
+};
 use crate::sync::{AtomicU8, Mutex, Ordering, lock};
 
 /// Not started yet; can be cancelled.
@@ -261,10 +261,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    match WorkerThread::current() {
-        Some(worker) => submit_to(worker.registry(), f),
-        None => submit_to(ThreadPool::global().registry(), f),
-    }
+    submit_to(current_registry(), f)
 }
 
 fn submit_to<F, R>(registry: &Registry, f: F) -> Task<R>
@@ -274,12 +271,8 @@ where
 {
     let shared = Arc::new(TaskShared::new());
     let for_job = Arc::clone(&shared);
-    // The task keeps the pool alive (its terminate count) until it has finished.
-    registry.increment_terminate_count();
-    let job = HeapJob::into_static_job_ref(move || {
-        let registry = WorkerThread::current()
-            .expect("task ran off its pool")
-            .registry();
+    // A counted job: the task keeps the pool alive until it has finished.
+    let job = move |registry: &Registry| {
         if registry.cancels_pending_tasks() {
             for_job.cancel();
         }
@@ -293,9 +286,12 @@ where
         // The last reference may be this one (the handle is gone): then the result is
         // dropped here, and its `Drop` is user code too.
         let _ = catch(move || drop(for_job));
-        registry.terminate();
-    });
-    registry.push_or_inject(job);
+    };
+    if !registry.spawn_counted(job) {
+        // Only reachable through a registry whose handle and tasks are all gone, which no
+        // caller holds; the task then reports what would have happened to it.
+        shared.cancel();
+    }
     Task {
         shared,
         taken: false,
@@ -472,7 +468,7 @@ impl<R> Task<R> {
 
     #[cold]
     fn wait_cold(&self, deadline: Option<Instant>) -> bool {
-        if WorkerThread::current().is_none() {
+        if !on_worker() {
             // A short spin without any allocation catches a task that is about to finish.
             for round in 0..SPIN_HINT_ROUNDS {
                 snooze(round);
@@ -488,10 +484,9 @@ impl<R> Task<R> {
             Some(_) => Wait::Timed,
         }));
         let for_hook = Arc::clone(&latch);
-        let hook = self.shared.add_hook(Box::new(move || {
-            // SAFETY: the hook owns an `Arc` to the latch, so it is live.
-            unsafe { WaitLatch::set(&*for_hook) }
-        }));
+        let hook = self
+            .shared
+            .add_hook(Box::new(move || WaitLatch::set_shared(&for_hook)));
         if latch.wait_deadline(deadline) {
             return true;
         }
@@ -595,8 +590,7 @@ impl ReadyQueue {
             inner.1.take()
         };
         if let Some(latch) = waiting {
-            // SAFETY: we own an `Arc` to the latch, so it is live.
-            unsafe { WaitLatch::set(&*latch) };
+            WaitLatch::set_shared(&latch);
         }
     }
 }

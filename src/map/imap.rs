@@ -32,10 +32,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-use super::iter::{current_registry_arc, extend_run, worth_handing_over};
+use super::iter::{extend_run, worth_handing_over};
 use super::sample::CostProbe;
 use super::window::{ChunkSize, Feeder, MapOp, WINDOW_PER_THREAD};
-use crate::pool::registry::Registry;
+use crate::pool::{Registry, current_registry_arc};
 
 /// A lazy parallel map: yields `f(item)` for each input item, in input order (`Imap`) or in
 /// the order the results complete ([`ImapUnordered`]). Python's `Pool.imap` and

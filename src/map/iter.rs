@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use super::sample::{CostProbe, SAMPLE_NS};
 use super::window::{ChunkOp, ChunkSize, Feeder, WINDOW_PER_THREAD};
-use crate::pool::ThreadPool;
-use crate::pool::registry::Registry;
+use crate::pool::{Registry, ThreadPool, current_registry_arc};
 
 /// Calls the caller's closure through a raw pointer.
 struct RawOp<F> {
@@ -53,14 +52,6 @@ impl<T, R: Send, E: Send, F: Fn(T) -> Result<R, E> + Sync> ChunkOp<T> for RawTry
     }
     fn stops(&self, output: &Result<R, E>) -> bool {
         output.is_err()
-    }
-}
-
-/// The registry of the current pool, as an `Arc` (the worker's pool, else the global one).
-pub(crate) fn current_registry_arc() -> Arc<Registry> {
-    match crate::pool::registry::WorkerThread::current() {
-        Some(worker) => Arc::clone(worker.registry_arc()),
-        None => Arc::clone(ThreadPool::global().registry()),
     }
 }
 

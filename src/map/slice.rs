@@ -34,8 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::sample::{CostProbe, Stopwatch};
 
-use crate::pool::registry::WorkerThread;
-use crate::pool::{current_registry, join};
+use crate::pool::{current_registry, join, on_worker};
 
 /// Below this much estimated remaining work (ns) the caller finishes alone. Handing work to
 /// the pool costs ~1 µs if a worker is awake and 20–50 µs if it must be woken; 30 µs of work
@@ -441,7 +440,7 @@ struct Ctx<'f, F> {
 /// Whether the current worker should split its piece: some worker is idle and the last
 /// piece this worker published has been taken.
 fn peers_want_work() -> bool {
-    WorkerThread::current().is_some_and(WorkerThread::peers_want_work)
+    crate::pool::peers_want_work()
 }
 
 /// Maps a piece on this worker, in batches of about [`CHECK_NS`]; between batches, if
@@ -546,7 +545,7 @@ where
         len: rest.len(),
     };
     let registry = current_registry();
-    let tail = if registry.num_threads() == 1 && WorkerThread::current().is_none() {
+    let tail = if registry.num_threads() == 1 && !on_worker() {
         // One worker would only take the work off this thread, not share it.
         write_seq(rest, dst, f, &stop)
     } else {

@@ -73,9 +73,7 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 
 use super::sample::Stopwatch;
-use crate::pool::job::{HeapJob, Panic, catch};
-use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, Wait, WaitLatch, snooze};
-use crate::pool::registry::Registry;
+use crate::pool::{Panic, Registry, SPIN_HINT_ROUNDS, Wait, WaitLatch, catch, snooze};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 
 /// What a window applies to each item.
@@ -371,8 +369,7 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
 
     fn wake_feeder(&self) {
         if let Some(latch) = lock(&self.feeder_latch).take() {
-            // SAFETY: the `Arc` keeps the latch alive.
-            unsafe { WaitLatch::set(&*latch) };
+            WaitLatch::set_shared(&latch);
         }
     }
 }
@@ -596,24 +593,22 @@ where
         if drainers >= self.max_drainers.min(unclaimed) {
             return;
         }
-        if !self.registry.try_increment_terminate_count() {
-            // The pool is shutting down: the feeder runs the chunks itself.
-            return;
-        }
+        // Counted before the job exists: the feeder's relaxed read above must not see a
+        // drainer go missing between the spawn and its first claim.
         window.drainers.fetch_add(1, Ordering::AcqRel);
         let for_job = Arc::clone(&self.window);
-        let registry = Arc::clone(&self.registry);
-        let job = move || {
+        let job = move |_: &Registry| {
             drain(&for_job);
             // The last `Arc` drops the op (an `imap` closure's captures): user code.
             let _ = catch(move || drop(for_job));
-            registry.terminate();
         };
         // SAFETY: the job owns an `Arc` of the window; what the window's op borrows is
         // only used while a chunk runs, and every chunk completes before the feeder (which
         // holds that borrow) is done (see `iter.rs`, and `'static` ops for `imap`).
-        let job = unsafe { HeapJob::into_job_ref(job) };
-        self.registry.push_or_inject(job);
+        if !unsafe { self.registry.spawn_counted_unchecked(job) } {
+            // The pool is shutting down: the feeder runs the chunks itself.
+            window.drainers.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

@@ -70,43 +70,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::backoff::{THREAD_SPIN_ROUNDS, snooze};
 use super::registry::{Registry, WorkerThread};
 use crate::sync::{AtomicUsize, Ordering, Thread, thread};
-
-/// Bounded spinning of a thread that waits outside the pool before it parks.
-///
-/// A park/unpark round trip costs 15–25 µs on the 2-core machines this crate is measured
-/// on, a hand-off caught while spinning ~1.5 µs; 60 rounds of `Backoff`-style snoozing (the
-/// first ones `spin_loop` hints, the rest `yield_now`) last ~30–50 µs, long enough to catch
-/// a worker that is already running and to cover most of a sleeping worker's wake-up.
-#[cfg(not(parpool_loom))]
-pub(crate) const THREAD_SPIN_ROUNDS: u32 = 60;
-/// Under loom every round is a yield point; one keeps the state space small.
-#[cfg(parpool_loom)]
-pub(crate) const THREAD_SPIN_ROUNDS: u32 = 1;
-
-/// Rounds of a backoff (spin-loop hints doubling each round) before it yields instead.
-pub(crate) const SPIN_HINT_ROUNDS: u32 = 6;
-
-/// One round of bounded backoff: `2^round` spin-loop hints for the first
-/// [`SPIN_HINT_ROUNDS`] rounds, a `yield_now` after that.
-///
-/// Under loom it does nothing: loom reads a yield as "this thread waits for another one"
-/// and would stop exploring the interleavings in which the other thread is slow, which are
-/// exactly the ones that lose wake-ups.
-#[inline]
-pub(crate) fn snooze(round: u32) {
-    if cfg!(parpool_loom) {
-        return;
-    }
-    if round < SPIN_HINT_ROUNDS {
-        for _ in 0..(1u32 << round) {
-            std::hint::spin_loop();
-        }
-    } else {
-        thread::yield_now();
-    }
-}
 
 /// Nobody has set the latch, and the waiter is awake.
 const UNSET: usize = 0;
@@ -393,6 +359,14 @@ fn park() {
 #[cfg(parpool_loom)]
 fn park_timeout(_timeout: std::time::Duration) {
     thread::park();
+}
+
+impl WaitLatch {
+    /// Sets a shared latch; the `Arc` keeps it alive through the call.
+    pub(crate) fn set_shared(this: &Arc<WaitLatch>) {
+        // SAFETY: `this` is live for the whole call.
+        unsafe { WaitLatch::set(&**this) }
+    }
 }
 
 impl Latch for WaitLatch {

@@ -1,25 +1,39 @@
 //! The thread pool: workers with work-stealing deques, the global pool, and `install`.
 //!
-//! Nothing here knows about `map`; the map family (`crate::map`) and tasks
-//! (`crate::task`) are built on [`Registry`](registry::Registry) and the fork-join
-//! primitives in `join.rs` and `scope.rs`.
+//! Nothing here knows about `map`. The map family (`crate::map`) and tasks (`crate::task`)
+//! are built on the public fork-join primitives (`join.rs`, `scope.rs`) and on the narrow
+//! crate-internal API re-exported below; the modules behind it are private.
+//!
+//! # The crate-internal API
+//!
+//! - **Spawn a job:** [`Registry::spawn_counted`] (and its unchecked twin for jobs that
+//!   borrow): the job holds a terminate reference, so dropping the pool waits for it.
+//! - **The current registry:** [`current_registry`] / [`current_registry_arc`] (the
+//!   worker's pool, else the global one), [`on_worker`], [`peers_want_work`].
+//! - **Wait on a latch:** [`WaitLatch`] made for a [`Wait`] kind, set through an `Arc`.
+//! - **Panic policy and backoff:** [`catch`], [`Panic`], [`Outcome`]; [`snooze`].
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::ThreadPoolBuildError;
-use registry::{Registry, WorkerThread};
+use registry::WorkerThread;
 
-pub(crate) mod job;
+mod backoff;
+mod job;
 mod join;
-pub(crate) mod latch;
-pub(crate) mod registry;
+mod latch;
+mod registry;
 mod scope;
-pub(crate) mod sleep;
+mod sleep;
 #[cfg(all(test, parpool_loom))]
 mod test;
 
+pub(crate) use backoff::{SPIN_HINT_ROUNDS, snooze};
+pub(crate) use job::{Outcome, Panic, catch};
 pub use join::join;
+pub(crate) use latch::{Wait, WaitLatch};
+pub(crate) use registry::Registry;
 pub use scope::{Scope, scope};
 
 /// The environment variable that sets the size of the global pool (and of pools built
@@ -302,6 +316,26 @@ pub(crate) fn current_registry() -> &'static Registry {
         Some(worker) => worker.registry(),
         None => &ThreadPool::global().registry,
     }
+}
+
+/// [`current_registry`] as an `Arc`, for work that outlives the call (a map's window).
+pub(crate) fn current_registry_arc() -> Arc<Registry> {
+    match WorkerThread::current() {
+        Some(worker) => Arc::clone(worker.registry_arc()),
+        None => Arc::clone(&ThreadPool::global().registry),
+    }
+}
+
+/// Whether the current thread is a worker of some pool.
+pub(crate) fn on_worker() -> bool {
+    WorkerThread::current().is_some()
+}
+
+/// Whether the current thread is a worker whose peers want work: split now (see
+/// `WorkerThread::peers_want_work`).
+#[inline]
+pub(crate) fn peers_want_work() -> bool {
+    WorkerThread::current().is_some_and(WorkerThread::peers_want_work)
 }
 
 /// The number of threads of the current pool: the pool whose worker is running this code,

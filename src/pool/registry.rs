@@ -39,7 +39,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
-use super::job::{AbortIfPanic, JobRef, StackJob, catch, resume};
+use super::job::{AbortIfPanic, HeapJob, JobRef, StackJob, catch, resume};
 use super::latch::{CoreLatch, Wait, WaitLatch};
 use super::sleep::Sleep;
 use super::{ThreadPoolBuildError, ThreadPoolBuilder};
@@ -204,18 +204,44 @@ impl Registry {
         resume(unsafe { job.into_outcome() })
     }
 
-    /// One more terminate reference (a submitted task). Balanced by [`Registry::terminate`].
-    pub(crate) fn increment_terminate_count(&self) {
-        let previous = self.terminate_count.fetch_add(1, Ordering::Relaxed);
-        debug_assert!(
-            previous != 0,
-            "work submitted to a pool that already terminated"
-        );
+    /// Runs `job` on this pool as a *counted* job (a task, a map drainer): it holds a
+    /// terminate reference until it has run, so dropping the pool waits for it (see
+    /// "Shutdown"). `job` runs on a worker and receives the registry. Returns false, with
+    /// `job` dropped unrun, if the pool has terminated already (its handle is gone and every
+    /// counted job finished).
+    pub(crate) fn spawn_counted(&self, job: impl FnOnce(&Registry) + Send + 'static) -> bool {
+        // SAFETY: a 'static job borrows nothing that could end before it runs.
+        unsafe { self.spawn_counted_unchecked(job) }
+    }
+
+    /// [`Registry::spawn_counted`] for a job that borrows.
+    ///
+    /// # Safety
+    ///
+    /// Everything `job` borrows must outlive its run (the caller waits for it, or the
+    /// borrow is only used while the caller is known to be alive).
+    pub(crate) unsafe fn spawn_counted_unchecked(
+        &self,
+        job: impl FnOnce(&Registry) + Send,
+    ) -> bool {
+        if !self.try_increment_terminate_count() {
+            return false;
+        }
+        let job = move || {
+            let worker = WorkerThread::current().expect("a counted job ran off its pool");
+            job(worker.registry());
+            // The reference taken above; the worker's own `Arc` keeps the registry alive.
+            worker.registry().terminate();
+        };
+        // SAFETY: forwarded from this function's contract.
+        let job = unsafe { HeapJob::into_job_ref(job) };
+        self.push_or_inject(job);
+        true
     }
 
     /// One more terminate reference, unless the pool has already terminated (its handle is
     /// gone and every task finished): then false, and nothing will run on it any more.
-    pub(crate) fn try_increment_terminate_count(&self) -> bool {
+    fn try_increment_terminate_count(&self) -> bool {
         let mut count = self.terminate_count.load(Ordering::Relaxed);
         while count != 0 {
             match self.terminate_count.compare_exchange_weak(

@@ -57,12 +57,13 @@
 
 use crossbeam_utils::CachePadded;
 
-use super::latch::{CoreLatch, snooze};
+use super::backoff::snooze;
+use super::latch::CoreLatch;
 use crate::sync::AtomicUsize;
 use crate::sync::{Condvar, Mutex, Ordering, lock};
 
 /// Search rounds (with backoff) before a worker announces it is sleepy. With
-/// [`SPIN_HINT_ROUNDS`](super::latch::SPIN_HINT_ROUNDS) rounds of spin-loop hints and the
+/// [`SPIN_HINT_ROUNDS`](super::backoff::SPIN_HINT_ROUNDS) rounds of spin-loop hints and the
 /// rest `yield_now`, 32 rounds keep a worker searching for ~20–40 µs on the 2-core
 /// reference machine: long enough that back-to-back `submit`/`map` calls find it awake
 /// (the warm hand-off costs ~1 µs instead of a 15–25 µs futex wake), short enough that an
