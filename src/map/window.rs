@@ -374,6 +374,68 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
     }
 }
 
+impl<T, Op: ChunkOp<T>> Window<T, Op> {
+    /// The feeder's wait for its next completion, which `poll` takes (the feeder's next
+    /// position in the completed ring): meanwhile it runs submitted chunks itself, then
+    /// spins a little, then sleeps on its latch (see "Waking the feeder"). Only the feeder
+    /// calls this, and only with a chunk outstanding.
+    pub(crate) fn wait_completed(&self, mut poll: impl FnMut() -> Option<SlotToken>) -> SlotToken {
+        let mut round = 0;
+        loop {
+            if let Some(token) = poll() {
+                return token;
+            }
+            if let Some(token) = self.claim() {
+                self.run(token);
+                continue;
+            }
+            // Every submitted chunk is claimed and running elsewhere.
+            if round < FEEDER_SPIN_ROUNDS {
+                snooze(round);
+                round += 1;
+                continue;
+            }
+            return self.sleep_until_completed(&mut poll);
+        }
+    }
+
+    #[cold]
+    fn sleep_until_completed(&self, poll: &mut impl FnMut() -> Option<SlotToken>) -> SlotToken {
+        loop {
+            let latch = Arc::new(WaitLatch::for_current_thread(Wait::Unrelated));
+            *lock(&self.feeder_latch) = Some(Arc::clone(&latch));
+            self.signal.fetch_or(SLEEPING, Ordering::AcqRel);
+            let found = poll();
+            if found.is_none() {
+                latch.wait();
+            }
+            self.signal.fetch_and(!SLEEPING, Ordering::AcqRel);
+            lock(&self.feeder_latch).take();
+            if let Some(token) = found.or_else(&mut *poll) {
+                return token;
+            }
+        }
+    }
+
+    /// Counts one more live drainer; the count is taken before the drainer's job exists.
+    pub(super) fn drainer_spawned(&self) {
+        self.drainers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The live drainers (spawned and not retired), for the model checks.
+    #[cfg(all(test, parpool_loom))]
+    pub(super) fn live_drainers(&self) -> usize {
+        self.drainers.load(Ordering::Acquire)
+    }
+}
+
+/// Rounds the feeder spins, with nothing to claim, before it sleeps.
+#[cfg(not(parpool_loom))]
+const FEEDER_SPIN_ROUNDS: u32 = SPIN_HINT_ROUNDS;
+/// Under loom every round is a yield point; one keeps the state space small.
+#[cfg(parpool_loom)]
+const FEEDER_SPIN_ROUNDS: u32 = 1;
+
 /// Drops every element of `values`, one at a time under `catch` (dropping them in bulk,
 /// a second panicking `Drop` would abort the process); returns the first panic.
 fn drop_all_caught<V>(values: &mut Vec<V>) -> Option<Panic> {
@@ -387,8 +449,9 @@ fn drop_all_caught<V>(values: &mut Vec<V>) -> Option<Panic> {
 }
 
 /// The drainer job's body: claim and run chunks until none is left, then retire (see
-/// "Drainers" in the module docs).
-fn drain<T, Op: ChunkOp<T>>(window: &Window<T, Op>) {
+/// "Drainers" in the module docs). The caller counted it with
+/// [`Window::drainer_spawned`].
+pub(super) fn drain<T, Op: ChunkOp<T>>(window: &Window<T, Op>) {
     loop {
         let mut idle_rounds = 0;
         while idle_rounds < DRAINER_LINGER_ROUNDS {
@@ -419,7 +482,11 @@ fn drain<T, Op: ChunkOp<T>>(window: &Window<T, Op>) {
 /// again (a job, an injection, often a worker's wake-up) a chunk later: measured on
 /// `imap` over 200k items of 1 µs, 24–54 drainer spawns per run and 1.0–1.6× instead of
 /// 2 spawns and 2.0× with lingering.
+#[cfg(not(parpool_loom))]
 const DRAINER_LINGER_ROUNDS: u32 = 40;
+/// Under loom every round is a yield point; one keeps the state space small.
+#[cfg(parpool_loom)]
+const DRAINER_LINGER_ROUNDS: u32 = 1;
 
 /// How big the chunks are.
 #[derive(Debug, Clone, Copy)]
@@ -595,7 +662,7 @@ where
         }
         // Counted before the job exists: the feeder's relaxed read above must not see a
         // drainer go missing between the spawn and its first claim.
-        window.drainers.fetch_add(1, Ordering::AcqRel);
+        window.drainer_spawned();
         let for_job = Arc::clone(&self.window);
         let job = move |_: &Registry| {
             drain(&for_job);
@@ -626,51 +693,21 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
     /// Waits for the next completion (at least one chunk is outstanding); see
     /// [`Feeder::next_completed`].
     fn wait_completed_raw(&mut self) -> SlotToken {
-        let mut round = 0;
-        loop {
-            if let Some(token) = self.poll_completed() {
-                return token;
-            }
-            if let Some(token) = self.window.claim() {
-                self.window.run(token);
-                continue;
-            }
-            // Every submitted chunk is claimed and running elsewhere.
-            if round < SPIN_HINT_ROUNDS {
-                snooze(round);
-                round += 1;
-                continue;
-            }
-            return self.sleep_until_completed();
-        }
-    }
-
-    fn poll_completed(&mut self) -> Option<SlotToken> {
-        let mut token = self.window.take_completed(self.completed_head)?;
-        self.completed_head += 1;
-        self.outstanding -= 1;
-        let data = self.window.data(&mut token);
-        let items = data.output.len();
-        self.chunk.observe(items, data.run_ns);
-        Some(token)
-    }
-
-    #[cold]
-    fn sleep_until_completed(&mut self) -> SlotToken {
-        loop {
-            let latch = Arc::new(WaitLatch::for_current_thread(Wait::Unrelated));
-            *lock(&self.window.feeder_latch) = Some(Arc::clone(&latch));
-            self.window.signal.fetch_or(SLEEPING, Ordering::AcqRel);
-            let found = self.poll_completed();
-            if found.is_none() {
-                latch.wait();
-            }
-            self.window.signal.fetch_and(!SLEEPING, Ordering::AcqRel);
-            lock(&self.window.feeder_latch).take();
-            if let Some(token) = found.or_else(|| self.poll_completed()) {
-                return token;
-            }
-        }
+        let Feeder {
+            window,
+            completed_head,
+            outstanding,
+            chunk,
+            ..
+        } = self;
+        window.wait_completed(|| {
+            let mut token = window.take_completed(*completed_head)?;
+            *completed_head += 1;
+            *outstanding -= 1;
+            let data = window.data(&mut token);
+            chunk.observe(data.output.len(), data.run_ns);
+            Some(token)
+        })
     }
 
     /// The results, outcome and sequence number of a completed slot.
