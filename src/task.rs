@@ -317,8 +317,13 @@ impl<R> Task<R> {
 
     /// Blocks until the task has finished.
     ///
-    /// A worker thread of any pool waits by running that pool's other jobs; any other thread
-    /// spins briefly, then parks.
+    /// Any thread outside a pool spins briefly, then parks. A worker thread of any pool
+    /// waits by running that pool's other jobs on its own stack, which costs two things:
+    /// the stack grows by those jobs (and by their own waits), and this wait cannot return
+    /// before the job it is running returns. Both are bounded: a worker runs jobs in at most
+    /// 16 nested waits, and a wait deeper than that blocks its thread instead. (A worker
+    /// that blocks holds its thread: if every worker of a pool waits, deeper than that, on
+    /// work queued in the same pool, nothing runs it.)
     ///
     /// # Examples
     ///
@@ -340,6 +345,10 @@ impl<R> Task<R> {
     }
 
     /// Blocks until the task has finished, or `timeout` has passed; true if it finished.
+    ///
+    /// A timed wait runs no other job meanwhile, even on a worker (a job cannot be
+    /// interrupted, so one taken meanwhile could outlast the timeout): it returns within
+    /// `timeout` plus a wake-up's latency.
     ///
     /// # Examples
     ///

@@ -157,6 +157,10 @@ impl ThreadPool {
     /// called inside `op` use this pool. If the current thread is already one of its
     /// workers, `op` runs right here. A panic in `op` is re-raised in the caller.
     ///
+    /// Called on a worker of another pool, that worker waits as in
+    /// [`Task::wait`](crate::Task::wait): by running its own pool's jobs, at most 16 waits
+    /// deep, then by blocking.
+    ///
     /// # Examples
     ///
     /// ```
