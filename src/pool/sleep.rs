@@ -151,6 +151,12 @@ impl Sleep {
         }
     }
 
+    /// How many workers are registered asleep (for tests that wait for a quiet pool).
+    #[cfg(test)]
+    pub(crate) fn sleeping_workers(&self) -> usize {
+        Counters(self.counters.load(Ordering::Acquire)).sleeping()
+    }
+
     /// Whether any worker is idle (searching, sleepy or asleep): then busy workers should
     /// publish work. A `Relaxed` hint; acting on a stale value only costs one publication
     /// too many or too few, never correctness.
