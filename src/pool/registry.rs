@@ -85,6 +85,9 @@ pub(crate) struct Registry {
     terminate_count: AtomicUsize,
     /// Set by `ThreadPool::terminate`: tasks that have not started yet are cancelled.
     cancel_pending: AtomicBool,
+    /// True until `Registry::new` has started every worker and returns: no job exists
+    /// before then (see `WorkerThread::sleep_at_start`).
+    building: AtomicBool,
     handles: Mutex<Vec<JoinHandle<()>>>,
     /// Deques looked at while stealing, for the startup-cost test.
     #[cfg(test)]
@@ -125,6 +128,7 @@ impl Registry {
             sleep: Sleep::new(n_threads),
             terminate_count: AtomicUsize::new(1),
             cancel_pending: AtomicBool::new(false),
+            building: AtomicBool::new(true),
             handles: Mutex::new(Vec::with_capacity(n_threads)),
             #[cfg(test)]
             probes: AtomicUsize::new(0),
@@ -148,6 +152,9 @@ impl Registry {
                 }
             }
         }
+        // Release: pairs with a starting worker's acquire load after its announcement
+        // (see `WorkerThread::sleep_at_start`); every job is published after this store.
+        registry.building.store(false, Ordering::Release);
         Ok(registry)
     }
 
@@ -335,6 +342,7 @@ fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>) {
     // Internal panics abort; user panics are caught inside the jobs.
     let abort = AbortIfPanic;
     let terminate = &worker.registry.thread_infos[index].terminate;
+    worker.sleep_at_start(terminate);
     worker.wait_until(terminate);
     debug_assert!(worker.deque.is_empty(), "worker exits with queued jobs");
     std::mem::forget(abort);
@@ -513,6 +521,31 @@ impl WorkerThread {
         }
     }
 
+    /// A starting worker goes to sleep without searching if its pool is still being built.
+    ///
+    /// Searching first (every deque, for [`ROUNDS_UNTIL_SLEEPY`] rounds) is what made a
+    /// pool's startup quadratic in its size. Skipping it is safe: the worker announces
+    /// sleepiness (an `AcqRel` RMW on the sleep counters) and *then* reads `building`. Every
+    /// publication is an `AcqRel` RMW on the same counters and happens after `Registry::new`
+    /// stored `building = false` (release). So if a publication came before the
+    /// announcement, the announcement acquired it and the load sees `false`: the worker
+    /// then searches as usual. If the load sees `true`, nothing was published before the
+    /// announcement, and a publication after it bumps the JEC and either fails the worker's
+    /// registration or wakes it (see "Why no wake-up is lost" in `sleep.rs`).
+    ///
+    /// [`ROUNDS_UNTIL_SLEEPY`]: super::sleep::ROUNDS_UNTIL_SLEEPY
+    fn sleep_at_start(&self, terminate: &CoreLatch) {
+        let sleep = &self.registry.sleep;
+        let mut idle = sleep.start_looking(self.index);
+        sleep.announce_now(&mut idle);
+        // Acquire: pairs with the release store at the end of `Registry::new`.
+        if self.registry.building.load(Ordering::Acquire) {
+            sleep.no_work_found(&mut idle, terminate, || self.registry.has_injected_job());
+        }
+        // Searching starts right away in `wait_until`.
+        sleep.stop_looking();
+    }
+
     /// Whether a wait starting now may run other jobs on this stack: fewer than
     /// [`MAX_NESTED_WAITS`] job-running waits are under way besides the main loop's.
     #[inline]
@@ -624,10 +657,11 @@ mod test {
     use super::super::ThreadPool;
     use crate::sync::Ordering;
 
-    /// Starting a pool of `n` workers (every one idle from the start) must cost each of
-    /// them O(n) deque probes, not O(rounds × n): before, every worker probed every other
-    /// deque in each of its 33 search rounds (2,079 probes each for n = 64), which made
-    /// startup quadratic with a large constant (build(900) took 0.64–1.0 s).
+    /// Starting a pool of `n` workers (every one idle from the start) must not make each
+    /// search all `n` deques: before, every worker probed every other deque in each of its
+    /// 33 search rounds (2,176 probes each for n = 64), which made startup quadratic
+    /// (build(900) took 0.64–1.0 s). A worker that starts while its pool is being built
+    /// sleeps without searching; one that starts later searches like any idle worker.
     #[test]
     fn startup_probes_each_deque_about_once_per_worker() {
         const N: usize = 64;
@@ -639,7 +673,7 @@ mod test {
         }
         let per_worker = registry.probes.load(Ordering::Relaxed) / N;
         let rounds = super::super::sleep::ROUNDS_UNTIL_SLEEPY as usize;
-        let bound = rounds * super::STEAL_VICTIMS_PER_ROUND + 2 * N;
+        let bound = rounds * super::STEAL_VICTIMS_PER_ROUND + N;
         println!("{per_worker} probes per starting worker");
         assert!(
             per_worker <= bound,

@@ -210,6 +210,21 @@ impl Sleep {
         }
     }
 
+    /// The worker stops idling only to start searching again at once (a starting worker
+    /// moving on to its loop): unlike [`Sleep::work_found`], no other sleeper is woken.
+    pub(crate) fn stop_looking(&self) {
+        self.counters.fetch_sub(ONE_INACTIVE, Ordering::AcqRel);
+    }
+
+    /// Announces sleepiness at once, without the search rounds before it: the next
+    /// [`Sleep::no_work_found`] sleeps (unless work was published since). For a worker that
+    /// knows no job can have been published before this announcement (see
+    /// `WorkerThread::sleep_at_start`).
+    pub(crate) fn announce_now(&self, idle: &mut IdleState) {
+        idle.jec = Some(self.announce_sleepy());
+        idle.rounds = ROUNDS_UNTIL_SLEEPING;
+    }
+
     /// Makes the JEC sleepy (even) if it is active, and returns its value.
     #[cold]
     fn announce_sleepy(&self) -> usize {
