@@ -521,29 +521,18 @@ impl WorkerThread {
         }
     }
 
-    /// A starting worker goes to sleep without searching if its pool is still being built.
-    ///
-    /// Searching first (every deque, for [`ROUNDS_UNTIL_SLEEPY`] rounds) is what made a
-    /// pool's startup quadratic in its size. Skipping it is safe: the worker announces
-    /// sleepiness (an `AcqRel` RMW on the sleep counters) and *then* reads `building`. Every
-    /// publication is an `AcqRel` RMW on the same counters and happens after `Registry::new`
-    /// stored `building = false` (release). So if a publication came before the
-    /// announcement, the announcement acquired it and the load sees `false`: the worker
-    /// then searches as usual. If the load sees `true`, nothing was published before the
-    /// announcement, and a publication after it bumps the JEC and either fails the worker's
-    /// registration or wakes it (see "Why no wake-up is lost" in `sleep.rs`).
-    ///
-    /// [`ROUNDS_UNTIL_SLEEPY`]: super::sleep::ROUNDS_UNTIL_SLEEPY
+    /// A starting worker sleeps without searching while its pool is being built (no job
+    /// exists before `Registry::new` returns); see [`Sleep::start_asleep`] for why no job
+    /// published meanwhile is missed.
     fn sleep_at_start(&self, terminate: &CoreLatch) {
-        let sleep = &self.registry.sleep;
-        let mut idle = sleep.start_looking(self.index);
-        sleep.announce_now(&mut idle);
-        // Acquire: pairs with the release store at the end of `Registry::new`.
-        if self.registry.building.load(Ordering::Acquire) {
-            sleep.no_work_found(&mut idle, terminate, || self.registry.has_injected_job());
-        }
-        // Searching starts right away in `wait_until`.
-        sleep.stop_looking();
+        let registry = &self.registry;
+        registry.sleep.start_asleep(
+            self.index,
+            terminate,
+            // Acquire: pairs with the release store at the end of `Registry::new`.
+            || registry.building.load(Ordering::Acquire),
+            || registry.has_injected_job(),
+        );
     }
 
     /// Whether a wait starting now may run other jobs on this stack: fewer than

@@ -210,19 +210,35 @@ impl Sleep {
         }
     }
 
-    /// The worker stops idling only to start searching again at once (a starting worker
-    /// moving on to its loop): unlike [`Sleep::work_found`], no other sleeper is woken.
-    pub(crate) fn stop_looking(&self) {
-        self.counters.fetch_sub(ONE_INACTIVE, Ordering::AcqRel);
-    }
-
-    /// Announces sleepiness at once, without the search rounds before it: the next
-    /// [`Sleep::no_work_found`] sleeps (unless work was published since). For a worker that
-    /// knows no job can have been published before this announcement (see
-    /// `WorkerThread::sleep_at_start`).
-    pub(crate) fn announce_now(&self, idle: &mut IdleState) {
+    /// A starting worker's first idle period: announce sleepiness at once, then, if
+    /// `still_building` says its pool is still being built, sleep without searching;
+    /// either way return with the worker active again, about to search as usual.
+    ///
+    /// Searching first (every deque, for [`ROUNDS_UNTIL_SLEEPY`] rounds) is what made a
+    /// pool's startup quadratic in its size. Skipping it is safe because `still_building`
+    /// is read *after* the announcement (an `AcqRel` RMW on the counters): every
+    /// publication is an `AcqRel` RMW on the same word and happens after the builder's
+    /// release store that ends the build. So if a publication came before the
+    /// announcement, the announcement acquired it and `still_building` reads false: the
+    /// worker searches. If it reads true, nothing was published before the announcement,
+    /// and a later publication bumps the JEC, which fails the worker's registration or
+    /// wakes it (see "Why no wake-up is lost"). `pool/test.rs` model-checks this.
+    pub(crate) fn start_asleep(
+        &self,
+        worker_index: usize,
+        latch: &CoreLatch,
+        still_building: impl FnOnce() -> bool,
+        has_injected_jobs: impl FnOnce() -> bool,
+    ) {
+        let mut idle = self.start_looking(worker_index);
         idle.jec = Some(self.announce_sleepy());
         idle.rounds = ROUNDS_UNTIL_SLEEPING;
+        if still_building() {
+            self.sleep(&mut idle, latch, has_injected_jobs);
+        }
+        // Not `work_found`: the worker starts searching right away, so no other sleeper
+        // needs waking to take its place.
+        self.counters.fetch_sub(ONE_INACTIVE, Ordering::AcqRel);
     }
 
     /// Makes the JEC sleepy (even) if it is active, and returns its value.

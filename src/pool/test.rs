@@ -71,6 +71,43 @@ fn loom_sleep_no_lost_wake_up() {
     });
 }
 
+/// A worker starting while its pool is built skips its first search (see
+/// `Sleep::start_asleep`); the builder ends the build, then publishes a job the injector
+/// check does not see (a push onto another worker's deque). The worker always ends up
+/// running it: asleep, it is woken; not yet registered, its registration fails; or it sees
+/// the build ended and searches.
+#[test]
+fn loom_start_asleep_misses_no_job() {
+    loom::model(|| {
+        let sleep = Arc::new(Sleep::new(1));
+        let building = Arc::new(AtomicBool::new(true));
+        let queue = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (sleep, building, queue) = (
+                Arc::clone(&sleep),
+                Arc::clone(&building),
+                Arc::clone(&queue),
+            );
+            thread::spawn(move || {
+                let never_set = CoreLatch::new();
+                sleep.start_asleep(0, &never_set, || building.load(Ordering::Acquire), || false);
+                let mut idle = sleep.start_looking(0);
+                loop {
+                    if queue.swap(false, Ordering::AcqRel) {
+                        sleep.work_found();
+                        return;
+                    }
+                    sleep.no_work_found(&mut idle, &never_set, || false);
+                }
+            })
+        };
+        building.store(false, Ordering::Release);
+        queue.swap(true, Ordering::AcqRel);
+        sleep.new_jobs(1, true);
+        worker.join().unwrap();
+    });
+}
+
 /// A worker waiting for a latch (a stolen `join` half) that goes to sleep while another
 /// thread sets the latch: the setter's swap sees SLEEPING and wakes it, or the worker sees
 /// the latch set before blocking.
