@@ -5,8 +5,10 @@
 //! # The window
 //!
 //! `W` slots, each holding one chunk: its input (`Vec<T>`), its results (`Vec<R>`),
-//! and its sequence number. A slot belongs to exactly one thread at a time, and ownership
-//! moves through two rings of slot indices:
+//! and its sequence number. A slot belongs to exactly one thread at a time: the holder of
+//! its [`SlotToken`], the only way to reach its data. Ownership moves through two rings of
+//! slot indices; a token is consumed where its slot enters a ring and minted again where
+//! the slot leaves it:
 //!
 //! ```text
 //!   feeder: fill slot ──▶ submitted ring ──▶ drainer (claims in order): run the chunk
@@ -60,6 +62,15 @@
 //! `fetch_add` after each completion returns the old value, so whichever RMW comes second
 //! sees the other's effect: the feeder sees the completion, or the drainer sees bit 0 and
 //! sets the latch.
+//!
+//! # Every item is dropped before a blocking map returns
+//!
+//! Items and results may borrow the caller's frame (the blocking maps), so none may stay in
+//! the window once the feeder is gone: a drainer that lingers may hold the last `Arc` and
+//! would drop them later, on a worker. Running a chunk drains its input; releasing a slot
+//! clears its results; and dropping the feeder (which, for the blocking maps, first waits
+//! for every outstanding chunk, so every token is the feeder's again) clears every slot it
+//! holds, including one half filled when the input's `next()` panicked.
 //!
 //! # Stopping
 //!

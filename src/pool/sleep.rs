@@ -11,6 +11,11 @@
 //! blocks on its condvar. No timer or heartbeat thread exists: an idle pool blocks every
 //! worker in the kernel and burns no CPU.
 //!
+//! Search rounds before the announcement look at up to a few deques each; the search after
+//! it looks at every deque (the argument below needs that one). A worker that starts while
+//! its pool is being built skips the search altogether ([`Sleep::start_asleep`] says why
+//! that is safe), so starting a pool is linear in its size.
+//!
 //! Whoever publishes work (a deque push, an injection) afterwards reads the counters, and
 //! if some worker announced it is sleepy since the last publication (the JEC is *sleepy*,
 //! i.e. even), bumps the JEC, and then wakes sleepers only if the work needs them: if no
