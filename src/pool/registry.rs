@@ -67,9 +67,9 @@ const STEAL_VICTIMS_PER_ROUND: usize = 8;
 /// loop's); a wait that would be deeper blocks its thread instead (see "Waiting inside a
 /// worker" in `latch.rs`).
 ///
-/// Each level costs the pool's frames (~0.5 KiB in release builds: a wait of 2 MiB of
-/// default stack overflowed after 3,000–6,000 levels) plus the frames of the job that
-/// waits, so 16 levels stay far inside any stack a job could already use, and a waiting
+/// Each level costs the pool's frames (a few hundred bytes in release builds: the default
+/// 2 MiB stack overflowed between 3,000 and 6,000 nested task waits) plus the frames of the
+/// job that waits, so 16 levels stay far inside any stack a job could already use, and a waiting
 /// task is held up by at most 16 later jobs before its own wait can return. Deeper nesting
 /// buys no parallelism (it only stacks waiters on one thread), while blocking too early
 /// would idle a worker whenever a task waits for a sibling task.
