@@ -145,5 +145,27 @@ fn fib_join(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, submit_get, fib_join);
+/// Starting and stopping a pool of many threads, beside rayon: startup was quadratic in the
+/// thread count (every starting worker searched every deque for 32 rounds).
+fn pool_build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool_build");
+    group.sample_size(10);
+    for threads in [64usize, 256] {
+        group.bench_function(format!("{threads}/parpool"), |b| {
+            b.iter(|| drop(parpool::ThreadPool::new(threads).unwrap()));
+        });
+        group.bench_function(format!("{threads}/rayon"), |b| {
+            b.iter(|| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                drop(pool);
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, submit_get, fib_join, pool_build);
 criterion_main!(benches);

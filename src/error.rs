@@ -36,6 +36,7 @@ enum BuildErrorKind {
     TooManyThreads { requested: usize, max: usize },
     InvalidEnv { value: String },
     GlobalAlreadyInitialized,
+    ThreadName { index: usize, reason: String },
     Spawn(std::io::Error),
 }
 
@@ -61,6 +62,12 @@ impl ThreadPoolBuildError {
     pub(crate) fn global_already_initialized() -> Self {
         ThreadPoolBuildError {
             kind: BuildErrorKind::GlobalAlreadyInitialized,
+        }
+    }
+
+    pub(crate) fn thread_name(index: usize, reason: String) -> Self {
+        ThreadPoolBuildError {
+            kind: BuildErrorKind::ThreadName { index, reason },
         }
     }
 
@@ -105,6 +112,23 @@ impl ThreadPoolBuildError {
     pub fn is_invalid_env(&self) -> bool {
         matches!(self.kind, BuildErrorKind::InvalidEnv { .. })
     }
+
+    /// The [`thread_name`](crate::ThreadPoolBuilder::thread_name) callback panicked or
+    /// returned a name with a NUL byte. No thread was started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let error = parpool::ThreadPool::builder()
+    ///     .num_threads(2)
+    ///     .thread_name(|i| format!("bad\0name-{i}"))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(error.is_thread_name());
+    /// ```
+    pub fn is_thread_name(&self) -> bool {
+        matches!(self.kind, BuildErrorKind::ThreadName { .. })
+    }
 }
 
 impl fmt::Display for ThreadPoolBuildError {
@@ -126,6 +150,9 @@ impl fmt::Display for ThreadPoolBuildError {
             ),
             BuildErrorKind::GlobalAlreadyInitialized => {
                 f.write_str("the global thread pool has already been initialized")
+            }
+            BuildErrorKind::ThreadName { index, reason } => {
+                write!(f, "no name for worker thread {index}: {reason}")
             }
             BuildErrorKind::Spawn(error) => write!(f, "could not start a worker thread: {error}"),
         }

@@ -1,10 +1,12 @@
 //! The synchronisation primitives of the protocols that loom model-checks.
 //!
 //! Under `--cfg parpool_loom` these are loom's instrumented versions, so the loom tests in
-//! `pool/loom_tests.rs` explore every interleaving of the latch, sleep and task-slot
-//! protocols; in normal builds they are the std types at zero cost. Only the modules that
-//! implement those protocols (`pool/latch.rs`, `pool/sleep.rs`, `task.rs`, `map/window.rs`,
-//! `shm/queue/ring.rs`) import from here.
+//! `pool/test.rs` (latches, the sleep protocol, the task slot) and `map/test.rs` (the chunk
+//! window's rings, drainer retire/rejoin, feeder sleep) explore every interleaving; in
+//! normal builds they are the std types at zero cost. The modules that implement those
+//! protocols import from here: `pool/latch.rs`, `pool/sleep.rs`, `pool/backoff.rs`,
+//! `task.rs`, `map/window.rs` and `shm/queue/ring.rs`, plus the registry's and the scope's locks (so that the
+//! types they share with the modelled code agree).
 
 #[cfg(parpool_loom)]
 pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};

@@ -19,6 +19,11 @@
 //! comes later in the state's modification order, sees `HOOKED` and drains the list. The
 //! list is drained under the mutex, so each hook runs exactly once.
 //!
+//! A hook can be removed again by the [`HookId`] its registration returned (a timed wait
+//! that timed out removes its latch's hook), so that polling an unfinished task leaves
+//! nothing behind. Removal also happens under the mutex: a hook is either removed or run,
+//! never both.
+//!
 //! # Memory ordering
 //!
 //! The `DONE` transition is `AcqRel`: its release half publishes the result to readers that
@@ -31,10 +36,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::TaskError;
-use crate::pool::ThreadPool;
-use crate::pool::job::{HeapJob, Outcome, catch};
-use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, WaitLatch, snooze};
-use crate::pool::registry::{Registry, WorkerThread};
+use crate::pool::{
+    Outcome, Registry, SPIN_HINT_ROUNDS, ThreadPool, Wait, WaitLatch, catch, current_registry,
+    on_worker, snooze,
+};
 use crate::sync::{AtomicU8, Mutex, Ordering, lock};
 
 /// Not started yet; can be cancelled.
@@ -56,12 +61,23 @@ fn is_finished(state: u8) -> bool {
 /// A callback run once when a task finishes.
 type Hook = Box<dyn FnOnce() + Send>;
 
+/// Names a registered hook, for [`TaskShared::remove_hook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HookId(u64);
+
+/// The registered hooks, each with its id, and the id the next one gets.
+#[derive(Default)]
+struct Hooks {
+    list: Vec<(HookId, Hook)>,
+    next_id: u64,
+}
+
 /// The state shared by a task's closure and its handle.
 pub(crate) struct TaskShared<R> {
     state: AtomicU8,
     /// Written once by the running worker before `DONE`; read once by the handle after.
     result: UnsafeCell<Option<Outcome<R>>>,
-    hooks: Mutex<Vec<Hook>>,
+    hooks: Mutex<Hooks>,
 }
 
 // SAFETY: `result` is written by one thread before the `DONE` release and read by the
@@ -74,7 +90,7 @@ impl<R> TaskShared<R> {
         TaskShared {
             state: AtomicU8::new(QUEUED),
             result: UnsafeCell::new(None),
-            hooks: Mutex::new(Vec::new()),
+            hooks: Mutex::new(Hooks::default()),
         }
     }
 
@@ -137,20 +153,34 @@ impl<R> TaskShared<R> {
     }
 
     /// Registers `hook` to run once the task finishes, or runs it now if it has.
-    pub(crate) fn add_hook(&self, hook: Hook) {
-        let previous = {
+    pub(crate) fn add_hook(&self, hook: Hook) -> HookId {
+        let (id, previous) = {
             let mut hooks = lock(&self.hooks);
-            hooks.push(hook);
-            self.state.fetch_or(HOOKED, Ordering::AcqRel)
+            let id = HookId(hooks.next_id);
+            hooks.next_id += 1;
+            hooks.list.push((id, hook));
+            (id, self.state.fetch_or(HOOKED, Ordering::AcqRel))
         };
         if is_finished(previous) {
             self.run_hooks();
         }
+        id
+    }
+
+    /// Unregisters hook `id` unless it has run (or is running) already.
+    pub(crate) fn remove_hook(&self, id: HookId) {
+        let removed = {
+            let mut hooks = lock(&self.hooks);
+            let position = hooks.list.iter().rposition(|(hook_id, _)| *hook_id == id);
+            position.map(|position| hooks.list.remove(position))
+        };
+        // Dropped outside the lock: a hook's captures may be anything.
+        drop(removed);
     }
 
     fn run_hooks(&self) {
-        let hooks = std::mem::take(&mut *lock(&self.hooks));
-        for hook in hooks {
+        let hooks = std::mem::take(&mut lock(&self.hooks).list);
+        for (_, hook) in hooks {
             hook();
         }
     }
@@ -231,10 +261,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    match WorkerThread::current() {
-        Some(worker) => submit_to(worker.registry(), f),
-        None => submit_to(ThreadPool::global().registry(), f),
-    }
+    submit_to(current_registry(), f)
 }
 
 fn submit_to<F, R>(registry: &Registry, f: F) -> Task<R>
@@ -244,24 +271,27 @@ where
 {
     let shared = Arc::new(TaskShared::new());
     let for_job = Arc::clone(&shared);
-    // The task keeps the pool alive (its terminate count) until it has finished.
-    registry.increment_terminate_count();
-    let job = HeapJob::into_static_job_ref(move || {
-        let registry = WorkerThread::current()
-            .expect("task ran off its pool")
-            .registry();
+    // A counted job: the task keeps the pool alive until it has finished.
+    let job = move |registry: &Registry| {
         if registry.cancels_pending_tasks() {
             for_job.cancel();
         }
         if for_job.start() {
             for_job.complete(catch(f));
         } else {
-            drop(f);
+            // A cancelled task's closure is dropped unrun; its captures' `Drop` is user
+            // code, caught like the closure itself.
+            let _ = catch(move || drop(f));
         }
-        drop(for_job);
-        registry.terminate();
-    });
-    registry.push_or_inject(job);
+        // The last reference may be this one (the handle is gone): then the result is
+        // dropped here, and its `Drop` is user code too.
+        let _ = catch(move || drop(for_job));
+    };
+    if !registry.spawn_counted(job) {
+        // Only reachable through a registry whose handle and tasks are all gone, which no
+        // caller holds; the task then reports what would have happened to it.
+        shared.cancel();
+    }
     Task {
         shared,
         taken: false,
@@ -287,8 +317,13 @@ impl<R> Task<R> {
 
     /// Blocks until the task has finished.
     ///
-    /// A worker thread of any pool waits by running that pool's other jobs; any other thread
-    /// spins briefly, then parks.
+    /// Any thread outside a pool spins briefly, then parks. A worker thread of any pool
+    /// waits by running that pool's other jobs on its own stack, which costs two things:
+    /// the stack grows by those jobs (and by their own waits), and this wait cannot return
+    /// before the job it is running returns. Both are bounded: a worker runs jobs in at most
+    /// 16 nested waits, and a wait deeper than that blocks its thread instead. (A worker
+    /// that blocks holds its thread: if every worker of a pool waits, deeper than that, on
+    /// work queued in the same pool, nothing runs it.)
     ///
     /// # Examples
     ///
@@ -310,6 +345,10 @@ impl<R> Task<R> {
     }
 
     /// Blocks until the task has finished, or `timeout` has passed; true if it finished.
+    ///
+    /// A timed wait runs no other job meanwhile, even on a worker (a job cannot be
+    /// interrupted, so one taken meanwhile could outlast the timeout): it returns within
+    /// `timeout` plus a wake-up's latency.
     ///
     /// # Examples
     ///
@@ -438,7 +477,7 @@ impl<R> Task<R> {
 
     #[cold]
     fn wait_cold(&self, deadline: Option<Instant>) -> bool {
-        if WorkerThread::current().is_none() {
+        if !on_worker() {
             // A short spin without any allocation catches a task that is about to finish.
             for round in 0..SPIN_HINT_ROUNDS {
                 snooze(round);
@@ -447,13 +486,22 @@ impl<R> Task<R> {
                 }
             }
         }
-        let latch = Arc::new(WaitLatch::for_current_thread());
-        let for_hook = Arc::clone(&latch);
-        self.shared.add_hook(Box::new(move || {
-            // SAFETY: the hook owns an `Arc` to the latch, so it is live.
-            unsafe { WaitLatch::set(&*for_hook) }
+        // A timed wait runs no other job meanwhile (see "Waiting inside a worker" in
+        // `pool/latch.rs`).
+        let latch = Arc::new(WaitLatch::for_current_thread(match deadline {
+            None => Wait::Unrelated,
+            Some(_) => Wait::Timed,
         }));
-        latch.wait_deadline(deadline) || self.shared.is_finished()
+        let for_hook = Arc::clone(&latch);
+        let hook = self
+            .shared
+            .add_hook(Box::new(move || WaitLatch::set_shared(&for_hook)));
+        if latch.wait_deadline(deadline) {
+            return true;
+        }
+        // Timed out: nobody will wait on this latch any more.
+        self.shared.remove_hook(hook);
+        self.shared.is_finished()
     }
 
     fn take(&mut self) -> Result<R, TaskError> {
@@ -551,8 +599,7 @@ impl ReadyQueue {
             inner.1.take()
         };
         if let Some(latch) = waiting {
-            // SAFETY: we own an `Arc` to the latch, so it is live.
-            unsafe { WaitLatch::set(&*latch) };
+            WaitLatch::set_shared(&latch);
         }
     }
 }
@@ -571,7 +618,7 @@ impl<R> Iterator for AsCompleted<R> {
                     self.remaining -= 1;
                     return self.slots[index].take();
                 }
-                let latch = Arc::new(WaitLatch::for_current_thread());
+                let latch = Arc::new(WaitLatch::for_current_thread(Wait::Unrelated));
                 inner.1 = Some(Arc::clone(&latch));
                 latch
             };

@@ -194,14 +194,22 @@ fn edge_lengths_for_every_variant() {
     }
 }
 
+/// `normal`, or `small` under `PARPOOL_TEST_SCALE=small` (CI's valgrind run).
+fn scaled(normal: u64, small: u64) -> u64 {
+    match std::env::var("PARPOOL_TEST_SCALE").as_deref() {
+        Ok("small") => small,
+        _ => normal,
+    }
+}
+
 #[test]
 fn about_a_million_items_for_every_variant() {
-    const N: u64 = 1 << 20;
+    let n = scaled(1 << 20, 1 << 14);
     let pool = pool(2);
-    let data: Vec<u64> = (0..N).collect();
+    let data: Vec<u64> = (0..n).collect();
     let expected: Vec<u64> = data.iter().map(|&x| x * 2 + 1).collect();
     assert_eq!(pool.install(|| data.par_map(|x| x * 2 + 1)), expected);
-    assert_eq!(pool.install(|| (0..N).par_map(|x| x * 2 + 1)), expected);
+    assert_eq!(pool.install(|| (0..n).par_map(|x| x * 2 + 1)), expected);
     assert_eq!(
         pool.install(|| data.clone().into_par_map(|x| x * 2 + 1)),
         expected
@@ -210,10 +218,10 @@ fn about_a_million_items_for_every_variant() {
         pool.map(data.iter().filter(|_| true), |x| x * 2 + 1),
         expected
     );
-    assert_eq!(pool.map_chunked(0..N, 1000, |x| x * 2 + 1), expected);
-    assert_eq!(pool.imap(0..N, |x| x * 2 + 1).collect::<Vec<_>>(), expected);
+    assert_eq!(pool.map_chunked(0..n, 1000, |x| x * 2 + 1), expected);
+    assert_eq!(pool.imap(0..n, |x| x * 2 + 1).collect::<Vec<_>>(), expected);
     assert_eq!(
-        pool.imap_unordered(0..N, |x| x * 2 + 1)
+        pool.imap_unordered(0..n, |x| x * 2 + 1)
             .map(|x| x as u128)
             .sum::<u128>(),
         { expected.iter().map(|&x| x as u128).sum() }
@@ -530,7 +538,7 @@ fn stress_imap_unordered_small_window_many_threads() {
     // as fast as possible while drainers get preempted between claiming a chunk and reading
     // which slot it is in: each item must still come back exactly once.
     let pool = pool(8);
-    for round in 0..40u64 {
+    for round in 0..scaled(40, 4) {
         let n = 5_000 + round;
         let mut got: Vec<u64> = pool
             .imap_unordered(0..n, |x| x)

@@ -216,10 +216,18 @@ fn get_inside_a_worker_runs_other_work_instead_of_deadlocking() {
     assert_eq!(outer.get().unwrap(), 45);
 }
 
+/// `PARPOOL_TEST_SCALE=small` (CI's valgrind run) shrinks the stress tests by 100.
+fn scaled(normal: u64) -> u64 {
+    match std::env::var("PARPOOL_TEST_SCALE").as_deref() {
+        Ok("small") => normal / 100,
+        _ => normal,
+    }
+}
+
 #[test]
 fn stress_a_million_tasks_from_four_threads() {
     const THREADS: u64 = 4;
-    const PER_THREAD: u64 = 250_000;
+    let per_thread = scaled(250_000);
     let pool = Arc::new(ThreadPool::new(2).unwrap());
     let start = Arc::new(Barrier::new(THREADS as usize));
     let submitters: Vec<_> = (0..THREADS)
@@ -227,8 +235,8 @@ fn stress_a_million_tasks_from_four_threads() {
             let (pool, start) = (Arc::clone(&pool), Arc::clone(&start));
             thread::spawn(move || {
                 start.wait();
-                let base = t * PER_THREAD;
-                let tasks: Vec<_> = (base..base + PER_THREAD)
+                let base = t * per_thread;
+                let tasks: Vec<_> = (base..base + per_thread)
                     .map(|i| pool.submit(move || i * 3))
                     .collect();
                 let mut wrong = 0u64;

@@ -32,10 +32,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-use super::iter::{current_registry_arc, extend_run, worth_handing_over};
+use super::iter::{extend_run, worth_handing_over};
 use super::sample::CostProbe;
-use super::window::{ChunkSize, Feeder, MapOp, WINDOW_PER_THREAD, Window};
-use crate::pool::registry::Registry;
+use super::window::{ChunkSize, Feeder, MapOp, WINDOW_PER_THREAD};
+use crate::pool::{Registry, current_registry_arc};
 
 /// A lazy parallel map: yields `f(item)` for each input item, in input order (`Imap`) or in
 /// the order the results complete ([`ImapUnordered`]). Python's `Pool.imap` and
@@ -205,16 +205,16 @@ where
             State::Finished => return false,
         };
         feeder.fill();
-        let Some(slot) = feeder.next_results(ORDERED) else {
+        let Some(mut token) = feeder.next_results(ORDERED) else {
             self.state = State::Finished;
             return false;
         };
-        let (output, _, _) = feeder.slot(slot);
+        let (output, _, _) = feeder.slot(&mut token);
         // Both conversions keep the buffers: the slot's results become `current`, and the
         // empty `current` becomes the slot's next output buffer.
         let results = std::mem::replace(output, Vec::from(std::mem::take(&mut self.current)));
         self.current = VecDeque::from(results);
-        feeder.release(slot);
+        feeder.release(token);
         true
     }
 
@@ -270,8 +270,7 @@ where
         let slots = self
             .window
             .unwrap_or(WINDOW_PER_THREAD * registry.num_threads().max(1));
-        let window = Arc::new(Window::new(MapOp(f), slots));
-        self.state = State::Running(Feeder::new(window, registry, input, chunk, false));
+        self.state = State::Running(Feeder::new(MapOp(f), slots, registry, input, chunk, false));
     }
 }
 

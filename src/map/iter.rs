@@ -11,9 +11,8 @@
 use std::sync::Arc;
 
 use super::sample::{CostProbe, SAMPLE_NS};
-use super::window::{ChunkOp, ChunkSize, Feeder, WINDOW_PER_THREAD, Window};
-use crate::pool::ThreadPool;
-use crate::pool::registry::Registry;
+use super::window::{ChunkOp, ChunkSize, Feeder, WINDOW_PER_THREAD};
+use crate::pool::{Registry, ThreadPool, current_registry_arc};
 
 /// Calls the caller's closure through a raw pointer.
 struct RawOp<F> {
@@ -53,14 +52,6 @@ impl<T, R: Send, E: Send, F: Fn(T) -> Result<R, E> + Sync> ChunkOp<T> for RawTry
     }
     fn stops(&self, output: &Result<R, E>) -> bool {
         output.is_err()
-    }
-}
-
-/// The registry of the current pool, as an `Arc` (the worker's pool, else the global one).
-pub(crate) fn current_registry_arc() -> Arc<Registry> {
-    match crate::pool::registry::WorkerThread::current() {
-        Some(worker) => Arc::clone(worker.registry_arc()),
-        None => Arc::clone(ThreadPool::global().registry()),
     }
 }
 
@@ -172,12 +163,12 @@ where
 {
     loop {
         feeder.fill();
-        let Some(slot) = feeder.next_results(true) else {
+        let Some(mut token) = feeder.next_results(true) else {
             return;
         };
-        let (output, _, _) = feeder.slot(slot);
+        let (output, _, _) = feeder.slot(&mut token);
         let keep_going = collect.push_chunk(output);
-        feeder.release(slot);
+        feeder.release(token);
         if !keep_going {
             feeder.cancel_and_wait();
             return;
@@ -252,8 +243,8 @@ where
             None => return out,
         },
     };
-    let window = Arc::new(Window::new(RawOp { f }, window_size(&registry)));
-    let mut feeder = Feeder::new(window, registry, input, chunk, true);
+    let slots = window_size(&registry);
+    let mut feeder = Feeder::new(RawOp { f }, slots, registry, input, chunk, true);
     run_window(&mut feeder, &mut IntoVec(&mut out));
     out
 }
@@ -284,9 +275,9 @@ where
     });
     if let Some(per_item_ns) = sampled {
         let op = RawTryOp(RawOp { f });
-        let window = Arc::new(Window::new(op, window_size(&registry)));
+        let slots = window_size(&registry);
         let chunk = ChunkSize::Auto { per_item_ns };
-        let mut feeder = Feeder::new(window, registry, input, chunk, true);
+        let mut feeder = Feeder::new(op, slots, registry, input, chunk, true);
         run_window(&mut feeder, &mut collect);
     }
     match collect.error {

@@ -51,8 +51,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::sample::{CostProbe, Stopwatch};
 
-use crate::pool::registry::WorkerThread;
-use crate::pool::{current_registry, join};
+use crate::pool::{current_registry, join, on_worker};
 
 /// Below this much estimated remaining work (ns) the caller finishes alone. Handing work to
 /// the pool costs ~1 µs if a worker is awake and 20–50 µs if it must be woken; 30 µs of work
@@ -565,7 +564,7 @@ struct Ctx<'c, C> {
 /// Whether the current worker should split its piece: some worker is idle and the last
 /// piece this worker published has been taken.
 fn peers_want_work() -> bool {
-    WorkerThread::current().is_some_and(WorkerThread::peers_want_work)
+    crate::pool::peers_want_work()
 }
 
 /// Consumes a piece on this worker, in batches of about [`CHECK_NS`]; between batches, if
@@ -674,7 +673,7 @@ where
 
     // 2. The rest, on the pool.
     let registry = current_registry();
-    let tail = if registry.num_threads() == 1 && WorkerThread::current().is_none() {
+    let tail = if registry.num_threads() == 1 && !on_worker() {
         // One worker would only take the work off this thread, not share it.
         run_batch(consumer, &mut state, (rest, place), start, &stop)
     } else {

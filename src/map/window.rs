@@ -5,8 +5,10 @@
 //! # The window
 //!
 //! `W` slots, each holding one chunk: its input (`Vec<T>`), its results (`Vec<R>`),
-//! and its sequence number. A slot belongs to exactly one thread at a time, and ownership
-//! moves through two rings of slot indices:
+//! and its sequence number. A slot belongs to exactly one thread at a time: the holder of
+//! its [`SlotToken`], the only way to reach its data. Ownership moves through two rings of
+//! slot indices; a token is consumed where its slot enters a ring and minted again where
+//! the slot leaves it:
 //!
 //! ```text
 //!   feeder: fill slot ──▶ submitted ring ──▶ drainer (claims in order): run the chunk
@@ -61,6 +63,15 @@
 //! sees the other's effect: the feeder sees the completion, or the drainer sees bit 0 and
 //! sets the latch.
 //!
+//! # Every item is dropped before a blocking map returns
+//!
+//! Items and results may borrow the caller's frame (the blocking maps), so none may stay in
+//! the window once the feeder is gone: a drainer that lingers may hold the last `Arc` and
+//! would drop them later, on a worker. Running a chunk drains its input; releasing a slot
+//! clears its results; and dropping the feeder (which, for the blocking maps, first waits
+//! for every outstanding chunk, so every token is the feeder's again) clears every slot it
+//! holds, including one half filled when the input's `next()` panicked.
+//!
 //! # Stopping
 //!
 //! `stop_seq` is the lowest sequence number after which chunks are skipped (their input is
@@ -73,9 +84,7 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 
 use super::sample::Stopwatch;
-use crate::pool::job::{HeapJob, Panic, catch};
-use crate::pool::latch::{Latch, SPIN_HINT_ROUNDS, WaitLatch, snooze};
-use crate::pool::registry::Registry;
+use crate::pool::{Panic, Registry, SPIN_HINT_ROUNDS, Wait, WaitLatch, catch, snooze};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 
 /// What a window applies to each item.
@@ -117,7 +126,22 @@ pub(crate) enum Outcome {
     Panicked(Panic),
 }
 
-/// One chunk's buffers. Owned by one thread at a time (see the module docs).
+/// Ownership of one slot of one window: the only way to reach the slot's data.
+///
+/// Not `Copy` or `Clone`, and minted only by the window: one per slot at creation (the
+/// feeder's free slots), and afterwards only where a ring hands a slot over ([`Window::claim`]
+/// to a drainer, [`Window::take_completed`] back to the feeder), each time for a slot whose
+/// previous token was consumed when it entered that ring ([`Window::publish`],
+/// [`Window::run`]). So at most one token per slot exists at any time, and holding it is
+/// holding the slot.
+#[derive(Debug)]
+pub(crate) struct SlotToken {
+    index: usize,
+    /// The address of the window that minted it (checked on every access).
+    window: usize,
+}
+
+/// One chunk's buffers. Owned by the holder of its [`SlotToken`].
 pub(crate) struct SlotData<T, R> {
     pub(crate) seq: usize,
     pub(crate) input: Vec<T>,
@@ -147,8 +171,8 @@ pub(crate) struct Window<T, Op: ChunkOp<T>> {
     feeder_latch: Mutex<Option<Arc<WaitLatch>>>,
 }
 
-// SAFETY: slot data is only touched by the thread that currently owns the slot, and the
-// rings' release/acquire pairs order each hand-over (module docs). Items and results move
+// SAFETY: slot data is only touched through the slot's token, which one thread holds at a
+// time, and the rings' release/acquire pairs order each hand-over (module docs). Items and results move
 // between threads, hence `T: Send` and `Output: Send`; `Op` is shared, hence `Sync`.
 unsafe impl<T: Send, Op: ChunkOp<T>> Sync for Window<T, Op> {}
 // SAFETY: as above; the window owns its items and results.
@@ -158,7 +182,9 @@ const SLEEPING: usize = 1;
 const ONE_COMPLETION: usize = 2;
 
 impl<T, Op: ChunkOp<T>> Window<T, Op> {
-    pub(crate) fn new(op: Op, window: usize) -> Self {
+    /// A window of `window` empty slots, and the tokens of all of them (they start free,
+    /// with the feeder).
+    pub(crate) fn new(op: Op, window: usize) -> (Arc<Self>, Vec<SlotToken>) {
         assert!(window > 0);
         let slots = (0..window)
             .map(|seq| Slot {
@@ -172,7 +198,7 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
             })
             .collect();
         let ring = || (0..window).map(|_| AtomicUsize::new(0)).collect();
-        Window {
+        let this = Arc::new(Window {
             op,
             slots,
             submitted: ring(),
@@ -184,7 +210,22 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
             signal: CachePadded::new(AtomicUsize::new(0)),
             stop_seq: AtomicUsize::new(usize::MAX),
             feeder_latch: Mutex::new(None),
+        });
+        let tokens = (0..window).rev().map(|index| this.mint(index)).collect();
+        (this, tokens)
+    }
+
+    /// The token of slot `index`; called only where ownership of the slot arrives (see
+    /// [`SlotToken`]).
+    fn mint(&self, index: usize) -> SlotToken {
+        SlotToken {
+            index,
+            window: self.address(),
         }
+    }
+
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self).addr()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -196,35 +237,38 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
         self.stop_seq.fetch_min(seq, Ordering::Relaxed);
     }
 
-    /// The buffers of a slot.
+    /// The buffers of the slot `token` holds, for as long as the token is borrowed.
     ///
-    /// # Safety
+    /// # Panics
     ///
-    /// The calling thread owns the slot (see the module docs): it is free and held by the
-    /// feeder, claimed by this thread, or completed and not yet released; and no other
-    /// reference to its data is alive.
-    #[expect(
-        clippy::mut_from_ref,
-        reason = "ownership of a slot is handed over by the rings"
-    )]
-    pub(crate) unsafe fn slot_data(&self, slot: usize) -> &mut SlotData<T, Op::Output> {
-        // SAFETY: exclusive ownership is the caller's promise.
-        unsafe { &mut *self.slots[slot].data.get() }
+    /// If the token belongs to another window.
+    pub(crate) fn data<'a>(&'a self, token: &'a mut SlotToken) -> &'a mut SlotData<T, Op::Output> {
+        assert_eq!(
+            token.window,
+            self.address(),
+            "a slot token of another window"
+        );
+        // SAFETY: the token is the only one of its slot (see `SlotToken`), and it is borrowed
+        // mutably for the lifetime of the returned reference, so nothing else reaches the
+        // slot's data meanwhile; the ring that handed the token over ordered the previous
+        // owner's accesses before this one (module docs).
+        unsafe { &mut *self.slots[token.index].data.get() }
     }
 
     /// The feeder hands a filled slot to the drainers (appends it to the submitted ring).
     /// Only the feeder calls this.
-    pub(crate) fn publish(&self, slot: usize) {
+    pub(crate) fn publish(&self, token: SlotToken) {
+        debug_assert_eq!(token.window, self.address());
         // Relaxed: only the feeder writes `published`.
         let position = self.published.load(Ordering::Relaxed);
-        self.submitted[position % self.len()].store(slot, Ordering::Relaxed);
+        self.submitted[position % self.len()].store(token.index, Ordering::Relaxed);
         // Release: hands the slot (and its entry in the ring) to the drainers.
         self.published.store(position + 1, Ordering::Release);
     }
 
     /// The feeder takes completion number `head` if it has been published: the slot is
     /// the feeder's again. Only the feeder calls this, with consecutive `head`s.
-    pub(crate) fn take_completed(&self, head: usize) -> Option<usize> {
+    pub(crate) fn take_completed(&self, head: usize) -> Option<SlotToken> {
         let entry = &self.completed[head % self.len()];
         // Acquire: pairs with the drainer's release; the slot's results are visible.
         let value = entry.load(Ordering::Acquire);
@@ -232,11 +276,12 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
             return None;
         }
         entry.store(0, Ordering::Relaxed);
-        Some(value - 1)
+        // The drainer's token was consumed by `complete`; the slot is the feeder's now.
+        Some(self.mint(value - 1))
     }
 
     /// Claims the next submitted chunk, if any.
-    pub(crate) fn claim(&self) -> Option<usize> {
+    pub(crate) fn claim(&self) -> Option<SlotToken> {
         // Acquire (here and on the exchange's failure): a claimed count was written by a
         // claimer that had seen the position published; acquiring it makes that publication
         // visible here too, so the load of `published` below never looks older than the
@@ -263,20 +308,23 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(slot),
+                // The feeder's token was consumed by `publish`, and this position is
+                // claimed once.
+                Ok(_) => return Some(self.mint(slot)),
                 Err(actual) => claimed = actual,
             }
         }
     }
 
-    /// Runs a claimed chunk and publishes its completion.
-    pub(crate) fn run(&self, slot: usize) {
-        // SAFETY: the slot was claimed by this thread: nobody else touches it until the
-        // completion below hands it back to the feeder.
-        let data = unsafe { self.slot_data(slot) };
+    /// Runs a claimed chunk and publishes its completion. User code (the op, and the items'
+    /// and results' `Drop`) runs under `catch`: a panic becomes the chunk's outcome.
+    pub(crate) fn run(&self, mut token: SlotToken) {
+        let data = self.data(&mut token);
         if data.seq > self.stop_seq.load(Ordering::Relaxed) {
-            data.input.clear();
-            data.outcome = Outcome::Skipped;
+            data.outcome = match drop_all_caught(&mut data.input) {
+                None => Outcome::Skipped,
+                Some(payload) => Outcome::Panicked(payload),
+            };
         } else {
             let watch = Stopwatch::start();
             let (input, output) = (&mut data.input, &mut data.output);
@@ -303,17 +351,18 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
                     Outcome::Done
                 }
                 Err(payload) => {
-                    output.clear();
+                    // A result's `Drop` may panic too; the first panic is the one reported.
+                    drop(drop_all_caught(output));
                     self.stop_after(0);
                     Outcome::Panicked(payload)
                 }
             };
             data.run_ns = watch.elapsed_ns();
         }
-        self.complete(slot);
+        self.complete(token);
     }
 
-    fn complete(&self, slot: usize) {
+    fn complete(&self, token: SlotToken) {
         // AcqRel: the feeder zeroes entry `p` when it takes completion `p`, and the store of
         // completion `p + W` to the same entry must come after that zero. At least one of the
         // completions `p + 1 ..= p + W` is of a chunk published after the zeroing (at most
@@ -322,7 +371,8 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
         // the lost completion that relaxed positions allow.)
         let position = self.completed_tail.fetch_add(1, Ordering::AcqRel);
         // Release: hands the slot's results to the feeder.
-        self.completed[position % self.len()].store(slot + 1, Ordering::Release);
+        // HAZARD: from this store on the slot is the feeder's.
+        self.completed[position % self.len()].store(token.index + 1, Ordering::Release);
         if self.signal.fetch_add(ONE_COMPLETION, Ordering::AcqRel) & SLEEPING != 0 {
             self.wake_feeder();
         }
@@ -330,21 +380,95 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
 
     fn wake_feeder(&self) {
         if let Some(latch) = lock(&self.feeder_latch).take() {
-            // SAFETY: the `Arc` keeps the latch alive.
-            unsafe { WaitLatch::set(&*latch) };
+            WaitLatch::set_shared(&latch);
         }
     }
 }
 
+impl<T, Op: ChunkOp<T>> Window<T, Op> {
+    /// The feeder's wait for its next completion, which `poll` takes (the feeder's next
+    /// position in the completed ring): meanwhile it runs submitted chunks itself, then
+    /// spins a little, then sleeps on its latch (see "Waking the feeder"). Only the feeder
+    /// calls this, and only with a chunk outstanding.
+    pub(crate) fn wait_completed(&self, mut poll: impl FnMut() -> Option<SlotToken>) -> SlotToken {
+        let mut round = 0;
+        loop {
+            if let Some(token) = poll() {
+                return token;
+            }
+            if let Some(token) = self.claim() {
+                self.run(token);
+                continue;
+            }
+            // Every submitted chunk is claimed and running elsewhere.
+            if round < FEEDER_SPIN_ROUNDS {
+                snooze(round);
+                round += 1;
+                continue;
+            }
+            return self.sleep_until_completed(&mut poll);
+        }
+    }
+
+    #[cold]
+    fn sleep_until_completed(&self, poll: &mut impl FnMut() -> Option<SlotToken>) -> SlotToken {
+        loop {
+            let latch = Arc::new(WaitLatch::for_current_thread(Wait::Unrelated));
+            *lock(&self.feeder_latch) = Some(Arc::clone(&latch));
+            self.signal.fetch_or(SLEEPING, Ordering::AcqRel);
+            let found = poll();
+            if found.is_none() {
+                latch.wait();
+            }
+            self.signal.fetch_and(!SLEEPING, Ordering::AcqRel);
+            lock(&self.feeder_latch).take();
+            if let Some(token) = found.or_else(&mut *poll) {
+                return token;
+            }
+        }
+    }
+
+    /// Counts one more live drainer; the count is taken before the drainer's job exists.
+    pub(super) fn drainer_spawned(&self) {
+        self.drainers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The live drainers (spawned and not retired), for the model checks.
+    #[cfg(all(test, parpool_loom))]
+    pub(super) fn live_drainers(&self) -> usize {
+        self.drainers.load(Ordering::Acquire)
+    }
+}
+
+/// Rounds the feeder spins, with nothing to claim, before it sleeps.
+#[cfg(not(parpool_loom))]
+const FEEDER_SPIN_ROUNDS: u32 = SPIN_HINT_ROUNDS;
+/// Under loom every round is a yield point; one keeps the state space small.
+#[cfg(parpool_loom)]
+const FEEDER_SPIN_ROUNDS: u32 = 1;
+
+/// Drops every element of `values`, one at a time under `catch` (dropping them in bulk,
+/// a second panicking `Drop` would abort the process); returns the first panic.
+fn drop_all_caught<V>(values: &mut Vec<V>) -> Option<Panic> {
+    let mut first = None;
+    while let Some(value) = values.pop() {
+        if let Err(payload) = catch(move || drop(value)) {
+            first.get_or_insert(payload);
+        }
+    }
+    first
+}
+
 /// The drainer job's body: claim and run chunks until none is left, then retire (see
-/// "Drainers" in the module docs).
-fn drain<T, Op: ChunkOp<T>>(window: &Window<T, Op>) {
+/// "Drainers" in the module docs). The caller counted it with
+/// [`Window::drainer_spawned`].
+pub(super) fn drain<T, Op: ChunkOp<T>>(window: &Window<T, Op>) {
     loop {
         let mut idle_rounds = 0;
         while idle_rounds < DRAINER_LINGER_ROUNDS {
             match window.claim() {
-                Some(slot) => {
-                    window.run(slot);
+                Some(token) => {
+                    window.run(token);
                     idle_rounds = 0;
                 }
                 None => {
@@ -369,7 +493,11 @@ fn drain<T, Op: ChunkOp<T>>(window: &Window<T, Op>) {
 /// again (a job, an injection, often a worker's wake-up) a chunk later: measured on
 /// `imap` over 200k items of 1 µs, 24–54 drainer spawns per run and 1.0–1.6× instead of
 /// 2 spawns and 2.0× with lingering.
+#[cfg(not(parpool_loom))]
 const DRAINER_LINGER_ROUNDS: u32 = 40;
+/// Under loom every round is a yield point; one keeps the state space small.
+#[cfg(parpool_loom)]
+const DRAINER_LINGER_ROUNDS: u32 = 1;
 
 /// How big the chunks are.
 #[derive(Debug, Clone, Copy)]
@@ -421,13 +549,14 @@ pub(crate) struct Feeder<I: Iterator, Op: ChunkOp<I::Item>> {
     registry: Arc<Registry>,
     input: I,
     exhausted: bool,
-    free: Vec<usize>,
+    /// The tokens of the free slots; the last one is the slot being filled.
+    free: Vec<SlotToken>,
     /// Submitted chunks whose completion the feeder has not received yet.
     outstanding: usize,
     next_seq: usize,
     /// Completed chunks waiting for their turn in input order, by sequence number modulo
     /// the window.
-    pending: Vec<Option<usize>>,
+    pending: Vec<Option<SlotToken>>,
     /// The sequence number the ordered consumer takes next.
     next_out: usize,
     completed_head: usize,
@@ -439,19 +568,29 @@ pub(crate) struct Feeder<I: Iterator, Op: ChunkOp<I::Item>> {
 }
 
 impl<I: Iterator, Op: ChunkOp<I::Item>> Drop for Feeder<I, Op> {
+    /// Stops the map, waits for the outstanding chunks (blocking maps only), and drops
+    /// every item and result the feeder's slots still hold, here: with a panicking `next()`
+    /// the slot being filled holds the items pulled so far, and they may borrow the
+    /// caller's frame, so they must not wait in the window for whichever thread drops its
+    /// last `Arc` (a lingering drainer, later, on a worker).
     fn drop(&mut self) {
         self.release_pending();
-        if self.outstanding == 0 {
-            return;
-        }
-        self.window.stop_after(0);
-        if self.wait_on_drop {
-            // Reached only by unwinding (the normal path consumes every chunk): wait until
-            // no chunk runs any more, so nothing the op borrows is used after this frame.
-            while self.outstanding > 0 {
-                let slot = self.wait_completed_raw();
-                self.release(slot);
+        if self.outstanding > 0 {
+            self.window.stop_after(0);
+            if self.wait_on_drop {
+                // Reached only by unwinding (the normal path consumes every chunk): wait
+                // until no chunk runs any more, so nothing the op borrows is used after this
+                // frame. Every slot is the feeder's again afterwards.
+                while self.outstanding > 0 {
+                    let token = self.wait_completed_raw();
+                    self.release(token);
+                }
             }
+        }
+        for token in &mut self.free {
+            let data = self.window.data(token);
+            data.input.clear();
+            data.output.clear();
         }
     }
 }
@@ -462,26 +601,28 @@ where
     I::Item: Send,
     Op: ChunkOp<I::Item>,
 {
+    /// A feeder of a new window of `slots` chunks applying `op`.
     pub(crate) fn new(
-        window: Arc<Window<I::Item, Op>>,
+        op: Op,
+        slots: usize,
         registry: Arc<Registry>,
         input: I,
         chunk: ChunkSize,
         wait_on_drop: bool,
     ) -> Self {
-        let slots = window.len();
+        let (window, free) = Window::new(op, slots);
         // The feeder runs chunks too (while it waits): with it, as many threads as the pool
         // has work on chunks.
         let max_drainers = registry.num_threads().saturating_sub(1).max(1);
         Feeder {
-            free: (0..slots).rev().collect(),
+            free,
             window,
             registry,
             input,
             exhausted: false,
             outstanding: 0,
             next_seq: 0,
-            pending: vec![None; slots],
+            pending: (0..slots).map(|_| None).collect(),
             next_out: 0,
             completed_head: 0,
             chunk,
@@ -497,12 +638,13 @@ where
             self.exhausted = true;
         }
         while !self.exhausted {
-            let Some(&slot) = self.free.last() else {
+            let Some(token) = self.free.last_mut() else {
                 return;
             };
             let size = self.chunk.items();
-            // SAFETY: a free slot belongs to the feeder.
-            let data = unsafe { self.window.slot_data(slot) };
+            let data = self.window.data(token);
+            // If `next()` panics here, the items pulled so far stay in this free slot until
+            // `Drop` clears it.
             data.input.extend(self.input.by_ref().take(size));
             if data.input.len() < size {
                 self.exhausted = true;
@@ -510,12 +652,12 @@ where
                     return;
                 }
             }
-            self.free.pop();
             data.seq = self.next_seq;
             data.outcome = Outcome::Done;
             self.next_seq += 1;
             self.outstanding += 1;
-            self.window.publish(slot);
+            let token = self.free.pop().expect("the slot filled above");
+            self.window.publish(token);
             self.spawn_drainer_if_needed();
         }
     }
@@ -529,23 +671,22 @@ where
         if drainers >= self.max_drainers.min(unclaimed) {
             return;
         }
-        if !self.registry.try_increment_terminate_count() {
-            // The pool is shutting down: the feeder runs the chunks itself.
-            return;
-        }
-        window.drainers.fetch_add(1, Ordering::AcqRel);
+        // Counted before the job exists: the feeder's relaxed read above must not see a
+        // drainer go missing between the spawn and its first claim.
+        window.drainer_spawned();
         let for_job = Arc::clone(&self.window);
-        let registry = Arc::clone(&self.registry);
-        let job = move || {
+        let job = move |_: &Registry| {
             drain(&for_job);
-            drop(for_job);
-            registry.terminate();
+            // The last `Arc` drops the op (an `imap` closure's captures): user code.
+            let _ = catch(move || drop(for_job));
         };
         // SAFETY: the job owns an `Arc` of the window; what the window's op borrows is
         // only used while a chunk runs, and every chunk completes before the feeder (which
         // holds that borrow) is done (see `iter.rs`, and `'static` ops for `imap`).
-        let job = unsafe { HeapJob::into_job_ref(job) };
-        self.registry.push_or_inject(job);
+        if !unsafe { self.registry.spawn_counted_unchecked(job) } {
+            // The pool is shutting down: the feeder runs the chunks itself.
+            window.drainers.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -553,7 +694,7 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
     /// Blocks until a chunk completes and returns its slot (now owned by the feeder; give it
     /// back with [`Feeder::release`]); `None` if nothing is outstanding. While it waits, the
     /// feeder runs submitted chunks itself.
-    pub(crate) fn next_completed(&mut self) -> Option<usize> {
+    pub(crate) fn next_completed(&mut self) -> Option<SlotToken> {
         if self.outstanding == 0 {
             return None;
         }
@@ -562,110 +703,82 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
 
     /// Waits for the next completion (at least one chunk is outstanding); see
     /// [`Feeder::next_completed`].
-    fn wait_completed_raw(&mut self) -> usize {
-        let mut round = 0;
-        loop {
-            if let Some(slot) = self.poll_completed() {
-                return slot;
-            }
-            if let Some(slot) = self.window.claim() {
-                self.window.run(slot);
-                continue;
-            }
-            // Every submitted chunk is claimed and running elsewhere.
-            if round < SPIN_HINT_ROUNDS {
-                snooze(round);
-                round += 1;
-                continue;
-            }
-            return self.sleep_until_completed();
-        }
+    fn wait_completed_raw(&mut self) -> SlotToken {
+        let Feeder {
+            window,
+            completed_head,
+            outstanding,
+            chunk,
+            ..
+        } = self;
+        window.wait_completed(|| {
+            let mut token = window.take_completed(*completed_head)?;
+            *completed_head += 1;
+            *outstanding -= 1;
+            let data = window.data(&mut token);
+            chunk.observe(data.output.len(), data.run_ns);
+            Some(token)
+        })
     }
 
-    fn poll_completed(&mut self) -> Option<usize> {
-        let slot = self.window.take_completed(self.completed_head)?;
-        self.completed_head += 1;
-        self.outstanding -= 1;
-        // SAFETY: the completion handed the slot to the feeder.
-        let data = unsafe { self.window.slot_data(slot) };
-        let items = data.output.len();
-        self.chunk.observe(items, data.run_ns);
-        Some(slot)
-    }
-
-    #[cold]
-    fn sleep_until_completed(&mut self) -> usize {
-        loop {
-            let latch = Arc::new(WaitLatch::for_current_thread());
-            *lock(&self.window.feeder_latch) = Some(Arc::clone(&latch));
-            self.window.signal.fetch_or(SLEEPING, Ordering::AcqRel);
-            let found = self.poll_completed();
-            if found.is_none() {
-                latch.wait();
-            }
-            self.window.signal.fetch_and(!SLEEPING, Ordering::AcqRel);
-            lock(&self.window.feeder_latch).take();
-            if let Some(slot) = found.or_else(|| self.poll_completed()) {
-                return slot;
-            }
-        }
-    }
-
-    /// The data of a slot the feeder owns (a completed one, before `release`).
-    pub(crate) fn slot(&mut self, slot: usize) -> (&mut Vec<Op::Output>, &mut Outcome, usize) {
-        // SAFETY: the feeder owns completed slots until it releases them, and `&mut self`
-        // makes this the only access.
-        let data = unsafe { self.window.slot_data(slot) };
+    /// The results, outcome and sequence number of a completed slot.
+    pub(crate) fn slot<'a>(
+        &'a self,
+        token: &'a mut SlotToken,
+    ) -> (&'a mut Vec<Op::Output>, &'a mut Outcome, usize) {
+        let data = self.window.data(token);
         (&mut data.output, &mut data.outcome, data.seq)
     }
 
-    /// Gives a completed slot back (its buffers stay for reuse).
-    pub(crate) fn release(&mut self, slot: usize) {
-        let (output, outcome, _) = self.slot(slot);
-        output.clear();
+    /// Gives a completed slot back (its buffers stay for reuse). Its results are dropped
+    /// here, on the consumer's thread; if one's `Drop` panics, the slot is left out of
+    /// the free list (already empty: `clear` shortens the vector before dropping).
+    pub(crate) fn release(&mut self, mut token: SlotToken) {
+        let (output, outcome, _) = self.slot(&mut token);
         *outcome = Outcome::Done;
-        self.free.push(slot);
+        output.clear();
+        self.free.push(token);
     }
 
     /// The next chunk whose results the consumer takes: in input order if `ordered`, else
     /// in completion order; `None` once nothing is outstanding. A chunk that panicked is not
     /// returned: the map is stopped (see [`Feeder::cancel_and_wait`]) and its panic is
     /// re-raised here, whatever the chunk's place in the order.
-    pub(crate) fn next_results(&mut self, ordered: bool) -> Option<usize> {
+    pub(crate) fn next_results(&mut self, ordered: bool) -> Option<SlotToken> {
         loop {
             let window = self.pending.len();
             if ordered {
-                if let Some(slot) = self.pending[self.next_out % window].take() {
+                if let Some(token) = self.pending[self.next_out % window].take() {
                     self.next_out += 1;
-                    return Some(slot);
+                    return Some(token);
                 }
             }
-            let slot = self.next_completed()?;
-            let (_, outcome, seq) = self.slot(slot);
+            let mut token = self.next_completed()?;
+            let (_, outcome, seq) = self.slot(&mut token);
             if let Outcome::Panicked(_) = outcome {
                 let Outcome::Panicked(payload) = std::mem::take(outcome) else {
                     unreachable!("matched just above")
                 };
-                self.release(slot);
+                self.release(token);
                 self.cancel_and_wait();
                 std::panic::resume_unwind(payload);
             }
             if !ordered {
-                return Some(slot);
+                return Some(token);
             }
             if seq == self.next_out {
                 self.next_out += 1;
-                return Some(slot);
+                return Some(token);
             }
-            self.pending[seq % window] = Some(slot);
+            self.pending[seq % window] = Some(token);
         }
     }
 
     /// Gives back the completed chunks waiting for their turn, dropping their results.
     fn release_pending(&mut self) {
         for index in 0..self.pending.len() {
-            if let Some(slot) = self.pending[index].take() {
-                self.release(slot);
+            if let Some(token) = self.pending[index].take() {
+                self.release(token);
             }
         }
     }
@@ -677,8 +790,8 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
         self.window.stop_after(0);
         self.exhausted = true;
         self.release_pending();
-        while let Some(slot) = self.next_completed() {
-            self.release(slot);
+        while let Some(token) = self.next_completed() {
+            self.release(token);
         }
     }
 }

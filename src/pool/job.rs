@@ -220,15 +220,6 @@ impl<F: FnOnce() + Send> HeapJob<F> {
         // SAFETY: the box stays allocated until `execute` reclaims it.
         unsafe { JobRef::new(raw) }
     }
-
-    /// Boxes a `'static` closure into a job: always safe.
-    pub(crate) fn into_static_job_ref(func: F) -> JobRef
-    where
-        F: 'static,
-    {
-        // SAFETY: a 'static closure borrows nothing that could end before it runs.
-        unsafe { Self::into_job_ref(func) }
-    }
 }
 
 impl<F: FnOnce() + Send> Job for HeapJob<F> {

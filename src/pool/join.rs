@@ -12,7 +12,7 @@
 use super::ThreadPool;
 use std::mem::ManuallyDrop;
 
-use super::job::{StackJob, catch, resume};
+use super::job::{Panic, StackJob, catch, resume};
 use super::latch::SpinLatch;
 use super::registry::{Frame, WorkerThread};
 
@@ -80,18 +80,20 @@ where
 {
     // No drop glue on the fast path: every way out of this function leaves both the
     // closure and the result slot empty (run inline, taken back, or the thief's outcome
-    // taken; `Resolve` does the same when `a` panics), so there is nothing to drop.
+    // taken; `resolve_after_panic` does the same when `a` panics), so there is nothing to
+    // drop.
     let job_b = ManuallyDrop::new(StackJob::new(b, SpinLatch::new(worker)));
-    // SAFETY: `job_b` lives in this frame, and the frame is not left (normally or by
-    // unwinding, see `Resolve`) before `job_b` has run or has been taken back.
+    // SAFETY: `job_b` lives in this frame, and the frame is not left (normally, or by the
+    // unwind resumed below) before `job_b` has run or has been taken back.
     let frame = worker.push_frame(unsafe { job_b.as_job_ref() });
-    // If `a` panics, `b` must still be resolved before this frame unwinds.
-    let resolve = Resolve {
-        job_b: &*job_b,
-        frame,
+    // `a`'s panic is caught, not left to unwind through this frame: resolving `b` may run
+    // other jobs (while `b`'s thief finishes), and no unrelated job may run while this
+    // thread unwinds (it would see `thread::panicking()`, and a lock it held at a panic of
+    // its own would not be poisoned). The unwind resumes once `b` is resolved.
+    let result_a = match catch(a) {
+        Ok(value) => value,
+        Err(payload) => resolve_after_panic(worker, &job_b, frame, payload),
     };
-    let result_a = a();
-    std::mem::forget(resolve);
     let result_b = match worker.pop_frame(frame) {
         Frame::Private => (job_b.take_func())(),
         Frame::Published => take_back_or_wait(worker, &*job_b),
@@ -116,38 +118,37 @@ where
     }
 }
 
-/// Finishes a `join` whose `a` half panicked: runs `b` if nobody took it (its own panic is
-/// dropped: `a`'s wins), or waits for the thread that did.
-struct Resolve<'a, 'r, B, RB>
-where
-    B: FnOnce() -> RB + Send,
-    RB: Send,
-{
-    job_b: &'a StackJob<SpinLatch<'r>, B, RB>,
+/// Finishes a `join` whose `a` half panicked with `payload`, then resumes that panic: runs
+/// `b` if nobody took it (its own panic is dropped: `a`'s wins), or waits for the thread
+/// that did. Called outside any unwind, so the jobs the wait runs meanwhile see a thread in
+/// its normal state.
+#[cold]
+fn resolve_after_panic<B, RB>(
+    worker: &WorkerThread,
+    job_b: &StackJob<SpinLatch<'_>, B, RB>,
     frame: usize,
-}
-
-impl<B, RB> Drop for Resolve<'_, '_, B, RB>
+    payload: Panic,
+) -> !
 where
     B: FnOnce() -> RB + Send,
     RB: Send,
 {
-    fn drop(&mut self) {
-        let worker = self.job_b.latch.owner();
-        let run_here = match worker.pop_frame(self.frame) {
-            Frame::Private => true,
-            Frame::Published => {
-                // SAFETY: identity comparison only.
-                let job_b_ref = unsafe { self.job_b.as_job_ref() };
-                worker.take_back(&job_b_ref, &self.job_b.latch.core)
-            }
-        };
-        if run_here {
-            let _ = catch(self.job_b.take_func());
-        } else {
-            // The thief's outcome (possibly its panic) is dropped: `a`'s panic wins.
-            // SAFETY: `take_back` returned false only once the latch was set.
-            drop(unsafe { self.job_b.take_outcome() });
+    let run_here = match worker.pop_frame(frame) {
+        Frame::Private => true,
+        Frame::Published => {
+            // SAFETY: identity comparison only.
+            let job_b_ref = unsafe { job_b.as_job_ref() };
+            worker.take_back(&job_b_ref, &job_b.latch.core)
         }
+    };
+    if run_here {
+        let _ = catch(job_b.take_func());
+    } else {
+        // The thief's outcome (possibly its panic, whose `Drop` is user code too) is
+        // dropped: `a`'s panic wins.
+        // SAFETY: `take_back` returned false only once the latch was set.
+        let outcome = unsafe { job_b.take_outcome() };
+        let _ = catch(move || drop(outcome));
     }
+    std::panic::resume_unwind(payload)
 }

@@ -25,6 +25,41 @@
 //! returns true. The sleepy/asleep transitions are `Relaxed` (they carry no data; the
 //! sleep mutex orders them against the wake).
 //!
+//! # Waiting inside a worker
+//!
+//! A worker that waits (`Task::get`, `install` into another pool, a `scope`, a blocking
+//! map's feeder, a stolen `join` half) must not simply block: the work it waits for may
+//! sit in its own deque. So a [`WaitLatch`] made on a worker normally *runs other jobs*
+//! while it waits (its own deque first, then stealing, then the injector; see
+//! `WorkerThread::wait_until`), and sleeps through the pool's sleep protocol when there
+//! are none. What that costs, and the limits that keep it bounded:
+//!
+//! - **Stack.** Every job run meanwhile runs on the waiter's stack, and may wait in turn.
+//!   Each worker counts the `wait_until` frames on its stack. A wait for *unrelated* work
+//!   ([`Wait::Unrelated`]: a task, an `install` into another pool, a map's chunks running
+//!   elsewhere) that starts while
+//!   [`MAX_NESTED_WAITS`](super::registry::MAX_NESTED_WAITS) job-running waits are already
+//!   under way (besides the main loop's) blocks its thread instead, like a thread outside
+//!   the pool (spin, then park), after publishing its private `join` frames so that idle
+//!   workers can take them. So unrelated waits grow the stack by at most that many levels,
+//!   whatever the queue length. A wait for work the waiter forked itself
+//!   ([`Wait::Forked`]: a `scope`'s jobs, like a `join`'s stolen half) always runs jobs:
+//!   those jobs may sit in its own deque, and the fork structure (the recursion depth of the
+//!   program) bounds that nesting, as for `join`.
+//! - **Head-of-line blocking.** A wait returns only when the job it is running meanwhile
+//!   returns: a task whose result is ready stays blocked under the later jobs stacked on
+//!   it, at most `MAX_NESTED_WAITS` of them (each of which may wait in turn).
+//! - **Timeouts.** A timed wait (`get_timeout`, `wait_timeout`) runs no other job: a job
+//!   cannot be interrupted, so one taken meanwhile could outlast the timeout by its whole
+//!   run time. It blocks its thread (spin, then `park_timeout`) and returns within its
+//!   timeout plus the wake-up latency. The price: on a pool whose every worker is in such a
+//!   wait, queued jobs wait too, and a timed wait for a task queued behind it on the same
+//!   worker can only time out.
+//! - **Deadlock.** A blocked waiter (a timed one, or one beyond the nesting limit) holds its
+//!   worker; if every worker of a pool blocks on work queued in that same pool, nothing
+//!   runs it, as in Python's `ThreadPoolExecutor` once all its threads wait. The nesting
+//!   limit makes that need `MAX_NESTED_WAITS` nested waits on every worker.
+//!
 //! # The hazard
 //!
 //! A latch usually lives in the waiter's stack frame or in a structure the waiter frees as
@@ -35,43 +70,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::backoff::{THREAD_SPIN_ROUNDS, snooze};
 use super::registry::{Registry, WorkerThread};
 use crate::sync::{AtomicUsize, Ordering, Thread, thread};
-
-/// Bounded spinning of a thread that waits outside the pool before it parks.
-///
-/// A park/unpark round trip costs 15–25 µs on the 2-core machines this crate is measured
-/// on, a hand-off caught while spinning ~1.5 µs; 60 rounds of `Backoff`-style snoozing (the
-/// first ones `spin_loop` hints, the rest `yield_now`) last ~30–50 µs, long enough to catch
-/// a worker that is already running and to cover most of a sleeping worker's wake-up.
-#[cfg(not(parpool_loom))]
-pub(crate) const THREAD_SPIN_ROUNDS: u32 = 60;
-/// Under loom every round is a yield point; one keeps the state space small.
-#[cfg(parpool_loom)]
-pub(crate) const THREAD_SPIN_ROUNDS: u32 = 1;
-
-/// Rounds of a backoff (spin-loop hints doubling each round) before it yields instead.
-pub(crate) const SPIN_HINT_ROUNDS: u32 = 6;
-
-/// One round of bounded backoff: `2^round` spin-loop hints for the first
-/// [`SPIN_HINT_ROUNDS`] rounds, a `yield_now` after that.
-///
-/// Under loom it does nothing: loom reads a yield as "this thread waits for another one"
-/// and would stop exploring the interleavings in which the other thread is slow, which are
-/// exactly the ones that lose wake-ups.
-#[inline]
-pub(crate) fn snooze(round: u32) {
-    if cfg!(parpool_loom) {
-        return;
-    }
-    if round < SPIN_HINT_ROUNDS {
-        for _ in 0..(1u32 << round) {
-            std::hint::spin_loop();
-        }
-    } else {
-        thread::yield_now();
-    }
-}
 
 /// Nobody has set the latch, and the waiter is awake.
 const UNSET: usize = 0;
@@ -180,11 +181,6 @@ impl<'r> SpinLatch<'r> {
             owner,
         }
     }
-
-    /// The worker waiting for this latch.
-    pub(crate) fn owner(&self) -> &'r WorkerThread {
-        self.owner
-    }
 }
 
 impl Latch for SpinLatch<'_> {
@@ -226,9 +222,23 @@ impl Waiter {
     }
 }
 
+/// What a [`WaitLatch`] waits for, which decides what a waiting worker may do meanwhile
+/// (see "Waiting inside a worker" in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Work the waiter forked (a `scope`'s jobs): run other jobs meanwhile, at any depth.
+    Forked,
+    /// Work anyone may hold (a task, an `install` into another pool, chunks claimed by
+    /// other threads): run other jobs meanwhile up to the nesting limit, then block.
+    Unrelated,
+    /// A wait with a deadline: block, run nothing.
+    Timed,
+}
+
 /// A latch for the thread that creates it: a worker of any pool waits by running its own
-/// pool's jobs, any other thread spins then parks. Used by `install` and `join` from
-/// outside a pool, across pools, by `scope`, and by task handles.
+/// pool's jobs (within the limits of "Waiting inside a worker" in the module docs), any
+/// other thread spins then parks. Used by `install` and `join` from outside a pool, across
+/// pools, by `scope`, by the map window's feeder, and by task handles.
 #[derive(Debug)]
 pub(crate) struct WaitLatch {
     core: CoreLatch,
@@ -236,14 +246,20 @@ pub(crate) struct WaitLatch {
 }
 
 impl WaitLatch {
-    /// A latch whose waiter is the calling thread.
-    pub(crate) fn for_current_thread() -> Self {
+    /// A latch whose waiter is the calling thread, waiting for `wait`: on a worker, one
+    /// that runs other jobs while it waits, or one that blocks (see [`Wait`]).
+    pub(crate) fn for_current_thread(wait: Wait) -> Self {
+        let runs_jobs = |worker: &WorkerThread| match wait {
+            Wait::Forked => true,
+            Wait::Unrelated => worker.may_run_jobs_while_waiting(),
+            Wait::Timed => false,
+        };
         let waiter = match WorkerThread::current() {
-            Some(worker) => Waiter::Worker {
+            Some(worker) if runs_jobs(worker) => Waiter::Worker {
                 registry: Arc::clone(worker.registry_arc()),
                 index: worker.index(),
             },
-            None => Waiter::Thread(thread::current()),
+            _ => Waiter::Thread(thread::current()),
         };
         WaitLatch {
             core: CoreLatch::new(),
@@ -264,18 +280,27 @@ impl WaitLatch {
     }
 
     /// Blocks the creating thread until the latch is set or `deadline` passes; returns
-    /// whether the latch is set. Must be called on the thread that created the latch.
+    /// whether the latch is set. Must be called on the thread that created the latch; a
+    /// deadline needs a latch made for [`Wait::Timed`].
     pub(crate) fn wait_deadline(&self, deadline: Option<Instant>) -> bool {
         if self.probe() {
             return true;
         }
         match &self.waiter {
             Waiter::Worker { .. } => {
+                assert!(deadline.is_none(), "a job-running wait with a deadline");
                 let worker =
                     WorkerThread::current().expect("a worker's latch waited off its thread");
-                worker.wait_until(&self.core, deadline)
+                worker.wait_until(&self.core);
+                true
             }
-            Waiter::Thread(_) => self.park_until(deadline),
+            Waiter::Thread(_) => {
+                if let Some(worker) = WorkerThread::current() {
+                    // A worker that blocks leaves its private `join` halves to the others.
+                    worker.publish_all_frames();
+                }
+                self.park_until(deadline)
+            }
         }
     }
 
@@ -285,6 +310,9 @@ impl WaitLatch {
         for round in 0..THREAD_SPIN_ROUNDS {
             if self.probe() {
                 return true;
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return false;
             }
             snooze(round);
         }
@@ -333,6 +361,14 @@ fn park_timeout(_timeout: std::time::Duration) {
     thread::park();
 }
 
+impl WaitLatch {
+    /// Sets a shared latch; the `Arc` keeps it alive through the call.
+    pub(crate) fn set_shared(this: &Arc<WaitLatch>) {
+        // SAFETY: `this` is live for the whole call.
+        unsafe { WaitLatch::set(&**this) }
+    }
+}
+
 impl Latch for WaitLatch {
     #[inline]
     unsafe fn set(this: *const Self) {
@@ -359,7 +395,7 @@ impl CountLatch {
     pub(crate) fn for_current_thread() -> Self {
         CountLatch {
             counter: AtomicUsize::new(1),
-            latch: WaitLatch::for_current_thread(),
+            latch: WaitLatch::for_current_thread(Wait::Forked),
         }
     }
 

@@ -1,25 +1,39 @@
 //! The thread pool: workers with work-stealing deques, the global pool, and `install`.
 //!
-//! Nothing here knows about `map`; the map family (`crate::map`) and tasks
-//! (`crate::task`) are built on [`Registry`](registry::Registry) and the fork-join
-//! primitives in `join.rs` and `scope.rs`.
+//! Nothing here knows about `map`. The map family (`crate::map`) and tasks (`crate::task`)
+//! are built on the public fork-join primitives (`join.rs`, `scope.rs`) and on the narrow
+//! crate-internal API re-exported below; the modules behind it are private.
+//!
+//! # The crate-internal API
+//!
+//! - **Spawn a job:** [`Registry::spawn_counted`] (and its unchecked twin for jobs that
+//!   borrow): the job holds a terminate reference, so dropping the pool waits for it.
+//! - **The current registry:** [`current_registry`] / [`current_registry_arc`] (the
+//!   worker's pool, else the global one), [`on_worker`], [`peers_want_work`].
+//! - **Wait on a latch:** [`WaitLatch`] made for a [`Wait`] kind, set through an `Arc`.
+//! - **Panic policy and backoff:** [`catch`], [`Panic`], [`Outcome`]; [`snooze`].
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::ThreadPoolBuildError;
-use registry::{Registry, WorkerThread};
+use registry::WorkerThread;
 
-pub(crate) mod job;
+mod backoff;
+mod job;
 mod join;
-pub(crate) mod latch;
-pub(crate) mod registry;
+mod latch;
+mod registry;
 mod scope;
-pub(crate) mod sleep;
+mod sleep;
 #[cfg(all(test, parpool_loom))]
 mod test;
 
+pub(crate) use backoff::{SPIN_HINT_ROUNDS, snooze};
+pub(crate) use job::{Outcome, Panic, catch};
 pub use join::join;
+pub(crate) use latch::{Wait, WaitLatch};
+pub(crate) use registry::Registry;
 pub use scope::{Scope, scope};
 
 /// The environment variable that sets the size of the global pool (and of pools built
@@ -65,9 +79,10 @@ pub const NUM_THREADS_ENV: &str = "PARPOOL_NUM_THREADS";
 /// 4. `drop` joins the worker threads: when it returns, the threads have exited.
 ///
 /// So `drop` blocks until submitted work is done: a task that never finishes keeps `drop`
-/// waiting, as it keeps Python's `join()` waiting. If the last handle is dropped on one of
-/// the pool's own workers (a task that owned the pool), the threads cannot be joined from
-/// there; they exit on their own once the work is done.
+/// waiting, as it keeps Python's `join()` waiting. If the last handle is dropped on a worker
+/// thread of any pool (a task that owned the pool, or an `install` into another pool called
+/// from one of this pool's tasks), `drop` does not join: one of the threads it would wait
+/// for may be waiting for the dropper. The threads exit on their own once the work is done.
 ///
 /// Call [`terminate`](ThreadPool::terminate) before dropping to cancel queued tasks
 /// instead of running them (Python's `terminate()` then `join()`).
@@ -141,6 +156,10 @@ impl ThreadPool {
     /// Runs `op` on this pool and returns its result; `join`, `scope` and the map family
     /// called inside `op` use this pool. If the current thread is already one of its
     /// workers, `op` runs right here. A panic in `op` is re-raised in the caller.
+    ///
+    /// Called on a worker of another pool, that worker waits as in
+    /// [`Task::wait`](crate::Task::wait): by running its own pool's jobs, at most 16 waits
+    /// deep, then by blocking.
     ///
     /// # Examples
     ///
@@ -274,8 +293,11 @@ impl ThreadPool {
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.registry.terminate();
-        if WorkerThread::current().is_some_and(|w| std::ptr::eq(w.registry(), &*self.registry)) {
-            // Dropped on one of our own workers: it cannot join itself.
+        if WorkerThread::current().is_some() {
+            // Dropped on a worker of any pool: joining could wait on a thread that waits on
+            // this one (this pool's own worker; or, dropped inside `b.install(..)` called
+            // from one of this pool's tasks, the worker blocked in that `install`). The
+            // threads exit on their own once their work is done.
             return;
         }
         self.registry.join_workers();
@@ -298,6 +320,26 @@ pub(crate) fn current_registry() -> &'static Registry {
         Some(worker) => worker.registry(),
         None => &ThreadPool::global().registry,
     }
+}
+
+/// [`current_registry`] as an `Arc`, for work that outlives the call (a map's window).
+pub(crate) fn current_registry_arc() -> Arc<Registry> {
+    match WorkerThread::current() {
+        Some(worker) => Arc::clone(worker.registry_arc()),
+        None => Arc::clone(&ThreadPool::global().registry),
+    }
+}
+
+/// Whether the current thread is a worker of some pool.
+pub(crate) fn on_worker() -> bool {
+    WorkerThread::current().is_some()
+}
+
+/// Whether the current thread is a worker whose peers want work: split now (see
+/// `WorkerThread::peers_want_work`).
+#[inline]
+pub(crate) fn peers_want_work() -> bool {
+    WorkerThread::current().is_some_and(WorkerThread::peers_want_work)
 }
 
 /// The number of threads of the current pool: the pool whose worker is running this code,
@@ -486,7 +528,9 @@ impl ThreadPoolBuilder {
     /// # Errors
     ///
     /// Zero threads, more than 65535 (255 on 32-bit targets), an invalid
-    /// `PARPOOL_NUM_THREADS` (when no count was set), or an OS refusal to start a thread.
+    /// `PARPOOL_NUM_THREADS` (when no count was set), a [`thread_name`](Self::thread_name)
+    /// callback that panics or returns a name with a NUL byte, or an OS refusal to start a
+    /// thread. A failed build leaves no thread running.
     ///
     /// # Examples
     ///

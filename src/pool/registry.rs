@@ -36,12 +36,11 @@ use std::cell::{Cell, UnsafeCell};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
-use super::job::{AbortIfPanic, JobRef, StackJob, resume};
-use super::latch::{CoreLatch, WaitLatch};
+use super::job::{AbortIfPanic, HeapJob, JobRef, StackJob, catch, resume};
+use super::latch::{CoreLatch, Wait, WaitLatch};
 use super::sleep::Sleep;
 use super::{ThreadHandler, ThreadPoolBuildError, ThreadPoolBuilder};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
@@ -55,6 +54,27 @@ use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 /// per run for 5–7 steals; with a per-job budget of 4 it publishes ~4 per steal.)
 const EAGER_JOINS: u32 = 4;
 
+/// How many deques a search round looks at before the last one (which looks at all).
+///
+/// A worker searches [`ROUNDS_UNTIL_SLEEPY`](super::sleep::ROUNDS_UNTIL_SLEEPY) rounds
+/// before it announces sleepiness; with every deque in every round, each idle transition
+/// cost `32 × threads` probes per worker, and starting a pool (every worker idle at once)
+/// was quadratic: build(1,000) took 0.44 s, build(4,000) 6.9 s. Pools of up to 9 threads
+/// still look at every deque in every round.
+const STEAL_VICTIMS_PER_ROUND: usize = 8;
+
+/// How many waits that run other jobs may nest on one worker's stack (beyond the main
+/// loop's); a wait that would be deeper blocks its thread instead (see "Waiting inside a
+/// worker" in `latch.rs`).
+///
+/// Each level costs the pool's frames (a few hundred bytes in release builds: the default
+/// 2 MiB stack overflowed between 3,000 and 6,000 nested task waits) plus the frames of the
+/// job that waits, so 16 levels stay far inside any stack a job could already use, and a waiting
+/// task is held up by at most 16 later jobs before its own wait can return. Deeper nesting
+/// buys no parallelism (it only stacks waiters on one thread), while blocking too early
+/// would idle a worker whenever a task waits for a sibling task.
+pub(crate) const MAX_NESTED_WAITS: u32 = 16;
+
 /// The shared state of one pool.
 #[derive(Debug)]
 pub(crate) struct Registry {
@@ -65,7 +85,13 @@ pub(crate) struct Registry {
     terminate_count: AtomicUsize,
     /// Set by `ThreadPool::terminate`: tasks that have not started yet are cancelled.
     cancel_pending: AtomicBool,
+    /// True until `Registry::new` has started every worker and returns: no job exists
+    /// before then (see `WorkerThread::sleep_at_start`).
+    building: AtomicBool,
     handles: Mutex<Vec<JoinHandle<()>>>,
+    /// Deques looked at while stealing, for the startup-cost test.
+    #[cfg(test)]
+    probes: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -77,10 +103,18 @@ struct ThreadInfo {
 
 impl Registry {
     /// Starts the workers described by `builder`.
+    ///
+    /// Everything that can fail in user code (the thread names) is settled before the first
+    /// thread starts; if the OS then refuses a thread, the workers already started are
+    /// stopped and joined. A failed build leaves no thread behind.
     pub(crate) fn new(
         mut builder: ThreadPoolBuilder,
     ) -> Result<Arc<Registry>, ThreadPoolBuildError> {
         let n_threads = builder.resolved_num_threads()?;
+        let mut names = Vec::with_capacity(n_threads);
+        for index in 0..n_threads {
+            names.push(thread_name(&mut builder, index)?);
+        }
         let workers: Vec<Worker<JobRef>> = (0..n_threads).map(|_| Worker::new_lifo()).collect();
         let registry = Arc::new(Registry {
             thread_infos: workers
@@ -94,11 +128,14 @@ impl Registry {
             sleep: Sleep::new(n_threads),
             terminate_count: AtomicUsize::new(1),
             cancel_pending: AtomicBool::new(false),
+            building: AtomicBool::new(true),
             handles: Mutex::new(Vec::with_capacity(n_threads)),
+            #[cfg(test)]
+            probes: AtomicUsize::new(0),
         });
-        for (index, worker) in workers.into_iter().enumerate() {
+        for ((index, worker), name) in workers.into_iter().enumerate().zip(names) {
             let mut thread = std::thread::Builder::new();
-            if let Some(name) = builder.thread_name_for(index) {
+            if let Some(name) = name {
                 thread = thread.name(name);
             }
             if let Some(size) = builder.configured_stack_size() {
@@ -116,6 +153,9 @@ impl Registry {
                 }
             }
         }
+        // Release: pairs with a starting worker's acquire load after its announcement
+        // (see `WorkerThread::sleep_at_start`); every job is published after this store.
+        registry.building.store(false, Ordering::Release);
         Ok(registry)
     }
 
@@ -168,7 +208,7 @@ impl Registry {
     fn in_worker_external<R: Send>(&self, op: impl FnOnce(&WorkerThread) -> R + Send) -> R {
         let job = StackJob::new(
             || op(WorkerThread::current().expect("injected job ran off the pool")),
-            WaitLatch::for_current_thread(),
+            WaitLatch::for_current_thread(Wait::Unrelated),
         );
         // SAFETY: `job` stays in this frame until its latch is set: `wait` returns only then.
         self.inject(unsafe { job.as_job_ref() });
@@ -177,18 +217,44 @@ impl Registry {
         resume(unsafe { job.into_outcome() })
     }
 
-    /// One more terminate reference (a submitted task). Balanced by [`Registry::terminate`].
-    pub(crate) fn increment_terminate_count(&self) {
-        let previous = self.terminate_count.fetch_add(1, Ordering::Relaxed);
-        debug_assert!(
-            previous != 0,
-            "work submitted to a pool that already terminated"
-        );
+    /// Runs `job` on this pool as a *counted* job (a task, a map drainer): it holds a
+    /// terminate reference until it has run, so dropping the pool waits for it (see
+    /// "Shutdown"). `job` runs on a worker and receives the registry. Returns false, with
+    /// `job` dropped unrun, if the pool has terminated already (its handle is gone and every
+    /// counted job finished).
+    pub(crate) fn spawn_counted(&self, job: impl FnOnce(&Registry) + Send + 'static) -> bool {
+        // SAFETY: a 'static job borrows nothing that could end before it runs.
+        unsafe { self.spawn_counted_unchecked(job) }
+    }
+
+    /// [`Registry::spawn_counted`] for a job that borrows.
+    ///
+    /// # Safety
+    ///
+    /// Everything `job` borrows must outlive its run (the caller waits for it, or the
+    /// borrow is only used while the caller is known to be alive).
+    pub(crate) unsafe fn spawn_counted_unchecked(
+        &self,
+        job: impl FnOnce(&Registry) + Send,
+    ) -> bool {
+        if !self.try_increment_terminate_count() {
+            return false;
+        }
+        let job = move || {
+            let worker = WorkerThread::current().expect("a counted job ran off its pool");
+            job(worker.registry());
+            // The reference taken above; the worker's own `Arc` keeps the registry alive.
+            worker.registry().terminate();
+        };
+        // SAFETY: forwarded from this function's contract.
+        let job = unsafe { HeapJob::into_job_ref(job) };
+        self.push_or_inject(job);
+        true
     }
 
     /// One more terminate reference, unless the pool has already terminated (its handle is
     /// gone and every task finished): then false, and nothing will run on it any more.
-    pub(crate) fn try_increment_terminate_count(&self) -> bool {
+    fn try_increment_terminate_count(&self) -> bool {
         let mut count = self.terminate_count.load(Ordering::Relaxed);
         while count != 0 {
             match self.terminate_count.compare_exchange_weak(
@@ -239,6 +305,28 @@ impl Registry {
     }
 }
 
+/// The name of worker `index` from the builder's callback: a panic in it, or a NUL byte in
+/// the name (which `std::thread` cannot pass to the OS), is an error.
+fn thread_name(
+    builder: &mut ThreadPoolBuilder,
+    index: usize,
+) -> Result<Option<String>, ThreadPoolBuildError> {
+    match catch(|| builder.thread_name_for(index)) {
+        Ok(Some(name)) if name.contains('\0') => Err(ThreadPoolBuildError::thread_name(
+            index,
+            format!("the name {name:?} contains a NUL byte"),
+        )),
+        Ok(name) => Ok(name),
+        Err(payload) => {
+            let message = crate::error::panic_message(payload.as_ref()).unwrap_or("a panic");
+            Err(ThreadPoolBuildError::thread_name(
+                index,
+                format!("the thread_name callback panicked: {message}"),
+            ))
+        }
+    }
+}
+
 /// The worker's loop: run jobs until the terminate latch is set. The start and exit
 /// handlers run on either side of it, with the worker registered (so
 /// `current_thread_index` works in them), under the abort guard: a panic in a handler
@@ -254,6 +342,7 @@ fn main_loop(
         frames: UnsafeCell::new(Vec::new()),
         published: Cell::new(0),
         eager_joins: Cell::new(EAGER_JOINS),
+        waits: Cell::new(0),
         index,
         rng: Cell::new(seed(index)),
         registry,
@@ -265,7 +354,8 @@ fn main_loop(
         handler(index);
     }
     let terminate = &worker.registry.thread_infos[index].terminate;
-    worker.wait_until(terminate, None);
+    worker.sleep_at_start(terminate);
+    worker.wait_until(terminate);
     debug_assert!(worker.deque.is_empty(), "worker exits with queued jobs");
     if let Some(handler) = exit_handler {
         handler(index);
@@ -295,6 +385,9 @@ pub(crate) struct WorkerThread {
     published: Cell<usize>,
     /// Joins left that publish eagerly; refilled when the worker takes on a new job.
     eager_joins: Cell<u32>,
+    /// How many [`WorkerThread::wait_until`] frames are on this thread's stack (the main
+    /// loop's included); see "Waiting inside a worker" in `latch.rs`.
+    waits: Cell<u32>,
     index: usize,
     rng: Cell<u64>,
     registry: Arc<Registry>,
@@ -391,7 +484,7 @@ impl WorkerThread {
 
     /// Publishes every private frame: the worker is about to wait, and idle workers must be
     /// able to take everything it is not running.
-    fn publish_all_frames(&self) {
+    pub(crate) fn publish_all_frames(&self) {
         // SAFETY: as in `push_frame`.
         let len = unsafe { (*self.frames.get()).len() };
         while self.published.get() < len {
@@ -427,7 +520,7 @@ impl WorkerThread {
                 // SAFETY: a job popped from the own deque is live and runs exactly once here.
                 Some(other) => unsafe { self.execute(other) },
                 None => {
-                    self.wait_until(latch, None);
+                    self.wait_until(latch);
                     break;
                 }
             }
@@ -435,17 +528,40 @@ impl WorkerThread {
         false
     }
 
-    /// Runs other jobs (and sleeps when there are none) until `latch` is set or `deadline`
-    /// passes; returns whether the latch is set.
+    /// Runs other jobs (and sleeps when there are none) until `latch` is set.
     #[inline]
-    pub(crate) fn wait_until(&self, latch: &CoreLatch, deadline: Option<Instant>) -> bool {
-        latch.probe() || self.wait_until_cold(latch, deadline)
+    pub(crate) fn wait_until(&self, latch: &CoreLatch) {
+        if !latch.probe() {
+            self.wait_until_cold(latch);
+        }
+    }
+
+    /// A starting worker sleeps without searching while its pool is being built (no job
+    /// exists before `Registry::new` returns); see [`Sleep::start_asleep`] for why no job
+    /// published meanwhile is missed.
+    fn sleep_at_start(&self, terminate: &CoreLatch) {
+        let registry = &self.registry;
+        registry.sleep.start_asleep(
+            self.index,
+            terminate,
+            // Acquire: pairs with the release store at the end of `Registry::new`.
+            || registry.building.load(Ordering::Acquire),
+            || registry.has_injected_job(),
+        );
+    }
+
+    /// Whether a wait starting now may run other jobs on this stack: fewer than
+    /// [`MAX_NESTED_WAITS`] job-running waits are under way besides the main loop's.
+    #[inline]
+    pub(crate) fn may_run_jobs_while_waiting(&self) -> bool {
+        self.waits.get() <= MAX_NESTED_WAITS
     }
 
     #[cold]
-    fn wait_until_cold(&self, latch: &CoreLatch, deadline: Option<Instant>) -> bool {
+    fn wait_until_cold(&self, latch: &CoreLatch) {
         // Jobs catch their own panics; a panic here is a bug that would leave latches unset.
         let abort = AbortIfPanic;
+        self.waits.set(self.waits.get() + 1);
         self.publish_all_frames();
         let sleep = &self.registry.sleep;
         'outer: while !latch.probe() {
@@ -457,27 +573,19 @@ impl WorkerThread {
             }
             let mut idle = sleep.start_looking(self.index);
             while !latch.probe() {
-                if let Some(job) = self.find_work() {
+                if let Some(job) = self.find_work(idle.is_sleepy()) {
                     sleep.work_found();
                     // SAFETY: taken from a deque or the injector: live, runs once.
                     unsafe { self.execute(job) };
                     continue 'outer;
                 }
-                let in_time = deadline.is_none_or(|d| Instant::now() < d)
-                    && sleep.no_work_found(&mut idle, latch, deadline, || {
-                        self.registry.has_injected_job()
-                    });
-                if !in_time {
-                    sleep.work_found();
-                    std::mem::forget(abort);
-                    return latch.probe();
-                }
+                sleep.no_work_found(&mut idle, latch, || self.registry.has_injected_job());
             }
             sleep.work_found();
             break;
         }
+        self.waits.set(self.waits.get() - 1);
         std::mem::forget(abort);
-        true
     }
 
     /// Runs a job taken from a queue; the job starts with a fresh budget of eager joins.
@@ -492,26 +600,37 @@ impl WorkerThread {
     }
 
     /// Own deque, then the other workers' deques, then the injector: finish what this
-    /// worker started before taking on something new.
-    fn find_work(&self) -> Option<JobRef> {
+    /// worker started before taking on something new. `every_victim`: look at every other
+    /// deque (the search after announcing sleepiness, which the sleep protocol relies on),
+    /// else at up to [`STEAL_VICTIMS_PER_ROUND`].
+    fn find_work(&self, every_victim: bool) -> Option<JobRef> {
         self.deque
             .pop()
-            .or_else(|| self.steal())
+            .or_else(|| self.steal(every_victim))
             .or_else(|| self.registry.pop_injected_job())
     }
 
     /// Steals one job from another worker, starting at a random victim.
-    fn steal(&self) -> Option<JobRef> {
+    fn steal(&self, every_victim: bool) -> Option<JobRef> {
         let infos = &self.registry.thread_infos;
         let n = infos.len();
         if n <= 1 {
             return None;
         }
+        let victims = if every_victim {
+            n
+        } else {
+            n.min(STEAL_VICTIMS_PER_ROUND)
+        };
         loop {
             let mut retry = false;
             let start = self.next_random() % n;
-            for victim in (start..n).chain(0..start) {
-                if victim == self.index {
+            for victim in (start..n).chain(0..start).take(victims) {
+                #[cfg(test)]
+                self.registry.probes.fetch_add(1, Ordering::Relaxed);
+                // `is_empty` is two loads; `steal` also pins the epoch. Most deques of an
+                // idle pool are empty.
+                if victim == self.index || infos[victim].stealer.is_empty() {
                     continue;
                 }
                 match infos[victim].stealer.steal() {
@@ -534,5 +653,35 @@ impl WorkerThread {
         x ^= x >> 27;
         self.rng.set(x);
         (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize
+    }
+}
+
+#[cfg(all(test, not(parpool_loom)))]
+mod test {
+    use super::super::ThreadPool;
+    use crate::sync::Ordering;
+
+    /// Starting a pool of `n` workers (every one idle from the start) must not make each
+    /// search all `n` deques: before, every worker probed every other deque in each of its
+    /// 33 search rounds (2,176 probes each for n = 64), which made startup quadratic
+    /// (build(900) took 0.64–1.0 s). A worker that starts while its pool is being built
+    /// sleeps without searching; one that starts later searches like any idle worker.
+    #[test]
+    fn startup_probes_each_deque_about_once_per_worker() {
+        const N: usize = 64;
+        let pool = ThreadPool::new(N).unwrap();
+        let registry = pool.registry();
+        // Wait until every worker has searched and gone to sleep; nothing else runs.
+        while registry.sleep.sleeping_workers() < N {
+            std::thread::yield_now();
+        }
+        let per_worker = registry.probes.load(Ordering::Relaxed) / N;
+        let rounds = super::super::sleep::ROUNDS_UNTIL_SLEEPY as usize;
+        let bound = rounds * super::STEAL_VICTIMS_PER_ROUND + N;
+        println!("{per_worker} probes per starting worker");
+        assert!(
+            per_worker <= bound,
+            "{per_worker} probes per starting worker (bound {bound})"
+        );
     }
 }

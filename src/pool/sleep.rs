@@ -11,6 +11,11 @@
 //! blocks on its condvar. No timer or heartbeat thread exists: an idle pool blocks every
 //! worker in the kernel and burns no CPU.
 //!
+//! Search rounds before the announcement look at up to a few deques each; the search after
+//! it looks at every deque (the argument below needs that one). A worker that starts while
+//! its pool is being built skips the search altogether ([`Sleep::start_asleep`] says why
+//! that is safe), so starting a pool is linear in its size.
+//!
 //! Whoever publishes work (a deque push, an injection) afterwards reads the counters, and
 //! if some worker announced it is sleepy since the last publication (the JEC is *sleepy*,
 //! i.e. even), bumps the JEC, and then wakes sleepers only if the work needs them: if no
@@ -57,16 +62,15 @@
 //! Busy workers read the inactive count (one `Relaxed` load, a cache line nobody writes
 //! while everyone is busy) to decide whether to publish work at all; see `registry.rs`.
 
-use std::time::Instant;
-
 use crossbeam_utils::CachePadded;
 
-use super::latch::{CoreLatch, snooze};
-use crate::sync::{AtomicUsize, MutexGuard};
+use super::backoff::snooze;
+use super::latch::CoreLatch;
+use crate::sync::AtomicUsize;
 use crate::sync::{Condvar, Mutex, Ordering, lock};
 
 /// Search rounds (with backoff) before a worker announces it is sleepy. With
-/// [`SPIN_HINT_ROUNDS`](super::latch::SPIN_HINT_ROUNDS) rounds of spin-loop hints and the
+/// [`SPIN_HINT_ROUNDS`](super::backoff::SPIN_HINT_ROUNDS) rounds of spin-loop hints and the
 /// rest `yield_now`, 32 rounds keep a worker searching for ~20–40 µs on the 2-core
 /// reference machine: long enough that back-to-back `submit`/`map` calls find it awake
 /// (the warm hand-off costs ~1 µs instead of a 15–25 µs futex wake), short enough that an
@@ -159,6 +163,12 @@ impl Sleep {
         }
     }
 
+    /// How many workers are registered asleep (for tests that wait for a quiet pool).
+    #[cfg(test)]
+    pub(crate) fn sleeping_workers(&self) -> usize {
+        Counters(self.counters.load(Ordering::Acquire)).sleeping()
+    }
+
     /// Whether any worker is idle (searching, sleepy or asleep): then busy workers should
     /// publish work. A `Relaxed` hint; acting on a stale value only costs one publication
     /// too many or too few, never correctness.
@@ -191,14 +201,14 @@ impl Sleep {
     /// One search round found nothing: back off, become sleepy, or sleep, depending on how
     /// long the worker has been searching. `latch` is what the worker waits for (its
     /// terminate latch, or a join latch); `has_injected_jobs` is the last check before
-    /// blocking. Returns false if `deadline` passed while asleep.
+    /// blocking. A worker never sleeps here with a deadline: a timed wait blocks its thread
+    /// without running jobs (see "Waiting inside a worker" in `latch.rs`).
     pub(crate) fn no_work_found(
         &self,
         idle: &mut IdleState,
         latch: &CoreLatch,
-        deadline: Option<Instant>,
         has_injected_jobs: impl FnOnce() -> bool,
-    ) -> bool {
+    ) {
         if idle.rounds < ROUNDS_UNTIL_SLEEPY {
             snooze(idle.rounds);
             idle.rounds += 1;
@@ -208,9 +218,39 @@ impl Sleep {
             idle.rounds += 1;
         } else {
             debug_assert_eq!(idle.rounds, ROUNDS_UNTIL_SLEEPING);
-            return self.sleep(idle, latch, deadline, has_injected_jobs);
+            self.sleep(idle, latch, has_injected_jobs);
         }
-        true
+    }
+
+    /// A starting worker's first idle period: announce sleepiness at once, then, if
+    /// `still_building` says its pool is still being built, sleep without searching;
+    /// either way return with the worker active again, about to search as usual.
+    ///
+    /// Searching first (every deque, for [`ROUNDS_UNTIL_SLEEPY`] rounds) is what made a
+    /// pool's startup quadratic in its size. Skipping it is safe because `still_building`
+    /// is read *after* the announcement (an `AcqRel` RMW on the counters): every
+    /// publication is an `AcqRel` RMW on the same word and happens after the builder's
+    /// release store that ends the build. So if a publication came before the
+    /// announcement, the announcement acquired it and `still_building` reads false: the
+    /// worker searches. If it reads true, nothing was published before the announcement,
+    /// and a later publication bumps the JEC, which fails the worker's registration or
+    /// wakes it (see "Why no wake-up is lost"). `pool/test.rs` model-checks this.
+    pub(crate) fn start_asleep(
+        &self,
+        worker_index: usize,
+        latch: &CoreLatch,
+        still_building: impl FnOnce() -> bool,
+        has_injected_jobs: impl FnOnce() -> bool,
+    ) {
+        let mut idle = self.start_looking(worker_index);
+        idle.jec = Some(self.announce_sleepy());
+        idle.rounds = ROUNDS_UNTIL_SLEEPING;
+        if still_building() {
+            self.sleep(&mut idle, latch, has_injected_jobs);
+        }
+        // Not `work_found`: the worker starts searching right away, so no other sleeper
+        // needs waking to take its place.
+        self.counters.fetch_sub(ONE_INACTIVE, Ordering::AcqRel);
     }
 
     /// Makes the JEC sleepy (even) if it is active, and returns its value.
@@ -240,21 +280,20 @@ impl Sleep {
         &self,
         idle: &mut IdleState,
         latch: &CoreLatch,
-        deadline: Option<Instant>,
         has_injected_jobs: impl FnOnce() -> bool,
-    ) -> bool {
+    ) {
         let jec = idle.jec.expect("sleep without announcing sleepiness");
         if !latch.get_sleepy() {
             // The latch was set: stop idling.
             idle.wake_fully();
-            return true;
+            return;
         }
         let state = &self.worker_sleep_states[idle.worker_index];
         let mut is_blocked = lock(&state.is_blocked);
         debug_assert!(!*is_blocked);
         if !latch.fall_asleep() {
             idle.wake_fully();
-            return true;
+            return;
         }
         loop {
             let old = self.counters.load(Ordering::Acquire);
@@ -262,7 +301,7 @@ impl Sleep {
                 // Work was published since we got sleepy; search again before sleeping.
                 idle.wake_partly();
                 latch.wake_up();
-                return true;
+                return;
             }
             if self
                 .counters
@@ -275,52 +314,21 @@ impl Sleep {
         // Registered as asleep. One last look at the injector: the JEC can wrap around (2^32
         // publications while we were sleepy, 2^16 on 32-bit targets), and we may be the only worker that would ever
         // take an injected job.
-        let mut completed = true;
         if has_injected_jobs() {
             // Undo our registration ourselves (normally the waker does it).
             self.counters.fetch_sub(ONE_SLEEPING, Ordering::AcqRel);
         } else {
             *is_blocked = true;
-            completed = self.block(state, is_blocked, deadline);
+            // Blocks until a waker clears `is_blocked` (and deregisters us).
+            while *is_blocked {
+                is_blocked = state
+                    .condvar
+                    .wait(is_blocked)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
         }
         idle.wake_fully();
         latch.wake_up();
-        completed
-    }
-
-    /// Blocks until woken (`is_blocked` cleared by a waker) or `deadline` passes; on a
-    /// timeout the worker deregisters itself. Returns false on timeout.
-    fn block(
-        &self,
-        state: &WorkerSleepState,
-        mut is_blocked: MutexGuard<'_, bool>,
-        deadline: Option<Instant>,
-    ) -> bool {
-        while *is_blocked {
-            match deadline {
-                None => {
-                    is_blocked = state
-                        .condvar
-                        .wait(is_blocked)
-                        .unwrap_or_else(|p| p.into_inner());
-                }
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        // Still registered (nobody cleared the flag under the mutex): undo.
-                        *is_blocked = false;
-                        self.counters.fetch_sub(ONE_SLEEPING, Ordering::AcqRel);
-                        return false;
-                    }
-                    is_blocked = state
-                        .condvar
-                        .wait_timeout(is_blocked, deadline - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
-        }
-        true
     }
 
     /// `num_jobs` jobs were just published (pushed onto a deque or injected): wake sleepers
@@ -399,6 +407,12 @@ impl Sleep {
 }
 
 impl IdleState {
+    /// Whether the worker has announced sleepiness: its next search must look everywhere
+    /// (see "Why no wake-up is lost").
+    pub(crate) fn is_sleepy(&self) -> bool {
+        self.jec.is_some()
+    }
+
     fn wake_fully(&mut self) {
         self.rounds = 0;
         self.jec = None;

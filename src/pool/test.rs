@@ -10,7 +10,7 @@ use std::sync::Arc;
 use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
-use super::latch::{CoreLatch, Latch, WaitLatch};
+use super::latch::{CoreLatch, Latch, Wait, WaitLatch};
 use super::sleep::Sleep;
 use crate::sync::Ordering;
 use crate::task::TaskShared;
@@ -20,7 +20,7 @@ use crate::task::TaskShared;
 #[test]
 fn loom_wait_latch_hand_off() {
     loom::model(|| {
-        let latch = Arc::new(WaitLatch::for_current_thread());
+        let latch = Arc::new(WaitLatch::for_current_thread(Wait::Unrelated));
         let data = Arc::new(AtomicBool::new(false));
         let setter = {
             let (latch, data) = (Arc::clone(&latch), Arc::clone(&data));
@@ -58,13 +58,50 @@ fn loom_sleep_no_lost_wake_up() {
                     }
                     // The job stands for a push onto another worker's deque, which the
                     // last-chance injector check does not see.
-                    sleep.no_work_found(&mut idle, &never_set, None, || false);
+                    sleep.no_work_found(&mut idle, &never_set, || false);
                 }
             })
         };
         // The stand-in for a deque push is an RMW: loom orders a plain store against another
         // thread's RMW only by causality, and then explores executions that break RMW
         // atomicity (a load after one's own store returning an older value).
+        queue.swap(true, Ordering::AcqRel);
+        sleep.new_jobs(1, true);
+        worker.join().unwrap();
+    });
+}
+
+/// A worker starting while its pool is built skips its first search (see
+/// `Sleep::start_asleep`); the builder ends the build, then publishes a job the injector
+/// check does not see (a push onto another worker's deque). The worker always ends up
+/// running it: asleep, it is woken; not yet registered, its registration fails; or it sees
+/// the build ended and searches.
+#[test]
+fn loom_start_asleep_misses_no_job() {
+    loom::model(|| {
+        let sleep = Arc::new(Sleep::new(1));
+        let building = Arc::new(AtomicBool::new(true));
+        let queue = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (sleep, building, queue) = (
+                Arc::clone(&sleep),
+                Arc::clone(&building),
+                Arc::clone(&queue),
+            );
+            thread::spawn(move || {
+                let never_set = CoreLatch::new();
+                sleep.start_asleep(0, &never_set, || building.load(Ordering::Acquire), || false);
+                let mut idle = sleep.start_looking(0);
+                loop {
+                    if queue.swap(false, Ordering::AcqRel) {
+                        sleep.work_found();
+                        return;
+                    }
+                    sleep.no_work_found(&mut idle, &never_set, || false);
+                }
+            })
+        };
+        building.store(false, Ordering::Release);
         queue.swap(true, Ordering::AcqRel);
         sleep.new_jobs(1, true);
         worker.join().unwrap();
@@ -84,7 +121,7 @@ fn loom_latch_wakes_sleeping_worker() {
             thread::spawn(move || {
                 let mut idle = sleep.start_looking(0);
                 while !latch.probe() {
-                    sleep.no_work_found(&mut idle, &latch, None, || false);
+                    sleep.no_work_found(&mut idle, &latch, || false);
                 }
                 sleep.work_found();
             })
