@@ -455,6 +455,17 @@ impl ProcessError {
         Self::new(ProcessErrorKind::TaskTimeout { pid, timeout })
     }
 
+    /// What a startup error says, its source included (`None` for other kinds).
+    pub(crate) fn startup_cause(&self) -> Option<String> {
+        match &*self.kind {
+            ProcessErrorKind::Startup { message, source } => Some(match source {
+                Some(s) => format!("{message}: {s}"),
+                None => message.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     pub(crate) fn protocol(pid: u32, message: String) -> Self {
         Self::new(ProcessErrorKind::Protocol { pid, message })
     }

@@ -374,7 +374,7 @@ fn encode_argument<A: Serialize + ?Sized>(
     };
     let (payload, segments) = segment::collect(|| postcard::to_allocvec(arg));
     let payload = payload.map_err(|e| fail(&e))?;
-    if payload.len() + 16 > wire::MAX_BODY {
+    if payload.len() + wire::JOB_PREFIX_LEN > wire::MAX_BODY {
         return Err(fail(&"the encoded argument is larger than 4 GiB"));
     }
     if segments.len() > wire::MAX_FDS {

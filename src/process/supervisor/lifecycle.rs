@@ -146,8 +146,9 @@ impl State {
                     let error = ProcessError::startup(
                         format!(
                             "no worker could start ({} attempts in a row failed; the pool \
-                             keeps trying): {error}",
-                            self.start_failures
+                             keeps trying): {}",
+                            self.start_failures,
+                            error.startup_cause().unwrap_or_default()
                         ),
                         None,
                     );
