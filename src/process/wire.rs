@@ -904,6 +904,100 @@ mod test {
     }
 
     #[test]
+    fn stress_more_descriptors_than_one_message_carries() {
+        let (a, b) = pair();
+        let files: Vec<OwnedFd> = (0..150u32).map(|i| temp_file(&i.to_le_bytes())).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
+        let mut frame = Vec::new();
+        begin_result(&mut frame);
+        frame.extend_from_slice(&[5u8; 40]);
+        finish_result(&mut frame, 11, None, files.len());
+        send_all(a.as_fd(), &[&frame], &borrowed).unwrap();
+        drop(a);
+        let mut reader = FrameReader::new();
+        loop {
+            if reader.has_frame() {
+                break;
+            }
+            assert_ne!(reader.fill(b.as_fd(), false).unwrap(), Fill::Eof);
+        }
+        let ToParent::Result(result) = reader
+            .next_frame()
+            .unwrap()
+            .unwrap()
+            .parent_message()
+            .unwrap()
+        else {
+            panic!("a Result");
+        };
+        assert_eq!(result.id, 11);
+        assert_eq!(result.outcome.unwrap(), [5u8; 40]);
+        assert_eq!(result.fds.len(), 150);
+        for (i, fd) in result.fds.into_iter().enumerate() {
+            assert_eq!(read_back(fd), (i as u32).to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn typed_frames_round_trip() {
+        let (a, b) = pair();
+        let call = Call {
+            trampoline: -5,
+            function: 77,
+        };
+        let prefix = job_prefix(3, call, 2, 0);
+        send_all(a.as_fd(), &[&prefix, b"xy"], &[]).unwrap();
+        send_all(a.as_fd(), &[&release(SegmentId { dev: 1, ino: 2 })], &[]).unwrap();
+        let mut reader = FrameReader::new();
+        while !reader.has_frame() {
+            reader.fill(b.as_fd(), false).unwrap();
+        }
+        match reader
+            .next_frame()
+            .unwrap()
+            .unwrap()
+            .worker_message()
+            .unwrap()
+        {
+            ToWorker::Job(job) => {
+                assert_eq!((job.id, job.call, job.arg), (3, call, &b"xy"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        while !reader.has_frame() {
+            reader.fill(b.as_fd(), false).unwrap();
+        }
+        let frame = reader.next_frame().unwrap().unwrap();
+        assert!(matches!(frame.worker_message(), Ok(ToWorker::Release(_))));
+        // A worker never receives a Ready; a parent never receives a Job.
+        send_all(a.as_fd(), &[&ready()], &[]).unwrap();
+        send_all(b.as_fd(), &[&prefix, b"xy"], &[]).unwrap();
+        while !reader.has_frame() {
+            reader.fill(b.as_fd(), false).unwrap();
+        }
+        assert!(
+            reader
+                .next_frame()
+                .unwrap()
+                .unwrap()
+                .worker_message()
+                .is_err()
+        );
+        let mut reader = FrameReader::new();
+        while !reader.has_frame() {
+            reader.fill(a.as_fd(), false).unwrap();
+        }
+        assert!(
+            reader
+                .next_frame()
+                .unwrap()
+                .unwrap()
+                .parent_message()
+                .is_err()
+        );
+    }
+
+    #[test]
     fn unknown_kind_is_an_error() {
         let (a, b) = pair();
         let mut h = header(Kind::Job, 0, 0, 0);

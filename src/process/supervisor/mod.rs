@@ -27,10 +27,11 @@
 //!
 //! `close` (and `join`, and `Drop`, which call it) stops new submissions; the queue still
 //! drains. Once no job is queued or running, the supervisor shuts down the write side of
-//! every socket; each worker reads EOF and exits with status 0; the supervisor reaps it (and
-//! kills one that is still alive after [`EXIT_GRACE`](state::EXIT_GRACE)). When every slot
-//! is empty the supervisor thread returns, and `join` returns after it. `terminate` instead
-//! kills every worker at once and fails every queued and running job with a "closed" error.
+//! every socket; each worker reads EOF and exits with status 0; the supervisor reaps it,
+//! killing what is left of its process group (and kills a worker that is still alive after
+//! [`EXIT_GRACE`](lifecycle::EXIT_GRACE)). When every slot is dead the supervisor thread
+//! returns, and `join` returns after it. `terminate` instead kills every worker at once and
+//! fails every queued and running job with a "closed" error. See [`shutdown`].
 
 mod conn;
 mod dispatch;
