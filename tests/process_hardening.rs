@@ -266,10 +266,20 @@ fn is_open(fd: i32) -> bool {
 
 #[test]
 fn workers_do_not_inherit_descriptors() {
-    // A descriptor without close-on-exec, as an MPI launcher leaves them.
-    let mut fds = [0i32; 2];
+    // Descriptors without close-on-exec, as an MPI launcher leaves them, at numbers a
+    // worker does not use for itself.
+    let mut pipe = [0i32; 2];
     // SAFETY: pipe writes two descriptors into the array.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let fds = [200, 201];
+    for (from, to) in pipe.into_iter().zip(fds) {
+        // SAFETY: dup2 onto a free high number (it clears close-on-exec), then close the
+        // original; plain descriptor-table calls.
+        unsafe {
+            assert_eq!(libc::dup2(from, to), to);
+            libc::close(from);
+        }
+    }
     let pool = ProcessPool::new(1).unwrap();
     for fd in fds {
         assert!(is_open(fd));

@@ -99,7 +99,9 @@ pub(super) struct Conn {
     child: Child,
     pidfd: OwnedFd,
     socket: OwnedFd,
-    ring: Ring,
+    /// Shared with the waiters of the jobs sent to this worker, which check it for results
+    /// without the state lock (see `task`); only this `Conn` takes from it.
+    ring: Arc<Ring>,
     reader: FrameReader,
     outbox: Outbox,
     token: Token,
@@ -113,11 +115,7 @@ pub(super) struct Conn {
 impl Conn {
     /// Registers a spawned worker's socket and pidfd under `token`. On failure the worker is
     /// killed and reaped.
-    pub(super) fn register(
-        spawned: Spawned,
-        token: Token,
-        epoll: &OwnedFd,
-    ) -> Result<Self, (u32, io::Error)> {
+    pub(super) fn register(spawned: Spawned, token: Token, epoll: &OwnedFd) -> io::Result<Self> {
         let Spawned {
             child,
             socket,
@@ -129,7 +127,7 @@ impl Conn {
             child,
             pidfd,
             socket,
-            ring,
+            ring: Arc::new(ring),
             reader: FrameReader::new(),
             outbox: Outbox::default(),
             token,
@@ -159,7 +157,7 @@ impl Conn {
                 conn.unwatch(epoll);
                 let _ = epoll::delete(epoll, &conn.pidfd);
                 let _ = conn.child.wait();
-                Err((conn.pid, e.into()))
+                Err(e.into())
             }
         }
     }
@@ -172,7 +170,7 @@ impl Conn {
         self.token
     }
 
-    pub(super) fn ring(&self) -> &Ring {
+    pub(super) fn ring(&self) -> &Arc<Ring> {
         &self.ring
     }
 
@@ -224,8 +222,8 @@ impl Conn {
         }
     }
 
-    /// Marks that the worker has segment `seg` (sending its descriptor along when it did not
-    /// have it yet); returns whether the descriptor must go with this frame.
+    /// Records that the worker gets segment `seg`; returns whether it did not have it yet
+    /// (then its descriptor must go with the frame).
     pub(super) fn note_segment(&mut self, seg: &Segment) -> bool {
         self.sent.insert(seg.id())
     }
@@ -297,15 +295,10 @@ impl Conn {
         let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Write);
     }
 
-    /// The result ring's descriptor, to send with `Init`.
-    pub(super) fn ring_fd(&self) -> SharedFd {
-        Arc::clone(self.ring.fd())
-    }
-
-    /// Sends `Init`.
+    /// Sends `Init`, with the result ring's descriptor.
     pub(super) fn send_init(&mut self, epoll: &OwnedFd, init: &wire::Init) -> io::Result<()> {
         let frame = wire::init(init);
-        let ring = self.ring_fd();
+        let ring = Arc::clone(self.ring.fd());
         self.send(epoll, &[&frame], &[ring])
     }
 }

@@ -176,7 +176,7 @@ impl State {
             let was_idle = jobs.inflight.is_empty();
             jobs.jobs_left -= batch.len() as u64;
             for job in &batch {
-                job.spec.sink.sent_to(slot);
+                job.spec.sink.sent_to(slot, conn.ring());
             }
             jobs.inflight.extend(batch);
             if was_idle {
@@ -309,7 +309,7 @@ fn outcome(pid: u32, result: ResultFrame) -> Outcome {
 }
 
 impl Jobs {
-    /// Whether the front job is due for its task timeout at `now`; else its deadline.
+    /// When the front job runs past `timeout`, if a job is in flight.
     pub(super) fn timeout_deadline(&self, timeout: Duration) -> Option<Instant> {
         self.inflight.front().map(|_| self.front_since + timeout)
     }

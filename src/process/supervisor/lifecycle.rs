@@ -117,7 +117,7 @@ impl State {
                     deadline: now + shared.config.startup_timeout,
                 };
             }
-            Err((_, e)) => {
+            Err(e) => {
                 let error = ProcessError::startup("could not watch a worker process", Some(e));
                 self.start_failed(slot, error, shared, now);
             }

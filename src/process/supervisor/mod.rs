@@ -275,19 +275,13 @@ impl Shared {
         Ok(())
     }
 
-    /// Takes the results in a worker's ring, if any, when the state lock is free: a waiting
-    /// thread's shortcut past the supervisor (see `task`).
+    /// Takes the results in a worker's ring when the state lock is free: a waiting thread's
+    /// shortcut past the supervisor, once it saw results in the ring of the worker that has
+    /// its job (see `task`).
     pub(crate) fn poll_ring(&self, slot: usize) {
         let Ok(mut state) = self.state.try_lock() else {
             return; // the supervisor (or another waiter) is at it
         };
-        let pending = match state.slots.get(slot) {
-            Some(Worker::Ready { conn, .. }) => conn.ring().pending(),
-            _ => false,
-        };
-        if !pending {
-            return;
-        }
         state.take_ring(slot, &mut Vec::new(), self);
         let timer_started = state.dispatch(self, Instant::now());
         drop(state);
