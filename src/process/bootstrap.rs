@@ -301,3 +301,23 @@ pub(crate) fn fingerprint() -> io::Result<Fingerprint> {
         probe: offset_of(probe as fn() -> u64 as usize),
     })
 }
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn nonce_round_trips_and_rejects_malformed_values() {
+        let nonce = new_nonce().unwrap();
+        assert_ne!(nonce, new_nonce().unwrap(), "fresh nonces differ");
+        assert_eq!(parse_nonce(&format_nonce(&nonce)), Some(nonce));
+        for bad in [
+            "",
+            "00",
+            "zz112233445566778899aabbccddeeff",
+            "é0112233445566778899aabbccddeef",
+        ] {
+            assert_eq!(parse_nonce(bad), None, "{bad:?}");
+        }
+    }
+}
