@@ -365,6 +365,7 @@ impl std::error::Error for TaskError {}
 /// | the job ran past the pool's `task_timeout`; its worker was killed | [`is_task_timeout`](Self::is_task_timeout) |
 /// | `get_timeout` gave up waiting; the job goes on and the handle still works | [`is_timeout`](Self::is_timeout) |
 /// | an argument or result could not be (de)serialised | [`is_serialization`](Self::is_serialization), [`type_name`](Self::type_name) |
+/// | the worker sent bytes that break the protocol (the job wrote to its socket, say); it was killed | [`is_protocol_violation`](Self::is_protocol_violation) |
 /// | a worker could not start (within the startup timeout) | [`is_startup`](Self::is_startup) |
 /// | the pool was closed or terminated | [`is_closed`](Self::is_closed) |
 /// | the job was cancelled before it started | [`is_cancelled`](Self::is_cancelled) |
@@ -433,13 +434,16 @@ enum ProcessErrorKind {
         pid: u32,
         timeout: Duration,
     },
+    Protocol {
+        pid: u32,
+        message: String,
+    },
     Serialization {
         type_name: String,
         stage: SerdeStage,
         message: String,
         pid: Option<u32>,
     },
-    Io(io::Error),
 }
 
 #[cfg(all(feature = "process", target_os = "linux"))]
@@ -485,6 +489,21 @@ impl ProcessError {
         Self::new(ProcessErrorKind::TaskTimeout { pid, timeout })
     }
 
+    /// What a startup error says, its source included (`None` for other kinds).
+    pub(crate) fn startup_cause(&self) -> Option<String> {
+        match &*self.kind {
+            ProcessErrorKind::Startup { message, source } => Some(match source {
+                Some(s) => format!("{message}: {s}"),
+                None => message.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn protocol(pid: u32, message: String) -> Self {
+        Self::new(ProcessErrorKind::Protocol { pid, message })
+    }
+
     pub(crate) fn serialization(
         type_name: impl Into<String>,
         stage: SerdeStage,
@@ -497,10 +516,6 @@ impl ProcessError {
             message: message.to_string(),
             pid,
         })
-    }
-
-    pub(crate) fn io(source: io::Error) -> Self {
-        Self::new(ProcessErrorKind::Io(source))
     }
 
     /// Returns a copy of this error for another job that failed the same way (a startup
@@ -531,6 +546,10 @@ impl ProcessError {
                 pid: *pid,
                 timeout: *timeout,
             },
+            K::Protocol { pid, message } => K::Protocol {
+                pid: *pid,
+                message: message.clone(),
+            },
             K::Serialization {
                 type_name,
                 stage,
@@ -542,7 +561,6 @@ impl ProcessError {
                 message: message.clone(),
                 pid: *pid,
             },
-            K::Io(e) => K::Io(io::Error::new(e.kind(), e.to_string())),
         };
         Self::new(kind)
     }
@@ -696,10 +714,42 @@ impl ProcessError {
         match &*self.kind {
             ProcessErrorKind::Panic { pid, .. }
             | ProcessErrorKind::Crash { pid, .. }
-            | ProcessErrorKind::TaskTimeout { pid, .. } => Some(*pid),
+            | ProcessErrorKind::TaskTimeout { pid, .. }
+            | ProcessErrorKind::Protocol { pid, .. } => Some(*pid),
             ProcessErrorKind::Serialization { pid, .. } => *pid,
             _ => None,
         }
+    }
+
+    /// The job's worker sent the parent something the protocol does not allow (typically
+    /// the job wrote to a descriptor it does not own: the worker's socket), so it was killed
+    /// and replaced; the job fails with this error instead of a bare exit status.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::io::Write;
+    /// use std::os::fd::FromRawFd;
+    ///
+    /// fn scribble(_: ()) {
+    ///     // Descriptor 3 of a worker is its socket to the parent (an implementation detail
+    ///     // this example abuses on purpose).
+    ///     // SAFETY: the File is never dropped, so descriptor 3 is not closed here.
+    ///     let socket = unsafe { std::fs::File::from_raw_fd(3) };
+    ///     let mut socket = std::mem::ManuallyDrop::new(socket);
+    ///     let _ = socket.write_all(b"garbage, garbage, garbage");
+    ///     std::thread::sleep(std::time::Duration::from_secs(5));
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let err = pool.submit(scribble, ())?.get().unwrap_err();
+    /// assert!(err.is_protocol_violation(), "{err}");
+    /// assert!(err.pid().is_some());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::Protocol { .. })
     }
 
     /// The job ran longer than the pool's
@@ -960,6 +1010,11 @@ impl fmt::Display for ProcessError {
                 f,
                 "the job ran longer than the task timeout of {timeout:?}; worker {pid} was killed"
             ),
+            ProcessErrorKind::Protocol { pid, message } => write!(
+                f,
+                "worker {pid} violated the pool's protocol while running the job ({message}), \
+                 so it was killed; did the job write to a descriptor it does not own?"
+            ),
             ProcessErrorKind::Serialization {
                 type_name,
                 stage,
@@ -978,7 +1033,6 @@ impl fmt::Display for ProcessError {
                 }
                 write!(f, ": {message}")
             }
-            ProcessErrorKind::Io(e) => write!(f, "process pool I/O error: {e}"),
         }
     }
 }
@@ -999,8 +1053,7 @@ impl std::error::Error for ProcessError {
         match &*self.kind {
             ProcessErrorKind::Startup {
                 source: Some(e), ..
-            }
-            | ProcessErrorKind::Io(e) => Some(e),
+            } => Some(e),
             _ => None,
         }
     }

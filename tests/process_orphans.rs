@@ -227,14 +227,20 @@ fn terminated_and_recycling_pools_leave_nothing() {
 
 #[test]
 fn a_worker_whose_parent_is_gone_exits_at_once() {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // The worker bootstrap checks that its parent is the pid in PARPOOL_WORKER (a parent that
     // died before the worker set its parent-death signal would never signal it). Here the
-    // "parent" is pid 1, so the test binary must exit at once, silently, without running
-    // any test.
+    // "parent" is pid 1, with a valid proof of origin (the nonce on standard input), so the
+    // test binary must exit at once, silently, without running any test.
+    let nonce = [7u8; 16];
+    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    std::io::Write::write_all(&mut ours, &nonce).unwrap();
     let output = Command::new(std::env::current_exe().unwrap())
-        .env("PARPOOL_WORKER", "1")
-        .stdin(Stdio::null())
+        .env("PARPOOL_WORKER", format!("1:{hex}"))
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
         .output()
         .unwrap();
     assert!(output.status.success());
@@ -243,4 +249,48 @@ fn a_worker_whose_parent_is_gone_exits_at_once() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
+}
+
+/// Runs this test binary with `--list` and `PARPOOL_WORKER=value` (stdin as given); returns
+/// whether `main` ran (it lists the tests).
+fn main_runs_with_stray_variable(value: &str, stdin: Stdio) -> bool {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .arg("--list")
+        .env("PARPOOL_WORKER", value)
+        .stdin(stdin)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout).contains("stray_worker_variable_is_ignored")
+}
+
+#[test]
+fn stray_worker_variable_is_ignored() {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The old format, a pid only: an ordinary program must run its `main`.
+    assert!(main_runs_with_stray_variable("123", Stdio::null()));
+    // A well-formed value, but nothing on standard input proves it.
+    let hex = "00112233445566778899aabbccddeeff";
+    let value = format!("{}:{hex}", std::process::id());
+    assert!(main_runs_with_stray_variable(&value, Stdio::null()));
+    // A socket on standard input with the wrong bytes on it.
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    std::io::Write::write_all(&mut ours, &[9u8; 16]).unwrap();
+    assert!(main_runs_with_stray_variable(
+        &value,
+        Stdio::from(OwnedFd::from(theirs))
+    ));
+    // A socket with nothing on it yet.
+    let (_ours, theirs) = UnixStream::pair().unwrap();
+    assert!(main_runs_with_stray_variable(
+        &value,
+        Stdio::from(OwnedFd::from(theirs))
+    ));
+    // Garbage.
+    assert!(main_runs_with_stray_variable(
+        "worker please",
+        Stdio::null()
+    ));
 }

@@ -9,7 +9,9 @@
 //!      fd 0, which is the only way to hand one descriptor to the child without `pre_exec`
 //!      and without clearing `FD_CLOEXEC` in the parent, where another thread spawning at the
 //!      same moment would inherit it;
-//!    - `PARPOOL_WORKER=<parent pid>` in its environment marks it as a worker;
+//!    - `PARPOOL_WORKER=<parent pid>:<nonce>` in its environment marks it as a worker, and
+//!      the parent writes the same random nonce on the socket before spawning it: worker
+//!      mode needs both (see [Proof of origin](#proof-of-origin));
 //!    - `process_group(0)` puts it in its own process group, so Ctrl-C in a terminal reaches
 //!      the parent only, and the parent decides what happens to its jobs;
 //!    - no `pre_exec`: std then uses `posix_spawn` (a `vfork`-style clone that does not copy
@@ -24,6 +26,16 @@
 //!    examples or benches.
 //! 3. The worker's first frame is a `Hello` with the fingerprint of its image; the parent
 //!    checks it against its own before it sends a single function offset (see `supervisor`).
+//!
+//! # Proof of origin
+//!
+//! A stray `PARPOOL_WORKER` (a variable leaked into a CI job's environment, say) must not
+//! turn an ordinary run of a program into a silent worker that exits before `main`. So a
+//! process is a worker only when its standard input is a socket whose first
+//! [`NONCE_LEN`] bytes, read without consuming them (`MSG_PEEK | MSG_DONTWAIT`), equal the
+//! 128-bit nonce in the variable: the parent made both, from `getrandom`, for this one
+//! worker. Anything else (no socket, no bytes yet, other bytes, a malformed value) and the
+//! program runs normally, with the variable left as it was.
 //!
 //! # When the constructor does not run
 //!
@@ -47,17 +59,18 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::wire::Fingerprint;
+use super::wire::{Fingerprint, NONCE_LEN};
 use super::worker;
 use crate::ProcessError;
 
-/// The environment variable that marks a worker process; its value is the parent's pid.
+/// The environment variable that marks a worker process; its value is the parent's pid and
+/// the worker's nonce in hex, `<pid>:<nonce>`.
 pub(crate) const ENV_WORKER: &str = "PARPOOL_WORKER";
 
 /// What to do when the bootstrap did not run, for error messages.
@@ -92,9 +105,61 @@ fn enter_if_worker() {
     }
 }
 
-/// The parent pid from `PARPOOL_WORKER`, when this process is a worker.
+/// The parent pid, when this process is a parpool worker: `PARPOOL_WORKER` is set, well
+/// formed, and its nonce waits on standard input (see [Proof of origin](self#proof-of-origin)).
 fn worker_parent() -> Option<u32> {
-    std::env::var_os(ENV_WORKER)?.to_str()?.parse().ok()
+    let value = std::env::var_os(ENV_WORKER)?;
+    let (parent, nonce) = value.to_str()?.split_once(':')?;
+    let parent = parent.parse().ok()?;
+    let nonce = parse_nonce(nonce)?;
+    let mut seen = [0u8; NONCE_LEN];
+    let peeked = rustix::net::recv(
+        rustix::stdio::stdin(),
+        &mut seen,
+        rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+    );
+    match peeked {
+        Ok((n, _)) if n == NONCE_LEN && seen == nonce => Some(parent),
+        _ => None,
+    }
+}
+
+/// A nonce as the parent writes it in the environment: lowercase hex.
+fn format_nonce(nonce: &[u8; NONCE_LEN]) -> String {
+    nonce.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The inverse of [`format_nonce`].
+fn parse_nonce(hex: &str) -> Option<[u8; NONCE_LEN]> {
+    if hex.len() != 2 * NONCE_LEN || !hex.is_ascii() {
+        return None;
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    for (i, byte) in nonce.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(nonce)
+}
+
+/// A fresh random nonce.
+fn new_nonce() -> io::Result<[u8; NONCE_LEN]> {
+    let mut nonce = [0u8; NONCE_LEN];
+    let mut filled = 0;
+    while filled < NONCE_LEN {
+        // SAFETY: the pointer and length describe the unfilled tail of `nonce`, which lives
+        // across the call; getrandom writes at most that many bytes.
+        let n =
+            unsafe { libc::getrandom(nonce[filled..].as_mut_ptr().cast(), NONCE_LEN - filled, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            filled += n as usize;
+        }
+    }
+    Ok(nonce)
 }
 
 /// The fallback worker entry for platforms where the constructor does not run: call it as the
@@ -159,11 +224,18 @@ pub(crate) fn spawn() -> io::Result<(Child, OwnedFd)> {
         SocketFlags::CLOEXEC,
         None,
     )?;
+    // The nonce goes on the socket first: the worker's proof of origin. A fresh socket's
+    // buffer takes 16 bytes without blocking.
+    let nonce = new_nonce()?;
+    super::wire::send_all(ours.as_fd(), &[&nonce], &[])?;
     // Keeps the constructor's object in the link of every program that spawns workers.
     std::hint::black_box(&BEFORE_MAIN);
     let child = Command::new("/proc/self/exe")
         .arg0("parpool-worker")
-        .env(ENV_WORKER, std::process::id().to_string())
+        .env(
+            ENV_WORKER,
+            format!("{}:{}", std::process::id(), format_nonce(&nonce)),
+        )
         .stdin(Stdio::from(theirs))
         .process_group(0)
         .spawn()?;
@@ -228,4 +300,24 @@ pub(crate) fn fingerprint() -> io::Result<Fingerprint> {
         mtime_nsec: stat.st_mtime_nsec as i64,
         probe: offset_of(probe as fn() -> u64 as usize),
     })
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn nonce_round_trips_and_rejects_malformed_values() {
+        let nonce = new_nonce().unwrap();
+        assert_ne!(nonce, new_nonce().unwrap(), "fresh nonces differ");
+        assert_eq!(parse_nonce(&format_nonce(&nonce)), Some(nonce));
+        for bad in [
+            "",
+            "00",
+            "zz112233445566778899aabbccddeeff",
+            "é0112233445566778899aabbccddeef",
+        ] {
+            assert_eq!(parse_nonce(bad), None, "{bad:?}");
+        }
+    }
 }

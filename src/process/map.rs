@@ -8,7 +8,10 @@
 //! of known length `len` (an exact `size_hint`), `ceil(len / (4 × processes))`, so each
 //! worker gets about four chunks; for an input of unknown length, each chunk is
 //! `items so far / (4 × processes)` (at least 1), which grows geometrically and ends with
-//! chunks of the same order as Python's, after a logarithmic number of small ones.
+//! chunks of the same order as Python's, after a logarithmic number of small ones. An
+//! automatic chunk also ends early rather than name more shared-memory segments than one job
+//! may carry (`wire::MAX_FDS`), so a `map` over thousands of `shm::Value`s just makes more
+//! chunks; a chunk size the caller fixed is taken as given, and such a chunk fails.
 //!
 //! # Window
 //!
@@ -39,7 +42,7 @@ use super::wire;
 use super::worker::{self, Trampoline};
 use super::{ProcessPool, call_for, encode_argument};
 use crate::ProcessError;
-use crate::shm::segment::Segment;
+use crate::shm::segment::{self, Segment};
 
 /// Chunks in flight per worker process. A worker may hold up to 64 one-item jobs (the credit
 /// window) and the caller decodes results while more wait; 128 per process keeps both
@@ -317,27 +320,86 @@ where
         _ => None,
     };
     let mut seen = 0usize;
+    let mut held: Option<A> = None;
     Box::new(std::iter::from_fn(move || {
         let size = match (chunking, exact) {
             (Chunking::Fixed(n), _) => n,
             (_, Some(len)) => len.div_ceil(per).max(1),
             (_, None) => (seen / per).max(1),
         };
-        let chunk: Vec<A> = items.by_ref().take(size).collect();
-        if chunk.is_empty() {
-            return None;
+        let chunk = encode_chunk(&mut items, &mut held, size, chunking == Chunking::Auto)?;
+        seen += match &chunk {
+            Ok(encoded) => encoded.items,
+            Err((items, _)) => *items,
+        };
+        Some(chunk)
+    }))
+}
+
+/// Encodes the next chunk of at most `size` items as a postcard `Vec<A>` (its length, then
+/// the items), one item at a time. An automatic chunk (`auto`) also ends before the item
+/// that would make it name more than [`wire::MAX_FDS`] shared-memory segments, which waits
+/// in `held` for the next chunk; a chunk of a size the caller fixed fails instead. `None`
+/// when the input is done.
+fn encode_chunk<A: Serialize>(
+    items: &mut impl Iterator<Item = A>,
+    held: &mut Option<A>,
+    size: usize,
+    auto: bool,
+) -> Option<Result<Encoded, (usize, ProcessError)>> {
+    let fail = |items: usize, message: &dyn fmt::Display| {
+        let error = ProcessError::serialization(
+            type_name::<A>(),
+            crate::error::SerdeStage::EncodeArgument,
+            message,
+            None,
+        );
+        (items, error)
+    };
+    let mut body = Vec::new();
+    let mut segments: Vec<Arc<Segment>> = Vec::new();
+    let mut count = 0;
+    while count < size {
+        let Some(item) = held.take().or_else(|| items.next()) else {
+            break;
+        };
+        let (encoded, named) = segment::collect(|| postcard::to_extend(&item, Vec::new()));
+        let encoded = match encoded {
+            Ok(bytes) => bytes,
+            Err(e) => return Some(Err(fail(count + 1, &e))),
+        };
+        let new: Vec<Arc<Segment>> = named
+            .into_iter()
+            .filter(|seg| !segments.iter().any(|s| s.id() == seg.id()))
+            .collect();
+        if segments.len() + new.len() > wire::MAX_FDS {
+            if auto && count > 0 {
+                *held = Some(item);
+                break;
+            }
+            let message = format_args!(
+                "the chunk names {} shared-memory segments; a job may name at most {}",
+                segments.len() + new.len(),
+                wire::MAX_FDS
+            );
+            return Some(Err(fail(count + 1, &message)));
         }
-        seen += chunk.len();
-        let items = chunk.len();
-        Some(
-            encode_argument(chunk.as_slice())
-                .map(|(bytes, segments)| Encoded {
-                    items,
-                    bytes,
-                    segments,
-                })
-                .map_err(|e| (items, e)),
-        )
+        segments.extend(new);
+        body.extend_from_slice(&encoded);
+        count += 1;
+    }
+    if count == 0 {
+        return None;
+    }
+    let mut bytes = postcard::to_allocvec(&count).expect("a length serialises");
+    bytes.extend_from_slice(&body);
+    if bytes.len() + wire::JOB_PREFIX_LEN > wire::MAX_BODY {
+        return Some(Err(fail(count, &"the encoded chunk is larger than 4 GiB")));
+    }
+    Some(Ok(Encoded {
+        items: count,
+        bytes,
+        segments,
     }))
 }
 

@@ -9,13 +9,25 @@
 //!
 //! - a job that panics fails with the panic message; its worker lives on;
 //! - a job whose worker dies (abort, segfault, SIGKILL, the OOM killer) fails with the signal
-//!   or exit code; the jobs that worker had not started go to other workers, and a new worker
-//!   takes its place;
+//!   or exit code; every result the worker published before it died is delivered, the jobs
+//!   that worker had not started go to other workers (no job ever runs twice), and a new
+//!   worker takes its place;
+//! - a job that writes garbage to its worker's socket fails with a protocol violation
+//!   ([`ProcessError::is_protocol_violation`]);
 //! - a job that runs past the pool's `task_timeout` has its worker killed and fails with a
 //!   timeout;
 //! - when the parent process dies, its workers die too (a parent-death signal, and EOF on
 //!   their socket);
-//! - a worker that cannot start makes `new`/`build` fail within a startup timeout.
+//! - a worker that cannot start makes `new`/`build` fail within a startup timeout; on a
+//!   running pool the pool retries with a backoff, fails the waiting jobs with the cause
+//!   after a few attempts in a row, and serves again once a worker starts;
+//! - processes a job forks stay in its worker's process group, which is killed when the
+//!   worker ends (a crash, a timeout, `terminate`, or the pool's shutdown).
+//!
+//! A worker process is only ever one the pool spawned: a stray `PARPOOL_WORKER` in the
+//! environment of an ordinary run is ignored, because worker mode also needs a nonce the
+//! parent writes on the worker's socket. Descriptors a worker inherits beyond the standard
+//! three (an MPI launcher leaves several) are closed when it starts.
 //!
 //! # Jobs
 //!
@@ -72,7 +84,8 @@
 //!    call `terminate`, if a job may hang);
 //! 3. each worker's socket is shut down; the worker reads EOF and exits with status 0, and a
 //!    worker still alive a second later is killed;
-//! 4. every worker is reaped (no zombies) and every descriptor closed;
+//! 4. every worker is reaped (no zombies), what is left of its process group (processes its
+//!    jobs forked) is killed, and every descriptor is closed;
 //! 5. the supervisor thread exits and `drop` returns.
 
 mod bootstrap;
@@ -211,8 +224,9 @@ impl ProcessPool {
     /// The pool is closed or terminated ([`is_closed`](ProcessError::is_closed)); `arg` does
     /// not serialise ([`is_serialization`](ProcessError::is_serialization)); `f` is not in the
     /// main executable ([`is_invalid_argument`](ProcessError::is_invalid_argument)); no worker
-    /// can start any more ([`is_startup`](ProcessError::is_startup)). The job's own failure
-    /// comes from the handle.
+    /// could start several times in a row ([`is_startup`](ProcessError::is_startup); the
+    /// pool keeps trying, and `submit` works again once a worker starts). The job's own
+    /// failure comes from the handle.
     ///
     /// # Examples
     ///
@@ -374,7 +388,7 @@ fn encode_argument<A: Serialize + ?Sized>(
     };
     let (payload, segments) = segment::collect(|| postcard::to_allocvec(arg));
     let payload = payload.map_err(|e| fail(&e))?;
-    if payload.len() + 16 > wire::MAX_BODY {
+    if payload.len() + wire::JOB_PREFIX_LEN > wire::MAX_BODY {
         return Err(fail(&"the encoded argument is larger than 4 GiB"));
     }
     if segments.len() > wire::MAX_FDS {
@@ -503,7 +517,9 @@ impl ProcessPoolBuilder {
 
     /// A function each worker runs once when it starts, before its first job. If it panics,
     /// the worker does not start: `build` fails, or, for a replacement worker, the pool
-    /// retries and eventually reports the failure to the jobs.
+    /// retries and eventually reports the failure to the jobs. Like a job function it must
+    /// live in the main executable: `build` refuses one from a dynamic library
+    /// ([`is_invalid_argument`](ProcessError::is_invalid_argument)).
     ///
     /// # Examples
     ///
@@ -568,9 +584,12 @@ impl ProcessPoolBuilder {
     ///
     /// # Errors
     ///
-    /// `processes(0)` ([`is_invalid_argument`](ProcessError::is_invalid_argument)); a worker
-    /// could not be spawned, did not finish its handshake within the startup timeout, or its
-    /// initializer panicked ([`is_startup`](ProcessError::is_startup)).
+    /// `processes(0)`, or an initializer outside the main executable
+    /// ([`is_invalid_argument`](ProcessError::is_invalid_argument)); a worker could not be
+    /// spawned (a descriptor or process limit, say), did not finish its handshake within the
+    /// startup timeout, or its initializer panicked; or the kernel lacks `pidfd_open` (Linux
+    /// 5.3) ([`is_startup`](ProcessError::is_startup)). It returns within the startup
+    /// timeout in every case.
     ///
     /// # Examples
     ///

@@ -21,6 +21,7 @@
 //!     72  consumed         u32  futex word, bumped each time the parent advances `head`
 //!    128  parent_sleeping  u32  1: the parent may be asleep; ring the doorbell
 //!    132  worker_waiting   u32  1: the worker waits for room; wake `consumed`
+//!    192  started          u64  1 + the id of the job the worker started last (0: none)
 //!    256  data             CAPACITY bytes, records laid end to end, wrapping at the end
 //! ```
 //!
@@ -45,6 +46,11 @@
 //! - **Wait for room** (worker): read `consumed`, check the room; else make sure the parent is
 //!   awake (ring if `parent_sleeping`), set `worker_waiting`, check again, and `FUTEX_WAIT`
 //!   on `consumed` (bounded by [`WAIT_SLICE`], which also covers a lost wake-up).
+//!
+//! - **Start** (worker): before it runs a job, the worker stores `1 + id` in `started`. The
+//!   parent reads it only after the worker died (its pidfd said so, and the kernel orders
+//!   everything the dead process did before that), to tell whether the job at the front of
+//!   the worker's queue had started (see `supervisor::lifecycle`).
 //!
 //! # Trust
 //!
@@ -91,9 +97,12 @@ struct Header {
     _pad1: [u32; 13],
     parent_sleeping: AtomicU32,
     worker_waiting: AtomicU32,
+    _pad2: [u32; 14],
+    started: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= DATA);
+const _: () = assert!(std::mem::offset_of!(Header, started) == 192);
 
 /// One worker's result ring (either side's mapping of it).
 #[derive(Debug)]
@@ -218,7 +227,22 @@ impl Ring {
         }
     }
 
+    /// Records that the worker starts job `id` (see the module documentation).
+    pub(crate) fn mark_started(&self, id: u64) {
+        // Relaxed: read only after this process died, which orders it.
+        self.header()
+            .started
+            .store(id.wrapping_add(1), Ordering::Relaxed);
+    }
+
     // ---- parent side ----------------------------------------------------------------------
+
+    /// The id of the job the worker started last, if any. Meaningful once the worker is dead;
+    /// a job may have scribbled over it, so the caller checks it against what it sent.
+    pub(crate) fn started(&self) -> Option<u64> {
+        // Relaxed: see `mark_started`.
+        self.header().started.load(Ordering::Relaxed).checked_sub(1)
+    }
 
     /// Announces that the parent is about to sleep. Returns `true` when records are already
     /// pending: then the parent must not sleep.
@@ -291,8 +315,8 @@ impl Ring {
         let mut records = 0;
         let mut rest = &buf[..];
         while !rest.is_empty() {
-            let (kind, _, tag, body_len) = wire::parse_header(rest).ok_or_else(corrupt)?;
-            if kind != wire::Kind::Result || rest.len() < HEADER_LEN + body_len {
+            let (kind, fds, tag, body_len) = wire::parse_header(rest).ok_or_else(corrupt)?;
+            if kind != wire::Kind::Result || fds != 0 || rest.len() < HEADER_LEN + body_len {
                 return Err(corrupt());
             }
             each(tag, &rest[HEADER_LEN..HEADER_LEN + body_len]);
@@ -308,8 +332,10 @@ mod test {
     use super::*;
 
     fn record(tag: u64, body: &[u8]) -> Vec<u8> {
-        let mut r = wire::header(wire::Kind::Result, tag, body.len(), 0).to_vec();
+        let mut r = Vec::new();
+        wire::begin_result(&mut r);
         r.extend_from_slice(body);
+        wire::finish_result(&mut r, tag, None, 0);
         r
     }
 
@@ -335,7 +361,7 @@ mod test {
         let mut buf = Vec::new();
         assert_eq!(
             parent
-                .take(&mut buf, |tag, body| got.push((tag, body.to_vec())))
+                .take(&mut buf, |tag, body| got.push((tag, body[1..].to_vec())))
                 .unwrap(),
             2
         );
@@ -360,6 +386,7 @@ mod test {
         while next < N {
             parent
                 .take(&mut buf, |tag, body| {
+                    let body = &body[1..]; // the status byte
                     assert_eq!(tag, next);
                     assert_eq!(body.len(), (next % 700) as usize);
                     assert!(body.iter().all(|&b| b == (next % 251) as u8));

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::ring::Ring;
 use super::supervisor::Shared;
 use crate::ProcessError;
 use crate::error::SerdeStage;
@@ -100,9 +101,10 @@ const CANCELLED: u8 = 3;
 #[derive(Debug)]
 pub(crate) struct TaskSlot {
     state: AtomicU8,
-    /// The pool slot of the worker the job was sent to, plus one (0: not sent). A waiter
-    /// polls that worker's result ring while it spins.
-    worker: AtomicUsize,
+    /// The pool slot of the worker the job was sent to, and that worker's result ring: a
+    /// waiter checks the ring without the pool's lock while it spins, and takes the result
+    /// through the pool once one is there. Cleared when the job completes.
+    sent: Mutex<Option<(usize, Arc<Ring>)>>,
     result: Mutex<Option<Outcome>>,
     ready: Condvar,
 }
@@ -111,7 +113,7 @@ impl TaskSlot {
     pub(crate) fn new() -> Self {
         Self {
             state: AtomicU8::new(QUEUED),
-            worker: AtomicUsize::new(0),
+            sent: Mutex::new(None),
             result: Mutex::new(None),
             ready: Condvar::new(),
         }
@@ -126,14 +128,17 @@ impl TaskSlot {
             .is_ok()
     }
 
-    /// Records the worker slot the job was sent to.
-    pub(crate) fn sent_to(&self, slot: usize) {
-        self.worker.store(slot + 1, Ordering::Relaxed);
+    /// Records the worker slot the job was sent to, and its ring.
+    fn sent_to(&self, slot: usize, ring: &Arc<Ring>) {
+        *lock(&self.sent) = Some((slot, Arc::clone(ring)));
     }
 
-    /// The worker slot the job was sent to, if it was.
-    fn worker(&self) -> Option<usize> {
-        self.worker.load(Ordering::Relaxed).checked_sub(1)
+    /// The worker slot the job was sent to, when results wait in that worker's ring.
+    fn ring_pending(&self) -> Option<usize> {
+        match &*lock(&self.sent) {
+            Some((slot, ring)) if ring.pending() => Some(*slot),
+            _ => None,
+        }
     }
 
     /// Returns a started job to the queued state (its worker died before running it).
@@ -151,6 +156,7 @@ impl TaskSlot {
 
     /// Stores the outcome and wakes the waiter, unless the job was cancelled.
     fn complete(&self, outcome: Outcome) {
+        lock(&self.sent).take();
         let mut result = lock(&self.result);
         // Acquire: pairs with the CAS in `cancel`; a cancelled or done job takes no outcome.
         let state = self.state.load(Ordering::Acquire);
@@ -332,10 +338,10 @@ impl Sink {
         }
     }
 
-    /// Records which worker slot the job went to.
-    pub(crate) fn sent_to(&self, slot: usize) {
+    /// Records which worker slot the job went to, and that worker's result ring.
+    pub(crate) fn sent_to(&self, slot: usize, ring: &Arc<Ring>) {
         if let Sink::Task(task) = self {
-            task.sent_to(slot);
+            task.sent_to(slot, ring);
         }
     }
 
@@ -410,7 +416,7 @@ impl<R> ProcessTask<R> {
         }
         let shared = self.shared.upgrade();
         self.slot.wait_until(deadline, |slot| {
-            if let (Some(shared), Some(worker)) = (&shared, slot.worker()) {
+            if let (Some(shared), Some(worker)) = (&shared, slot.ring_pending()) {
                 shared.poll_ring(worker);
             }
         })

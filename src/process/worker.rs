@@ -2,7 +2,10 @@
 //!
 //! # Lifecycle of a worker
 //!
-//! 1. **Start** (before `main`, from the constructor, or from `init`): remove
+//! 1. **Start** (before `main`, from the constructor, or from `init`, once the nonce on
+//!    standard input proved that the parent made this process; see `bootstrap`): close every
+//!    inherited descriptor from 3 up (`close_range`: under MPI a process inherits 3 to ~15,
+//!    the PMI socket among them, which a worker must not hold), consume the nonce, remove
 //!    `PARPOOL_WORKER` from the environment, so processes a job starts are not workers; set
 //!    `PR_SET_PDEATHSIG` to `SIGKILL`, then check that `getppid()` is still the pid the parent
 //!    wrote in the environment: a parent that died before the `prctl` would never send the
@@ -11,7 +14,9 @@
 //! 2. **Handshake**: send `Hello` (pid, image fingerprint); read `Init`; run the initializer,
 //!    if any, under `catch_unwind`; send `Ready`, or `InitFailed` with the panic message and
 //!    exit.
-//! 3. **Jobs**: run `Job` frames one at a time in the order they arrive, and publish each
+//! 3. **Jobs**: run `Job` frames one at a time in the order they arrive, marking each as
+//!    started in the ring before it runs (so the parent can tell, after a death, whether the
+//!    job had started), and publish each
 //!    job's result before starting the next (in the result ring that came with `Init`, or as
 //!    a `Result` frame when it is large), so the parent knows which job was running when a
 //!    worker dies. A panic is caught and becomes a failed result; the worker
@@ -35,7 +40,7 @@ use serde::de::DeserializeOwned;
 
 use super::bootstrap::{self, ENV_WORKER};
 use super::ring::{self, Ring};
-use super::wire::{self, Failure, Fill, FrameReader, Hello, Init, Kind};
+use super::wire::{self, Call, Failure, Fill, FrameReader, Hello, ToWorker};
 use crate::shm::segment::{self, Segment, SegmentId};
 
 /// Exit status of a worker whose parent was already gone when it started.
@@ -52,7 +57,9 @@ pub(crate) const EXIT_MISSED_BOOTSTRAP: i32 = 115;
 /// The function the worker calls for a job, by the offset the parent sent. `call_one` and
 /// `call_chunk` instantiated for the job's types. `func` is the address of the user's
 /// `fn(A) -> R`; the encoded result is appended to `out`.
-pub(crate) type Trampoline = fn(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), Failure>;
+/// On success it returns the result's type name (for a later error about the result).
+pub(crate) type Trampoline =
+    fn(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<&'static str, Failure>;
 
 /// Runs a worker to the end and exits the process.
 pub(crate) fn run(parent: u32) -> ! {
@@ -68,6 +75,16 @@ pub(crate) fn run(parent: u32) -> ! {
 }
 
 fn serve(parent: u32) -> io::Result<i32> {
+    close_inherited()?;
+    let mut nonce = [0u8; wire::NONCE_LEN];
+    let (n, _) = rustix::net::recv(
+        rustix::stdio::stdin(),
+        &mut nonce,
+        rustix::net::RecvFlags::WAITALL,
+    )?;
+    if n != wire::NONCE_LEN {
+        return Ok(EXIT_PROTOCOL);
+    }
     // SAFETY: this runs before `main` (from the constructor) or as the first statement of
     // `main` (`init`, documented to be called before other threads start), so no other
     // thread reads or writes the environment concurrently.
@@ -85,44 +102,44 @@ fn serve(parent: u32) -> io::Result<i32> {
         pid: std::process::id(),
         fingerprint: bootstrap::fingerprint()?,
     };
-    send_frame(&socket, Kind::Hello, 0, &encode(&hello))?;
+    send(&socket, &wire::hello(&hello))?;
 
     let mut reader = FrameReader::new();
-    let Some(init) = next_frame(&mut reader, &socket, |mut frame| {
-        let init = postcard::from_bytes::<Init>(frame.body).ok();
-        match (frame.kind, init, frame.fds.pop()) {
-            (Kind::Init, Some(init), Some(ring)) => Some((init, ring)),
-            _ => None,
-        }
-    })?
-    else {
-        return Ok(0);
-    };
-    let Some((init, ring)) = init else {
-        return Ok(EXIT_PROTOCOL);
+    let init = next_frame(&mut reader, &socket, |frame| match frame.worker_message() {
+        Ok(ToWorker::Init { init, ring }) => Some((init, ring)),
+        _ => None,
+    })?;
+    let (init, ring) = match init {
+        None => return Ok(0),
+        Some(None) => return Ok(EXIT_PROTOCOL),
+        Some(Some(init)) => init,
     };
     let ring = Ring::open(ring)?;
     if let Some(offset) = init.initializer {
-        // SAFETY: the parent sent this offset after the handshake proved that this process
-        // runs the same image, and derived it from a `fn()` of that image.
-        let initializer: fn() = unsafe { std::mem::transmute(bootstrap::address_of(offset)) };
+        let address = bootstrap::address_of(offset);
+        if !bootstrap::in_main_image(address) {
+            return Ok(EXIT_PROTOCOL);
+        }
+        // SAFETY: the parent derived this offset from a `fn()` it checked to be in the main
+        // image (`supervisor::start`), after the handshake proved that this process runs the
+        // same image; the address was just checked to lie in this process's main image.
+        let initializer: fn() = unsafe { std::mem::transmute(address) };
         if let Err(payload) = catch_unwind(initializer) {
-            let message = panic_message(&*payload);
-            send_frame(&socket, Kind::InitFailed, 0, message.as_bytes())?;
+            send(&socket, &wire::init_failed(&panic_message(&*payload)))?;
             return Ok(EXIT_INIT_FAILED);
         }
     }
-    send_frame(&socket, Kind::Ready, 0, &[])?;
+    send(&socket, &wire::ready())?;
 
     let mut out = Vec::new();
     let mut done = 0u64;
     // Segments the parent sent, kept until it releases them: it sends each descriptor once.
     let mut known: HashMap<SegmentId, Arc<Segment>> = HashMap::new();
     loop {
-        let step = next_frame(&mut reader, &socket, |frame| match frame.kind {
-            Kind::Job if frame.body.len() >= 16 => {
+        let step = next_frame(&mut reader, &socket, |frame| match frame.worker_message() {
+            Ok(ToWorker::Job(job)) => {
                 let _stale = segment::take_decode_error();
-                for fd in frame.fds {
+                for fd in job.fds {
                     match Segment::adopt(fd) {
                         Ok(seg) => {
                             known.insert(seg.id(), seg);
@@ -132,15 +149,14 @@ fn serve(parent: u32) -> io::Result<i32> {
                         )),
                     }
                 }
-                Step::Ran(run_job(frame.tag, frame.body, &mut out))
+                ring.mark_started(job.id);
+                Step::Ran(run_job(job.id, job.call, job.arg, &mut out))
             }
-            Kind::Release => {
-                if let Ok(id) = postcard::from_bytes::<SegmentId>(frame.body) {
-                    known.remove(&id);
-                }
+            Ok(ToWorker::Release(id)) => {
+                known.remove(&id);
                 Step::Released
             }
-            _ => Step::Broken,
+            Ok(ToWorker::Init { .. }) | Err(_) => Step::Broken,
         })?;
         let segments = match step {
             None => return Ok(0),
@@ -149,7 +165,7 @@ fn serve(parent: u32) -> io::Result<i32> {
             Some(Step::Ran(segments)) => segments,
         };
         if segments.is_empty() && out.len() <= ring::MAX_RECORD {
-            ring.publish(&out, || send_frame(&socket, Kind::Doorbell, 0, &[]))?;
+            ring.publish(&out, || send(&socket, &wire::doorbell()))?;
         } else {
             let fds: Vec<BorrowedFd<'_>> = segments.iter().map(|s| s.fd().as_fd()).collect();
             wire::send_all(socket.as_fd(), &[&out], &fds)?;
@@ -159,6 +175,28 @@ fn serve(parent: u32) -> io::Result<i32> {
             return Ok(0);
         }
     }
+}
+
+/// Closes every descriptor from 3 up: what the process inherited beyond the standard three
+/// (the socket is still on fd 0 here). `close_range` (Linux 5.9); on older kernels, each
+/// descriptor `/proc/self/fd` lists.
+fn close_inherited() -> io::Result<()> {
+    // SAFETY: close_range takes plain integers; closing descriptors this process does not use
+    // (nothing has run yet but the C runtime and constructors) has no memory effects.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if closed == 0 {
+        return Ok(());
+    }
+    let listed: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd >= 3)
+        .collect();
+    for fd in listed {
+        // SAFETY: as above; the directory's own descriptor is closed already (EBADF).
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
 }
 
 /// What the worker did with one frame.
@@ -187,7 +225,7 @@ fn take_stdin() -> io::Result<OwnedFd> {
 fn next_frame<T>(
     reader: &mut FrameReader,
     socket: &OwnedFd,
-    handle: impl FnOnce(wire::Frame<'_>) -> T,
+    handle: impl FnOnce(wire::RawFrame<'_>) -> T,
 ) -> io::Result<Option<T>> {
     while !reader.has_frame() {
         if reader.fill(socket.as_fd(), false)? == Fill::Eof {
@@ -198,67 +236,44 @@ fn next_frame<T>(
     Ok(Some(handle(frame)))
 }
 
-fn send_frame(socket: &OwnedFd, kind: Kind, tag: u64, body: &[u8]) -> io::Result<()> {
-    let header = wire::header(kind, tag, body.len(), 0);
-    wire::send_all(socket.as_fd(), &[&header, body], &[])
+/// Sends one encoded frame.
+fn send(socket: &OwnedFd, frame: &[u8]) -> io::Result<()> {
+    wire::send_all(socket.as_fd(), &[frame], &[])
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_allocvec(value).expect("control frames always serialise")
-}
-
-/// Runs one Job body and leaves the whole Result frame in `out`. Returns the shared-memory
+/// Runs one job and leaves its whole Result frame in `out`. Returns the shared-memory
 /// segments the result names, whose descriptors must go with the frame.
-fn run_job(id: u64, body: &[u8], out: &mut Vec<u8>) -> Vec<Arc<Segment>> {
-    let tramp = i64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
-    let func = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-    out.clear();
-    out.resize(wire::HEADER_LEN + 1, 0);
-    // SAFETY: the parent derived `tramp` from a function of type `Trampoline` (an
+fn run_job(id: u64, call: Call, arg: &[u8], out: &mut Vec<u8>) -> Vec<Arc<Segment>> {
+    wire::begin_result(out);
+    // SAFETY: the parent derived `call.trampoline` from a function of type `Trampoline` (an
     // instantiation of `call_one` or `call_chunk`) in this same image; the handshake proved
     // the images are the same.
-    let tramp: Trampoline = unsafe { std::mem::transmute(bootstrap::address_of(tramp)) };
+    let tramp: Trampoline = unsafe { std::mem::transmute(bootstrap::address_of(call.trampoline)) };
     let (result, mut segments) =
-        segment::collect(|| tramp(bootstrap::address_of(func), &body[16..], out));
-    let result = result.and_then(|()| {
-        if segments.len() > wire::MAX_FDS {
+        segment::collect(|| tramp(bootstrap::address_of(call.function), arg, out));
+    let result = result.and_then(|type_name| {
+        if segments.len() > wire::MAX_RESULT_FDS {
             return Err(Failure::EncodeResult {
-                type_name: "result".to_owned(),
+                type_name: type_name.to_owned(),
                 message: format!(
                     "it names {} shared-memory segments; a result may name at most {}",
                     segments.len(),
-                    wire::MAX_FDS
+                    wire::MAX_RESULT_FDS
                 ),
             });
         }
         Ok(())
     });
-    let status = match result {
-        Ok(()) => wire::STATUS_OK,
-        Err(failure) => {
-            // A failed encoding may have left `out` shorter or longer than the header.
-            out.clear();
-            out.resize(wire::HEADER_LEN + 1, 0);
-            out.extend_from_slice(&encode(&failure));
-            segments.clear();
-            wire::STATUS_FAILED
-        }
-    };
-    out[wire::HEADER_LEN] = status;
-    let header = wire::header(
-        Kind::Result,
-        id,
-        out.len() - wire::HEADER_LEN,
-        segments.len(),
-    );
-    out[..wire::HEADER_LEN].copy_from_slice(&header);
+    if result.is_err() {
+        segments.clear();
+    }
+    wire::finish_result(out, id, result.as_ref().err(), segments.len());
     segments
 }
 
 /// Tells the parent that this worker reached `main` without its bootstrap, and exits.
 pub(crate) fn report_missed_bootstrap() -> ! {
-    let header = wire::header(Kind::Missed, 0, 0, 0);
-    let _ = wire::send_all(rustix::stdio::stdin(), &[&header], &[]);
+    let _ = wire::send_all(rustix::stdio::stdin(), &[&wire::missed()], &[]);
     eprintln!(
         "parpool worker {}: {}",
         std::process::id(),
@@ -285,12 +300,16 @@ fn decode<A: DeserializeOwned>(arg: &[u8]) -> Result<A, Failure> {
     })
 }
 
-fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>, type_name: &str) -> Result<(), Failure> {
+fn encode_into<T: Serialize>(
+    value: &T,
+    out: &mut Vec<u8>,
+    type_name: &'static str,
+) -> Result<&'static str, Failure> {
     let buf = std::mem::take(out);
     match postcard::to_extend(value, buf) {
         Ok(buf) => {
             *out = buf;
-            Ok(())
+            Ok(type_name)
         }
         Err(e) => Err(Failure::EncodeResult {
             type_name: type_name.to_owned(),
@@ -300,7 +319,11 @@ fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>, type_name: &str) -> R
 }
 
 /// The trampoline for one item: decode `A`, call `f`, encode `R`.
-pub(crate) fn call_one<A, R>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), Failure>
+pub(crate) fn call_one<A, R>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<&'static str, Failure>
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -316,7 +339,11 @@ where
 
 /// The trampoline for a chunk: decode `Vec<A>`, call `f` on each item in order, encode
 /// `Vec<R>`. A panic fails the whole chunk.
-pub(crate) fn call_chunk<A, R>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), Failure>
+pub(crate) fn call_chunk<A, R>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<&'static str, Failure>
 where
     A: DeserializeOwned,
     R: Serialize,

@@ -5,11 +5,14 @@
 //!
 //! - this file: the state shared with the pool handle and submitting threads ([`Shared`]),
 //!   [`start`], and the supervisor thread's loop;
-//! - [`state`]: the per-pool state under the lock: the job queue, dispatch with the credit
-//!   window, results, crash and timeout handling, and the steps of shutdown. Its module
-//!   documentation describes dispatch and the credit window, crash detection and timeouts;
-//! - [`spawn`]: spawning a worker and installing it in its slot. Its module documentation
-//!   describes what happens when a worker fails to start.
+//! - [`conn`]: one worker process and everything the parent holds for it ([`conn::Conn`]:
+//!   child, pidfd, socket, frame reader, outbox, ring, epoll token);
+//! - [`state`]: the state under the lock, the worker lifecycle enum and the **job
+//!   lifecycle** with its invariants (queued → sent → started → finished or failed);
+//! - [`dispatch`]: the queue, dispatch with the credit window, and results;
+//! - [`lifecycle`]: a worker from spawn to reap, crash blame and re-dispatch, failures to
+//!   start and their backoff;
+//! - [`shutdown`]: the steps of close and terminate.
 //!
 //! # Threads
 //!
@@ -24,15 +27,19 @@
 //!
 //! `close` (and `join`, and `Drop`, which call it) stops new submissions; the queue still
 //! drains. Once no job is queued or running, the supervisor shuts down the write side of
-//! every socket; each worker reads EOF and exits with status 0; the supervisor reaps it (and
-//! kills one that is still alive after [`EXIT_GRACE`](state::EXIT_GRACE)). When every slot
-//! is empty the supervisor thread returns, and `join` returns after it. `terminate` instead
-//! kills every worker at once and fails every queued and running job with a "closed" error.
+//! every socket; each worker reads EOF and exits with status 0; the supervisor reaps it,
+//! killing what is left of its process group (and kills a worker that is still alive after
+//! [`EXIT_GRACE`](lifecycle::EXIT_GRACE)). When every slot is dead the supervisor thread
+//! returns, and `join` returns after it. `terminate` instead kills every worker at once and
+//! fails every queued and running job with a "closed" error. See [`shutdown`].
 
-mod spawn;
+mod conn;
+mod dispatch;
+mod lifecycle;
+mod shutdown;
 mod state;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,13 +48,17 @@ use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{EventfdFlags, Timespec, eventfd};
 
 use super::bootstrap;
-use super::ring::Ring;
 use super::task::Sink;
-use super::wire::{self, Fill, FrameReader};
+use super::wire;
 use crate::ProcessError;
 use crate::shm::segment::{Holder, Segment, SegmentId};
-use spawn::spawn_worker;
-use state::{Job, Killed, Phase, State};
+use conn::{Source, Token};
+use state::{Job, Phase, State, Worker};
+
+pub(crate) use wire::Call;
+
+/// Slots the supervisor spawns a worker for, outside the lock.
+type Wanted = Vec<usize>;
 
 /// The default time a worker has to start: spawn, handshake, and initializer. Spawning the
 /// executable takes about a millisecond; 30 s leaves room for slow initializers and for
@@ -74,13 +85,6 @@ pub(crate) struct Config {
     pub(crate) startup_timeout: Duration,
 }
 
-/// The function a job runs, named by offsets from the anchor (see `bootstrap`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Call {
-    pub(crate) trampoline: i64,
-    pub(crate) function: i64,
-}
-
 /// A job as submitted: what to run, its encoded argument, and where its outcome goes.
 #[derive(Debug)]
 pub(crate) struct JobSpec {
@@ -99,8 +103,6 @@ pub(crate) struct Shared {
     /// Segments whose last handle in this process dropped, to release in the workers.
     released: Mutex<Vec<SegmentId>>,
     state: Mutex<State>,
-    /// The result ring of each slot's worker, for waiters that poll (`poll_ring`).
-    rings: Mutex<Vec<Option<Arc<Ring>>>>,
     /// Signalled when the phase leaves `Starting`.
     started: Condvar,
     epoll: OwnedFd,
@@ -109,55 +111,52 @@ pub(crate) struct Shared {
     fingerprint: wire::Fingerprint,
 }
 
-/// Supervisor-thread-only data: the frame readers (read without the state lock).
-struct Local {
-    readers: Vec<FrameReader>,
-    sockets: Vec<Option<Arc<OwnedFd>>>,
-    rings: Vec<Option<Arc<Ring>>>,
-    generations: Vec<u32>,
-}
-
-/// Which of a worker's descriptors an epoll event is about.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Socket = 0,
-    Pidfd = 1,
-}
-
-/// The epoll token of a worker's socket or pidfd: the slot's generation in the high 32 bits,
-/// the slot and the source below.
-fn token(slot: usize, generation: u32, source: Source) -> u64 {
-    (u64::from(generation) << 32) | ((slot as u64) << 1) | source as u64
-}
-
-/// The slot, generation and source an epoll token names (the inverse of [`token`]).
-fn untoken(token: u64) -> (usize, u32, Source) {
-    let source = if token & 1 == 0 {
-        Source::Socket
-    } else {
-        Source::Pidfd
-    };
-    (
-        ((token & 0xffff_ffff) >> 1) as usize,
-        (token >> 32) as u32,
-        source,
-    )
-}
-
 /// A failure to set up the pool itself, before any worker starts.
 fn startup_error(e: std::io::Error) -> ProcessError {
     ProcessError::startup("could not set up the pool", Some(e))
 }
 
+/// How long `start` waits past the startup timeout before it gives up on a supervisor that
+/// did not report: every worker has `startup_timeout` to become ready and is then killed,
+/// and a killed worker is reaped within milliseconds; one exit grace covers a loaded
+/// machine. Only a supervisor that never reports needs it.
+const START_SLACK: Duration = lifecycle::EXIT_GRACE;
+
+/// Checks that this kernel has `pidfd_open` (Linux 5.3), which the supervisor watches
+/// workers with.
+fn check_pidfd() -> Result<(), ProcessError> {
+    match rustix::process::pidfd_open(
+        rustix::process::getpid(),
+        rustix::process::PidfdFlags::empty(),
+    ) {
+        Ok(_) => Ok(()),
+        Err(rustix::io::Errno::NOSYS) => Err(ProcessError::startup(
+            "this kernel lacks pidfd_open (Linux 5.3 or later is needed), or a sandbox such as \
+             valgrind or seccomp hides it; the process pool watches its workers through pidfds",
+            None,
+        )),
+        Err(e) => Err(startup_error(e.into())),
+    }
+}
+
 /// Starts a pool: the supervisor thread, which spawns the workers. Returns once every worker
-/// is ready, or with the first startup error.
+/// is ready, or with the first startup error, within the startup timeout.
 pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), ProcessError> {
     if config.processes == 0 {
         return Err(ProcessError::invalid_argument(
             "a process pool needs at least one process",
         ));
     }
+    if let Some(initializer) = config.initializer {
+        if !bootstrap::in_main_image(initializer as usize) {
+            return Err(ProcessError::invalid_argument(
+                "the initializer is not in the main executable (it is in a dynamic library, \
+                 which a worker maps at another address)",
+            ));
+        }
+    }
     bootstrap::check_bootstrap()?;
+    check_pidfd()?;
     let fingerprint = bootstrap::fingerprint().map_err(startup_error)?;
     let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| startup_error(e.into()))?;
     let waker = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
@@ -170,12 +169,12 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
     )
     .map_err(|e| startup_error(e.into()))?;
     let n = config.processes;
+    let give_up = Instant::now() + config.startup_timeout + START_SLACK;
     let shared = Arc::new_cyclic(|this: &Weak<Shared>| Shared {
         this: this.clone(),
         released: Mutex::new(Vec::new()),
-        state: Mutex::new(State::new(n)),
+        state: Mutex::new(State::new(n, Instant::now())),
         started: Condvar::new(),
-        rings: Mutex::new(vec![None; n]),
         epoll,
         waker,
         config,
@@ -188,10 +187,22 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
         .map_err(startup_error)?;
     let mut state = shared.lock();
     while state.phase == Phase::Starting {
+        let now = Instant::now();
+        if now >= give_up {
+            state.failure.get_or_insert_with(|| {
+                ProcessError::startup("the pool's workers did not start in time", None)
+            });
+            state.phase = Phase::Terminating;
+            drop(state);
+            shared.wake();
+            state = shared.lock();
+            break;
+        }
         state = shared
             .started
-            .wait(state)
-            .unwrap_or_else(PoisonError::into_inner);
+            .wait_timeout(state, give_up - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
     if state.phase == Phase::Running {
         drop(state);
@@ -236,7 +247,8 @@ impl Shared {
     ///
     /// # Errors
     ///
-    /// The pool is closed, or broken because no worker can start.
+    /// The pool is closed, or no worker could start `MAX_START_ATTEMPTS` times in a row
+    /// (the pool keeps trying; `submit` works again once a worker is ready).
     pub(crate) fn submit(
         &self,
         jobs: impl IntoIterator<Item = JobSpec>,
@@ -263,33 +275,19 @@ impl Shared {
         Ok(())
     }
 
-    /// Takes the results in a worker's ring, if any, when the state lock is free: a waiting
-    /// thread's shortcut past the supervisor (see `task`).
+    /// Takes the results in a worker's ring when the state lock is free: a waiting thread's
+    /// shortcut past the supervisor, once it saw results in the ring of the worker that has
+    /// its job (see `task`).
     pub(crate) fn poll_ring(&self, slot: usize) {
-        let ring = self
-            .rings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(slot)
-            .cloned()
-            .flatten();
-        if !ring.is_some_and(|ring| ring.pending()) {
-            return;
-        }
         let Ok(mut state) = self.state.try_lock() else {
             return; // the supervisor (or another waiter) is at it
         };
-        let now = Instant::now();
-        state.take_ring(slot, &mut Vec::new(), now);
-        let timer_started = state.dispatch(self, now);
+        state.take_ring(slot, &mut Vec::new(), self);
+        let timer_started = state.dispatch(self, Instant::now());
         drop(state);
         if timer_started {
             self.wake();
         }
-    }
-
-    fn set_ring(&self, slot: usize, ring: Option<Arc<Ring>>) {
-        self.rings.lock().unwrap_or_else(PoisonError::into_inner)[slot] = ring;
     }
 
     /// Drops queued jobs nobody waits for (an abandoned `imap`).
@@ -319,11 +317,7 @@ impl Shared {
 
     /// The pids of the live workers.
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.lock()
-            .slots
-            .iter()
-            .filter_map(|slot| slot.worker.as_ref().map(|w| w.pid))
-            .collect()
+        self.lock().pids()
     }
 }
 
@@ -340,48 +334,47 @@ impl Drop for AbortOnPanic {
     }
 }
 
-/// The supervisor thread.
+/// The supervisor thread: spawn what is wanted, settle the state, announce the sleep to the
+/// rings, wait in epoll, handle the events; until the pool stopped.
+///
+/// Every pass through the loop ends with `advance` and `check_deadlines` under the lock, so
+/// a pass that changed anything (a spawn that failed included) is followed by a sleep whose
+/// timeout covers every deadline and every retry: the supervisor never sleeps without a
+/// timeout while something is due.
 fn supervise(shared: &Shared) {
     let _guard = AbortOnPanic;
     let n = shared.config.processes;
-    let mut local = Local {
-        readers: (0..n).map(|_| FrameReader::new()).collect(),
-        sockets: vec![None; n],
-        rings: vec![None; n],
-        generations: vec![0; n],
-    };
     let mut events: Vec<epoll::Event> = Vec::with_capacity(2 * n + 1);
-    let mut readable = Vec::new();
-    let mut writable = Vec::new();
-    let mut exited = Vec::new();
-    let mut eof = vec![false; n];
     let mut ring_buf = Vec::new();
-    let mut deadline: Option<Instant> = None;
+    let mut state = shared.lock();
     loop {
         // Spawn what the pool lacks, outside the lock: an exec takes about a millisecond.
-        let wanted: Vec<usize> = {
-            let mut state = shared.lock();
-            let wanted: Vec<usize> = (0..n).filter(|&s| state.wants_worker(s)).collect();
-            for &slot in &wanted {
-                state.slots[slot].spawning = true;
-            }
-            wanted
-        };
+        let wanted = state.take_wanted(Instant::now());
         if !wanted.is_empty() {
-            let spawned: Vec<_> = wanted.iter().map(|_| spawn_worker()).collect();
-            let mut state = shared.lock();
+            drop(state);
+            let spawned = lifecycle::spawn_all(&wanted);
+            state = shared.lock();
             let now = Instant::now();
             for (slot, result) in wanted.into_iter().zip(spawned) {
-                state.install(slot, result, shared, &mut local, now);
+                state.install(slot, result, shared, now);
             }
-            deadline = state.check_deadlines(shared, now);
         }
+        let now = Instant::now();
+        state.dispatch(shared, now);
+        if state.advance(shared, now) {
+            return;
+        }
+        let deadline = state.check_deadlines(shared, now);
 
-        // Announce the sleep to every worker's ring; a ring with results means no sleep.
+        // Announce the sleep to every ready worker's ring; a ring with results means no
+        // sleep.
         let mut pending = false;
-        for ring in local.rings.iter().flatten() {
-            pending |= ring.arm();
+        for worker in &state.slots {
+            if let Worker::Ready { conn, .. } = worker {
+                pending |= conn.ring().arm();
+            }
         }
+        drop(state);
         let timeout = if pending {
             Some(Timespec {
                 tv_sec: 0,
@@ -405,14 +398,15 @@ fn supervise(shared: &Shared) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => panic!("epoll_wait failed: {e}"),
         }
-        for ring in local.rings.iter().flatten() {
-            ring.disarm();
-        }
 
-        // Read sockets outside the lock.
-        readable.clear();
-        writable.clear();
-        exited.clear();
+        state = shared.lock();
+        let now = Instant::now();
+        for worker in &state.slots {
+            if let Worker::Ready { conn, .. } = worker {
+                conn.ring().disarm();
+            }
+        }
+        let mut exited = Vec::new();
         for event in &events {
             let data = event.data.u64();
             if data == WAKER_TOKEN {
@@ -420,71 +414,26 @@ fn supervise(shared: &Shared) {
                 let _ = rustix::io::read(&shared.waker, &mut buf);
                 continue;
             }
-            let (slot, generation, source) = untoken(data);
-            if local.generations[slot] != generation {
-                continue;
+            let (token, source) = Token::decode(data);
+            let current = state.slots[token.slot].conn().map(conn::Conn::token);
+            if current != Some(token) {
+                continue; // an event of a worker already reaped
             }
             match source {
+                Source::Pidfd => exited.push(token.slot),
                 Source::Socket => {
                     let flags = event.flags;
                     if flags.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
-                        readable.push(slot);
+                        state.on_readable(token.slot, shared, now);
                     }
                     if flags.contains(EventFlags::OUT) {
-                        writable.push(slot);
+                        state.on_writable(token.slot, shared, now);
                     }
                 }
-                Source::Pidfd => exited.push(slot),
-            }
-        }
-        for &slot in readable.iter().chain(&exited) {
-            // A dead worker's socket is read to the end: results written before it died.
-            // A live socket gets one read per wake (epoll is level-triggered: what is left
-            // wakes us again).
-            let nonblocking_rounds = if exited.contains(&slot) {
-                usize::MAX
-            } else {
-                1
-            };
-            if let Some(socket) = local.sockets[slot].clone() {
-                for _ in 0..nonblocking_rounds {
-                    match local.readers[slot].fill(socket.as_fd(), true) {
-                        Ok(Fill::Data(_)) => {}
-                        Ok(Fill::Empty) => break,
-                        Ok(Fill::Eof) | Err(_) => {
-                            eof[slot] = true;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-
-        let mut state = shared.lock();
-        let now = Instant::now();
-        for slot in readable.iter().chain(&exited).copied() {
-            if state.slots[slot].worker.is_none() {
-                continue;
-            }
-            loop {
-                match local.readers[slot].next_frame() {
-                    Ok(Some(frame)) => state.on_frame(slot, frame, shared, now),
-                    Ok(None) => break,
-                    Err(_) => {
-                        state.kill(slot, Killed::Broken);
-                        break;
-                    }
-                }
-                if state.slots[slot].worker.is_none() {
-                    break;
-                }
-            }
-            if std::mem::take(&mut eof[slot]) && state.slots[slot].worker.is_some() {
-                state.on_eof(slot, shared, now);
             }
         }
         for slot in 0..n {
-            state.take_ring(slot, &mut ring_buf, now);
+            state.take_ring(slot, &mut ring_buf, shared);
         }
         let released = std::mem::take(
             &mut *shared
@@ -495,28 +444,8 @@ fn supervise(shared: &Shared) {
         for id in released {
             state.release(id, shared);
         }
-        for &slot in &writable {
-            let generation = state.slots[slot].generation;
-            if let Some(w) = state.slots[slot].worker.as_mut() {
-                if w.flush(shared, token(slot, generation, Source::Socket))
-                    .is_err()
-                {
-                    state.kill(slot, Killed::Broken);
-                }
-            }
-        }
-        for &slot in &exited {
-            state.on_exit(slot, shared);
-            local.sockets[slot] = None;
-            local.rings[slot] = None;
-            shared.set_ring(slot, None);
-            local.readers[slot] = FrameReader::new();
-        }
-        state.dispatch(shared, now);
-        let stopped = state.advance(shared, now);
-        deadline = state.check_deadlines(shared, now);
-        if stopped {
-            return;
+        for slot in exited {
+            state.reap(slot, &mut ring_buf, shared, now);
         }
     }
 }
