@@ -102,6 +102,12 @@ pub(super) const LOST_WAKE_TICK: std::time::Duration = std::time::Duration::from
 /// Bit 0 of an [`Event`]'s word: a waiter may be asleep.
 const SLEEPERS: u32 = 1;
 
+/// `FUTEX_WAKE`'s count meaning "every waiter". The kernel reads the count as a signed
+/// `int` and stops after the first waiter once its tally passes it, so `u32::MAX` (-1)
+/// would wake one sleeper only, leaving the rest to [`LOST_WAKE_TICK`].
+#[cfg(not(parpool_loom))]
+const WAKE_EVERY: u32 = i32::MAX as u32;
+
 impl Event {
     fn new() -> Self {
         Self {
@@ -144,7 +150,7 @@ impl Event {
         {
             use rustix::thread::futex;
             // Not PRIVATE: the word is in memory shared between processes.
-            let _ = futex::wake(&self.word, futex::Flags::empty(), u32::MAX);
+            let _ = futex::wake(&self.word, futex::Flags::empty(), WAKE_EVERY);
         }
         #[cfg(parpool_loom)]
         {
@@ -157,8 +163,17 @@ impl Event {
     /// [`LOST_WAKE_TICK`]). May return early; the caller re-checks its condition.
     #[cfg(not(parpool_loom))]
     pub(super) fn sleep(&self, ticket: u32, timeout: Option<std::time::Duration>) {
+        self.sleep_at_most(
+            ticket,
+            timeout.map_or(LOST_WAKE_TICK, |t| t.min(LOST_WAKE_TICK)),
+        );
+    }
+
+    /// Sleeps while the word equals `ticket`, at most `timeout` (no tick). May return
+    /// early.
+    #[cfg(not(parpool_loom))]
+    pub(super) fn sleep_at_most(&self, ticket: u32, timeout: std::time::Duration) {
         use rustix::thread::futex;
-        let timeout = timeout.map_or(LOST_WAKE_TICK, |t| t.min(LOST_WAKE_TICK));
         let timespec = futex::Timespec {
             tv_sec: timeout.as_secs() as _,
             tv_nsec: timeout.subsec_nanos() as _,

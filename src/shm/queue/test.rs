@@ -302,3 +302,40 @@ mod dead_holder {
         assert!(q.try_get().unwrap_err().is_empty());
     }
 }
+
+#[cfg(not(parpool_loom))]
+mod wake {
+    use std::sync::{Arc, Barrier, mpsc};
+    use std::time::Duration;
+
+    use super::super::Queue;
+
+    /// One notification wakes every sleeper of an event at once, not one of them (the
+    /// others would wait for the lost-wake tick). The sleepers sleep without the tick here,
+    /// far longer than the test waits for them.
+    #[test]
+    fn notify_wakes_every_sleeper() {
+        const SLEEPERS: usize = 4;
+        let q = Queue::<u8>::new(1).unwrap();
+        let announced = Arc::new(Barrier::new(SLEEPERS + 1));
+        let (woke, woken) = mpsc::channel();
+        for _ in 0..SLEEPERS {
+            let (q, announced, woke) = (q.clone(), Arc::clone(&announced), woke.clone());
+            // Detached: a sleeper nobody wakes must not hold the test up.
+            std::thread::spawn(move || {
+                let event = &q.control().ring.not_empty;
+                let ticket = event.announce();
+                announced.wait();
+                event.sleep_at_most(ticket, Duration::from_secs(600));
+                woke.send(()).unwrap();
+            });
+        }
+        announced.wait();
+        q.control().ring.not_empty.notify();
+        for i in 0..SLEEPERS {
+            // A hang bound, not a timing: a woken sleeper is back in microseconds.
+            let back = woken.recv_timeout(Duration::from_secs(20));
+            assert!(back.is_ok(), "only {i} of {SLEEPERS} sleepers woke up");
+        }
+    }
+}
