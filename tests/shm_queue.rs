@@ -117,6 +117,25 @@ fn lock_poisoned_by_a_killed_holder_recovers() {
     assert!(lock.lock_timeout(Duration::from_millis(1)).is_ok());
 }
 
+/// A timeout that the monotonic clock holds but the realtime one (which
+/// `pthread_mutex_timedlock` takes) does not: still a wait, not a give-up at once.
+#[test]
+fn lock_timeout_past_the_realtime_clock_range_still_waits() {
+    let lock = Lock::new().unwrap();
+    let guard = lock.lock().unwrap();
+    let waiter = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            // Realtime now (~1.8e9 s) plus this is past i64::MAX seconds; uptime plus it is not.
+            let timeout = Duration::from_secs(i64::MAX as u64 - 1_000_000_000);
+            lock.lock_timeout(timeout).is_ok()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    drop(guard);
+    assert!(waiter.join().unwrap(), "gave up while the lock was held");
+}
+
 #[test]
 fn smoke_fifo_len_and_close() {
     let q = Queue::new(8).unwrap();

@@ -171,7 +171,9 @@ impl SharedLock {
         let nanos = i128::from(at.tv_sec) * 1_000_000_000
             + i128::from(at.tv_nsec)
             + left.as_nanos() as i128;
-        at.tv_sec = (nanos / 1_000_000_000) as libc::time_t;
+        // A deadline past what a `time_t` holds is "never" (a plain cast would wrap it into
+        // the past, and the wait would end at once).
+        at.tv_sec = libc::time_t::try_from(nanos / 1_000_000_000).unwrap_or(libc::time_t::MAX);
         at.tv_nsec = (nanos % 1_000_000_000) as _;
         // SAFETY: as in `lock`; `at` is a valid timespec on the stack.
         let rc = unsafe { libc::pthread_mutex_timedlock(self.mutex.get(), &at) };
