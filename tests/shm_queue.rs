@@ -4,7 +4,9 @@
 //!
 //! The kill storm is in `shm_queue_kill.rs`.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use parpool::ProcessPool;
@@ -405,4 +407,69 @@ fn handles_open_only_as_what_they_are() {
     assert!(serde_json::from_str::<Lock>(&json).is_ok());
     assert!(serde_json::from_str::<Value<u8>>(&json).is_err());
     assert!(serde_json::from_str::<Queue<u8>>(&json).is_err());
+}
+
+const SCENARIO: &str = "PARPOOL_TEST_SCENARIO";
+
+/// Runs `scenario` in a child process (this test binary re-executed on the ignored `child`
+/// test); returns (success, stdout + stderr).
+fn run_child(scenario: &str) -> (bool, String) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SCENARIO, scenario)
+        .output()
+        .expect("re-execute the test binary");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// Puts into its queue when dropped.
+struct PutOnDrop(Queue<u64>);
+
+impl Drop for PutOnDrop {
+    fn drop(&mut self) {
+        self.0.put(7).unwrap();
+    }
+}
+
+thread_local! {
+    static PUT_AT_EXIT: RefCell<Option<PutOnDrop>> = const { RefCell::new(None) };
+}
+
+/// The child side: one scenario per process (a crash there fails the test, not the suite).
+#[test]
+#[ignore = "runs only as a child process of the tests below"]
+fn child() {
+    match std::env::var(SCENARIO).as_deref() {
+        Ok("put-from-thread-local-drop") => {
+            let q = Queue::<u64>::new(4).unwrap();
+            let q2 = q.clone();
+            std::thread::spawn(move || {
+                PUT_AT_EXIT.with(|slot| *slot.borrow_mut() = Some(PutOnDrop(q2.clone())));
+                // The queue's own thread-local buffer is made after `PUT_AT_EXIT`, so it
+                // is destroyed first.
+                q2.put(1).unwrap();
+            })
+            .join()
+            .unwrap();
+            assert_eq!(q.try_get().unwrap(), 1);
+            assert_eq!(q.try_get().unwrap(), 7);
+        }
+        other => panic!("unknown scenario {other:?}"),
+    }
+}
+
+/// A put from a thread-local's destructor, after the queue's own thread-local buffer is
+/// gone, works (it used to abort the process).
+#[test]
+fn put_from_a_thread_local_destructor() {
+    let (ok, text) = run_child("put-from-thread-local-drop");
+    assert!(ok, "{text}");
 }

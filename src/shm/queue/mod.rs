@@ -115,15 +115,18 @@ thread_local! {
 /// A buffer kept for reuse only up to this capacity; larger ones are freed after use.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 
+/// This thread's buffer, or a new one once its thread-locals are destroyed (a put or get
+/// from another thread-local's `Drop`).
 fn take_buffer() -> Vec<u8> {
-    let mut buffer = BUFFER.take();
+    let mut buffer = BUFFER.try_with(Cell::take).unwrap_or_default();
     buffer.clear();
     buffer
 }
 
 fn return_buffer(buffer: Vec<u8>) {
     if buffer.capacity() <= KEEP_BUFFER_BYTES {
-        BUFFER.set(buffer);
+        // Dropped instead once the thread-locals are destroyed.
+        let _ = BUFFER.try_with(|kept| kept.set(buffer));
     }
 }
 
