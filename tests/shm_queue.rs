@@ -119,6 +119,38 @@ fn lock_poisoned_by_a_killed_holder_recovers() {
     assert!(lock.lock_timeout(Duration::from_millis(1)).is_ok());
 }
 
+/// Takes and releases its lock when dropped.
+struct LocksWhenDropped(Lock);
+
+impl Drop for LocksWhenDropped {
+    fn drop(&mut self) {
+        let _guard = self.0.lock().unwrap();
+    }
+}
+
+/// A destructor that takes and releases the lock while a panic unwinds through it finished
+/// normally: no poison (as with `std::sync::Mutex`); a holder the panic stops still poisons.
+#[test]
+fn lock_used_by_a_destructor_during_unwinding_is_not_poisoned() {
+    let lock = Lock::new().unwrap();
+    let user = LocksWhenDropped(lock.clone());
+    std::thread::spawn(move || {
+        let _user = user;
+        panic!("unwinds through a destructor that uses the lock");
+    })
+    .join()
+    .unwrap_err();
+    assert!(!lock.is_poisoned());
+    let held = lock.clone();
+    std::thread::spawn(move || {
+        let _guard = held.lock().unwrap();
+        panic!("stops a holder");
+    })
+    .join()
+    .unwrap_err();
+    assert!(lock.is_poisoned());
+}
+
 /// A timeout that the monotonic clock holds but the realtime one (which
 /// `pthread_mutex_timedlock` takes) does not: still a wait, not a give-up at once.
 #[test]

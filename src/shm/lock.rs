@@ -470,6 +470,7 @@ impl Lock {
     fn guard(&self) -> LockGuard<'_> {
         LockGuard {
             lock: self,
+            taken_panicking: std::thread::panicking(),
             _not_send: PhantomData,
         }
     }
@@ -504,7 +505,8 @@ impl<'de> Deserialize<'de> for Lock {
     }
 }
 
-/// A held [`Lock`]. Unlocks when dropped, and poisons the lock if the thread is panicking.
+/// A held [`Lock`]. Unlocks when dropped, and poisons the lock if a panic started while it
+/// was held.
 ///
 /// # Examples
 ///
@@ -522,6 +524,9 @@ impl<'de> Deserialize<'de> for Lock {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
     lock: &'a Lock,
+    /// Taken while the thread was already unwinding (in a `Drop`): a panic then is not
+    /// one that stopped this holder, as with `std::sync::Mutex`.
+    taken_panicking: bool,
     /// The lock must be released by the thread that took it.
     _not_send: PhantomData<*const ()>,
 }
@@ -529,7 +534,7 @@ pub struct LockGuard<'a> {
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         let shared = self.lock.raw.lock();
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.taken_panicking {
             shared.poison();
         }
         // SAFETY: this guard holds the lock, taken by `Lock::lock`/`try_lock`/`lock_timeout`
