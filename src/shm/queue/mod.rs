@@ -506,8 +506,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let mut spun = false;
         loop {
             let lock = Held::take(self.raw.lock(), deadline).ok_or(PutErrorKind::Timeout)?;
-            // SAFETY: `lock` holds the put lock and outlives `held`.
-            let held = unsafe { PutHeld::assume() };
+            // SAFETY: `lock` holds the put lock; `held` borrows it.
+            let held = unsafe { PutHeld::assume(&lock) };
             let mut ticket = None;
             let blocked = loop {
                 match ring.reserve(&held, len) {
@@ -559,8 +559,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let mut spun = false;
         loop {
             let lock = Held::take(&control.get_lock, deadline).ok_or_else(timeout)?;
-            // SAFETY: `lock` holds the get lock and outlives `held`.
-            let held = unsafe { GetHeld::assume() };
+            // SAFETY: `lock` holds the get lock; `held` borrows it.
+            let held = unsafe { GetHeld::assume(&lock) };
             let mut ticket = None;
             let blocked = loop {
                 match ring.take(&bytes, &held) {
@@ -625,9 +625,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn close(&self) {
         let ring = &self.control().ring;
         {
-            let _lock = Held::take(self.raw.lock(), None);
-            // SAFETY: `_lock` holds the put lock for this block.
-            let held = unsafe { PutHeld::assume() };
+            let lock = Held::take(self.raw.lock(), None);
+            // SAFETY: `lock` holds the put lock (a lock without a deadline is always
+            // taken); `held` borrows it.
+            let held = unsafe { PutHeld::assume(&lock) };
             ring.close(&held);
         }
         ring.not_empty.notify_all();

@@ -15,6 +15,8 @@
 //! 2³¹ bytes, so a wrapping byte counter masked by `size - 1` is an offset in the ring, and
 //! `tail - head` (wrapping) is the bytes or items in use.
 
+use std::marker::PhantomData;
+
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -222,31 +224,32 @@ pub(super) struct Ring {
 
 /// Proof that the caller holds the put lock: only a holder may reserve room and commit.
 ///
-/// Not `Clone`; made by [`PutHeld::assume`] where the lock is taken.
+/// Not `Clone`; made by [`PutHeld::assume`] from the lock's guard, which it borrows: no
+/// reservation or commit can happen after the guard is dropped (the lock released).
 #[derive(Debug)]
-pub(super) struct PutHeld(());
+pub(super) struct PutHeld<'lock>(PhantomData<&'lock ()>);
 
-impl PutHeld {
+impl<'lock> PutHeld<'lock> {
     /// # Safety
     ///
-    /// The caller holds the queue's put lock (or, in a loom model, the mutex standing for
-    /// it) for as long as the token lives.
-    pub(super) unsafe fn assume() -> Self {
-        Self(())
+    /// `_guard` holds the queue's put lock (or, in a loom model, the mutex standing for it)
+    /// until it is dropped.
+    pub(super) unsafe fn assume<G>(_guard: &'lock G) -> Self {
+        Self(PhantomData)
     }
 }
 
 /// Proof that the caller holds the get lock; see [`PutHeld`].
 #[derive(Debug)]
-pub(super) struct GetHeld(());
+pub(super) struct GetHeld<'lock>(PhantomData<&'lock ()>);
 
-impl GetHeld {
+impl<'lock> GetHeld<'lock> {
     /// # Safety
     ///
-    /// The caller holds the queue's get lock (or the mutex standing for it) for as long as
-    /// the token lives.
-    pub(super) unsafe fn assume() -> Self {
-        Self(())
+    /// `_guard` holds the queue's get lock (or the mutex standing for it) until it is
+    /// dropped.
+    pub(super) unsafe fn assume<G>(_guard: &'lock G) -> Self {
+        Self(PhantomData)
     }
 }
 
@@ -257,7 +260,7 @@ impl GetHeld {
 pub(super) struct Reserved<'held> {
     at: Position,
     len: u32,
-    _held: &'held PutHeld,
+    _held: &'held PutHeld<'held>,
 }
 
 /// The record at the head, owned by the get-lock holder until it releases it.
@@ -266,7 +269,7 @@ pub(super) struct Reserved<'held> {
 pub(super) struct Taken<'held> {
     at: Position,
     len: u32,
-    _held: &'held GetHeld,
+    _held: &'held GetHeld<'held>,
 }
 
 impl Taken<'_> {
@@ -361,7 +364,7 @@ impl Ring {
     /// the ring's size: the queue checks it first).
     pub(super) fn reserve<'held>(
         &self,
-        held: &'held PutHeld,
+        held: &'held PutHeld<'_>,
         len: u32,
     ) -> Result<Reserved<'held>, NoRoom> {
         // Relaxed: `closed` changes only under the put lock, which we hold.
@@ -410,7 +413,7 @@ impl Ring {
     pub(super) fn take<'held>(
         &self,
         bytes: &Bytes,
-        held: &'held GetHeld,
+        held: &'held GetHeld<'_>,
     ) -> Result<Taken<'held>, NoItem> {
         // Relaxed: only get-lock holders store the head (see `reserve` for the tail).
         let head = Position::unpack(self.head.load(Ordering::Relaxed));
@@ -463,7 +466,7 @@ impl Ring {
     }
 
     /// Closes the queue. Call with the put lock held, so that no put commits after it.
-    pub(super) fn close(&self, _held: &PutHeld) {
+    pub(super) fn close(&self, _held: &PutHeld<'_>) {
         // Release: pairs with the Acquire load in `is_closed` (see the type docs).
         self.closed.store(1, Ordering::Release);
     }
