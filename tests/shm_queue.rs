@@ -270,6 +270,45 @@ fn timeouts_are_honoured() {
     assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 1);
 }
 
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// A getter waiting on an empty queue and a putter waiting on a full one sleep in the
+/// kernel: over a second of waiting each uses a sliver of CPU (20 lost-wake re-checks), far
+/// below the whole second that spinning would burn.
+#[test]
+fn blocked_getters_and_putters_sleep_instead_of_spinning() {
+    let wait = Duration::from_secs(1);
+    let empty = Queue::<u8>::new(1).unwrap();
+    let full = Queue::<u8>::new(1).unwrap();
+    full.put(0).unwrap();
+    let getter = std::thread::spawn(move || {
+        let start = thread_cpu();
+        assert!(empty.get_timeout(wait).unwrap_err().is_timeout());
+        thread_cpu() - start
+    });
+    let putter = std::thread::spawn(move || {
+        let start = thread_cpu();
+        assert!(full.put_timeout(1, wait).unwrap_err().is_timeout());
+        thread_cpu() - start
+    });
+    for (who, cpu) in [("getter", getter), ("putter", putter)] {
+        let cpu = cpu.join().unwrap();
+        assert!(
+            cpu < wait / 4,
+            "a blocked {who} used {cpu:?} of CPU in {wait:?}"
+        );
+    }
+}
+
 /// Many threads putting and getting at once: every item got exactly once, each producer's
 /// items in the order it put them.
 #[test]
