@@ -119,6 +119,29 @@ fn lock_poisoned_by_a_killed_holder_recovers() {
     assert!(lock.lock_timeout(Duration::from_millis(1)).is_ok());
 }
 
+/// `clear_poison` ends the poisoned state even when a holder died on a lock that was
+/// already poisoned (the death, noticed by nobody yet, used to poison the next `lock`).
+#[test]
+fn clear_poison_notices_a_death_behind_an_earlier_poison() {
+    let lock = Lock::new().unwrap();
+    let l = lock.clone();
+    std::thread::spawn(move || {
+        let _guard = l.lock().unwrap();
+        panic!("poisons the lock");
+    })
+    .join()
+    .unwrap_err();
+    // A thread that ends holding the robust mutex is a dead holder for the kernel, as a
+    // killed process is.
+    let l = lock.clone();
+    std::thread::spawn(move || std::mem::forget(l.lock().unwrap_err().into_inner()))
+        .join()
+        .unwrap();
+    lock.clear_poison();
+    assert!(!lock.is_poisoned());
+    assert!(lock.lock().is_ok());
+}
+
 /// Takes and releases its lock when dropped.
 struct LocksWhenDropped(Lock);
 

@@ -227,6 +227,21 @@ impl SharedLock {
         if self.poisoned.load(Ordering::Acquire) != 0 {
             return true;
         }
+        self.notice_dead_holder();
+        self.poisoned.load(Ordering::Acquire) != 0
+    }
+
+    /// Ends the poisoned state (including a death nobody has noticed yet, even on a lock
+    /// that was poisoned before it).
+    pub(crate) fn clear_poison(&self) {
+        self.notice_dead_holder();
+        // Release: pairs with the Acquire loads in `lock` and `is_poisoned`.
+        self.poisoned.store(0, Ordering::Release);
+    }
+
+    /// If the holder died and nobody locked the mutex since, takes it, makes it consistent
+    /// and poisons it, as the next `lock` would; then releases it.
+    fn notice_dead_holder(&self) {
         // SAFETY: the mutex is initialised (see `lock`).
         match unsafe { libc::pthread_mutex_trylock(self.mutex.get()) } {
             0 => {
@@ -244,14 +259,6 @@ impl SharedLock {
             // Held by a live thread (perhaps this one): the flag says it all.
             _ => {}
         }
-        self.poisoned.load(Ordering::Acquire) != 0
-    }
-
-    /// Ends the poisoned state (including a death nobody has noticed yet).
-    pub(crate) fn clear_poison(&self) {
-        self.is_poisoned();
-        // Release: pairs with the Acquire loads in `lock` and `is_poisoned`.
-        self.poisoned.store(0, Ordering::Release);
     }
 }
 
