@@ -5,7 +5,9 @@
 //! The kill storm is in `shm_queue_kill.rs`.
 #![cfg(all(feature = "process", target_os = "linux"))]
 
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use parpool::ProcessPool;
@@ -118,6 +120,80 @@ fn lock_poisoned_by_a_killed_holder_recovers() {
     assert!(lock.lock_timeout(Duration::from_millis(1)).is_ok());
 }
 
+/// `clear_poison` ends the poisoned state even when a holder died on a lock that was
+/// already poisoned (the death, noticed by nobody yet, used to poison the next `lock`).
+#[test]
+fn clear_poison_notices_a_death_behind_an_earlier_poison() {
+    let lock = Lock::new().unwrap();
+    let l = lock.clone();
+    std::thread::spawn(move || {
+        let _guard = l.lock().unwrap();
+        panic!("poisons the lock");
+    })
+    .join()
+    .unwrap_err();
+    // A thread that ends holding the robust mutex is a dead holder for the kernel, as a
+    // killed process is.
+    let l = lock.clone();
+    std::thread::spawn(move || std::mem::forget(l.lock().unwrap_err().into_inner()))
+        .join()
+        .unwrap();
+    lock.clear_poison();
+    assert!(!lock.is_poisoned());
+    assert!(lock.lock().is_ok());
+}
+
+/// Takes and releases its lock when dropped.
+struct LocksWhenDropped(Lock);
+
+impl Drop for LocksWhenDropped {
+    fn drop(&mut self) {
+        let _guard = self.0.lock().unwrap();
+    }
+}
+
+/// A destructor that takes and releases the lock while a panic unwinds through it finished
+/// normally: no poison (as with `std::sync::Mutex`); a holder the panic stops still poisons.
+#[test]
+fn lock_used_by_a_destructor_during_unwinding_is_not_poisoned() {
+    let lock = Lock::new().unwrap();
+    let user = LocksWhenDropped(lock.clone());
+    std::thread::spawn(move || {
+        let _user = user;
+        panic!("unwinds through a destructor that uses the lock");
+    })
+    .join()
+    .unwrap_err();
+    assert!(!lock.is_poisoned());
+    let held = lock.clone();
+    std::thread::spawn(move || {
+        let _guard = held.lock().unwrap();
+        panic!("stops a holder");
+    })
+    .join()
+    .unwrap_err();
+    assert!(lock.is_poisoned());
+}
+
+/// A timeout that the monotonic clock holds but the realtime one (which
+/// `pthread_mutex_timedlock` takes) does not: still a wait, not a give-up at once.
+#[test]
+fn lock_timeout_past_the_realtime_clock_range_still_waits() {
+    let lock = Lock::new().unwrap();
+    let guard = lock.lock().unwrap();
+    let waiter = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            // Realtime now (~1.8e9 s) plus this is past i64::MAX seconds; uptime plus it is not.
+            let timeout = Duration::from_secs(i64::MAX as u64 - 1_000_000_000);
+            lock.lock_timeout(timeout).is_ok()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    drop(guard);
+    assert!(waiter.join().unwrap(), "gave up while the lock was held");
+}
+
 #[test]
 fn smoke_fifo_len_and_close() {
     let q = Queue::new(8).unwrap();
@@ -216,6 +292,45 @@ fn timeouts_are_honoured() {
     assert!(start.elapsed() >= Duration::from_millis(30));
     // A huge timeout is "forever", not an overflow.
     assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 1);
+}
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// A getter waiting on an empty queue and a putter waiting on a full one sleep in the
+/// kernel: over a second of waiting each uses a sliver of CPU (20 lost-wake re-checks), far
+/// below the whole second that spinning would burn.
+#[test]
+fn blocked_getters_and_putters_sleep_instead_of_spinning() {
+    let wait = Duration::from_secs(1);
+    let empty = Queue::<u8>::new(1).unwrap();
+    let full = Queue::<u8>::new(1).unwrap();
+    full.put(0).unwrap();
+    let getter = std::thread::spawn(move || {
+        let start = thread_cpu();
+        assert!(empty.get_timeout(wait).unwrap_err().is_timeout());
+        thread_cpu() - start
+    });
+    let putter = std::thread::spawn(move || {
+        let start = thread_cpu();
+        assert!(full.put_timeout(1, wait).unwrap_err().is_timeout());
+        thread_cpu() - start
+    });
+    for (who, cpu) in [("getter", getter), ("putter", putter)] {
+        let cpu = cpu.join().unwrap();
+        assert!(
+            cpu < wait / 4,
+            "a blocked {who} used {cpu:?} of CPU in {wait:?}"
+        );
+    }
 }
 
 /// Many threads putting and getting at once: every item got exactly once, each producer's
@@ -387,4 +502,69 @@ fn handles_open_only_as_what_they_are() {
     assert!(serde_json::from_str::<Lock>(&json).is_ok());
     assert!(serde_json::from_str::<Value<u8>>(&json).is_err());
     assert!(serde_json::from_str::<Queue<u8>>(&json).is_err());
+}
+
+const SCENARIO: &str = "PARPOOL_TEST_SCENARIO";
+
+/// Runs `scenario` in a child process (this test binary re-executed on the ignored `child`
+/// test); returns (success, stdout + stderr).
+fn run_child(scenario: &str) -> (bool, String) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SCENARIO, scenario)
+        .output()
+        .expect("re-execute the test binary");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// Puts into its queue when dropped.
+struct PutOnDrop(Queue<u64>);
+
+impl Drop for PutOnDrop {
+    fn drop(&mut self) {
+        self.0.put(7).unwrap();
+    }
+}
+
+thread_local! {
+    static PUT_AT_EXIT: RefCell<Option<PutOnDrop>> = const { RefCell::new(None) };
+}
+
+/// The child side: one scenario per process (a crash there fails the test, not the suite).
+#[test]
+#[ignore = "runs only as a child process of the tests below"]
+fn child() {
+    match std::env::var(SCENARIO).as_deref() {
+        Ok("put-from-thread-local-drop") => {
+            let q = Queue::<u64>::new(4).unwrap();
+            let q2 = q.clone();
+            std::thread::spawn(move || {
+                PUT_AT_EXIT.with(|slot| *slot.borrow_mut() = Some(PutOnDrop(q2.clone())));
+                // The queue's own thread-local buffer is made after `PUT_AT_EXIT`, so it
+                // is destroyed first.
+                q2.put(1).unwrap();
+            })
+            .join()
+            .unwrap();
+            assert_eq!(q.try_get().unwrap(), 1);
+            assert_eq!(q.try_get().unwrap(), 7);
+        }
+        other => panic!("unknown scenario {other:?}"),
+    }
+}
+
+/// A put from a thread-local's destructor, after the queue's own thread-local buffer is
+/// gone, works (it used to abort the process).
+#[test]
+fn put_from_a_thread_local_destructor() {
+    let (ok, text) = run_child("put-from-thread-local-drop");
+    assert!(ok, "{text}");
 }

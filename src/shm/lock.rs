@@ -171,7 +171,9 @@ impl SharedLock {
         let nanos = i128::from(at.tv_sec) * 1_000_000_000
             + i128::from(at.tv_nsec)
             + left.as_nanos() as i128;
-        at.tv_sec = (nanos / 1_000_000_000) as libc::time_t;
+        // A deadline past what a `time_t` holds is "never" (a plain cast would wrap it into
+        // the past, and the wait would end at once).
+        at.tv_sec = libc::time_t::try_from(nanos / 1_000_000_000).unwrap_or(libc::time_t::MAX);
         at.tv_nsec = (nanos % 1_000_000_000) as _;
         // SAFETY: as in `lock`; `at` is a valid timespec on the stack.
         let rc = unsafe { libc::pthread_mutex_timedlock(self.mutex.get(), &at) };
@@ -225,6 +227,21 @@ impl SharedLock {
         if self.poisoned.load(Ordering::Acquire) != 0 {
             return true;
         }
+        self.notice_dead_holder();
+        self.poisoned.load(Ordering::Acquire) != 0
+    }
+
+    /// Ends the poisoned state (including a death nobody has noticed yet, even on a lock
+    /// that was poisoned before it).
+    pub(crate) fn clear_poison(&self) {
+        self.notice_dead_holder();
+        // Release: pairs with the Acquire loads in `lock` and `is_poisoned`.
+        self.poisoned.store(0, Ordering::Release);
+    }
+
+    /// If the holder died and nobody locked the mutex since, takes it, makes it consistent
+    /// and poisons it, as the next `lock` would; then releases it.
+    fn notice_dead_holder(&self) {
         // SAFETY: the mutex is initialised (see `lock`).
         match unsafe { libc::pthread_mutex_trylock(self.mutex.get()) } {
             0 => {
@@ -242,14 +259,6 @@ impl SharedLock {
             // Held by a live thread (perhaps this one): the flag says it all.
             _ => {}
         }
-        self.poisoned.load(Ordering::Acquire) != 0
-    }
-
-    /// Ends the poisoned state (including a death nobody has noticed yet).
-    pub(crate) fn clear_poison(&self) {
-        self.is_poisoned();
-        // Release: pairs with the Acquire loads in `lock` and `is_poisoned`.
-        self.poisoned.store(0, Ordering::Release);
     }
 }
 
@@ -468,6 +477,7 @@ impl Lock {
     fn guard(&self) -> LockGuard<'_> {
         LockGuard {
             lock: self,
+            taken_panicking: std::thread::panicking(),
             _not_send: PhantomData,
         }
     }
@@ -502,7 +512,8 @@ impl<'de> Deserialize<'de> for Lock {
     }
 }
 
-/// A held [`Lock`]. Unlocks when dropped, and poisons the lock if the thread is panicking.
+/// A held [`Lock`]. Unlocks when dropped, and poisons the lock if a panic started while it
+/// was held.
 ///
 /// # Examples
 ///
@@ -520,6 +531,9 @@ impl<'de> Deserialize<'de> for Lock {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
     lock: &'a Lock,
+    /// Taken while the thread was already unwinding (in a `Drop`): a panic then is not
+    /// one that stopped this holder, as with `std::sync::Mutex`.
+    taken_panicking: bool,
     /// The lock must be released by the thread that took it.
     _not_send: PhantomData<*const ()>,
 }
@@ -527,7 +541,7 @@ pub struct LockGuard<'a> {
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         let shared = self.lock.raw.lock();
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.taken_panicking {
             shared.poison();
         }
         // SAFETY: this guard holds the lock, taken by `Lock::lock`/`try_lock`/`lock_timeout`

@@ -115,15 +115,18 @@ thread_local! {
 /// A buffer kept for reuse only up to this capacity; larger ones are freed after use.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 
+/// This thread's buffer, or a new one once its thread-locals are destroyed (a put or get
+/// from another thread-local's `Drop`).
 fn take_buffer() -> Vec<u8> {
-    let mut buffer = BUFFER.take();
+    let mut buffer = BUFFER.try_with(Cell::take).unwrap_or_default();
     buffer.clear();
     buffer
 }
 
 fn return_buffer(buffer: Vec<u8>) {
     if buffer.capacity() <= KEEP_BUFFER_BYTES {
-        BUFFER.set(buffer);
+        // Dropped instead once the thread-locals are destroyed.
+        let _ = BUFFER.try_with(|kept| kept.set(buffer));
     }
 }
 
@@ -503,8 +506,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let mut spun = false;
         loop {
             let lock = Held::take(self.raw.lock(), deadline).ok_or(PutErrorKind::Timeout)?;
-            // SAFETY: `lock` holds the put lock and outlives `held`.
-            let held = unsafe { PutHeld::assume() };
+            // SAFETY: `lock` holds the put lock; `held` borrows it.
+            let held = unsafe { PutHeld::assume(&lock) };
             let mut ticket = None;
             let blocked = loop {
                 match ring.reserve(&held, len) {
@@ -556,8 +559,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let mut spun = false;
         loop {
             let lock = Held::take(&control.get_lock, deadline).ok_or_else(timeout)?;
-            // SAFETY: `lock` holds the get lock and outlives `held`.
-            let held = unsafe { GetHeld::assume() };
+            // SAFETY: `lock` holds the get lock; `held` borrows it.
+            let held = unsafe { GetHeld::assume(&lock) };
             let mut ticket = None;
             let blocked = loop {
                 match ring.take(&bytes, &held) {
@@ -622,9 +625,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn close(&self) {
         let ring = &self.control().ring;
         {
-            let _lock = Held::take(self.raw.lock(), None);
-            // SAFETY: `_lock` holds the put lock for this block.
-            let held = unsafe { PutHeld::assume() };
+            let lock = Held::take(self.raw.lock(), None);
+            // SAFETY: `lock` holds the put lock (a lock without a deadline is always
+            // taken); `held` borrows it.
+            let held = unsafe { PutHeld::assume(&lock) };
             ring.close(&held);
         }
         ring.not_empty.notify_all();

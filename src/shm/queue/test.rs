@@ -48,8 +48,8 @@ mod model {
         fn put(&self, payload: &[u8]) -> bool {
             loop {
                 let lock = self.put_lock.lock().unwrap();
-                // SAFETY: `lock` stands for the put lock and outlives `held`.
-                let held = unsafe { PutHeld::assume() };
+                // SAFETY: `lock` stands for the put lock; `held` borrows it.
+                let held = unsafe { PutHeld::assume(&lock) };
                 let mut ticket = None;
                 let ticket = loop {
                     match self.ring.reserve(&held, payload.len() as u32) {
@@ -76,8 +76,8 @@ mod model {
         /// its lock released (by the kernel, for a robust mutex).
         fn put_killed(&self, len: u32) {
             let _lock = self.put_lock.lock().unwrap();
-            // SAFETY: `_lock` stands for the put lock and outlives `held`.
-            let held = unsafe { PutHeld::assume() };
+            // SAFETY: `_lock` stands for the put lock; `held` borrows it.
+            let held = unsafe { PutHeld::assume(&_lock) };
             if let Ok(reserved) = self.ring.reserve(&held, len) {
                 self.ring
                     .fill(&self.bytes, &reserved, &vec![0xEE; len as usize]);
@@ -88,8 +88,8 @@ mod model {
         fn get(&self) -> Option<Vec<u8>> {
             loop {
                 let lock = self.get_lock.lock().unwrap();
-                // SAFETY: `lock` stands for the get lock and outlives `held`.
-                let held = unsafe { GetHeld::assume() };
+                // SAFETY: `lock` stands for the get lock; `held` borrows it.
+                let held = unsafe { GetHeld::assume(&lock) };
                 let mut ticket = None;
                 let ticket = loop {
                     match self.ring.take(&self.bytes, &held) {
@@ -118,8 +118,8 @@ mod model {
         /// stopped; its lock is released.
         fn get_killed(&self) {
             let _lock = self.get_lock.lock().unwrap();
-            // SAFETY: `_lock` stands for the get lock and outlives `held`.
-            let held = unsafe { GetHeld::assume() };
+            // SAFETY: `_lock` stands for the get lock; `held` borrows it.
+            let held = unsafe { GetHeld::assume(&_lock) };
             if let Ok(taken) = self.ring.take(&self.bytes, &held) {
                 let mut out = vec![0; taken.len()];
                 self.ring.read(&self.bytes, &taken, &mut out);
@@ -129,8 +129,8 @@ mod model {
         fn close(&self) {
             {
                 let _lock = self.put_lock.lock().unwrap();
-                // SAFETY: `_lock` stands for the put lock and outlives `held`.
-                let held = unsafe { PutHeld::assume() };
+                // SAFETY: `_lock` stands for the put lock; `held` borrows it.
+                let held = unsafe { PutHeld::assume(&_lock) };
                 self.ring.close(&held);
             }
             self.ring.not_empty.notify_all();
@@ -263,9 +263,10 @@ mod dead_holder {
         q.put(vec![1]).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
-                q.raw.lock().lock();
+                let lock = q.raw.lock();
+                lock.lock();
                 // SAFETY: this thread holds the put lock (and never releases it).
-                let held = unsafe { PutHeld::assume() };
+                let held = unsafe { PutHeld::assume(lock) };
                 let ring = &q.control().ring;
                 let reserved = ring.reserve(&held, 10).unwrap();
                 ring.fill(&q.bytes(), &reserved, &[0xEE; 10]);
@@ -289,7 +290,7 @@ mod dead_holder {
                 let control = q.control();
                 control.get_lock.lock();
                 // SAFETY: this thread holds the get lock (and never releases it).
-                let held = unsafe { GetHeld::assume() };
+                let held = unsafe { GetHeld::assume(&control.get_lock) };
                 let taken = control.ring.take(&q.bytes(), &held).unwrap();
                 let mut out = vec![0; taken.len()];
                 control.ring.read(&q.bytes(), &taken, &mut out);
@@ -300,5 +301,42 @@ mod dead_holder {
         assert_eq!(q.len(), 1);
         assert_eq!(q.get().unwrap(), [3; 40]);
         assert!(q.try_get().unwrap_err().is_empty());
+    }
+}
+
+#[cfg(not(parpool_loom))]
+mod wake {
+    use std::sync::{Arc, Barrier, mpsc};
+    use std::time::Duration;
+
+    use super::super::Queue;
+
+    /// One notification wakes every sleeper of an event at once, not one of them (the
+    /// others would wait for the lost-wake tick). The sleepers sleep without the tick here,
+    /// far longer than the test waits for them.
+    #[test]
+    fn notify_wakes_every_sleeper() {
+        const SLEEPERS: usize = 4;
+        let q = Queue::<u8>::new(1).unwrap();
+        let announced = Arc::new(Barrier::new(SLEEPERS + 1));
+        let (woke, woken) = mpsc::channel();
+        for _ in 0..SLEEPERS {
+            let (q, announced, woke) = (q.clone(), Arc::clone(&announced), woke.clone());
+            // Detached: a sleeper nobody wakes must not hold the test up.
+            std::thread::spawn(move || {
+                let event = &q.control().ring.not_empty;
+                let ticket = event.announce();
+                announced.wait();
+                event.sleep_at_most(ticket, Duration::from_secs(600));
+                woke.send(()).unwrap();
+            });
+        }
+        announced.wait();
+        q.control().ring.not_empty.notify();
+        for i in 0..SLEEPERS {
+            // A hang bound, not a timing: a woken sleeper is back in microseconds.
+            let back = woken.recv_timeout(Duration::from_secs(20));
+            assert!(back.is_ok(), "only {i} of {SLEEPERS} sleepers woke up");
+        }
     }
 }
