@@ -344,3 +344,44 @@ fn bump_both((v, a): (Value<u64>, Array<u8>)) {
     v.fetch_add(1);
     a.set(0, 1).unwrap();
 }
+
+/// Locks a `Value` and an `Array` in its destructor (logging under the lock, say).
+struct LocksWhenDropped(Value<u64>, Array<u8>);
+
+impl Drop for LocksWhenDropped {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() += 1;
+        self.1.lock().unwrap()[0] += 1;
+    }
+}
+
+/// A guard taken while a panic already unwinds (in a destructor) finished its update: the
+/// lock is not poisoned, as with `std::sync::Mutex`; a panic that stops a holder still
+/// poisons it.
+#[test]
+fn guards_taken_during_unwinding_do_not_poison() {
+    let value = Value::new(0u64).unwrap();
+    let array = Array::from_slice(&[0u8]).unwrap();
+    let user = LocksWhenDropped(value.clone(), array.clone());
+    std::thread::spawn(move || {
+        let _user = user;
+        panic!("unwinds through a destructor that locks");
+    })
+    .join()
+    .unwrap_err();
+    assert!(!value.is_poisoned());
+    assert!(!array.is_poisoned());
+    assert_eq!(value.get().unwrap(), 1);
+    assert_eq!(array.to_vec().unwrap(), [1]);
+
+    let (v, a) = (value.clone(), array.clone());
+    std::thread::spawn(move || {
+        let _value = v.lock().unwrap();
+        let _array = a.lock().unwrap();
+        panic!("stops a holder");
+    })
+    .join()
+    .unwrap_err();
+    assert!(value.is_poisoned());
+    assert!(array.is_poisoned());
+}

@@ -1,12 +1,12 @@
 //! `Array<T>`: a fixed-length array in shared memory, with a lock.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::LockResult;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::lock::Held;
 use super::{Block, Pod, ShmError};
 
 /// A fixed-length array of `T` in memory shared with the workers of a process pool
@@ -232,11 +232,8 @@ impl<T: Pod> Array<T> {
     /// # Ok::<(), parpool::ShmError>(())
     /// ```
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        let acquired = self.block.lock().lock();
-        let guard = ArrayGuard {
-            array: self,
-            _not_send: PhantomData,
-        };
+        let (held, acquired) = self.block.lock().lock();
+        let guard = ArrayGuard { array: self, held };
         acquired.into_result(guard)
     }
 
@@ -320,7 +317,7 @@ impl<'de, T: Pod> Deserialize<'de> for Array<T> {
 }
 
 /// The lock of an [`Array`], held: derefs to the elements. Unlocks when dropped (and poisons
-/// the lock if the thread is panicking).
+/// the lock if a panic started while it was held).
 ///
 /// # Examples
 ///
@@ -339,8 +336,8 @@ impl<'de, T: Pod> Deserialize<'de> for Array<T> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArrayGuard<'a, T: Pod> {
     array: &'a Array<T>,
-    /// The lock must be released by the thread that took it.
-    _not_send: PhantomData<*const ()>,
+    /// The hold; released when the guard drops.
+    held: Held<'a>,
 }
 
 impl<T: Pod> Deref for ArrayGuard<'_, T> {
@@ -365,13 +362,7 @@ impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
 
 impl<T: Pod> Drop for ArrayGuard<'_, T> {
     fn drop(&mut self) {
-        let lock = self.array.block.lock();
-        if std::thread::panicking() {
-            lock.poison();
-        }
-        // SAFETY: this guard holds the lock, taken in `Array::lock` on this thread (the
-        // guard is not `Send`).
-        unsafe { lock.unlock() };
+        self.held.poison_if_panicked();
     }
 }
 

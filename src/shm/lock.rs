@@ -74,6 +74,43 @@ impl Acquired {
     }
 }
 
+/// This thread's hold on a [`SharedLock`]: made only by a successful `lock`, `try_lock` or
+/// `lock_until`, and the only way to release the lock (when dropped). So the lock is
+/// released once, by the thread that took it (`Held` is not `Send`).
+#[must_use = "the lock is released as soon as the hold is dropped"]
+pub(crate) struct Held<'a> {
+    lock: &'a SharedLock,
+    /// Whether the thread was already unwinding when it took the lock (in a `Drop`): a panic
+    /// then did not interrupt this holder, as with `std::sync::Mutex`.
+    taken_panicking: bool,
+    /// The lock must be released by the thread that took it.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Held<'_> {
+    /// Poisons the lock if a panic began while it was held: what a guard over data does
+    /// before it lets go, so the next holder learns the data may be half-written.
+    pub(crate) fn poison_if_panicked(&self) {
+        if std::thread::panicking() && !self.taken_panicking {
+            self.lock.poison();
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a `Held` is made only when this thread acquired the lock (`acquired`),
+        // is not `Send` or `Clone`, and releases it only here, once.
+        unsafe { self.lock.unlock() };
+    }
+}
+
+impl fmt::Debug for Held<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Held").finish_non_exhaustive()
+    }
+}
+
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
@@ -125,13 +162,14 @@ impl SharedLock {
         }
     }
 
-    /// Acquires the lock, waiting for it. Reports whether it is poisoned.
+    /// Acquires the lock, waiting for it: this thread's hold on it, and whether it is
+    /// poisoned.
     ///
     /// # Panics
     ///
     /// If this thread already holds it, or the mutex is broken (`ENOTRECOVERABLE`: memory
     /// overwritten by a process outside this protocol).
-    pub(crate) fn lock(&self) -> Acquired {
+    pub(crate) fn lock(&self) -> (Held<'_>, Acquired) {
         // SAFETY: the mutex was initialised by `init` when its segment was created, and its
         // memory lives as long as `self`.
         let rc = unsafe { libc::pthread_mutex_lock(self.mutex.get()) };
@@ -143,7 +181,7 @@ impl SharedLock {
     /// # Panics
     ///
     /// As [`lock`](Self::lock), except that a lock this thread holds is busy (`None`).
-    pub(crate) fn try_lock(&self) -> Option<Acquired> {
+    pub(crate) fn try_lock(&self) -> Option<(Held<'_>, Acquired)> {
         // SAFETY: as in `lock`.
         match unsafe { libc::pthread_mutex_trylock(self.mutex.get()) } {
             // A robust error-checking mutex tells its own holder EDEADLK: busy, for us.
@@ -157,7 +195,7 @@ impl SharedLock {
     /// # Panics
     ///
     /// As [`lock`](Self::lock).
-    pub(crate) fn lock_until(&self, deadline: Instant) -> Option<Acquired> {
+    pub(crate) fn lock_until(&self, deadline: Instant) -> Option<(Held<'_>, Acquired)> {
         if let Some(acquired) = self.try_lock() {
             return Some(acquired);
         }
@@ -180,19 +218,24 @@ impl SharedLock {
         self.acquired(rc)
     }
 
-    /// What a `pthread_mutex_*lock` return code means: acquired (how), or not (`None`: busy
-    /// or timed out).
-    fn acquired(&self, rc: libc::c_int) -> Option<Acquired> {
+    /// What a `pthread_mutex_*lock` return code means: acquired (the hold, and how), or not
+    /// (`None`: busy or timed out).
+    fn acquired(&self, rc: libc::c_int) -> Option<(Held<'_>, Acquired)> {
+        let held = || Held {
+            lock: self,
+            taken_panicking: std::thread::panicking(),
+            _not_send: PhantomData,
+        };
         // Acquire: pairs with the Release stores in `poison` and `clear_poison`.
         match rc {
-            0 if self.poisoned.load(Ordering::Acquire) != 0 => Some(Acquired::Poisoned),
-            0 => Some(Acquired::Clean),
+            0 if self.poisoned.load(Ordering::Acquire) != 0 => Some((held(), Acquired::Poisoned)),
+            0 => Some((held(), Acquired::Clean)),
             libc::EOWNERDEAD => {
                 // SAFETY: we hold the mutex (EOWNERDEAD means acquired); making it consistent
                 // is what lets later lockers in.
                 unsafe { libc::pthread_mutex_consistent(self.mutex.get()) };
                 self.poison();
-                Some(Acquired::Poisoned)
+                Some((held(), Acquired::Poisoned))
             }
             libc::EBUSY | libc::ETIMEDOUT => None,
             libc::EDEADLK => panic!("this thread already holds this shared-memory lock"),
@@ -208,7 +251,7 @@ impl SharedLock {
     /// # Safety
     ///
     /// This thread holds the lock (a `lock` returned and no `unlock` followed).
-    pub(crate) unsafe fn unlock(&self) {
+    unsafe fn unlock(&self) {
         // SAFETY: the caller holds the lock; the mutex is initialised (see `lock`).
         unsafe { libc::pthread_mutex_unlock(self.mutex.get()) };
     }
@@ -353,8 +396,8 @@ impl Lock {
     /// # Ok::<(), parpool::ShmError>(())
     /// ```
     pub fn lock(&self) -> LockResult<LockGuard<'_>> {
-        let acquired = self.raw.lock().lock();
-        acquired.into_result(self.guard())
+        let (held, acquired) = self.raw.lock().lock();
+        acquired.into_result(self.guard(held))
     }
 
     /// Acquires the lock if it is free now, without waiting.
@@ -379,7 +422,7 @@ impl Lock {
     /// ```
     pub fn try_lock(&self) -> TryLockResult<LockGuard<'_>> {
         match self.raw.lock().try_lock() {
-            Some(acquired) => Ok(acquired.into_result(self.guard())?),
+            Some((held, acquired)) => Ok(acquired.into_result(self.guard(held))?),
             None => Err(TryLockError::WouldBlock),
         }
     }
@@ -420,7 +463,7 @@ impl Lock {
             None => Some(self.raw.lock().lock()),
         };
         match acquired {
-            Some(acquired) => Ok(acquired.into_result(self.guard())?),
+            Some((held, acquired)) => Ok(acquired.into_result(self.guard(held))?),
             None => Err(TryLockError::WouldBlock),
         }
     }
@@ -474,12 +517,8 @@ impl Lock {
         self.raw.lock().clear_poison();
     }
 
-    fn guard(&self) -> LockGuard<'_> {
-        LockGuard {
-            lock: self,
-            taken_panicking: std::thread::panicking(),
-            _not_send: PhantomData,
-        }
+    fn guard<'a>(&'a self, held: Held<'a>) -> LockGuard<'a> {
+        LockGuard { lock: self, held }
     }
 }
 
@@ -531,22 +570,13 @@ impl<'de> Deserialize<'de> for Lock {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
     lock: &'a Lock,
-    /// Taken while the thread was already unwinding (in a `Drop`): a panic then is not
-    /// one that stopped this holder, as with `std::sync::Mutex`.
-    taken_panicking: bool,
-    /// The lock must be released by the thread that took it.
-    _not_send: PhantomData<*const ()>,
+    /// The hold; released (after `drop` below) when the guard drops.
+    held: Held<'a>,
 }
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        let shared = self.lock.raw.lock();
-        if std::thread::panicking() && !self.taken_panicking {
-            shared.poison();
-        }
-        // SAFETY: this guard holds the lock, taken by `Lock::lock`/`try_lock`/`lock_timeout`
-        // on this thread (the guard is not `Send`).
-        unsafe { shared.unlock() };
+        self.held.poison_if_panicked();
     }
 }
 

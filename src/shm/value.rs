@@ -1,12 +1,12 @@
 //! `Value<T>`: one value in shared memory, with a lock and, for integers, atomic operations.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::LockResult;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::lock::Held;
 use super::{AtomicInt, Block, Pod, ShmError};
 
 /// One value of type `T` in memory shared with the workers of a process pool
@@ -186,14 +186,14 @@ impl<T: Pod> Value<T> {
     /// # Ok::<(), parpool::ShmError>(())
     /// ```
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
-        let acquired = self.block.lock().lock();
-        // SAFETY: the lock is held, so no other user of the lock writes the value; the data
-        // pointer is valid and aligned for one `T`.
+        let (held, acquired) = self.block.lock().lock();
+        // SAFETY: the lock is held (`held`), so no other user of the lock writes the value;
+        // the data pointer is valid and aligned for one `T`.
         let local = unsafe { T::read_shared(self.block.data()) };
         let guard = ValueGuard {
             value: self,
             local,
-            _not_send: PhantomData,
+            held,
         };
         acquired.into_result(guard)
     }
@@ -359,7 +359,7 @@ impl<'de, T: Pod> Deserialize<'de> for Value<T> {
 }
 
 /// The lock of a [`Value`], held: derefs to the value. Unlocks when dropped (and poisons the
-/// lock if the thread is panicking).
+/// lock if a panic started while it was held).
 ///
 /// The guard works on a copy of the value, written back when it drops: a process that dies
 /// while holding it leaves the old value whole.
@@ -382,8 +382,8 @@ impl<'de, T: Pod> Deserialize<'de> for Value<T> {
 pub struct ValueGuard<'a, T: Pod> {
     value: &'a Value<T>,
     local: T,
-    /// The lock must be released by the thread that took it.
-    _not_send: PhantomData<*const ()>,
+    /// The hold; released (after `drop` below wrote the value back) when the guard drops.
+    held: Held<'a>,
 }
 
 impl<T: Pod> Deref for ValueGuard<'_, T> {
@@ -402,15 +402,10 @@ impl<T: Pod> DerefMut for ValueGuard<'_, T> {
 
 impl<T: Pod> Drop for ValueGuard<'_, T> {
     fn drop(&mut self) {
-        let block = &self.value.block;
-        // SAFETY: this guard holds the lock; the data pointer is valid and aligned.
-        unsafe { T::write_shared(block.data(), self.local) };
-        if std::thread::panicking() {
-            block.lock().poison();
-        }
-        // SAFETY: this guard holds the lock, taken in `Value::lock` on this thread (the
-        // guard is not `Send`).
-        unsafe { block.lock().unlock() };
+        // SAFETY: this guard holds the lock (`held` is released only after this runs); the
+        // data pointer is valid and aligned.
+        unsafe { T::write_shared(self.value.block.data(), self.local) };
+        self.held.poison_if_panicked();
     }
 }
 

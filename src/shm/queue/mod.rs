@@ -83,7 +83,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use error::{GetError, PutError};
 
-use super::lock::{Acquired, SharedLock};
+use super::lock::{Acquired, Held, SharedLock};
 use super::{RawBlock, ShmError, type_hash};
 use error::{GetErrorKind, PutErrorKind};
 use ring::{Bytes, GetHeld, NoItem, NoRoom, PREFIX, PutHeld, Ring};
@@ -130,32 +130,20 @@ fn return_buffer(buffer: Vec<u8>) {
     }
 }
 
-/// A held queue lock; unlocks when dropped.
-struct Held<'a>(&'a SharedLock);
-
-impl<'a> Held<'a> {
-    /// Takes `lock`, waiting at most until `deadline` (`None`: as long as it takes).
-    ///
-    /// A poisoned lock only means that a holder died: the queue needs no repair (see the
-    /// module docs), so the poison is cleared.
-    fn take(lock: &'a SharedLock, deadline: Option<Instant>) -> Option<Self> {
-        let acquired = match deadline {
-            None => lock.lock(),
-            Some(deadline) => lock.lock_until(deadline)?,
-        };
-        if acquired == Acquired::Poisoned {
-            lock.clear_poison();
-        }
-        Some(Self(lock))
+/// Takes a queue lock, waiting at most until `deadline` (`None`: as long as it takes); the
+/// hold releases it when dropped.
+///
+/// A poisoned lock only means that a holder died: the queue needs no repair (see the module
+/// docs), so the poison is cleared.
+fn take(lock: &SharedLock, deadline: Option<Instant>) -> Option<Held<'_>> {
+    let (held, acquired) = match deadline {
+        None => lock.lock(),
+        Some(deadline) => lock.lock_until(deadline)?,
+    };
+    if acquired == Acquired::Poisoned {
+        lock.clear_poison();
     }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        // SAFETY: `Held::take` acquired the lock on this thread, and a `Held` never leaves
-        // the put, get or close that made it.
-        unsafe { self.0.unlock() };
-    }
+    Some(held)
 }
 
 /// How long a put or get may wait for room or an item.
@@ -505,7 +493,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let deadline = wait.deadline();
         let mut spun = false;
         loop {
-            let lock = Held::take(self.raw.lock(), deadline).ok_or(PutErrorKind::Timeout)?;
+            let lock = take(self.raw.lock(), deadline).ok_or(PutErrorKind::Timeout)?;
             // SAFETY: `lock` holds the put lock; `held` borrows it.
             let held = unsafe { PutHeld::assume(&lock) };
             let mut ticket = None;
@@ -558,7 +546,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let timeout = || GetError::new(GetErrorKind::Timeout);
         let mut spun = false;
         loop {
-            let lock = Held::take(&control.get_lock, deadline).ok_or_else(timeout)?;
+            let lock = take(&control.get_lock, deadline).ok_or_else(timeout)?;
             // SAFETY: `lock` holds the get lock; `held` borrows it.
             let held = unsafe { GetHeld::assume(&lock) };
             let mut ticket = None;
@@ -625,7 +613,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn close(&self) {
         let ring = &self.control().ring;
         {
-            let lock = Held::take(self.raw.lock(), None);
+            let lock = take(self.raw.lock(), None);
             // SAFETY: `lock` holds the put lock (a lock without a deadline is always
             // taken); `held` borrows it.
             let held = unsafe { PutHeld::assume(&lock) };

@@ -264,7 +264,7 @@ mod dead_holder {
         std::thread::scope(|s| {
             s.spawn(|| {
                 let lock = q.raw.lock();
-                lock.lock();
+                std::mem::forget(lock.lock());
                 // SAFETY: this thread holds the put lock (and never releases it).
                 let held = unsafe { PutHeld::assume(lock) };
                 let ring = &q.control().ring;
@@ -288,7 +288,7 @@ mod dead_holder {
         std::thread::scope(|s| {
             s.spawn(|| {
                 let control = q.control();
-                control.get_lock.lock();
+                std::mem::forget(control.get_lock.lock());
                 // SAFETY: this thread holds the get lock (and never releases it).
                 let held = unsafe { GetHeld::assume(&control.get_lock) };
                 let taken = control.ring.take(&q.bytes(), &held).unwrap();
