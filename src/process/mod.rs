@@ -222,7 +222,7 @@ impl ProcessPool {
     ///     .build()?;
     /// assert_eq!(procs.workers(), 1); // `build` starts the minimum
     /// procs.map(nap, [50; 16])?; // jobs wait: the pool grows
-    /// assert!(procs.workers() > 1);
+    /// assert!(procs.counters().spawned > 1);
     /// while procs.workers() > 1 {
     ///     nap(10); // idle past the timeout: it shrinks back
     /// }
