@@ -1,6 +1,7 @@
 //! Elastic process pools: a burst grows the pool to its maximum one worker at a time,
-//! idling shrinks it to its minimum, bad bounds are errors, and `terminate` or drop in the
-//! middle of growth leave no process behind. (The crash storm during growth and shrinking is
+//! idling shrinks it to its minimum, retirement racing with submissions runs every job
+//! exactly once, bad bounds are errors, and `terminate` or drop in the middle of growth
+//! leave no process behind. (The crash storm during growth and shrinking is
 //! in `process_storm.rs`, beside the other storms.)
 //!
 //! Each scenario runs in a child process with a time bound: one that hangs fails its own
@@ -13,6 +14,8 @@ mod child;
 use std::time::{Duration, Instant};
 
 use parpool::ProcessPool;
+use parpool::process::ProcessTask;
+use parpool::shm::Array;
 
 fn nap(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
@@ -155,6 +158,50 @@ fn terminate_and_drop_during_growth() {
     }
 }
 
+/// Counts its run in `runs[i]`, then naps `us` microseconds.
+fn counted_nap((i, us, runs): (usize, u64, Array<u64>)) -> usize {
+    runs.lock().unwrap()[i] += 1;
+    std::thread::sleep(Duration::from_micros(us));
+    i
+}
+
+/// Retirement racing with submissions: a 1 ms idle timeout and a minimum of 0, with gaps
+/// between submissions around the idle timeout, so workers retire just as jobs arrive and
+/// the pool empties and grows again all along. Every job runs exactly once and answers.
+fn retirement_races_submissions() {
+    let pool = ProcessPool::builder()
+        .elastic(0, 3)
+        .idle_timeout(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    const JOBS: usize = 1_500;
+    let runs = Array::<u64>::zeroed(JOBS).unwrap();
+    let mut tasks: Vec<ProcessTask<usize>> = Vec::new();
+    while tasks.len() < JOBS {
+        // A burst of 1 to 5 jobs of 0 to 400 µs, then a gap of 0 to 2.4 ms.
+        let burst = (1 + tasks.len() % 5).min(JOBS - tasks.len());
+        for _ in 0..burst {
+            let i = tasks.len();
+            let us = (i as u64 * 37) % 400;
+            tasks.push(pool.submit(counted_nap, (i, us, runs.clone())).unwrap());
+        }
+        std::thread::sleep(Duration::from_micros((tasks.len() as u64 * 53) % 2_400));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.get().unwrap(), i);
+    }
+    let runs = runs.to_vec().unwrap();
+    let not_once = runs.iter().filter(|&&r| r != 1).count();
+    let counters = pool.counters();
+    println!("RACE jobs={JOBS} not_once={not_once} {counters:?}");
+    assert_eq!(not_once, 0, "every job runs exactly once");
+    assert_eq!(counters.crashed, 0);
+    assert!(
+        counters.retired >= 20,
+        "workers retired all along: {counters:?}"
+    );
+}
+
 /// The child side: one scenario per process.
 #[test]
 #[ignore = "runs only as a child process of the tests below"]
@@ -163,6 +210,7 @@ fn child() {
         Ok("burst") => burst_grows_to_the_maximum(),
         Ok("shrink") => idling_shrinks_to_the_minimum(),
         Ok("terminate-drop") => terminate_and_drop_during_growth(),
+        Ok("retire-race") => retirement_races_submissions(),
         other => panic!("unknown scenario {other:?}"),
     }
 }
@@ -171,6 +219,9 @@ fn run(scenario: &str) {
     let outcome = child::run_child(scenario, &[], Duration::from_secs(120));
     assert!(!outcome.timed_out, "the scenario hung:\n{}", outcome.output);
     assert!(outcome.success, "{}", outcome.output);
+    for line in outcome.output.lines().filter(|l| l.starts_with("RACE")) {
+        println!("{line}");
+    }
 }
 
 #[test]
@@ -186,6 +237,11 @@ fn stress_idling_shrinks_to_the_minimum() {
 #[test]
 fn stress_terminate_and_drop_during_growth_leave_no_process() {
     run("terminate-drop");
+}
+
+#[test]
+fn stress_retirement_races_submissions() {
+    run("retire-race");
 }
 
 #[test]
