@@ -59,7 +59,7 @@ fn children() -> Vec<u32> {
 }
 
 /// A burst of 40 jobs of 50 ms on `elastic(1, 4)`: the pool grows to 4 workers, never more,
-/// spawning exactly 4 (no storm), and every job runs.
+/// spawning exactly 4 (no storm), and every job runs; 3 jobs grow `elastic(1, 8)` to 3.
 fn burst_grows_to_the_maximum() {
     let pool = ProcessPool::builder()
         .elastic(1, 4)
@@ -83,6 +83,14 @@ fn burst_grows_to_the_maximum() {
         "one spawn per added worker: {counters:?}"
     );
     assert_eq!((counters.retired, counters.crashed), (0, 0));
+    // Growth follows the jobs that wait, one worker at a time: 3 long jobs on
+    // `elastic(1, 8)` add 2 workers, not 7.
+    let pool = ProcessPool::builder().elastic(1, 8).build().unwrap();
+    let tasks: Vec<_> = (0..3).map(|_| pool.submit(nap, 300).unwrap()).collect();
+    for task in tasks {
+        assert_eq!(task.get().unwrap(), 300);
+    }
+    assert_eq!((pool.workers(), pool.counters().spawned), (3, 3));
     // A map grows it the same way.
     let pool = ProcessPool::builder().elastic(1, 3).build().unwrap();
     assert_eq!(pool.map(nap, vec![30; 30]).unwrap(), vec![30; 30]);
