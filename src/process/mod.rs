@@ -736,7 +736,8 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// Starts the workers and returns once every one of them is ready.
+    /// Starts the workers and returns once every one of them (for an elastic pool, its
+    /// minimum) is ready.
     ///
     /// # Errors
     ///

@@ -153,8 +153,8 @@ fn check_pidfd() -> Result<(), ProcessError> {
     }
 }
 
-/// Starts a pool: the supervisor thread, which spawns the workers. Returns once every worker
-/// is ready, or with the first startup error, within the startup timeout.
+/// Starts a pool: the supervisor thread, which spawns the workers. Returns once the minimum
+/// of workers (every worker, for a fixed pool) is ready, or with the first startup error, within the startup timeout.
 pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), ProcessError> {
     if config.max_processes == 0 {
         return Err(ProcessError::invalid_argument(
