@@ -6,7 +6,12 @@
 //!   Python's `multiprocessing.Pool(2).map` (run from `benches/python/process_baseline.py`
 //!   when `python3` is present);
 //! - `crash`: from the moment a job aborts its worker to the error in the caller, and to the
-//!   next job finishing on the replacement worker.
+//!   next job finishing on the replacement worker;
+//! - `elastic`: a burst of [`BURST_JOBS`] jobs that each sleep [`BURST_MS`] on an elastic
+//!   pool of 1 to 8 workers (starting each time from 1 worker) against a fixed pool of 8,
+//!   and, timed once in the same run, a fixed pool of 1; and, after each elastic burst, the
+//!   time until the pool is back at 1 worker (against its idle timeout). Sleeping jobs keep
+//!   these figures meaningful on a loaded machine: they need a worker each, not a core.
 //!
 //! The summary at the end prints each median and its ratio to the baseline.
 //!
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::{baseline_value, median_ns, python_baseline};
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use parpool::ProcessPool;
 
 /// Items of the one-item-per-job map (the Python baseline uses the same count).
@@ -193,7 +198,69 @@ fn crash(c: &mut Criterion) {
     group.finish();
 }
 
-fn summary(python: Option<&[(String, f64)]>) {
+/// Jobs of the `elastic` burst.
+const BURST_JOBS: usize = 200;
+/// How long each job of the `elastic` burst sleeps, in ms.
+const BURST_MS: u64 = 20;
+/// The idle timeout of the elastic pool of the `elastic` group.
+const BURST_IDLE: Duration = Duration::from_millis(200);
+
+fn nap(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// One burst: `BURST_JOBS` jobs of `BURST_MS`, one job each.
+fn burst(pool: &ProcessPool) {
+    pool.map_chunked(nap, vec![BURST_MS; BURST_JOBS], 1)
+        .unwrap();
+}
+
+/// Waits until `pool` is back at one worker; returns how long that took.
+fn back_to_one(pool: &ProcessPool) -> Duration {
+    let started = Instant::now();
+    while pool.workers() > 1 {
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    started.elapsed()
+}
+
+/// The `elastic` group; returns the fixed pool of 1's time for the burst (one run) and the
+/// time the elastic pool took to get back to one worker after each of its bursts.
+fn elastic(c: &mut Criterion) -> (Duration, Vec<Duration>) {
+    let mut group = c.benchmark_group("elastic");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    let fixed = ProcessPool::new(8).unwrap();
+    group.bench_function("fixed_8", |b| b.iter(|| burst(&fixed)));
+    drop(fixed);
+    let pool = ProcessPool::builder()
+        .elastic(1, 8)
+        .idle_timeout(BURST_IDLE)
+        .build()
+        .unwrap();
+    let mut shrinks = Vec::new();
+    group.bench_function("elastic_1_8", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                back_to_one(&pool);
+                let started = Instant::now();
+                burst(&pool);
+                total += started.elapsed();
+                shrinks.push(back_to_one(&pool));
+            }
+            total
+        })
+    });
+    group.finish();
+    drop(pool);
+    let one = ProcessPool::new(1).unwrap();
+    let started = Instant::now();
+    burst(&one);
+    (started.elapsed(), shrinks)
+}
+
+fn summary(python: Option<&[(String, f64)]>, fixed_1: Duration, mut shrinks: Vec<Duration>) {
     let py = |key: &str| baseline_value(python, key);
     println!("\n== process pool summary (medians of this run) ==");
     let floor = median_ns("round_trip/socketpair_ping_pong");
@@ -248,6 +315,28 @@ fn summary(python: Option<&[(String, f64)]>) {
             (ns - rt) / 1e6
         );
     }
+    let fixed_8 = median_ns("elastic/fixed_8");
+    let elastic = median_ns("elastic/elastic_1_8");
+    if let (Some(fixed_8), Some(elastic)) = (fixed_8, elastic) {
+        let fixed_1 = fixed_1.as_nanos() as f64;
+        println!(
+            "burst of {BURST_JOBS} × {BURST_MS} ms: elastic 1..8 {:.0} ms, fixed 8 {:.0} ms: \
+             {:.2}× the fixed 8 (target ≤ 1.5×); fixed 1 (one run) {:.0} ms: {:.1}× the fixed 8",
+            elastic / 1e6,
+            fixed_8 / 1e6,
+            elastic / fixed_8,
+            fixed_1 / 1e6,
+            fixed_1 / fixed_8
+        );
+    }
+    shrinks.sort();
+    if let (Some(median), Some(max)) = (shrinks.get(shrinks.len() / 2), shrinks.last()) {
+        println!(
+            "back at 1 worker after a burst: median {median:.0?}, slowest {max:.0?} of {} \
+             (idle timeout {BURST_IDLE:?}; target ≤ idle timeout + 0.5 s)",
+            shrinks.len()
+        );
+    }
 }
 
 fn main() {
@@ -259,7 +348,8 @@ fn main() {
     map_one_item_per_job(&mut c);
     map_auto_chunks(&mut c);
     crash(&mut c);
+    let (fixed_1, shrinks) = elastic(&mut c);
     c.final_summary();
-    summary(python.as_deref());
+    summary(python.as_deref(), fixed_1, shrinks);
     println!("(benchmarks took {:.0?})", started.elapsed());
 }

@@ -113,6 +113,29 @@ fn nofile_on_running_pool() {
     }
 }
 
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// An elastic pool that cannot grow (no descriptor can be opened) serves a burst with the
+/// workers it has, trying to grow at the backoff's pace; once the limit is lifted it grows.
+fn nofile_on_growing_pool() {
+    let pool = ProcessPool::builder().elastic(1, 4).build().unwrap();
+    let old = set_nofile(3);
+    let results = pool.map(nap, vec![20; 40]);
+    set_nofile(old);
+    assert_eq!(
+        results.unwrap(),
+        vec![20; 40],
+        "the ready worker serves every job"
+    );
+    assert_eq!(pool.counters().spawned, 1, "no worker could be added");
+    // Lifted: the next burst grows the pool (after the last backoff, at most 2 s).
+    assert_eq!(pool.map(nap, vec![20; 400]).unwrap(), vec![20; 400]);
+    assert!(pool.counters().spawned > 1, "{:?}", pool.counters());
+}
+
 /// The child side: one scenario per process.
 #[test]
 #[ignore = "runs only as a child process of the tests below"]
@@ -120,6 +143,7 @@ fn child() {
     match std::env::var(child::SCENARIO).as_deref() {
         Ok("nofile-build") => nofile_at_build(),
         Ok("nofile-running") => nofile_on_running_pool(),
+        Ok("nofile-growing") => nofile_on_growing_pool(),
         other => panic!("unknown scenario {other:?}"),
     }
 }
@@ -138,6 +162,11 @@ fn spawn_failure_at_build_is_an_error_not_a_hang() {
 #[test]
 fn spawn_failure_on_a_running_pool_fails_jobs_then_recovers() {
     run_scenario("nofile-running");
+}
+
+#[test]
+fn spawn_failure_while_growing_backs_off_and_serves() {
+    run_scenario("nofile-growing");
 }
 
 fn read_value(v: Value<u64>) -> u64 {

@@ -80,6 +80,32 @@ fn is_right(i: u64, outcome: &Result<u64, ProcessError>) -> bool {
 /// once, wrong outcomes).
 fn storm(processes: usize, jobs: u64, round: u64) -> (u64, u64, u64, u64) {
     let pool = ProcessPool::new(processes).unwrap();
+    storm_on(&pool, jobs, round, Duration::ZERO)
+}
+
+/// [`storm`] on an elastic pool of 1 to 4 workers with a 5 ms idle timeout, pausing 20 ms
+/// after every round: each round grows the pool (crashes re-queue jobs and leave the queue
+/// waiting), each pause shrinks it, and crashes land during both.
+fn elastic_storm(jobs: u64, round: u64) -> (u64, u64, u64, u64) {
+    let pool = ProcessPool::builder()
+        .elastic(1, 4)
+        .idle_timeout(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let outcome = storm_on(&pool, jobs, round, Duration::from_millis(20));
+    let counters = pool.counters();
+    println!("ELASTIC {counters:?}");
+    assert!(counters.retired >= 5, "the pool shrank often: {counters:?}");
+    assert!(
+        counters.spawned >= counters.crashed + 5,
+        "the pool grew often, not only to replace crashed workers: {counters:?}"
+    );
+    outcome
+}
+
+/// The storm itself, on `pool`, with a `pause` after each round.
+fn storm_on(pool: &ProcessPool, jobs: u64, round: u64, pause: Duration) -> (u64, u64, u64, u64) {
+    let processes = pool.processes();
     let runs = Array::<u64>::zeroed(jobs as usize).unwrap();
     let mut wrong = 0;
     let mut start = 0;
@@ -98,6 +124,7 @@ fn storm(processes: usize, jobs: u64, round: u64) -> (u64, u64, u64, u64) {
             }
         }
         start = end;
+        std::thread::sleep(pause);
     }
     let runs = runs.to_vec().unwrap();
     let total: u64 = runs.iter().sum();
@@ -121,6 +148,8 @@ fn child() {
         Ok("four-workers-rounds") => storm(4, 3_000, 40),
         // Two workers, rounds of a hundred.
         Ok("two-workers-rounds") => storm(2, 2_000, 100),
+        // An elastic pool growing and shrinking all along.
+        Ok("elastic-rounds") => elastic_storm(2_000, 40),
         other => panic!("unknown scenario {other:?}"),
     };
     assert_eq!(runs, jobs, "every job runs exactly once");
@@ -137,6 +166,9 @@ fn run_storm(scenario: &str) {
         .lines()
         .find_map(|l| l.find("STORM").map(|at| &l[at..]));
     println!("{}", counts.unwrap_or("no counts"));
+    if let Some(elastic) = outcome.output.lines().find(|l| l.starts_with("ELASTIC")) {
+        println!("{elastic}");
+    }
 }
 
 #[test]
@@ -157,4 +189,9 @@ fn stress_crash_storm_four_workers_in_rounds() {
 #[test]
 fn stress_crash_storm_two_workers_in_rounds() {
     run_storm("two-workers-rounds");
+}
+
+#[test]
+fn stress_crash_storm_elastic_growing_and_shrinking() {
+    run_storm("elastic-rounds");
 }

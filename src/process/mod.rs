@@ -183,7 +183,9 @@ impl ProcessPool {
         ProcessPoolBuilder::default()
     }
 
-    /// The number of worker processes.
+    /// The number of worker processes: the pool's size, or for an
+    /// [elastic](ProcessPoolBuilder::elastic) pool its maximum (see
+    /// [`workers`](Self::workers) for how many it runs now).
     ///
     /// # Examples
     ///
@@ -192,10 +194,67 @@ impl ProcessPool {
     ///
     /// let procs = ProcessPool::builder().processes(3).build()?;
     /// assert_eq!(procs.processes(), 3);
+    /// let elastic = ProcessPool::builder().elastic(1, 4).build()?;
+    /// assert_eq!(elastic.processes(), 4);
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
     pub fn processes(&self) -> usize {
-        self.shared.config().processes
+        self.shared.config().max_processes
+    }
+
+    /// How many worker processes the pool has now: starting, ready, or exiting and not
+    /// reaped yet. A fixed pool has its size (less a worker being replaced); an
+    /// [elastic](ProcessPoolBuilder::elastic) pool has between its minimum and maximum.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    /// }
+    ///
+    /// let procs = ProcessPool::builder()
+    ///     .elastic(1, 4)
+    ///     .idle_timeout(Duration::from_millis(100))
+    ///     .build()?;
+    /// assert_eq!(procs.workers(), 1); // `build` starts the minimum
+    /// procs.map(nap, [50; 16])?; // jobs wait: the pool grows
+    /// assert!(procs.counters().spawned > 1);
+    /// while procs.workers() > 1 {
+    ///     nap(10); // idle past the timeout: it shrinks back
+    /// }
+    /// assert_eq!(procs.counters().retired, procs.counters().spawned - 1);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn workers(&self) -> usize {
+        self.shared.workers()
+    }
+
+    /// What happened to the pool's workers so far: how many started, retired for
+    /// idleness, and crashed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn crash(_: ()) {
+    ///     std::process::abort();
+    /// }
+    ///
+    /// let procs = ProcessPool::new(2)?;
+    /// assert!(procs.submit(crash, ())?.get().unwrap_err().is_crash());
+    /// let counters = procs.counters();
+    /// assert_eq!(counters.crashed, 1);
+    /// assert_eq!(counters.retired, 0);
+    /// assert!(counters.spawned >= 2); // 3 once the replacement is ready
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn counters(&self) -> WorkerCounters {
+        self.shared.counters()
     }
 
     /// The pids of the worker processes alive now (a worker being replaced is missing).
@@ -354,9 +413,38 @@ impl fmt::Debug for ProcessPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessPool")
             .field("processes", &self.processes())
+            .field("workers", &self.workers())
             .field("pids", &self.pids())
             .finish()
     }
+}
+
+/// What happened to a pool's workers so far (see [`ProcessPool::counters`]).
+///
+/// # Examples
+///
+/// ```
+/// use parpool::ProcessPool;
+///
+/// let procs = ProcessPool::new(2)?;
+/// let counters = procs.counters();
+/// assert_eq!((counters.spawned, counters.retired, counters.crashed), (2, 0, 0));
+/// # Ok::<(), parpool::ProcessError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerCounters {
+    /// Workers that started (became ready to take jobs): the first ones, replacements, and
+    /// those an elastic pool added.
+    pub spawned: u64,
+    /// Workers an [elastic](ProcessPoolBuilder::elastic) pool retired after the idle
+    /// timeout.
+    pub retired: u64,
+    /// Workers that died while they should have lived: a job crashed, aborted or exited
+    /// them, ran past the task timeout, or broke the protocol, or something killed them.
+    /// Not counted: workers retired, recycled by `max_tasks_per_child`, or stopped by
+    /// `close`, `join`, `terminate` or drop.
+    pub crashed: u64,
 }
 
 /// Names `f` and its trampoline for the wire.
@@ -419,17 +507,20 @@ fn encode_argument<A: Serialize + ?Sized>(
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ProcessPoolBuilder {
-    /// `None`: one per available core.
-    processes: Option<usize>,
+    /// The minimum and maximum number of processes; `None`: a fixed pool of one per
+    /// available core.
+    size: Option<(usize, usize)>,
     config: Config,
 }
 
 impl Default for ProcessPoolBuilder {
     fn default() -> Self {
         Self {
-            processes: None,
+            size: None,
             config: Config {
-                processes: 0,
+                min_processes: 0,
+                max_processes: 0,
+                idle_timeout: supervisor::DEFAULT_IDLE_TIMEOUT,
                 max_tasks_per_child: None,
                 task_timeout: None,
                 initializer: None,
@@ -454,7 +545,72 @@ impl ProcessPoolBuilder {
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
     pub fn processes(mut self, processes: usize) -> Self {
-        self.processes = Some(processes);
+        self.size = Some((processes, processes));
+        self
+    }
+
+    /// An elastic pool: it starts `min` workers, grows one worker at a time up to `max`
+    /// while jobs wait and no worker is idle, and retires a worker that was idle for the
+    /// [idle timeout](Self::idle_timeout) while more than `min` remain. `min` may be 0 (no
+    /// worker until the first job). Replaces [`processes`](Self::processes) (which is
+    /// `elastic(n, n)`); the last of the two called wins.
+    ///
+    /// No job is lost, run twice or left waiting by a worker that retires: it retires only
+    /// with nothing in flight, and jobs go only to workers that are not retiring.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let procs = ProcessPool::builder().elastic(1, 4).build()?;
+    /// assert_eq!((procs.workers(), procs.processes()), (1, 4));
+    /// assert_eq!(procs.map(square, 0..100u64)?[99], 99 * 99);
+    /// assert!(procs.workers() <= 4);
+    ///
+    /// // Bad bounds are errors at `build`.
+    /// assert!(ProcessPool::builder().elastic(3, 2).build().unwrap_err().is_invalid_argument());
+    /// assert!(ProcessPool::builder().elastic(0, 0).build().unwrap_err().is_invalid_argument());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn elastic(mut self, min: usize, max: usize) -> Self {
+        self.size = Some((min, max));
+        self
+    }
+
+    /// How long a worker of an [elastic](Self::elastic) pool may stay idle before it
+    /// retires (while more than the minimum remain). 10 seconds by default. A fixed pool
+    /// never retires a worker, whatever this says.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    /// }
+    ///
+    /// let procs = ProcessPool::builder()
+    ///     .elastic(0, 2)
+    ///     .idle_timeout(Duration::from_millis(50))
+    ///     .build()?;
+    /// assert_eq!(procs.workers(), 0);
+    /// procs.submit(nap, 1)?.get()?; // the first job starts a worker
+    /// assert_eq!(procs.counters().spawned, 1);
+    /// while procs.workers() > 0 {
+    ///     nap(10); // 50 ms later it retires
+    /// }
+    /// assert_eq!(procs.counters().retired, 1);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
         self
     }
 
@@ -580,11 +736,13 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// Starts the workers and returns once every one of them is ready.
+    /// Starts the workers and returns once every one of them (for an elastic pool, its
+    /// minimum) is ready.
     ///
     /// # Errors
     ///
-    /// `processes(0)`, or an initializer outside the main executable
+    /// `processes(0)`, `elastic(min, max)` with `min > max` or `max == 0`, or an
+    /// initializer outside the main executable
     /// ([`is_invalid_argument`](ProcessError::is_invalid_argument)); a worker could not be
     /// spawned (a descriptor or process limit, say), did not finish its handshake within the
     /// startup timeout, or its initializer panicked; or the kernel lacks `pidfd_open` (Linux
@@ -602,9 +760,10 @@ impl ProcessPoolBuilder {
     /// ```
     pub fn build(&self) -> Result<ProcessPool, ProcessError> {
         let mut config = self.config.clone();
-        config.processes = self
-            .processes
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        (config.min_processes, config.max_processes) = self.size.unwrap_or_else(|| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (n, n)
+        });
         let (shared, thread) = supervisor::start(config)?;
         Ok(ProcessPool {
             shared,

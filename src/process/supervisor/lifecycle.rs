@@ -8,12 +8,15 @@
 //!   │◀────────────────────────────────────────────────┘                       ▼
 //!   │                                                                  Initialising
 //!   │                                                                         │ Ready
-//!   │            kill (timeout, violation, terminate), EOF,                   ▼
-//!   │            a failed send, close, a failed start                      Ready
+//!   │            kill (timeout, violation, terminate), EOF, a failed send,    ▼
+//!   │            close, idle retirement (`sizing`), a failed start         Ready
 //!   │                     ┌─────────────────────────────────────────────────┘
 //!   │                     ▼
 //!   └──(pidfd: reap)── Exiting
 //! ```
+//!
+//! Which `Dead` slots are wanted, and when a ready worker retires for idleness, is the
+//! elastic sizing protocol in [`sizing`](super::sizing).
 //!
 //! The pidfd of any live worker may fire at any stage: the worker is then reaped from where
 //! it is. [`State::reap`] reads what the worker left (socket to EOF, ring), then settles its
@@ -62,31 +65,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub(super) const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 impl State {
-    /// Whether a slot should get a (new) worker at `now`.
-    fn wants_worker(&self, slot: usize, now: Instant) -> bool {
-        matches!(self.slots[slot], Worker::Dead { retry_at } if retry_at <= now)
-            && self.wants_workers()
-    }
-
-    /// Whether the pool wants its dead slots filled (when their backoff allows).
-    fn wants_workers(&self) -> bool {
+    /// Whether the pool wants workers at all (see `sizing` for how many).
+    pub(super) fn wants_workers(&self) -> bool {
         match self.phase {
             Phase::Starting => self.failure.is_none(),
             Phase::Running => true,
             Phase::Closing => self.queue.iter().any(|job| !job.spec.sink.is_dead()),
             Phase::Terminating | Phase::Stopped => false,
         }
-    }
-
-    /// The slots to spawn a worker for now; they become `Spawning`.
-    pub(super) fn take_wanted(&mut self, now: Instant) -> Wanted {
-        let wanted: Wanted = (0..self.slots.len())
-            .filter(|&slot| self.wants_worker(slot, now))
-            .collect();
-        for &slot in &wanted {
-            self.slots[slot] = Worker::Spawning;
-        }
-        wanted
     }
 
     /// Installs a freshly spawned worker in its slot (or records that it could not be).
@@ -263,9 +249,13 @@ impl State {
                     conn,
                     jobs: Jobs::new(jobs_left, now),
                 };
-                if self.phase == Phase::Starting
-                    && self.slots.iter().all(|w| matches!(w, Worker::Ready { .. }))
-                {
+                self.counters.spawned += 1;
+                let ready = self
+                    .slots
+                    .iter()
+                    .filter(|w| matches!(w, Worker::Ready { .. }))
+                    .count();
+                if self.phase == Phase::Starting && ready >= shared.config.min_processes {
                     self.phase = Phase::Running;
                     shared.started.notify_all();
                 }
@@ -367,13 +357,15 @@ impl State {
     /// Kills workers past a deadline (startup, exit grace, task timeout); returns the next
     /// deadline, retries of failed starts included.
     pub(super) fn check_deadlines(&mut self, shared: &Shared, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
+        let mut next: Option<Instant> = self.retire_idle(shared, now);
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         let timeout = shared.config.task_timeout;
         for slot in 0..self.slots.len() {
             let (deadline, why) = match &self.slots[slot] {
                 Worker::Dead { retry_at } => {
-                    if self.wants_workers() {
+                    // A slot past its backoff is spawned at the top of a pass if it is
+                    // wanted; one still backing off wakes the supervisor when it is due.
+                    if *retry_at > now && self.wants_workers() {
                         earliest(*retry_at);
                     }
                     continue;
@@ -504,6 +496,19 @@ impl State {
             // Failing the front job is the choice that never runs a job twice.
             _ => front.is_some(),
         };
+        let crashed = !terminating
+            && match why {
+                Ending::Terminated => false,
+                Ending::Timeout | Ending::Violation(_) => true,
+                Ending::Retired | Ending::Idle | Ending::Lost | Ending::StartFailed(_) => {
+                    running || status != ExitStatus::Code(0)
+                }
+            };
+        if crashed {
+            self.counters.crashed += 1;
+        } else if matches!(why, Ending::Idle) {
+            self.counters.retired += 1;
+        }
         if running {
             let job = jobs.inflight.pop_front().expect("a front job");
             let error = match why {
@@ -513,7 +518,7 @@ impl State {
                     ProcessError::task_timeout(pid, shared.config.task_timeout.unwrap_or_default())
                 }
                 Ending::Violation(message) => ProcessError::protocol(pid, message),
-                Ending::Retired | Ending::Lost | Ending::StartFailed(_) => {
+                Ending::Retired | Ending::Idle | Ending::Lost | Ending::StartFailed(_) => {
                     ProcessError::crash(pid, status)
                 }
             };

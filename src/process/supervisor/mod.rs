@@ -12,6 +12,8 @@
 //! - [`dispatch`]: the queue, dispatch with the credit window, and results;
 //! - [`lifecycle`]: a worker from spawn to reap, crash blame and re-dispatch, failures to
 //!   start and their backoff;
+//! - [`sizing`]: **elastic sizing**, when a worker is spawned and when one retires for
+//!   idleness, and why no job is lost;
 //! - [`shutdown`]: the steps of close and terminate.
 //!
 //! # Threads
@@ -37,6 +39,7 @@ mod conn;
 mod dispatch;
 mod lifecycle;
 mod shutdown;
+mod sizing;
 mod state;
 
 use std::os::fd::OwnedFd;
@@ -75,10 +78,21 @@ const WAKER_TOKEN: u64 = u64::MAX;
 /// up to whole milliseconds anyway, and any margin well under that serves.
 const DEADLINE_SLACK: Duration = Duration::from_micros(100);
 
+/// The default idle timeout of an elastic pool. Not measured against a workload: a worker
+/// is ready about 2 ms after it is spawned, so keeping an idle one longer buys little, and
+/// 10 s still spans the pauses between the batches of a loop that submits in rounds.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Settings of a pool, fixed at build time.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub(crate) processes: usize,
+    /// The fewest workers the pool keeps (all of them, for a fixed pool).
+    pub(crate) min_processes: usize,
+    /// The most workers the pool runs: its number of slots.
+    pub(crate) max_processes: usize,
+    /// How long a worker may stay idle before it retires, while more than
+    /// `min_processes` stay (see `sizing`).
+    pub(crate) idle_timeout: Duration,
     pub(crate) max_tasks_per_child: Option<u64>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) initializer: Option<fn()>,
@@ -139,13 +153,20 @@ fn check_pidfd() -> Result<(), ProcessError> {
     }
 }
 
-/// Starts a pool: the supervisor thread, which spawns the workers. Returns once every worker
-/// is ready, or with the first startup error, within the startup timeout.
+/// Starts a pool: the supervisor thread, which spawns the workers. Returns once the minimum
+/// of workers (every worker, for a fixed pool) is ready, or with the first startup error, within the startup timeout.
 pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), ProcessError> {
-    if config.processes == 0 {
+    if config.max_processes == 0 {
         return Err(ProcessError::invalid_argument(
             "a process pool needs at least one process",
         ));
+    }
+    if config.min_processes > config.max_processes {
+        return Err(ProcessError::invalid_argument(format!(
+            "a process pool's minimum number of processes ({}) is greater than its maximum \
+             ({})",
+            config.min_processes, config.max_processes
+        )));
     }
     if let Some(initializer) = config.initializer {
         if !bootstrap::in_main_image(initializer as usize) {
@@ -168,12 +189,12 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
         EventFlags::IN,
     )
     .map_err(|e| startup_error(e.into()))?;
-    let n = config.processes;
+    let (n, min) = (config.max_processes, config.min_processes);
     let give_up = Instant::now() + config.startup_timeout + START_SLACK;
     let shared = Arc::new_cyclic(|this: &Weak<Shared>| Shared {
         this: this.clone(),
         released: Mutex::new(Vec::new()),
-        state: Mutex::new(State::new(n, Instant::now())),
+        state: Mutex::new(State::new(n, min, Instant::now())),
         started: Condvar::new(),
         epoll,
         waker,
@@ -265,11 +286,14 @@ impl Shared {
             state.next_id += 1;
             state.queue.push_back(Job { id, spec });
         }
-        let timer_started = state.dispatch(self, Instant::now());
+        let now = Instant::now();
+        let timer_started = state.dispatch(self, now);
+        let grow = !state.queue.is_empty() && state.wants_growth(now);
         drop(state);
-        if timer_started {
+        if timer_started || grow {
             // A job started on an idle worker under a task timeout: the supervisor must
-            // recompute its epoll timeout.
+            // recompute its epoll timeout. Or jobs wait and the pool may grow: the
+            // supervisor spawns (see `sizing`).
             self.wake();
         }
         Ok(())
@@ -319,6 +343,16 @@ impl Shared {
     pub(crate) fn pids(&self) -> Vec<u32> {
         self.lock().pids()
     }
+
+    /// The workers that exist or are being made now (see `sizing`).
+    pub(crate) fn workers(&self) -> usize {
+        self.lock().live()
+    }
+
+    /// What happened to the pool's workers so far.
+    pub(crate) fn counters(&self) -> crate::process::WorkerCounters {
+        self.lock().counters
+    }
 }
 
 /// Aborts the process if the supervisor panics: a half-updated pool state would lose jobs
@@ -343,13 +377,15 @@ impl Drop for AbortOnPanic {
 /// timeout while something is due.
 fn supervise(shared: &Shared) {
     let _guard = AbortOnPanic;
-    let n = shared.config.processes;
+    let n = shared.config.max_processes;
     let mut events: Vec<epoll::Event> = Vec::with_capacity(2 * n + 1);
     let mut ring_buf = Vec::new();
     let mut state = shared.lock();
     loop {
         // Spawn what the pool lacks, outside the lock: an exec takes about a millisecond.
-        let wanted = state.take_wanted(Instant::now());
+        // Dispatch first, so that growth sees only the jobs no ready worker can take.
+        state.dispatch(shared, Instant::now());
+        let wanted = state.take_wanted(shared, Instant::now());
         if !wanted.is_empty() {
             drop(state);
             let spawned = lifecycle::spawn_all(&wanted);

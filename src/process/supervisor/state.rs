@@ -52,6 +52,7 @@ use std::time::Instant;
 use super::JobSpec;
 use super::conn::Conn;
 use crate::ProcessError;
+use crate::process::WorkerCounters;
 use crate::process::task::Outcome;
 
 /// A job in the queue or sent to a worker: its id (the tag of its Job and Result frames)
@@ -86,7 +87,8 @@ pub(super) struct Jobs {
     /// socket can be overtaken by a later small one in the ring), by job id.
     pub(super) early: Vec<(u64, Outcome)>,
     /// When the front job became the front, as far as the parent knows (its task timeout
-    /// runs from here).
+    /// runs from here); with nothing in flight, since when the worker is idle (its idle
+    /// timeout runs from here).
     pub(super) front_since: Instant,
     /// Jobs this worker may still be sent (`max_tasks_per_child`).
     pub(super) jobs_left: u64,
@@ -111,6 +113,9 @@ impl Jobs {
 pub(super) enum Ending {
     /// Told to exit (its socket was shut down) because the pool is closing.
     Retired,
+    /// Told to exit (its socket was shut down) because it was idle for the idle timeout and
+    /// the pool had more workers than its minimum (see `sizing`).
+    Idle,
     /// It closed its socket, or a send to it failed: it is dying on its own, and its exit
     /// status says how.
     Lost,
@@ -195,13 +200,20 @@ pub(super) struct State {
     pub(super) failure: Option<ProcessError>,
     /// Round-robin start for picking among equally loaded workers.
     pub(super) next_pick: usize,
+    /// What happened to the pool's workers so far.
+    pub(super) counters: WorkerCounters,
 }
 
 impl State {
-    /// A pool of `processes` empty slots, starting.
-    pub(super) fn new(processes: usize, now: Instant) -> Self {
+    /// A pool of `processes` empty slots (its maximum), starting; running at once when it
+    /// starts with no worker (`min_processes == 0`).
+    pub(super) fn new(processes: usize, min_processes: usize, now: Instant) -> Self {
         State {
-            phase: Phase::Starting,
+            phase: if min_processes == 0 {
+                Phase::Running
+            } else {
+                Phase::Starting
+            },
             queue: VecDeque::new(),
             slots: (0..processes)
                 .map(|_| Worker::Dead { retry_at: now })
@@ -212,7 +224,14 @@ impl State {
             start_failures: 0,
             failure: None,
             next_pick: 0,
+            counters: WorkerCounters::default(),
         }
+    }
+
+    /// The workers that exist or are being made: every slot not `Dead`. An exiting worker
+    /// counts until it is reaped, so the processes of a pool never outnumber its slots.
+    pub(super) fn live(&self) -> usize {
+        self.slots.iter().filter(|w| w.is_live()).count()
     }
 
     /// Whether any job is queued or unanswered.
