@@ -1074,3 +1074,36 @@ where
     };
     drive(source, (), &consumer, min_len).unwrap_or_else(identity)
 }
+
+#[cfg(all(test, not(parpool_loom)))]
+mod test {
+    use super::*;
+
+    #[test]
+    fn interval_targets_check_ns_within_bounds() {
+        assert_eq!(interval_for(100.0), (CHECK_NS / 100) as usize);
+        assert_eq!(interval_for(0.0), MAX_INTERVAL);
+        // Never 0 items (a batch of none would never end the piece), whatever the clock says.
+        assert!((1..=MAX_INTERVAL).contains(&interval_for(f64::NAN)));
+        assert_eq!(interval_for(1e9), 1);
+    }
+
+    /// The clock is read once per `BATCHES_PER_READ` batches, not per batch: the items
+    /// counted since the last read only reset on the read.
+    #[test]
+    fn pace_reads_the_clock_once_per_batches_per_read() {
+        let mut pace = Pace::new(4);
+        for batch in 1..BATCHES_PER_READ {
+            pace.batch_done(4);
+            assert_eq!(
+                pace.counted,
+                4 * batch,
+                "read before batch {batch} of the round"
+            );
+            assert_eq!(pace.interval, 4, "re-estimated without a read");
+        }
+        pace.batch_done(4);
+        assert_eq!(pace.counted, 0, "no read after {BATCHES_PER_READ} batches");
+        assert!((1..=MAX_INTERVAL).contains(&pace.interval));
+    }
+}
