@@ -533,15 +533,13 @@ fn fib_rayon(n: u64) -> u64 {
 /// | `plain_iter_1m` | ordered `map` over an iterator without a size hint, 1M trivial |
 /// | `fib_30` | fib(30) with a `join` at every level |
 fn shapes(c: &mut Criterion) {
-    fn case<T: Send, R: Send>(
+    fn case<T: Send + Sync, R: Send>(
         group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
         name: &str,
         input: &[T],
         f: impl Fn(&T) -> R + Sync + Send,
         pools: &(parpool::ThreadPool, rayon::ThreadPool),
-    ) where
-        T: Sync,
-    {
+    ) {
         let (pool, rayon) = pools;
         group.bench_function(format!("{name}/sequential"), |b| {
             b.iter(|| input.iter().map(&f).collect::<Vec<R>>())
