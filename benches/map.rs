@@ -16,8 +16,10 @@
 //! | `kit_1us_1m` | the same two over 1M items of ~1 µs each |
 //! | `kit_chunks_mut_10m` | 10M `u64` updated in place in chunks of 4096 |
 //! | `kit_tiny_1k` | every operation of the kit over 1k trivial items, beside its loop |
+//! | `shapes` | the commonest shapes, each as `case/sequential`, `case/parpool`, `case/rayon` |
 //!
-//! Run with `cargo bench --bench map`; quote the medians and the ratios within a group.
+//! Run with `cargo bench --bench map`; quote the medians and the ratios within a group
+//! (for `shapes`, within a case: `cargo bench --bench map -- shapes/uniform_1m_1us`).
 
 use std::hint::black_box;
 use std::process::Command;
@@ -484,5 +486,164 @@ fn kit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, slices, iterators, kit);
+/// Cost of item `i` of the `random` shape: 0–2 µs, from a fixed hash of the index, so every
+/// run maps the same input.
+fn random_units(i: u64) -> u64 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 480
+}
+
+fn fib_sequential(n: u64) -> u64 {
+    if n < 2 {
+        n
+    } else {
+        fib_sequential(n - 1) + fib_sequential(n - 2)
+    }
+}
+
+fn fib_parpool(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let (a, b) = parpool::join(|| fib_parpool(n - 1), || fib_parpool(n - 2));
+    a + b
+}
+
+fn fib_rayon(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let (a, b) = rayon::join(|| fib_rayon(n - 1), || fib_rayon(n - 2));
+    a + b
+}
+
+/// The shapes users run most, each beside sequential code and rayon in the same group (issue
+/// 11). A case is `shapes/<case>/<who>`; quote parpool's time over rayon's and over
+/// sequential's within one case.
+///
+/// | case | what |
+/// |---|---|
+/// | `uniform_1m_1us` | `par_map`, 1M items × ~1 µs |
+/// | `uniform_100k_1us` | `par_map`, 100k × ~1 µs |
+/// | `uniform_1m_100ns` | `par_map`, 1M × ~0.1 µs |
+/// | `ramp_100k` | `par_map`, 100k items, cost ∝ index (0–17 µs) |
+/// | `skewed_tail_100k` | `par_map`, 100k items, the last 10% cost 10 µs, the rest 0.1 µs |
+/// | `random_100k` | `par_map`, 100k items of 0–2 µs in a fixed random order |
+/// | `coarse_1k_100us` | `par_map`, 1k items × ~100 µs |
+/// | `tiny_1k` | `par_map`, 1k trivial items (from outside any pool) |
+/// | `plain_iter_1m` | ordered `map` over an iterator without a size hint, 1M trivial |
+/// | `fib_30` | fib(30) with a `join` at every level |
+fn shapes(c: &mut Criterion) {
+    fn case<T: Send + Sync, R: Send>(
+        group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        name: &str,
+        input: &[T],
+        f: impl Fn(&T) -> R + Sync + Send,
+        pools: &(parpool::ThreadPool, rayon::ThreadPool),
+    ) {
+        let (pool, rayon) = pools;
+        group.bench_function(format!("{name}/sequential"), |b| {
+            b.iter(|| input.iter().map(&f).collect::<Vec<R>>())
+        });
+        group.bench_function(format!("{name}/parpool"), |b| {
+            b.iter(|| pool.install(|| input.par_map(&f)))
+        });
+        group.bench_function(format!("{name}/rayon"), |b| {
+            b.iter(|| rayon.install(|| input.par_iter().map(&f).collect::<Vec<R>>()))
+        });
+    }
+
+    let pools = pools();
+    let mut group = c.benchmark_group("shapes");
+    group.sample_size(10);
+    let m1: Vec<u64> = (0..1_000_000).collect();
+    let k100: Vec<u64> = (0..100_000).collect();
+    case(&mut group, "uniform_1m_1us", &m1, |&x| one_micro(x), &pools);
+    case(
+        &mut group,
+        "uniform_100k_1us",
+        &k100,
+        |&x| one_micro(x),
+        &pools,
+    );
+    case(
+        &mut group,
+        "uniform_1m_100ns",
+        &m1,
+        |&x| spin(24) ^ x,
+        &pools,
+    );
+    case(&mut group, "ramp_100k", &k100, |&i| spin(i / 25), &pools);
+    case(
+        &mut group,
+        "skewed_tail_100k",
+        &k100,
+        |&i| spin(if i >= 90_000 { 2_400 } else { 24 }),
+        &pools,
+    );
+    case(
+        &mut group,
+        "random_100k",
+        &k100,
+        |&i| spin(random_units(i)),
+        &pools,
+    );
+    let k1: Vec<u64> = (0..1_000).collect();
+    case(
+        &mut group,
+        "coarse_1k_100us",
+        &k1,
+        |&x| spin(24_000) ^ x,
+        &pools,
+    );
+
+    let (pool, rayon) = &pools;
+    group.sample_size(20);
+    group.bench_function("tiny_1k/sequential", |b| {
+        b.iter(|| {
+            black_box(&k1)
+                .iter()
+                .map(|x| x * 2 + 1)
+                .collect::<Vec<u64>>()
+        })
+    });
+    group.bench_function("tiny_1k/parpool", |b| {
+        b.iter(|| black_box(&k1).par_map(|x| x * 2 + 1))
+    });
+    group.bench_function("tiny_1k/rayon", |b| {
+        b.iter(|| {
+            black_box(&k1)
+                .par_iter()
+                .map(|x| x * 2 + 1)
+                .collect::<Vec<u64>>()
+        })
+    });
+    group.bench_function("plain_iter_1m/sequential", |b| {
+        b.iter(|| plain(1_000_000).map(|x| x * 2 + 1).collect::<Vec<u64>>())
+    });
+    group.bench_function("plain_iter_1m/parpool", |b| {
+        b.iter(|| pool.map(plain(1_000_000), |x| x * 2 + 1))
+    });
+    group.bench_function("plain_iter_1m/rayon", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                plain(1_000_000)
+                    .par_bridge()
+                    .map(|x| x * 2 + 1)
+                    .collect::<Vec<u64>>()
+            })
+        })
+    });
+    group.bench_function("fib_30/sequential", |b| {
+        b.iter(|| fib_sequential(black_box(30)))
+    });
+    group.bench_function("fib_30/parpool", |b| {
+        b.iter(|| pool.install(|| fib_parpool(black_box(30))))
+    });
+    group.bench_function("fib_30/rayon", |b| {
+        b.iter(|| rayon.install(|| fib_rayon(black_box(30))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, slices, iterators, kit, shapes);
 criterion_main!(benches);

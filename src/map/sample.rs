@@ -49,6 +49,26 @@ impl Stopwatch {
             Start::Instant(start) => start.elapsed().as_nanos() as f64,
         }
     }
+
+    /// Nanoseconds since `start` (or the last lap), restarting from the same clock reading:
+    /// one read per lap.
+    #[inline]
+    pub(crate) fn lap_ns(&mut self) -> f64 {
+        match &mut self.start {
+            Start::Ticks(start, rate) => {
+                let now = ticks();
+                let ns = now.wrapping_sub(*start) as f64 * *rate;
+                *start = now;
+                ns
+            }
+            Start::Instant(start) => {
+                let now = Instant::now();
+                let ns = now.duration_since(*start).as_nanos() as f64;
+                *start = now;
+                ns
+            }
+        }
+    }
 }
 
 /// The calibrated rate, if the TSC is usable.

@@ -22,8 +22,9 @@
 //!    the caller samples another window instead of handing the rest over: waking workers
 //!    would cost more than it saves, unless later items turn out to cost more (a ramp).
 //! 3. **Splitting on demand.** The rest goes to the pool as one piece. A worker maps its
-//!    piece in batches of about [`CHECK_NS`] and, between batches, looks whether another
-//!    worker is idle (one relaxed load); if one is, and the half it published last was
+//!    piece in batches of about [`CHECK_NS`] (counted in items, with the clock read only
+//!    once per [`BATCHES_PER_READ`] batches: see [`Pace`]) and, between batches, looks
+//!    whether another worker is idle (a few relaxed loads); if one is, and the half it published last was
 //!    taken, it splits what is left in two with `join` and the idle worker steals the
 //!    second half. So pieces are cut only when someone needs work, an idle worker always
 //!    gets the largest piece left, and skewed costs stay balanced: lazy binary splitting on
@@ -58,10 +59,21 @@ use crate::pool::{current_registry, join, on_worker};
 /// is where two threads start to win on the 2-core reference machine.
 pub(crate) const PARALLEL_MIN_NS: u64 = 30_000;
 
-/// How much work (ns) a worker does between two looks for idle workers. A look is a relaxed
-/// load and a clock read (~10 ns), so 2 µs keeps it under 1%, and an idle worker waits at
-/// most about that long before it gets half of a busy worker's piece.
+/// How much work (ns) a worker does between two looks for idle workers. A look is a
+/// thread-local read and three relaxed loads (a few ns), so 2 µs keeps it well under 1%,
+/// and an idle worker waits at most about that long before it gets half of a busy
+/// worker's piece.
 pub(crate) const CHECK_NS: u64 = 2_000;
+
+/// How many batches a piece maps between two clock reads (see [`Pace`]).
+///
+/// Reading the clock is what a look used to cost most: the TSC takes ~10 ns on the
+/// reference machine but 30–84 ns on a loaded VM (measured, issue 11), and two reads per
+/// 2 µs batch were 3–8% of the work of a uniform `par_map` (1M × 1 µs ran at 1.89× sequential
+/// beside rayon's 1.98×). One read per 8 batches (~16 µs of work) keeps the clock under
+/// 0.5% even there; the price is that a cost that jumps between items is noticed up to 8
+/// batches late (the looks themselves still happen after every batch).
+const BATCHES_PER_READ: usize = 8;
 
 /// The most items between two looks for idle workers, whatever they cost: bounds the damage
 /// of an estimate taken on cheap items when later ones are expensive.
@@ -553,8 +565,6 @@ where
 /// What every piece of one call shares.
 struct Ctx<'c, C> {
     consumer: &'c C,
-    /// Items between two looks for idle workers, to start with (the piece adapts it).
-    interval: usize,
     /// No piece is cut shorter than this (`with_min_len`; at least 1).
     min_len: usize,
     /// Where the call stops.
@@ -567,14 +577,60 @@ fn peers_want_work() -> bool {
     crate::pool::peers_want_work()
 }
 
-/// Consumes a piece on this worker, in batches of about [`CHECK_NS`]; between batches, if
-/// another worker is idle, splits what is left in two with `join`, so the idle worker can
-/// take the second half (lazy binary splitting). `start` is the index of the piece's first
-/// item in the call.
+/// Items between two looks for idle workers for items of `per_item_ns` each: about
+/// [`CHECK_NS`] of work, at most [`MAX_INTERVAL`] items.
+fn interval_for(per_item_ns: f64) -> usize {
+    (CHECK_NS as f64 / per_item_ns.max(f64::MIN_POSITIVE)).clamp(1.0, MAX_INTERVAL as f64) as usize
+}
+
+/// The batch size of one piece, kept near [`CHECK_NS`] of work as the cost per item drifts
+/// (a ramp of costs). Batches are counted in items; the clock is read once per
+/// [`BATCHES_PER_READ`] batches, and the cost per item re-estimated from all of them.
+struct Pace {
+    /// Items per batch.
+    interval: usize,
+    /// Items mapped since the last clock read.
+    counted: usize,
+    /// Running since the last clock read.
+    watch: Stopwatch,
+}
+
+impl Pace {
+    /// A piece's pace, starting at `interval` items per batch (its parent's, or the
+    /// sample's).
+    fn new(interval: usize) -> Self {
+        Pace {
+            interval,
+            counted: 0,
+            watch: Stopwatch::start(),
+        }
+    }
+
+    /// A batch of `items` is done; every [`BATCHES_PER_READ`] batches, re-estimate.
+    #[inline]
+    fn batch_done(&mut self, items: usize) {
+        self.counted += items;
+        if self.counted >= self.interval.saturating_mul(BATCHES_PER_READ) {
+            self.measure();
+        }
+    }
+
+    fn measure(&mut self) {
+        let per_item_ns = self.watch.lap_ns() / self.counted as f64;
+        self.interval = interval_for(per_item_ns);
+        self.counted = 0;
+    }
+}
+
+/// Consumes a piece on this worker, in batches of about [`CHECK_NS`] (see [`Pace`]);
+/// between batches, if another worker is idle, splits what is left in two with `join`, so
+/// the idle worker can take the second half (lazy binary splitting). Both halves start at
+/// this piece's batch size. `start` is the index of the piece's first item in the call.
 fn split_on_demand<S, C>(
     mut source: S,
     mut place: C::Place,
     mut start: usize,
+    interval: usize,
     ctx: &Ctx<'_, C>,
 ) -> C::Out
 where
@@ -584,7 +640,7 @@ where
     let consumer = ctx.consumer;
     let mut out = consumer.empty(&place);
     let mut state = None;
-    let mut interval = ctx.interval;
+    let mut pace = Pace::new(interval);
     while source.len() > 0 {
         if ctx.stop.load(Ordering::Relaxed) <= start {
             // A panic, or a failure left of here: the rest of `source` is dropped
@@ -597,23 +653,21 @@ where
             let mid = source.len() / 2;
             let (left, right) = source.split_at(mid);
             let (left_place, right_place) = C::split_place(place, mid);
+            let interval = pace.interval;
             let (a, b) = join(
-                || split_on_demand(left, left_place, start, ctx),
-                || split_on_demand(right, right_place, start + mid, ctx),
+                || split_on_demand(left, left_place, start, interval, ctx),
+                || split_on_demand(right, right_place, start + mid, interval, ctx),
             );
             return consumer.merge(consumer.merge(out, a), b);
         }
-        let take = interval.min(source.len());
+        let take = pace.interval.min(source.len());
         let (head, tail) = source.split_at(take);
         let (head_place, tail_place) = C::split_place(place, take);
         (source, place) = (tail, tail_place);
-        let watch = Stopwatch::start();
         let batch = run_batch(consumer, &mut state, (head, head_place), start, &ctx.stop);
         start += take;
         out = consumer.merge(out, batch);
-        // Keep batches near CHECK_NS as the cost per item drifts (a ramp of costs).
-        let elapsed = watch.elapsed_ns().max(1.0);
-        interval = ((interval as f64 * CHECK_NS as f64 / elapsed) as usize).clamp(1, MAX_INTERVAL);
+        pace.batch_done(take);
     }
     out
 }
@@ -679,14 +733,13 @@ where
     } else {
         // The pool's pieces make their own state; the caller's is done.
         drop(state);
-        let interval = (CHECK_NS as f64 / per_item_ns).clamp(1.0, MAX_INTERVAL as f64) as usize;
+        let interval = interval_for(per_item_ns);
         let ctx = Ctx {
             consumer,
-            interval,
             min_len,
             stop,
         };
-        registry.in_worker(|_| split_on_demand(rest, place, start, &ctx))
+        registry.in_worker(|_| split_on_demand(rest, place, start, interval, &ctx))
     };
     consumer.merge(out, tail)
 }
@@ -1020,4 +1073,37 @@ where
         reduce,
     };
     drive(source, (), &consumer, min_len).unwrap_or_else(identity)
+}
+
+#[cfg(all(test, not(parpool_loom)))]
+mod test {
+    use super::*;
+
+    #[test]
+    fn interval_targets_check_ns_within_bounds() {
+        assert_eq!(interval_for(100.0), (CHECK_NS / 100) as usize);
+        assert_eq!(interval_for(0.0), MAX_INTERVAL);
+        // Never 0 items (a batch of none would never end the piece), whatever the clock says.
+        assert!((1..=MAX_INTERVAL).contains(&interval_for(f64::NAN)));
+        assert_eq!(interval_for(1e9), 1);
+    }
+
+    /// The clock is read once per `BATCHES_PER_READ` batches, not per batch: the items
+    /// counted since the last read only reset on the read.
+    #[test]
+    fn pace_reads_the_clock_once_per_batches_per_read() {
+        let mut pace = Pace::new(4);
+        for batch in 1..BATCHES_PER_READ {
+            pace.batch_done(4);
+            assert_eq!(
+                pace.counted,
+                4 * batch,
+                "read before batch {batch} of the round"
+            );
+            assert_eq!(pace.interval, 4, "re-estimated without a read");
+        }
+        pace.batch_done(4);
+        assert_eq!(pace.counted, 0, "no read after {BATCHES_PER_READ} batches");
+        assert!((1..=MAX_INTERVAL).contains(&pace.interval));
+    }
 }
