@@ -506,6 +506,33 @@ fn min_len_bounds_how_fine_the_pool_cuts() {
 }
 
 #[test]
+fn min_len_near_usize_max_keeps_the_input_on_the_caller() {
+    // `2 * min_len` overflowed: a debug build panicked with "attempt to multiply with
+    // overflow" once the sample said the rest was worth parallel work, and a release build
+    // wrapped to a bound of 0 (or usize::MAX - 1), cutting pieces far shorter than
+    // `min_len`.
+    let pool = pool(4);
+    for min_len in [usize::MAX / 2 + 1, usize::MAX] {
+        let threads = std::sync::Mutex::new(Vec::new());
+        let out = pool.install(|| {
+            (0..20_000u64).with_min_len(min_len).par_map_init(
+                || threads.lock().unwrap().push(parpool::current_thread_index()),
+                |(), x| {
+                    std::hint::black_box((0..200u64).fold(x, |a, i| a.wrapping_mul(31) ^ i));
+                    x + 1
+                },
+            )
+        });
+        assert!(out.iter().copied().eq(1..20_001), "min_len {min_len}");
+        let threads = threads.into_inner().unwrap();
+        assert!(
+            threads.windows(2).all(|pair| pair[0] == pair[1]),
+            "min_len {min_len}: states made on {threads:?}"
+        );
+    }
+}
+
+#[test]
 fn stress_failures_and_panics_over_many_rounds() {
     // Failures and panics at moving positions, on more threads than cores, with items of
     // uneven cost: every round returns the first error (or re-raises the panic) and drops

@@ -647,7 +647,8 @@ where
             // unconsumed.
             break;
         }
-        if source.len() >= 2 * ctx.min_len && peers_want_work() {
+        // `len / 2 >= min_len` is `len >= 2 * min_len`, without overflow for a huge `min_len`.
+        if source.len() / 2 >= ctx.min_len && peers_want_work() {
             // Each half makes its own state: this piece's is not needed any more.
             drop(state);
             let mid = source.len() / 2;
@@ -714,7 +715,7 @@ where
         match window {
             Some(per_item_ns)
                 if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64
-                    && remaining >= 2 * min_len =>
+                    && remaining / 2 >= min_len =>
             {
                 break per_item_ns;
             }
