@@ -272,6 +272,43 @@ fn try_stops_at_the_first_error_and_starts_nothing_after_it() {
 }
 
 #[test]
+fn try_returns_the_first_error_even_if_items_right_of_it_panic() {
+    // Sequentially the `Err` at 3000 ends the call before any later item runs. In
+    // parallel, items right of it may already be running when it is found; their panics
+    // used to stop the call (stop index 0) and were re-raised instead of the error: 20 of
+    // 20 rounds panicked.
+    let pool = pool(4);
+    for round in 0..20 {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            pool.install(|| {
+                (0..20_000u64).try_par_map(|x| {
+                    std::hint::black_box((0..2000u64).fold(x, |a, i| a.wrapping_mul(31) ^ i));
+                    match x {
+                        3000 => Err(x),
+                        3001.. => panic!("item {x} runs only after the first error"),
+                        _ => Ok(x),
+                    }
+                })
+            })
+        }));
+        let result = outcome.unwrap_or_else(|_| panic!("round {round}: a later panic won"));
+        assert_eq!(result, Err(3000), "round {round}");
+    }
+    // A panic left of the first error is still the first failure, and is re-raised.
+    let message = panic_message(|| {
+        let result = pool.install(|| {
+            (0..20_000u64).try_par_map(|x| match x {
+                100 => panic!("boom at {x}"),
+                5000.. => Err(x),
+                _ => Ok(x),
+            })
+        });
+        drop(result);
+    });
+    assert_eq!(message, "boom at 100");
+}
+
+#[test]
 fn panics_are_reraised_and_the_pool_keeps_serving() {
     let pool = pool(3);
     let data: Vec<u64> = (0..20_000).collect();

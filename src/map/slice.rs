@@ -33,9 +33,10 @@
 //! # Stopping early
 //!
 //! A call shares one [`StopAt`]: the leftmost failing index seen so far, or 0 after a
-//! panic. A piece stops between batches, and a `try_` batch before each item, once the
-//! next item lies at or past it; items left of a failure still run, so the error returned
-//! is the first in input order.
+//! panic (in a `try_` operation a panic is a failure at its index, like an `Err`). A piece
+//! stops between batches, and a `try_` batch before each item, once the next item lies at
+//! or past it; items left of a failure still run, so the failure reported (the error
+//! returned, or the panic re-raised) is the first in input order.
 //!
 //! # Where results go
 //!
@@ -52,7 +53,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::sample::{CostProbe, Stopwatch};
 
-use crate::pool::{current_registry, join, on_worker};
+use crate::pool::{Panic, catch, current_registry, join, on_worker};
 
 /// Below this much estimated remaining work (ns) the caller finishes alone. Handing work to
 /// the pool costs ~1 µs if a worker is awake and 20–50 µs if it must be woken; 30 µs of work
@@ -481,7 +482,8 @@ impl<R> Dst<R> {
 }
 
 /// Where a call stops: the index of the leftmost item known to have failed (`try_`
-/// operations), 0 once anything panicked, [`GO_ON`] while nothing has. No item at or past
+/// operations, for an `Err` or a panic), 0 once anything else panicked, [`GO_ON`] while
+/// nothing has. No item at or past
 /// it is started; items before it still are, so the error a call returns is the first in
 /// input order, as sequentially. Relaxed: it only decides how much work is skipped, and the
 /// results themselves travel back through `join`.
@@ -859,9 +861,20 @@ where
     drive(source, (), &ForEachConsumer { init, f }, min_len);
 }
 
+/// Why a `try_` batch stopped early: `f` returned an `Err`, or it panicked.
+pub(crate) enum Failure<E> {
+    Err(E),
+    Panic(Panic),
+}
+
 /// `try_map` and `try_for_each`: like [`MapConsumer`], but an `Err` stops the call. Every
 /// batch checks [`StopAt`] before each item, so once an error is seen no item right of it
 /// starts anywhere; the results are dropped with their `Written`.
+///
+/// A panic in `f` is a failure at its index like an `Err` (caught in the batch, re-raised
+/// by [`try_map_into`] if it is the leftmost failure): an item right of the first `Err`
+/// may already be running when that `Err` is found, and its panic must not replace the
+/// error that sequential code would have returned.
 pub(crate) struct TryMapConsumer<'f, Init, F> {
     pub(crate) init: &'f Init,
     pub(crate) f: &'f F,
@@ -875,7 +888,7 @@ where
     E: Send,
 {
     type Place = Dst<R>;
-    type Out = Result<Written<R>, E>;
+    type Out = Result<Written<R>, Failure<E>>;
     type State = St;
 
     fn make_state(&self) -> St {
@@ -898,21 +911,30 @@ where
         stop: &StopAt,
     ) -> Self::Out {
         let mut written = Written::empty(place.ptr);
-        for (index, item) in (start..).zip(items.take(place.len)) {
-            if stop.load(Ordering::Relaxed) <= index {
-                break;
-            }
-            match (self.f)(state, item) {
-                // SAFETY: as in `MapConsumer::consume`.
-                Ok(value) => unsafe { place.write(written.len, value) },
-                Err(error) => {
-                    stop.fetch_min(index, Ordering::Relaxed);
-                    return Err(error);
+        let mut index = start;
+        let outcome = catch(|| {
+            for item in items.take(place.len) {
+                if stop.load(Ordering::Relaxed) <= index {
+                    break;
                 }
+                match (self.f)(state, item) {
+                    // SAFETY: as in `MapConsumer::consume`.
+                    Ok(value) => unsafe { place.write(written.len, value) },
+                    Err(error) => return Some(error),
+                }
+                written.len += 1;
+                index += 1;
             }
-            written.len += 1;
-        }
-        Ok(written)
+            None
+        });
+        let failure = match outcome {
+            Ok(None) => return Ok(written),
+            Ok(Some(error)) => Failure::Err(error),
+            Err(payload) => Failure::Panic(payload),
+        };
+        // Item `index` failed: nothing right of it starts any more.
+        stop.fetch_min(index, Ordering::Relaxed);
+        Err(failure)
     }
     /// The leftmost error wins (every item left of it ran, so it is the first in input
     /// order); the results on either side are dropped with it.
@@ -1044,9 +1066,14 @@ where
 {
     let n = source.len();
     let place = output_places(out, n);
-    let written = drive(source, place, &TryMapConsumer { init, f }, min_len)?;
-    finish_output(out, written, n);
-    Ok(())
+    match drive(source, place, &TryMapConsumer { init, f }, min_len) {
+        Ok(written) => {
+            finish_output(out, written, n);
+            Ok(())
+        }
+        Err(Failure::Err(error)) => Err(error),
+        Err(Failure::Panic(payload)) => std::panic::resume_unwind(payload),
+    }
 }
 
 /// Maps every item with `f` and combines the results with `reduce` (`identity` for none),
