@@ -553,7 +553,12 @@ fn min_len_near_usize_max_keeps_the_input_on_the_caller() {
         let threads = std::sync::Mutex::new(Vec::new());
         let out = pool.install(|| {
             (0..20_000u64).with_min_len(min_len).par_map_init(
-                || threads.lock().unwrap().push(parpool::current_thread_index()),
+                || {
+                    threads
+                        .lock()
+                        .unwrap()
+                        .push(parpool::current_thread_index())
+                },
                 |(), x| {
                     std::hint::black_box((0..200u64).fold(x, |a, i| a.wrapping_mul(31) ^ i));
                     x + 1
