@@ -113,6 +113,49 @@ fn nofile_on_running_pool() {
     }
 }
 
+fn slow_initializer() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Kills `pid` with SIGKILL.
+fn sigkill(pid: u32) {
+    // SAFETY: kill(2) has no memory effects; the pid is a worker of the caller's pool that
+    // has not been reaped (its slot still names it).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+/// Every replacement of a 4-process pool is killed once while it starts (an outside killer,
+/// such as the kill storm of `shm_queue_kill`): a job queued meanwhile is not a job whose
+/// worker died, and it waits for the next replacements instead of failing with a startup
+/// error. (Before the fix, 3 failed starts anywhere in the pool, with no worker ready,
+/// failed the queue.)
+fn killed_while_starting() {
+    let pool = ProcessPool::builder()
+        .processes(4)
+        .initializer(slow_initializer)
+        .build()
+        .unwrap();
+    let first = pool.pids();
+    assert_eq!(first.len(), 4);
+    for &pid in &first {
+        sigkill(pid); // idle: nothing fails, the slots respawn
+    }
+    let task = pool.submit(square, 7).unwrap();
+    let mut killed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while killed.len() < 4 {
+        assert!(Instant::now() < deadline, "no replacements to kill");
+        for pid in pool.pids() {
+            if !first.contains(&pid) && !killed.contains(&pid) {
+                sigkill(pid); // in its 300 ms initializer
+                killed.push(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(task.get().unwrap(), 49);
+}
+
 /// The child side: one scenario per process.
 #[test]
 #[ignore = "runs only as a child process of the tests below"]
@@ -120,6 +163,7 @@ fn child() {
     match std::env::var(child::SCENARIO).as_deref() {
         Ok("nofile-build") => nofile_at_build(),
         Ok("nofile-running") => nofile_on_running_pool(),
+        Ok("killed-while-starting") => killed_while_starting(),
         other => panic!("unknown scenario {other:?}"),
     }
 }
@@ -138,6 +182,11 @@ fn spawn_failure_at_build_is_an_error_not_a_hang() {
 #[test]
 fn spawn_failure_on_a_running_pool_fails_jobs_then_recovers() {
     run_scenario("nofile-running");
+}
+
+#[test]
+fn workers_killed_while_starting_do_not_fail_queued_jobs() {
+    run_scenario("killed-while-starting");
 }
 
 fn read_value(v: Value<u64>) -> u64 {
