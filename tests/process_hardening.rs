@@ -164,6 +164,7 @@ fn child() {
         Ok("nofile-build") => nofile_at_build(),
         Ok("nofile-running") => nofile_on_running_pool(),
         Ok("killed-while-starting") => killed_while_starting(),
+        Ok("inherited-descriptors") => inherited_descriptors(),
         other => panic!("unknown scenario {other:?}"),
     }
 }
@@ -314,8 +315,10 @@ fn is_open(fd: i32) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
-#[test]
-fn workers_do_not_inherit_descriptors() {
+/// Runs in a child process: `dup2` onto fixed numbers would close whatever another test of
+/// this binary, running at the same time, holds there (the automatic-chunks test opens
+/// thousands of segments), and the standard library aborts on that descriptor's next use.
+fn inherited_descriptors() {
     // Descriptors without close-on-exec, as an MPI launcher leaves them, at numbers a
     // worker does not use for itself.
     let mut pipe = [0i32; 2];
@@ -340,6 +343,11 @@ fn workers_do_not_inherit_descriptors() {
         libc::close(fds[0]);
         libc::close(fds[1]);
     }
+}
+
+#[test]
+fn workers_do_not_inherit_descriptors() {
+    run_scenario("inherited-descriptors");
 }
 
 fn scribble(_: ()) {
