@@ -136,6 +136,49 @@ fn nofile_on_growing_pool() {
     assert!(pool.counters().spawned > 1, "{:?}", pool.counters());
 }
 
+fn slow_initializer() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Kills `pid` with SIGKILL.
+fn sigkill(pid: u32) {
+    // SAFETY: kill(2) has no memory effects; the pid is a worker of the caller's pool that
+    // has not been reaped (its slot still names it).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+/// Every replacement of a 4-process pool is killed once while it starts (an outside killer,
+/// such as the kill storm of `shm_queue_kill`): a job queued meanwhile is not a job whose
+/// worker died, and it waits for the next replacements instead of failing with a startup
+/// error. (Before the fix, 3 failed starts anywhere in the pool, with no worker ready,
+/// failed the queue.)
+fn killed_while_starting() {
+    let pool = ProcessPool::builder()
+        .processes(4)
+        .initializer(slow_initializer)
+        .build()
+        .unwrap();
+    let first = pool.pids();
+    assert_eq!(first.len(), 4);
+    for &pid in &first {
+        sigkill(pid); // idle: nothing fails, the slots respawn
+    }
+    let task = pool.submit(square, 7).unwrap();
+    let mut killed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while killed.len() < 4 {
+        assert!(Instant::now() < deadline, "no replacements to kill");
+        for pid in pool.pids() {
+            if !first.contains(&pid) && !killed.contains(&pid) {
+                sigkill(pid); // in its 300 ms initializer
+                killed.push(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(task.get().unwrap(), 49);
+}
+
 /// The child side: one scenario per process.
 #[test]
 #[ignore = "runs only as a child process of the tests below"]
@@ -144,6 +187,8 @@ fn child() {
         Ok("nofile-build") => nofile_at_build(),
         Ok("nofile-running") => nofile_on_running_pool(),
         Ok("nofile-growing") => nofile_on_growing_pool(),
+        Ok("killed-while-starting") => killed_while_starting(),
+        Ok("inherited-descriptors") => inherited_descriptors(),
         other => panic!("unknown scenario {other:?}"),
     }
 }
@@ -167,6 +212,8 @@ fn spawn_failure_on_a_running_pool_fails_jobs_then_recovers() {
 #[test]
 fn spawn_failure_while_growing_backs_off_and_serves() {
     run_scenario("nofile-growing");
+fn workers_killed_while_starting_do_not_fail_queued_jobs() {
+    run_scenario("killed-while-starting");
 }
 
 fn read_value(v: Value<u64>) -> u64 {
@@ -294,8 +341,10 @@ fn is_open(fd: i32) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
-#[test]
-fn workers_do_not_inherit_descriptors() {
+/// Runs in a child process: `dup2` onto fixed numbers would close whatever another test of
+/// this binary, running at the same time, holds there (the automatic-chunks test opens
+/// thousands of segments), and the standard library aborts on that descriptor's next use.
+fn inherited_descriptors() {
     // Descriptors without close-on-exec, as an MPI launcher leaves them, at numbers a
     // worker does not use for itself.
     let mut pipe = [0i32; 2];
@@ -320,6 +369,11 @@ fn workers_do_not_inherit_descriptors() {
         libc::close(fds[0]);
         libc::close(fds[1]);
     }
+}
+
+#[test]
+fn workers_do_not_inherit_descriptors() {
+    run_scenario("inherited-descriptors");
 }
 
 fn scribble(_: ()) {

@@ -1,5 +1,5 @@
-//! No process or descriptor outlives what it belongs to: workers die with a SIGKILLed parent,
-//! and a dropped pool leaves no worker, zombie or open descriptor behind.
+//! No process or descriptor outlives what it belongs to: workers, and what their jobs forked,
+//! die with a SIGKILLed parent, and a dropped pool leaves no worker, zombie or open descriptor behind.
 //!
 //! These tests count process-wide things (children, descriptors), so they run one at a time.
 #![cfg(all(feature = "process", target_os = "linux"))]
@@ -27,6 +27,19 @@ fn sleep_forever(_: ()) {
     }
 }
 
+/// Forks a grandchild that sleeps (in the worker's process group), then sleeps forever.
+fn fork_then_sleep_forever(_: ()) {
+    // SAFETY: the forked child only calls async-signal-safe functions (sleep, _exit).
+    unsafe {
+        if libc::fork() == 0 {
+            loop {
+                libc::sleep(1);
+            }
+        }
+    }
+    sleep_forever(());
+}
+
 fn abort(_: ()) {
     std::process::abort();
 }
@@ -44,6 +57,27 @@ fn is_gone(pid: u32) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
+}
+
+/// The live (not zombie) processes in process group `group`.
+fn group_members(group: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields[0] != "Z" && fields[2].parse() == Ok(group) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// The pids of every process whose parent is this process (zombies included).
@@ -110,7 +144,13 @@ fn orphan_helper() {
         return;
     }
     let pool = ProcessPool::new(2).unwrap();
-    let _busy = pool.submit(sleep_forever, ()).unwrap();
+    let _busy = pool.submit(fork_then_sleep_forever, ()).unwrap();
+    // The grandchild is forked: the busy worker's process group has two members.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pool.pids().iter().any(|&w| group_members(w).len() >= 2) {
+        assert!(Instant::now() < deadline, "the job did not fork");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let pids: Vec<String> = pool.pids().iter().map(u32::to_string).collect();
     println!("PIDS {}", pids.join(" "));
     loop {
@@ -157,6 +197,18 @@ fn workers_die_with_their_parent() {
             "workers outlived their parent: {:?}",
             workers.iter().filter(|&&w| !is_gone(w)).collect::<Vec<_>>()
         );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The grandchild the busy job forked goes too: the worker's process group empties
+    // (a worker is the leader of its group, so the group's id is the worker's pid).
+    while let Some(&w) = workers.iter().find(|&&w| !group_members(w).is_empty()) {
+        if Instant::now() >= deadline {
+            let left = group_members(w);
+            // SAFETY: kill(2) has no memory effects; the group is the one the dead worker
+            // led, which only the job's grandchild still holds.
+            unsafe { libc::kill(-(w as libc::pid_t), libc::SIGKILL) };
+            panic!("a grandchild outlived the pool's parent: group {w} holds {left:?}");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

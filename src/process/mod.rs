@@ -22,7 +22,8 @@
 //!   running pool the pool retries with a backoff, fails the waiting jobs with the cause
 //!   after a few attempts in a row, and serves again once a worker starts;
 //! - processes a job forks stay in its worker's process group, which is killed when the
-//!   worker ends (a crash, a timeout, `terminate`, or the pool's shutdown).
+//!   worker ends (a crash, a timeout, `terminate`, the pool's shutdown, or the parent's
+//!   death; a process that leaves the group, by `setsid` say, escapes).
 //!
 //! A worker process is only ever one the pool spawned: a stray `PARPOOL_WORKER` in the
 //! environment of an ordinary run is ignored, because worker mode also needs a nonce the

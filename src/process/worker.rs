@@ -7,7 +7,8 @@
 //!    inherited descriptor from 3 up (`close_range`: under MPI a process inherits 3 to ~15,
 //!    the PMI socket among them, which a worker must not hold), consume the nonce, remove
 //!    `PARPOOL_WORKER` from the environment, so processes a job starts are not workers; set
-//!    `PR_SET_PDEATHSIG` to `SIGKILL`, then check that `getppid()` is still the pid the parent
+//!    `PR_SET_PDEATHSIG` to a realtime signal whose handler `SIGKILL`s the worker's process
+//!    group (the worker and what its jobs forked; `die_with_parent`), then check that `getppid()` is still the pid the parent
 //!    wrote in the environment: a parent that died before the `prctl` would never send the
 //!    signal, so the worker exits. Move the socket from fd 0 to a close-on-exec descriptor
 //!    and put `/dev/null` on fd 0; ignore `SIGPIPE`, as Rust's runtime does before `main`.
@@ -25,8 +26,8 @@
 //!    until the parent's `Release` frame; the descriptors of the segments a result names go
 //!    back with that result, on the socket.
 //! 4. **End**: EOF on the socket (the parent closed it, or died) → exit with status 0. If the
-//!    parent process dies the kernel sends `SIGKILL` (parent-death signal) even if a job is
-//!    stuck and never reads the socket again.
+//!    parent process dies the kernel sends the parent-death signal, whose handler kills the
+//!    worker's process group, even if a job is stuck and never reads the socket again.
 
 use std::any::type_name;
 use std::collections::HashMap;
@@ -89,7 +90,7 @@ fn serve(parent: u32) -> io::Result<i32> {
     // `main` (`init`, documented to be called before other threads start), so no other
     // thread reads or writes the environment concurrently.
     unsafe { std::env::remove_var(ENV_WORKER) };
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    die_with_parent()?;
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
         return Ok(EXIT_ORPHANED);
     }
@@ -195,6 +196,51 @@ fn close_inherited() -> io::Result<()> {
     for fd in listed {
         // SAFETY: as above; the directory's own descriptor is closed already (EBADF).
         unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// The parent-death signal: when the parent's supervisor thread ends (the parent died),
+/// the kernel sends it to the worker, whose handler kills the worker's whole process group.
+/// A realtime signal, so that jobs, which may use the classic ones, do not meet it.
+fn parent_death_signal() -> libc::c_int {
+    libc::SIGRTMAX()
+}
+
+/// Kills the worker's process group, the worker included: what a job forked dies with the
+/// worker when the parent died and nobody is left to reap the worker and kill its group.
+extern "C" fn on_parent_death(_: libc::c_int) {
+    // SAFETY: getpid and kill are async-signal-safe and have no memory effects. The worker
+    // leads its process group (`process_group(0)` at spawn), so the group's id is its pid;
+    // the second kill covers a job that moved the worker to another group.
+    unsafe {
+        let me = libc::getpid();
+        libc::kill(-me, libc::SIGKILL);
+        libc::kill(me, libc::SIGKILL);
+    }
+}
+
+/// Sets the parent-death signal and its handler (which kills the worker's process group).
+///
+/// The signal used to be `SIGKILL`, which ended the worker but left what its jobs forked
+/// running once the parent died (`workers_die_with_their_parent` checks the group). A job
+/// that blocks this signal, or installs its own handler for it, keeps its worker alive after
+/// the parent's death until the job ends and the worker reads EOF.
+fn die_with_parent() -> io::Result<()> {
+    let signal = parent_death_signal();
+    // SAFETY: `action` is zeroed (no flags, empty mask) then given a handler that only calls
+    // async-signal-safe functions; sigaction and prctl take plain values and pointers to
+    // locals.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_parent_death as extern "C" fn(libc::c_int) as usize;
+        libc::sigfillset(&mut action.sa_mask);
+        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }

@@ -28,9 +28,9 @@
 //! are killed and `new`/`build` returns the error (a spawn refused for lack of descriptors or
 //! processes, a handshake or initializer past the startup timeout, an initializer that
 //! panicked). On a running pool a slot whose worker fails to start is retried after a
-//! backoff that doubles from [`BACKOFF_FIRST`] to [`BACKOFF_MAX`]. After
-//! [`MAX_START_ATTEMPTS`] failures in a row with no worker ready, queued jobs fail with the
-//! startup error, and so does `submit`, until a worker becomes ready again: the pool keeps
+//! backoff that doubles, per round of failures, from [`BACKOFF_FIRST`] to [`BACKOFF_MAX`].
+//! After [`MAX_START_ATTEMPTS`] failures per slot in a row with no worker ready, queued jobs
+//! fail with the startup error, and so does `submit`, until a worker becomes ready again: the pool keeps
 //! trying, and serves again as soon as spawning works.
 
 use std::time::{Duration, Instant};
@@ -43,14 +43,19 @@ use crate::error::ExitStatus;
 use crate::process::bootstrap;
 use crate::process::wire::{self, Fill, ToParent};
 
-/// Failures to start a worker in a row, with no worker ready, after which queued jobs fail.
-/// Not measured: a passing failure (a spawn refused under memory pressure, a start slowed
-/// past the startup timeout) rarely repeats three times in a row, while a lasting one (an
-/// initializer that always panics, a descriptor limit) is reported after three attempts
-/// instead of leaving jobs waiting.
+/// Failures to start a worker in a row **per slot** (`MAX_START_ATTEMPTS × processes` in the
+/// whole pool), with no worker ready, after which queued jobs fail. Not measured: a passing
+/// failure (a spawn refused under memory pressure, a start slowed past the startup timeout,
+/// a replacement killed from outside while it starts) rarely repeats three times in a row
+/// on every slot, while a lasting one (an initializer that always panics, a descriptor
+/// limit) fails every slot and is reported after three rounds of attempts instead of
+/// leaving jobs waiting. Counted per slot because the slots start at the same time: a
+/// pool-wide three let one kill storm over three of eight starting replacements fail jobs
+/// that never had a worker (`workers_killed_while_starting_do_not_fail_queued_jobs`).
 pub(super) const MAX_START_ATTEMPTS: u32 = 3;
 
-/// The wait before the first retry of a failed start; it doubles with each failure in a row.
+/// The wait before the first retry of a failed start; it doubles with each round of failures
+/// in a row (one failure per slot).
 /// Not measured: short enough that a passing failure costs little.
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 
@@ -114,8 +119,10 @@ impl State {
     /// `MAX_START_ATTEMPTS` failures in a row with no worker ready.
     fn start_failed(&mut self, slot: usize, error: ProcessError, shared: &Shared, now: Instant) {
         self.start_failures = self.start_failures.saturating_add(1);
+        let slots = u32::try_from(self.slots.len()).unwrap_or(u32::MAX).max(1);
+        let rounds = (self.start_failures - 1) / slots;
         let backoff = BACKOFF_FIRST
-            .saturating_mul(1 << (self.start_failures - 1).min(16))
+            .saturating_mul(1 << rounds.min(16))
             .min(BACKOFF_MAX);
         self.slots[slot] = Worker::Dead {
             retry_at: now + backoff,
@@ -128,7 +135,7 @@ impl State {
             }
             Phase::Running | Phase::Closing => {
                 let any_ready = self.slots.iter().any(|w| matches!(w, Worker::Ready { .. }));
-                if self.start_failures >= MAX_START_ATTEMPTS && !any_ready {
+                if self.start_failures >= MAX_START_ATTEMPTS.saturating_mul(slots) && !any_ready {
                     let error = ProcessError::startup(
                         format!(
                             "no worker could start ({} attempts in a row failed; the pool \

@@ -268,7 +268,7 @@ impl Shared {
     ///
     /// # Errors
     ///
-    /// The pool is closed, or no worker could start `MAX_START_ATTEMPTS` times in a row
+    /// The pool is closed, or no worker could start `MAX_START_ATTEMPTS` times per slot in a row
     /// (the pool keeps trying; `submit` works again once a worker is ready).
     pub(crate) fn submit(
         &self,

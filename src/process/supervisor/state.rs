@@ -195,7 +195,7 @@ pub(super) struct State {
     /// Failures to start a worker since one last became ready.
     pub(super) start_failures: u32,
     /// While starting: the error that fails the build. Running: set after
-    /// `MAX_START_ATTEMPTS` failures to start with no worker ready; `submit` returns it, and
+    /// `MAX_START_ATTEMPTS` failures to start per slot with no worker ready; `submit` returns it, and
     /// it clears when a worker becomes ready again.
     pub(super) failure: Option<ProcessError>,
     /// Round-robin start for picking among equally loaded workers.
