@@ -212,6 +212,9 @@ fn spawn_failure_on_a_running_pool_fails_jobs_then_recovers() {
 #[test]
 fn spawn_failure_while_growing_backs_off_and_serves() {
     run_scenario("nofile-growing");
+}
+
+#[test]
 fn workers_killed_while_starting_do_not_fail_queued_jobs() {
     run_scenario("killed-while-starting");
 }
