@@ -245,7 +245,7 @@ fn main() {
         })
     });
     let mut order = Vec::new();
-    for task in as_completed(tasks) {
+    for (_, task) in as_completed(tasks) {
         let ms = task.get().expect("task does not panic");
         order.push(ms);
         println!("  task of {ms:>2} ms finished at {:>8.2?}", start.elapsed());

@@ -187,15 +187,31 @@ pub struct TaskError {
 }
 
 enum TaskErrorKind {
-    Panic(Box<dyn Any + Send>),
+    Panic {
+        /// Read once when the error is made, so that `panic_message` can lend it.
+        message: Option<String>,
+        /// Behind a mutex only to make the error `Sync` (the payload is `Send` only); the
+        /// payload is never touched through a shared reference.
+        payload: std::sync::Mutex<Box<dyn Any + Send>>,
+    },
     Cancelled,
     Timeout,
+    Taken,
 }
 
 impl TaskError {
     pub(crate) fn panic(payload: Box<dyn Any + Send>) -> Self {
         TaskError {
-            kind: TaskErrorKind::Panic(payload),
+            kind: TaskErrorKind::Panic {
+                message: panic_message(payload.as_ref()).map(str::to_owned),
+                payload: std::sync::Mutex::new(payload),
+            },
+        }
+    }
+
+    pub(crate) fn taken() -> Self {
+        TaskError {
+            kind: TaskErrorKind::Taken,
         }
     }
 
@@ -221,7 +237,7 @@ impl TaskError {
     /// # Ok::<(), parpool::ThreadPoolBuildError>(())
     /// ```
     pub fn is_panic(&self) -> bool {
-        matches!(self.kind, TaskErrorKind::Panic(_))
+        matches!(self.kind, TaskErrorKind::Panic { .. })
     }
 
     /// The task was cancelled before it started ([`Task::cancel`](crate::Task::cancel) or
@@ -247,12 +263,30 @@ impl TaskError {
     /// use std::time::Duration;
     ///
     /// let pool = parpool::ThreadPool::new(1)?;
-    /// let mut task = pool.submit(|| std::thread::sleep(Duration::from_millis(200)));
+    /// let task = pool.submit(|| std::thread::sleep(Duration::from_millis(200)));
     /// assert!(task.get_timeout(Duration::from_millis(1)).unwrap_err().is_timeout());
     /// # Ok::<(), parpool::ThreadPoolBuildError>(())
     /// ```
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, TaskErrorKind::Timeout)
+    }
+
+    /// An earlier [`Task::get_timeout`](crate::Task::get_timeout) returned the task's
+    /// outcome already: it is moved out once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// let task = pool.submit(|| 1);
+    /// assert_eq!(task.get_timeout(Duration::from_secs(10)).unwrap(), 1);
+    /// assert!(task.get().unwrap_err().is_taken());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn is_taken(&self) -> bool {
+        matches!(self.kind, TaskErrorKind::Taken)
     }
 
     /// The panic message, when the task panicked with a string (`panic!("...")`).
@@ -267,7 +301,7 @@ impl TaskError {
     /// ```
     pub fn panic_message(&self) -> Option<&str> {
         match &self.kind {
-            TaskErrorKind::Panic(payload) => panic_message(payload.as_ref()),
+            TaskErrorKind::Panic { message, .. } => message.as_deref(),
             _ => None,
         }
     }
@@ -288,7 +322,7 @@ impl TaskError {
     /// ```
     pub fn into_panic(self) -> Box<dyn Any + Send> {
         match self.kind {
-            TaskErrorKind::Panic(payload) => payload,
+            TaskErrorKind::Panic { payload, .. } => into_payload(payload),
             _ => panic!("TaskError::into_panic called on a {self} error"),
         }
     }
@@ -306,10 +340,16 @@ impl TaskError {
     /// ```
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, TaskError> {
         match self.kind {
-            TaskErrorKind::Panic(payload) => Ok(payload),
+            TaskErrorKind::Panic { payload, .. } => Ok(into_payload(payload)),
             kind => Err(TaskError { kind }),
         }
     }
+}
+
+fn into_payload(payload: std::sync::Mutex<Box<dyn Any + Send>>) -> Box<dyn Any + Send> {
+    payload
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The message of a panic payload created by `panic!` with a literal or a format string.
@@ -323,12 +363,12 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
 impl fmt::Debug for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            TaskErrorKind::Panic(_) => f
-                .debug_tuple("TaskError::Panic")
-                .field(&self.panic_message())
-                .finish(),
+            TaskErrorKind::Panic { message, .. } => {
+                f.debug_tuple("TaskError::Panic").field(message).finish()
+            }
             TaskErrorKind::Cancelled => f.write_str("TaskError::Cancelled"),
             TaskErrorKind::Timeout => f.write_str("TaskError::Timeout"),
+            TaskErrorKind::Taken => f.write_str("TaskError::Taken"),
         }
     }
 }
@@ -336,12 +376,13 @@ impl fmt::Debug for TaskError {
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            TaskErrorKind::Panic(_) => match self.panic_message() {
+            TaskErrorKind::Panic { .. } => match self.panic_message() {
                 Some(message) => write!(f, "task panicked: {message}"),
                 None => f.write_str("task panicked"),
             },
             TaskErrorKind::Cancelled => f.write_str("task was cancelled before it started"),
             TaskErrorKind::Timeout => f.write_str("timed out waiting for the task"),
+            TaskErrorKind::Taken => f.write_str("the task's outcome was taken already"),
         }
     }
 }
@@ -422,6 +463,7 @@ enum ProcessErrorKind {
     Closed,
     Cancelled,
     WaitTimeout,
+    Taken,
     Panic {
         message: String,
         pid: u32,
@@ -475,6 +517,10 @@ impl ProcessError {
 
     pub(crate) fn wait_timeout() -> Self {
         Self::new(ProcessErrorKind::WaitTimeout)
+    }
+
+    pub(crate) fn taken() -> Self {
+        Self::new(ProcessErrorKind::Taken)
     }
 
     pub(crate) fn panic(message: String, pid: u32) -> Self {
@@ -534,6 +580,7 @@ impl ProcessError {
             K::Closed => K::Closed,
             K::Cancelled => K::Cancelled,
             K::WaitTimeout => K::WaitTimeout,
+            K::Taken => K::Taken,
             K::Panic { message, pid } => K::Panic {
                 message: message.clone(),
                 pid: *pid,
@@ -935,6 +982,29 @@ impl ProcessError {
         matches!(*self.kind, ProcessErrorKind::Cancelled)
     }
 
+    /// An earlier [`ProcessTask::get_timeout`](crate::process::ProcessTask::get_timeout)
+    /// returned the job's outcome already: it is moved out once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// fn id(x: u8) -> u8 {
+    ///     x
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let task = pool.submit(id, 3)?;
+    /// assert_eq!(task.get_timeout(Duration::from_secs(10))?, 3);
+    /// assert!(task.get().unwrap_err().is_taken());
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_taken(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::Taken)
+    }
+
     /// A bad argument: a pool of 0 processes, a chunk size of 0, or a job function that does
     /// not live in the main executable (a dynamic library is mapped at another address in
     /// each process).
@@ -986,6 +1056,7 @@ impl fmt::Display for ProcessError {
             ProcessErrorKind::WaitTimeout => {
                 f.write_str("the job has not finished yet (the wait timed out)")
             }
+            ProcessErrorKind::Taken => f.write_str("the job's outcome was taken already"),
             ProcessErrorKind::Panic { message, pid } => {
                 write!(f, "the job panicked in worker {pid}: {message}")
             }

@@ -21,6 +21,7 @@ pub mod process;
 pub mod shm;
 mod sync;
 mod task;
+mod wait;
 
 #[cfg(all(feature = "process", target_os = "linux"))]
 pub use error::{ProcessError, ShmError};
@@ -35,7 +36,8 @@ pub use pool::{
 };
 #[cfg(all(feature = "process", target_os = "linux"))]
 pub use process::ProcessPool;
-pub use task::{AsCompleted, Task, as_completed, submit};
+pub use task::{Task, submit};
+pub use wait::{AsCompleted, Awaitable, ReturnWhen, as_completed, wait};
 
 /// The names most programs need: `use parpool::prelude::*;`.
 ///
@@ -53,8 +55,8 @@ pub mod prelude {
     #[cfg(all(feature = "process", target_os = "linux"))]
     pub use crate::shm::{Array, Value};
     pub use crate::{
-        IntoParMap, ParMap, ParSlice, Task, TaskError, ThreadPool, ThreadPoolBuildError,
-        ThreadPoolBuilder, as_completed,
+        Awaitable, IntoParMap, ParMap, ParSlice, ReturnWhen, Task, TaskError, ThreadPool,
+        ThreadPoolBuildError, ThreadPoolBuilder, as_completed,
     };
     #[cfg(all(feature = "process", target_os = "linux"))]
     pub use crate::{ProcessError, ProcessPool};

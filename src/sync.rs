@@ -1,11 +1,11 @@
 //! The synchronisation primitives of the protocols that loom model-checks.
 //!
 //! Under `--cfg parpool_loom` these are loom's instrumented versions, so the loom tests in
-//! `pool/test.rs` (latches, the sleep protocol, the task slot) and `map/test.rs` (the chunk
+//! `pool/test.rs` (latches, the sleep protocol, the completion under both task kinds) and `map/test.rs` (the chunk
 //! window's rings, drainer retire/rejoin, feeder sleep) explore every interleaving; in
 //! normal builds they are the std types at zero cost. The modules that implement those
 //! protocols import from here: `pool/latch.rs`, `pool/sleep.rs`, `pool/backoff.rs`,
-//! `task.rs`, `map/window.rs` and `shm/queue/ring.rs`, plus the registry's and the scope's locks (so that the
+//! `pool/completion.rs`, `map/window.rs` and `shm/queue/ring.rs`, plus the registry's and the scope's locks (so that the
 //! types they share with the modelled code agree).
 
 #[cfg(parpool_loom)]

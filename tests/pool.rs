@@ -297,7 +297,9 @@ fn oversubscription_sixteen_threads_on_two_cores() {
     });
     assert_eq!(hits.load(Ordering::Relaxed), 10_000);
     let tasks: Vec<_> = (0..10_000u64).map(|i| pool.submit(move || i)).collect();
-    let sum: u64 = parpool::as_completed(tasks).map(|t| t.get().unwrap()).sum();
+    let sum: u64 = parpool::as_completed(tasks)
+        .map(|(_, t)| t.get().unwrap())
+        .sum();
     assert_eq!(sum, (0..10_000u64).sum());
     assert_all_workers_serve(&pool);
 }

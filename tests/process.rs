@@ -189,12 +189,16 @@ fn wait_and_is_ready() {
 }
 
 #[test]
-#[should_panic(expected = "already taken")]
-fn panic_on_second_get_timeout_after_result() {
+fn second_get_timeout_after_result_says_taken() {
     let pool = shared_pool();
     let task = pool.submit(square, 2).unwrap();
     assert_eq!(task.get_timeout(Duration::from_secs(60)).unwrap(), 4);
-    let _ = task.get_timeout(Duration::from_secs(60));
+    assert!(
+        task.get_timeout(Duration::from_secs(60))
+            .unwrap_err()
+            .is_taken()
+    );
+    assert!(task.get().unwrap_err().is_taken());
 }
 
 #[test]

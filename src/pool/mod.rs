@@ -20,6 +20,7 @@ use crate::error::ThreadPoolBuildError;
 use registry::WorkerThread;
 
 mod backoff;
+mod completion;
 mod job;
 mod join;
 mod latch;
@@ -30,6 +31,7 @@ mod sleep;
 mod test;
 
 pub(crate) use backoff::{SPIN_HINT_ROUNDS, snooze};
+pub(crate) use completion::{Completion, HookId, Signal, Taken, deadline_after};
 pub(crate) use job::{Outcome, Panic, catch};
 pub use join::join;
 pub(crate) use latch::{Wait, WaitLatch};
