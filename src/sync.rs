@@ -13,7 +13,7 @@ pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 #[cfg(all(parpool_loom, feature = "process", target_os = "linux"))]
 pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
 #[cfg(parpool_loom)]
-pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
+pub(crate) use loom::sync::{Condvar, Mutex};
 #[cfg(parpool_loom)]
 pub(crate) use loom::thread::{self, Thread};
 
@@ -22,17 +22,52 @@ pub(crate) use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 #[cfg(all(not(parpool_loom), feature = "process", target_os = "linux"))]
 pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64};
 #[cfg(not(parpool_loom))]
-pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
+pub(crate) use std::sync::{Condvar, Mutex};
 #[cfg(not(parpool_loom))]
 pub(crate) use std::thread::{self, Thread};
 
-/// Locks `mutex`, ignoring poisoning.
+/// Locks `mutex`, ignoring poisoning: the one way this crate takes its internal locks,
+/// std's (statics, and state outside the loom models) and the facade's alike.
 ///
 /// Every mutex in this crate guards state that stays consistent across a panic (the
 /// critical sections only move plain values and never call user code), so a poisoned
 /// lock carries no information and is not an error.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+pub(crate) fn lock<M: IgnorePoison + ?Sized>(mutex: &M) -> M::Guard<'_> {
+    mutex.lock_ignoring_poison()
+}
+
+/// A mutex that [`lock`] can take.
+pub(crate) trait IgnorePoison {
+    /// The guard its lock returns.
+    type Guard<'a>
+    where
+        Self: 'a;
+
+    /// Locks, ignoring poisoning.
+    fn lock_ignoring_poison(&self) -> Self::Guard<'_>;
+}
+
+impl<T: ?Sized> IgnorePoison for std::sync::Mutex<T> {
+    type Guard<'a>
+        = std::sync::MutexGuard<'a, T>
+    where
+        T: 'a;
+
+    fn lock_ignoring_poison(&self) -> Self::Guard<'_> {
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(parpool_loom)]
+impl<T> IgnorePoison for loom::sync::Mutex<T> {
+    type Guard<'a>
+        = loom::sync::MutexGuard<'a, T>
+    where
+        T: 'a;
+
+    fn lock_ignoring_poison(&self) -> Self::Guard<'_> {
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }

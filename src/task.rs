@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::TaskError;
+use crate::TaskError;
 use crate::pool::{
     Completion, Outcome, Registry, SPIN_HINT_ROUNDS, Signal, Taken, ThreadPool, catch,
     current_registry, deadline_after, on_worker, snooze,

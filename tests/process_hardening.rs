@@ -307,7 +307,6 @@ fn garbage_on_the_socket_is_a_protocol_violation() {
     let started = Instant::now();
     let err = pool.submit(scribble, ()).unwrap().get().unwrap_err();
     assert!(err.is_protocol_violation(), "{err}");
-    assert!(err.to_string().contains("protocol"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "killed at once");
     assert_eq!(pool.submit(square, 6).unwrap().get().unwrap(), 36);
 }

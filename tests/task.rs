@@ -374,3 +374,18 @@ fn pool_dropped_inside_its_own_task_does_not_deadlock() {
     });
     assert_eq!(task.get().unwrap(), 7);
 }
+
+/// Every error type is `Send + Sync + 'static`: `?` takes it into `Box<dyn Error + Send +
+/// Sync>` and `anyhow`.
+#[test]
+fn errors_are_send_sync() {
+    fn assert_error<E: std::error::Error + Send + Sync + 'static>() {}
+    assert_error::<parpool::TaskError>();
+    assert_error::<parpool::ThreadPoolBuildError>();
+    #[cfg(all(feature = "process", target_os = "linux"))]
+    {
+        assert_error::<parpool::ProcessError>();
+        assert_error::<parpool::ShmError>();
+        assert_error::<parpool::shm::GetError>();
+    }
+}

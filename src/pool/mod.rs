@@ -16,11 +16,11 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use crate::error::ThreadPoolBuildError;
 use registry::WorkerThread;
 
 mod backoff;
 mod completion;
+mod error;
 mod job;
 mod join;
 mod latch;
@@ -32,7 +32,8 @@ mod test;
 
 pub(crate) use backoff::{SPIN_HINT_ROUNDS, snooze};
 pub(crate) use completion::{Completion, HookId, Signal, Taken, deadline_after};
-pub(crate) use job::{Outcome, Panic, catch};
+pub use error::{TaskError, ThreadPoolBuildError};
+pub(crate) use job::{Outcome, Panic, catch, panic_message};
 pub use join::join;
 pub(crate) use latch::{Wait, WaitLatch};
 pub(crate) use registry::Registry;

@@ -257,12 +257,7 @@ impl Drop for Stream<'_> {
 /// Decodes a chunk's `Vec<R>`, naming `R` (not `Vec<R>`) when it fails.
 fn decode_chunk<R: DeserializeOwned>(reply: &Reply) -> Result<Vec<R>, ProcessError> {
     wire::decode::<Vec<R>>(&reply.bytes).map_err(|e| {
-        ProcessError::serialization(
-            type_name::<R>(),
-            crate::error::SerdeStage::DecodeResult,
-            e,
-            None,
-        )
+        ProcessError::serialization(type_name::<R>(), super::SerdeStage::DecodeResult, e, None)
     })
 }
 
@@ -350,7 +345,7 @@ fn encode_chunk<A: Serialize>(
     let fail = |items: usize, message: &dyn fmt::Display| {
         let error = ProcessError::serialization(
             type_name::<A>(),
-            crate::error::SerdeStage::EncodeArgument,
+            super::SerdeStage::EncodeArgument,
             message,
             None,
         );

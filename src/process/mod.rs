@@ -89,6 +89,7 @@
 //! 5. the supervisor thread exits and `drop` returns.
 
 mod bootstrap;
+mod error;
 mod map;
 mod ring;
 mod supervisor;
@@ -97,7 +98,7 @@ mod wire;
 mod worker;
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -105,11 +106,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use bootstrap::init;
+pub use error::ProcessError;
+pub(crate) use error::{ExitStatus, SerdeStage};
 pub use map::{Imap, ImapUnordered};
 pub use task::ProcessTask;
 
-use crate::ProcessError;
-use crate::error::SerdeStage;
 use crate::shm::segment::{self, Segment};
 use supervisor::{Call, Config, JobSpec, Shared};
 use task::{Sink, TaskSlot};
@@ -327,10 +328,7 @@ impl ProcessPool {
     }
 
     fn wait_supervisor(&self) {
-        let mut supervisor = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut supervisor = crate::sync::lock(&self.supervisor);
         if let Some(thread) = supervisor.take() {
             // The supervisor aborts the process on a panic, so it only returns normally.
             let _ = thread.join();

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::SerdeStage;
 use super::ring::Ring;
 use super::supervisor::Shared;
 use crate::ProcessError;
-use crate::error::SerdeStage;
 use crate::pool::{Completion, Signal, Taken, catch, deadline_after};
 use crate::shm::segment::Segment;
 use crate::sync::{Condvar, Mutex, lock};
