@@ -139,7 +139,7 @@ fn map_one_item_per_job(c: &mut Criterion) {
     group.throughput(Throughput::Elements(ONE_ITEM_N));
     let pool = ProcessPool::new(2).unwrap();
     group.bench_function(BenchmarkId::new("parpool", ONE_ITEM_N), |b| {
-        b.iter(|| pool.map_chunked(square, 0..ONE_ITEM_N, 1).unwrap())
+        b.iter(|| pool.map_chunked(0..ONE_ITEM_N, 1, square).unwrap())
     });
     group.finish();
 }
@@ -150,7 +150,7 @@ fn map_auto_chunks(c: &mut Criterion) {
     group.throughput(Throughput::Elements(AUTO_N));
     let pool = ProcessPool::new(2).unwrap();
     group.bench_function(BenchmarkId::new("parpool", AUTO_N), |b| {
-        b.iter(|| pool.map(square, 0..AUTO_N).unwrap())
+        b.iter(|| pool.map(0..AUTO_N, square).unwrap())
     });
     group.finish();
 }

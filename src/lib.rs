@@ -66,7 +66,7 @@ pub use pool::{
     current_num_threads, current_thread_index, join, scope,
 };
 #[cfg(all(feature = "process", target_os = "linux"))]
-pub use process::{ProcessError, ProcessPool};
+pub use process::{ProcessError, ProcessPool, ProcessPoolBuilder};
 #[cfg(all(feature = "process", target_os = "linux"))]
 pub use shm::ShmError;
 pub use task::{Task, submit};
@@ -92,5 +92,5 @@ pub mod prelude {
         ThreadPoolBuildError, ThreadPoolBuilder, as_completed,
     };
     #[cfg(all(feature = "process", target_os = "linux"))]
-    pub use crate::{ProcessError, ProcessPool};
+    pub use crate::{ProcessError, ProcessPool, ProcessPoolBuilder};
 }

@@ -386,6 +386,7 @@ pub fn current_thread_index() -> Option<usize> {
 /// # Ok::<(), parpool::ThreadPoolBuildError>(())
 /// ```
 #[derive(Default)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct ThreadPoolBuilder {
     num_threads: Option<usize>,
     thread_name: Option<Box<dyn FnMut(usize) -> String>>,

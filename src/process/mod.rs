@@ -59,10 +59,10 @@
 //! }
 //!
 //! let procs = ProcessPool::new(2)?;
-//! let v: Vec<u64> = procs.map(square, 0..100u64)?;
+//! let v: Vec<u64> = procs.map(0..100u64, square)?;
 //! assert_eq!(v[99], 99 * 99);
 //! let mut sum = 0;
-//! for r in procs.imap_unordered(square, 0..100u64) {
+//! for r in procs.imap_unordered(0..100u64, square) {
 //!     let y: u64 = r?;
 //!     sum += y;
 //! }
@@ -131,7 +131,7 @@ use worker::Trampoline;
 /// }
 ///
 /// let procs = ProcessPool::new(2)?;
-/// assert_eq!(procs.map(square, [1, 2, 3])?, [1, 4, 9]);
+/// assert_eq!(procs.map([1, 2, 3], square)?, [1, 4, 9]);
 /// # Ok::<(), parpool::ProcessError>(())
 /// ```
 pub struct ProcessPool {
@@ -598,8 +598,8 @@ impl ProcessPoolBuilder {
     /// assert_eq!(procs.pids().len(), 2); // every worker is ready when `build` returns
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
-    pub fn build(&self) -> Result<ProcessPool, ProcessError> {
-        let mut config = self.config.clone();
+    pub fn build(self) -> Result<ProcessPool, ProcessError> {
+        let mut config = self.config;
         config.processes = self
             .processes
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
