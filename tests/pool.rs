@@ -316,3 +316,65 @@ fn stress_many_pools_created_and_dropped() {
         drop(pool);
     }
 }
+
+#[test]
+fn spawn_runs_every_closure_and_panics_reach_the_handler() {
+    let (panic_tx, panics) = std::sync::mpsc::channel::<String>();
+    let panic_tx = std::sync::Mutex::new(panic_tx);
+    let pool = ThreadPool::builder()
+        .num_threads(2)
+        .panic_handler(move |payload| {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_default();
+            panic_tx.lock().unwrap().send(message).unwrap();
+        })
+        .build()
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..100 {
+        let ran = Arc::clone(&ran);
+        pool.spawn(move || {
+            ran.fetch_add(1, Ordering::SeqCst);
+            if i % 10 == 0 {
+                panic!("spawned {i}");
+            }
+        });
+    }
+    drop(pool); // runs every spawned closure first
+    assert_eq!(ran.load(Ordering::SeqCst), 100);
+    let mut seen: Vec<String> = panics.iter().collect();
+    seen.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("spawned {}", i * 10)).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn spawn_without_a_handler_keeps_the_worker_serving() {
+    let pool = ThreadPool::new(1).unwrap();
+    pool.spawn(|| panic!("reported by the panic hook"));
+    assert_eq!(pool.submit(|| 7).get().unwrap(), 7);
+}
+
+#[test]
+fn terminate_drops_queued_spawned_closures_unrun() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    pool.spawn(move || {
+        started_tx.send(()).unwrap();
+        gate.recv().unwrap();
+    });
+    started.recv().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&ran);
+    pool.spawn(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+    });
+    pool.terminate();
+    release.send(()).unwrap();
+    drop(pool);
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+}
