@@ -7,10 +7,11 @@
 //!
 //! # Waiting
 //!
-//! A waiter spins for [`SPIN`], yielding its core between checks, then blocks on a condition
-//! variable. The spin covers one round trip to a worker. While a `ProcessTask` waiter spins
-//! it also polls the result ring of the worker that has its job, and takes the result itself
-//! when it lands (under the pool's state lock, as the supervisor would): a `submit` + `get` of
+//! A waiter spins for [`SPIN`], yielding its core between checks, then blocks on a latch
+//! registered as a hook of the job's completion (`pool/completion.rs`, shared with thread
+//! tasks; a timed wait removes its hook when it gives up). The spin covers one round trip to
+//! a worker. While a `ProcessTask` waiter spins it also polls the result ring of the worker
+//! that has its job, and takes the result itself when it lands (under the pool's state lock, as the supervisor would): a `submit` + `get` of
 //! a short job then costs the two process wake-ups of a round trip and no thread hand-off.
 
 use std::collections::VecDeque;
