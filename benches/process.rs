@@ -144,7 +144,7 @@ fn map_one_item_per_job(c: &mut Criterion) {
     group.throughput(Throughput::Elements(ONE_ITEM_N));
     let pool = ProcessPool::new(2).unwrap();
     group.bench_function(BenchmarkId::new("parpool", ONE_ITEM_N), |b| {
-        b.iter(|| pool.map_chunked(square, 0..ONE_ITEM_N, 1).unwrap())
+        b.iter(|| pool.map_chunked(0..ONE_ITEM_N, 1, square).unwrap())
     });
     group.finish();
 }
@@ -155,7 +155,7 @@ fn map_auto_chunks(c: &mut Criterion) {
     group.throughput(Throughput::Elements(AUTO_N));
     let pool = ProcessPool::new(2).unwrap();
     group.bench_function(BenchmarkId::new("parpool", AUTO_N), |b| {
-        b.iter(|| pool.map(square, 0..AUTO_N).unwrap())
+        b.iter(|| pool.map(0..AUTO_N, square).unwrap())
     });
     group.finish();
 }
@@ -211,7 +211,7 @@ fn nap(ms: u64) {
 
 /// One burst: `BURST_JOBS` jobs of `BURST_MS`, one job each.
 fn burst(pool: &ProcessPool) {
-    pool.map_chunked(nap, vec![BURST_MS; BURST_JOBS], 1)
+    pool.map_chunked(vec![BURST_MS; BURST_JOBS], 1, nap)
         .unwrap();
 }
 

@@ -55,7 +55,7 @@ fn locked_increment(c: &mut Criterion, pool: &ProcessPool) {
     let v = Value::new(0u64).unwrap();
     group.bench_function(BenchmarkId::new("parpool_2_processes", LOCKED_N), |b| {
         b.iter(|| {
-            pool.map_chunked(locked_increments, vec![(v.clone(), LOCKED_N); 2], 1)
+            pool.map_chunked(vec![(v.clone(), LOCKED_N); 2], 1, locked_increments)
                 .unwrap()
         })
     });
@@ -83,7 +83,7 @@ fn atomic_fetch_add(c: &mut Criterion, pool: &ProcessPool) {
     let v = Value::new(0u64).unwrap();
     group.bench_function(BenchmarkId::new("parpool_2_processes", ATOMIC_N), |b| {
         b.iter(|| {
-            pool.map_chunked(atomic_increments, vec![(v.clone(), ATOMIC_N); 2], 1)
+            pool.map_chunked(vec![(v.clone(), ATOMIC_N); 2], 1, atomic_increments)
                 .unwrap()
         })
     });

@@ -70,7 +70,7 @@ fn main() -> Result<(), String> {
     let (cpu_thr, t_cpu_thr) =
         timed(|| threads.map_chunked(inputs.iter(), 1, |&ms| burn(ms)).len());
     let (cpu_proc, t_cpu_proc) =
-        timed(|| procs.map_chunked(burn, inputs.clone(), 1).map(|v| v.len()));
+        timed(|| procs.map_chunked(inputs.clone(), 1, burn).map(|v| v.len()));
     let cpu_proc = cpu_proc.map_err(|e| e.to_string())?;
 
     let io_threads = ThreadPool::new(jobs.max(1)).map_err(|e| e.to_string())?;

@@ -75,9 +75,14 @@ fn run_server(listener: TcpListener, pool: &ThreadPool) {
             Ok(stream) => {
                 let peer = stream.peer_addr().ok();
                 let task = pool.submit(move || serve_connection(stream));
-                task.on_done(move || {
-                    if let Some(peer) = peer {
-                        eprintln!("connection from {peer} closed");
+                task.on_done(move |outcome| {
+                    let peer = peer.map_or_else(|| "?".to_owned(), |peer| peer.to_string());
+                    match outcome {
+                        Ok(Ok(echoed)) => {
+                            eprintln!("connection from {peer} closed ({echoed} lines)")
+                        }
+                        Ok(Err(error)) => eprintln!("connection from {peer} failed: {error}"),
+                        Err(error) => eprintln!("connection from {peer}: {error}"),
                     }
                 });
             }
@@ -149,7 +154,7 @@ fn main() -> Result<(), String> {
         .collect();
     let mut round_trips = Vec::new();
     let mut failures = 0;
-    for task in as_completed(tasks) {
+    for (_, task) in as_completed(tasks) {
         match task.get() {
             Ok(Ok(times)) => round_trips.extend(times),
             Ok(Err(error)) => {

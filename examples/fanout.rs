@@ -133,15 +133,15 @@ fn main() -> Result<(), String> {
     let start = Instant::now();
     let tasks: Vec<_> = paths
         .iter()
-        .enumerate()
-        .map(|(i, path)| {
+        .map(|path| {
             let (path, timeout) = (path.clone(), options.timeout);
-            pool.submit(move || (i, fetch(addr, &path, timeout)))
+            pool.submit(move || fetch(addr, &path, timeout))
         })
         .collect();
     let (mut ok, mut timeouts, mut refused, mut other) = (0, 0, 0, 0);
-    for task in as_completed(tasks) {
-        let (i, outcome) = task
+    // `as_completed` tells which request finished: its index in `tasks`.
+    for (i, task) in as_completed(tasks) {
+        let outcome = task
             .get()
             .map_err(|e| format!("request task failed: {e}"))?;
         let at = start.elapsed();

@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let done = Value::new(0u64)?;
     let start = Instant::now();
     let items = (0..50u64).map(|x| (x, done.clone()));
-    for (x, result) in (0..).zip(pool.imap(risky, items)) {
+    for (x, result) in (0..).zip(pool.imap(items, risky)) {
         match result {
             Ok(y) => assert_eq!(y, x * x),
             Err(e) => println!("item {x:>2}: {e}"),

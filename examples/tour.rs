@@ -211,7 +211,7 @@ fn main() {
     let expected: Vec<u32> = (0..jobs).map(longest_chain_in).collect();
     let inputs = || (0..jobs).map(|block| (block, counter.clone()));
     assert_eq!(
-        procs.map(longest_chain, inputs()).expect("process map"),
+        procs.map(inputs(), longest_chain).expect("process map"),
         expected
     );
     assert_eq!(counter.load(), jobs, "every job counted itself");
@@ -219,7 +219,7 @@ fn main() {
         case: format!("process pool map, {jobs} jobs, shared counter"),
         sequential: median_time(runs, || (0..jobs).map(longest_chain_in).collect::<Vec<_>>()),
         parpool: median_time(runs, || {
-            procs.map(longest_chain, inputs()).expect("process map")
+            procs.map(inputs(), longest_chain).expect("process map")
         }),
         rayon: None,
     });
@@ -245,7 +245,7 @@ fn main() {
         })
     });
     let mut order = Vec::new();
-    for task in as_completed(tasks) {
+    for (_, task) in as_completed(tasks) {
         let ms = task.get().expect("task does not panic");
         order.push(ms);
         println!("  task of {ms:>2} ms finished at {:>8.2?}", start.elapsed());

@@ -11,8 +11,42 @@
 //!   default `process` feature).
 //! - `shm::Value`, `shm::Array`, `shm::Lock` and `shm::Queue`: shared memory for process
 //!   jobs and threads (likewise).
+//!
+//! # Errors
+//!
+//! Every error type is an opaque struct with a query method per kind (`is_panic()`,
+//! `is_timeout()`, ...), `Send + Sync + 'static`, so `?` converts it into
+//! `Box<dyn Error + Send + Sync>` or `anyhow::Error`:
+//!
+//! ```
+//! fn thread_side() -> anyhow::Result<u64> {
+//!     let pool = parpool::ThreadPool::new(2)?; // ThreadPoolBuildError
+//!     Ok(pool.submit(|| 21u64).get()? * 2) // TaskError
+//! }
+//!
+//! fn twice(x: u64) -> u64 {
+//!     2 * x
+//! }
+//!
+//! fn process_side() -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+//!     let pool = parpool::ProcessPool::new(1)?; // ProcessError
+//!     let cell = parpool::shm::Value::new(0u64)?; // ShmError
+//!     cell.store(pool.submit(twice, 21)?.get()?);
+//!     Ok(cell.load())
+//! }
+//!
+//! fn failing() -> anyhow::Result<u8> {
+//!     let pool = parpool::ThreadPool::new(1)?;
+//!     Ok(pool.submit(|| -> u8 { panic!("bad input") }).get()?)
+//! }
+//!
+//! assert_eq!(thread_side()?, 42);
+//! assert_eq!(process_side().map_err(|e| anyhow::anyhow!(e))?, 42);
+//! let error = failing().unwrap_err();
+//! assert!(error.downcast_ref::<parpool::TaskError>().is_some_and(|e| e.is_panic()));
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
-mod error;
 mod map;
 mod pool;
 #[cfg(all(feature = "process", target_os = "linux"))]
@@ -21,21 +55,22 @@ pub mod process;
 pub mod shm;
 mod sync;
 mod task;
+mod wait;
 
-#[cfg(all(feature = "process", target_os = "linux"))]
-pub use error::{ProcessError, ShmError};
-pub use error::{TaskError, ThreadPoolBuildError};
 pub use map::{
     Imap, ImapUnordered, IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice, imap,
     imap_unordered, map, map_chunked, try_map,
 };
 pub use pool::{
-    NUM_THREADS_ENV, Scope, ThreadPool, ThreadPoolBuilder, current_num_threads,
-    current_thread_index, join, scope,
+    NUM_THREADS_ENV, Scope, TaskError, ThreadPool, ThreadPoolBuildError, ThreadPoolBuilder,
+    current_num_threads, current_thread_index, join, scope,
 };
 #[cfg(all(feature = "process", target_os = "linux"))]
-pub use process::ProcessPool;
-pub use task::{AsCompleted, Task, as_completed, submit};
+pub use process::{ProcessError, ProcessPool, ProcessPoolBuilder};
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub use shm::ShmError;
+pub use task::{Task, submit};
+pub use wait::{AsCompleted, Awaitable, ReturnWhen, as_completed, wait};
 
 /// The names most programs need: `use parpool::prelude::*;`.
 ///
@@ -53,9 +88,9 @@ pub mod prelude {
     #[cfg(all(feature = "process", target_os = "linux"))]
     pub use crate::shm::{Array, Value};
     pub use crate::{
-        IntoParMap, ParMap, ParSlice, Task, TaskError, ThreadPool, ThreadPoolBuildError,
-        ThreadPoolBuilder, as_completed,
+        Awaitable, IntoParMap, ParMap, ParSlice, ReturnWhen, Task, TaskError, ThreadPool,
+        ThreadPoolBuildError, ThreadPoolBuilder, as_completed,
     };
     #[cfg(all(feature = "process", target_os = "linux"))]
-    pub use crate::{ProcessError, ProcessPool};
+    pub use crate::{ProcessError, ProcessPool, ProcessPoolBuilder};
 }

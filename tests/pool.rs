@@ -60,14 +60,18 @@ fn zero_threads_is_an_error() {
     assert!(error.is_zero_threads());
     let error = ThreadPool::builder().num_threads(0).build().unwrap_err();
     assert!(error.is_zero_threads());
-    assert!(error.to_string().contains("at least one thread"));
+    assert!(!error.is_too_many_threads() && error.max_threads().is_none());
 }
 
 #[test]
 fn too_many_threads_is_an_error() {
     let error = ThreadPool::new(1 << 20).unwrap_err();
     assert!(!error.is_zero_threads());
-    assert!(error.to_string().contains("at most"), "{error}");
+    assert!(error.is_too_many_threads(), "{error}");
+    assert!(
+        error.max_threads().is_some_and(|max| max < 1 << 20),
+        "{error}"
+    );
 }
 
 #[test]
@@ -297,7 +301,9 @@ fn oversubscription_sixteen_threads_on_two_cores() {
     });
     assert_eq!(hits.load(Ordering::Relaxed), 10_000);
     let tasks: Vec<_> = (0..10_000u64).map(|i| pool.submit(move || i)).collect();
-    let sum: u64 = parpool::as_completed(tasks).map(|t| t.get().unwrap()).sum();
+    let sum: u64 = parpool::as_completed(tasks)
+        .map(|(_, t)| t.get().unwrap())
+        .sum();
     assert_eq!(sum, (0..10_000u64).sum());
     assert_all_workers_serve(&pool);
 }
@@ -309,4 +315,66 @@ fn stress_many_pools_created_and_dropped() {
         assert_eq!(pool.install(|| fib(12)), 144);
         drop(pool);
     }
+}
+
+#[test]
+fn spawn_runs_every_closure_and_panics_reach_the_handler() {
+    let (panic_tx, panics) = std::sync::mpsc::channel::<String>();
+    let panic_tx = std::sync::Mutex::new(panic_tx);
+    let pool = ThreadPool::builder()
+        .num_threads(2)
+        .panic_handler(move |payload| {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_default();
+            panic_tx.lock().unwrap().send(message).unwrap();
+        })
+        .build()
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..100 {
+        let ran = Arc::clone(&ran);
+        pool.spawn(move || {
+            ran.fetch_add(1, Ordering::SeqCst);
+            if i % 10 == 0 {
+                panic!("spawned {i}");
+            }
+        });
+    }
+    drop(pool); // runs every spawned closure first
+    assert_eq!(ran.load(Ordering::SeqCst), 100);
+    let mut seen: Vec<String> = panics.iter().collect();
+    seen.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("spawned {}", i * 10)).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn spawn_without_a_handler_keeps_the_worker_serving() {
+    let pool = ThreadPool::new(1).unwrap();
+    pool.spawn(|| panic!("reported by the panic hook"));
+    assert_eq!(pool.submit(|| 7).get().unwrap(), 7);
+}
+
+#[test]
+fn terminate_drops_queued_spawned_closures_unrun() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    pool.spawn(move || {
+        started_tx.send(()).unwrap();
+        gate.recv().unwrap();
+    });
+    started.recv().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&ran);
+    pool.spawn(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+    });
+    pool.terminate();
+    release.send(()).unwrap();
+    drop(pool);
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
 }

@@ -43,12 +43,12 @@ fn smoke() {
     assert_eq!(pool.processes(), 2);
     assert_eq!(pool.pids().len(), 2);
     assert_eq!(pool.submit(square, 7).unwrap().get().unwrap(), 49);
-    let v = pool.map(square, 0..100u64).unwrap();
+    let v = pool.map(0..100u64, square).unwrap();
     assert_eq!(v, (0..100u64).map(square).collect::<Vec<_>>());
-    let ordered: Vec<u64> = pool.imap(square, 0..50u64).map(Result::unwrap).collect();
+    let ordered: Vec<u64> = pool.imap(0..50u64, square).map(Result::unwrap).collect();
     assert_eq!(ordered, (0..50u64).map(square).collect::<Vec<_>>());
     let mut unordered: Vec<u64> = pool
-        .imap_unordered(square, 0..50u64)
+        .imap_unordered(0..50u64, square)
         .map(Result::unwrap)
         .collect();
     unordered.sort_unstable();
@@ -59,7 +59,7 @@ fn smoke() {
 fn closures_that_capture_nothing_are_jobs() {
     let pool = shared_pool();
     let v = pool
-        .map(|s: String| s.to_uppercase(), ["a", "bc"].map(String::from))
+        .map(["a", "bc"].map(String::from), |s: String| s.to_uppercase())
         .unwrap();
     assert_eq!(v, ["A", "BC"]);
     let t = pool
@@ -93,9 +93,9 @@ fn workers_are_other_processes_in_their_own_process_group() {
 #[test]
 fn map_of_nothing_is_empty() {
     let pool = shared_pool();
-    assert!(pool.map(square, Vec::<u64>::new()).unwrap().is_empty());
-    assert_eq!(pool.imap(square, Vec::<u64>::new()).count(), 0);
-    assert_eq!(pool.imap_unordered(square, Vec::<u64>::new()).count(), 0);
+    assert!(pool.map(Vec::<u64>::new(), square).unwrap().is_empty());
+    assert_eq!(pool.imap(Vec::<u64>::new(), square).count(), 0);
+    assert_eq!(pool.imap_unordered(Vec::<u64>::new(), square).count(), 0);
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn map_of_unknown_length_is_ordered() {
     // `filter` hides the length: the chunk size grows as items arrive.
     let input = (0..5000u64).filter(|x| x % 3 != 0);
     let expected: Vec<u64> = input.clone().map(square).collect();
-    assert_eq!(pool.map(square, input).unwrap(), expected);
+    assert_eq!(pool.map(input, square).unwrap(), expected);
 }
 
 #[test]
@@ -113,19 +113,23 @@ fn map_chunked_sizes_agree() {
     let expected: Vec<u64> = (0..333u64).map(square).collect();
     for chunk in [1, 2, 7, 64, 1000] {
         assert_eq!(
-            pool.map_chunked(square, 0..333u64, chunk).unwrap(),
+            pool.map_chunked(0..333u64, chunk, square).unwrap(),
             expected
         );
     }
-    let err = pool.map_chunked(square, 0..3u64, 0).unwrap_err();
-    assert!(err.is_invalid_argument());
+}
+
+#[test]
+#[should_panic(expected = "the chunk size must be at least 1")]
+fn map_chunked_with_chunk_size_zero_panics_like_the_thread_pool() {
+    let _ = shared_pool().map_chunked(0..3u64, 0, square);
 }
 
 #[test]
 fn imap_chunked_is_ordered() {
     let pool = shared_pool();
     let got: Vec<u64> = pool
-        .imap(square, 0..1000u64)
+        .imap(0..1000u64, square)
         .chunk_size(33)
         .collect::<Result<_, _>>()
         .unwrap();
@@ -139,7 +143,7 @@ fn imap_is_lazy_and_bounded() {
     let items = (0..u64::MAX).inspect(|_| {
         pulled.fetch_add(1, Ordering::Relaxed);
     });
-    let mut results = pool.imap(square, items);
+    let mut results = pool.imap(items, square);
     assert_eq!(
         pulled.load(Ordering::Relaxed),
         0,
@@ -161,7 +165,7 @@ fn imap_is_lazy_and_bounded() {
 fn imap_unordered_yields_fast_jobs_first() {
     let pool = ProcessPool::new(2).unwrap();
     let order: Vec<u64> = pool
-        .imap_unordered(nap, [600, 1, 1, 1])
+        .imap_unordered([600, 1, 1, 1], nap)
         .map(Result::unwrap)
         .collect();
     assert_eq!(order.len(), 4);
@@ -189,12 +193,16 @@ fn wait_and_is_ready() {
 }
 
 #[test]
-#[should_panic(expected = "already taken")]
-fn panic_on_second_get_timeout_after_result() {
+fn second_get_timeout_after_result_says_taken() {
     let pool = shared_pool();
     let task = pool.submit(square, 2).unwrap();
     assert_eq!(task.get_timeout(Duration::from_secs(60)).unwrap(), 4);
-    let _ = task.get_timeout(Duration::from_secs(60));
+    assert!(
+        task.get_timeout(Duration::from_secs(60))
+            .unwrap_err()
+            .is_taken()
+    );
+    assert!(task.get().unwrap_err().is_taken());
 }
 
 #[test]
@@ -242,13 +250,13 @@ fn panic_in_map_fails_its_item_only() {
         x / 2
     }
     let pool = shared_pool();
-    let err = pool.map(odd_panics, [0, 2, 5, 6, 7]).unwrap_err();
+    let err = pool.map([0, 2, 5, 6, 7], odd_panics).unwrap_err();
     assert_eq!(
         err.panic_message(),
         Some("odd 5"),
         "the first error in input order"
     );
-    let results: Vec<_> = pool.imap(odd_panics, [0, 2, 5, 6, 7]).collect();
+    let results: Vec<_> = pool.imap([0, 2, 5, 6, 7], odd_panics).collect();
     assert_eq!(results[0].as_ref().unwrap(), &0);
     assert_eq!(results[1].as_ref().unwrap(), &1);
     assert!(results[2].as_ref().unwrap_err().is_panic());
@@ -319,7 +327,7 @@ fn serialization_errors_name_the_type() {
         "{err}"
     );
     // In a map, the type is named too, and the good items are fine.
-    let results: Vec<_> = pool.imap(make_picky, [1, 200, 3]).collect();
+    let results: Vec<_> = pool.imap([1, 200, 3], make_picky).collect();
     assert_eq!(results[0].as_ref().unwrap(), &Picky(1));
     assert!(
         results[1]
@@ -330,7 +338,7 @@ fn serialization_errors_name_the_type() {
             .ends_with("Picky")
     );
     assert_eq!(results[2].as_ref().unwrap(), &Picky(3));
-    let err = pool.map_chunked(make_picky, [1, 200, 3], 3).unwrap_err();
+    let err = pool.map_chunked([1, 200, 3], 3, make_picky).unwrap_err();
     assert!(err.type_name().unwrap().ends_with("Picky"), "{err}");
 }
 
@@ -366,7 +374,7 @@ fn initializer_runs_in_each_worker() {
         .initializer(initialize)
         .build()
         .unwrap();
-    let seen = pool.map_chunked(read_initialized, vec![(); 20], 1).unwrap();
+    let seen = pool.map_chunked(vec![(); 20], 1, read_initialized).unwrap();
     assert!(seen.iter().all(|&v| v == 1234), "{seen:?}");
     assert_eq!(INITIALIZED.load(Ordering::SeqCst), 0, "not in the parent");
 }
@@ -416,7 +424,7 @@ fn max_tasks_per_child_recycles_workers() {
         assert_ne!(pair[0], pair[1], "each job ran in a fresh worker: {pids:?}");
     }
     // A map through recycling workers is still complete and ordered.
-    let v = pool.map_chunked(square, 0..20u64, 3).unwrap();
+    let v = pool.map_chunked(0..20u64, 3, square).unwrap();
     assert_eq!(v, (0..20u64).map(square).collect::<Vec<_>>());
 }
 
@@ -426,8 +434,8 @@ fn use_after_close_is_an_error() {
     let task = pool.submit(nap, 50).unwrap();
     pool.close();
     assert!(pool.submit(square, 1).unwrap_err().is_closed());
-    assert!(pool.map(square, 0..3u64).unwrap_err().is_closed());
-    let results: Vec<_> = pool.imap(square, 0..3u64).collect();
+    assert!(pool.map(0..3u64, square).unwrap_err().is_closed());
+    let results: Vec<_> = pool.imap(0..3u64, square).collect();
     assert!(results[0].as_ref().unwrap_err().is_closed());
     assert_eq!(
         task.get().unwrap(),
@@ -473,7 +481,7 @@ fn large_payloads_both_ways() {
     expected.reverse();
     let got = pool.submit(reverse, big.clone()).unwrap().get().unwrap();
     assert!(got == expected);
-    let got = pool.map(reverse, vec![big.clone(), big]).unwrap();
+    let got = pool.map(vec![big.clone(), big], reverse).unwrap();
     assert!(got.iter().all(|v| *v == expected));
 }
 
@@ -493,7 +501,7 @@ fn stress_submit_from_many_threads() {
             });
         }
         s.spawn(|| {
-            let v = pool.map_chunked(square, 0..5000u64, 1).unwrap();
+            let v = pool.map_chunked(0..5000u64, 1, square).unwrap();
             assert_eq!(v, (0..5000u64).map(square).collect::<Vec<_>>());
         });
     });
@@ -514,11 +522,11 @@ proptest! {
     fn map_matches_sequential(input in prop::collection::vec(any::<i64>(), 0..400), chunk in 1usize..40) {
         let pool = shared_pool();
         let expected: Vec<i64> = input.iter().copied().map(affine).collect();
-        prop_assert_eq!(&pool.map(affine, input.clone()).unwrap(), &expected);
-        prop_assert_eq!(&pool.map_chunked(affine, input.clone(), chunk).unwrap(), &expected);
-        let lazy: Vec<i64> = pool.imap(affine, input.clone()).chunk_size(chunk).map(Result::unwrap).collect();
+        prop_assert_eq!(&pool.map(input.clone(), affine).unwrap(), &expected);
+        prop_assert_eq!(&pool.map_chunked(input.clone(), chunk, affine).unwrap(), &expected);
+        let lazy: Vec<i64> = pool.imap(input.clone(), affine).chunk_size(chunk).map(Result::unwrap).collect();
         prop_assert_eq!(&lazy, &expected);
-        let mut unordered: Vec<i64> = pool.imap_unordered(affine, input).map(Result::unwrap).collect();
+        let mut unordered: Vec<i64> = pool.imap_unordered(input, affine).map(Result::unwrap).collect();
         let mut sorted = expected;
         unordered.sort_unstable();
         sorted.sort_unstable();

@@ -73,11 +73,11 @@ fn only_the_bad_item_fails(
     check: impl Fn(&ProcessError),
 ) -> (Vec<u32>, Vec<u32>) {
     let before = pool.pids();
-    let err = pool.map_chunked(f, 0..40u64, 1).unwrap_err();
+    let err = pool.map_chunked(0..40u64, 1, f).unwrap_err();
     check(&err);
     assert!(before.contains(&err.pid().expect("the error names the worker")) || err.is_panic());
 
-    let results: Vec<Result<u64, ProcessError>> = pool.imap(f, 0..40u64).collect();
+    let results: Vec<Result<u64, ProcessError>> = pool.imap(0..40u64, f).collect();
     assert_eq!(results.len(), 40);
     for (x, result) in (0..40u64).zip(&results) {
         match result {
@@ -89,10 +89,10 @@ fn only_the_bad_item_fails(
     assert!(results[BAD as usize].is_err());
 
     // The same with automatic chunks: the chunk holding the bad item fails, the map reports it.
-    check(&pool.map(f, 0..40u64).unwrap_err());
+    check(&pool.map(0..40u64, f).unwrap_err());
 
     // The pool goes on with a full set of workers.
-    assert_eq!(pool.map(square, 0..100u64).unwrap()[99], 99 * 99);
+    assert_eq!(pool.map(0..100u64, square).unwrap()[99], 99 * 99);
     let after = wait_for_workers(&pool);
     (before, after)
 }
@@ -196,8 +196,7 @@ fn submit_crash_reports_the_pid() {
     let worker = pool.pids()[0];
     let err = pool.submit(sigkill_on_bad, BAD).unwrap().get().unwrap_err();
     assert_eq!(err.pid(), Some(worker));
-    assert!(err.to_string().contains(&worker.to_string()), "{err}");
-    assert!(err.to_string().contains("SIGKILL"), "{err}");
+    assert_eq!(err.signal(), Some(9), "{err}");
 }
 
 #[test]
@@ -220,7 +219,7 @@ fn stress_repeated_crashes() {
     let pool = ProcessPool::new(2).unwrap();
     for round in 0..5 {
         let results: Vec<_> = pool
-            .imap(abort_on_bad, (0..30u64).chain([BAD, BAD]))
+            .imap((0..30u64).chain([BAD, BAD]), abort_on_bad)
             .collect();
         let failed = results.iter().filter(|r| r.is_err()).count();
         assert_eq!(

@@ -93,7 +93,7 @@ fn burst_grows_to_the_maximum() {
     assert_eq!((pool.workers(), pool.counters().spawned), (3, 3));
     // A map grows it the same way.
     let pool = ProcessPool::builder().elastic(1, 3).build().unwrap();
-    assert_eq!(pool.map(nap, vec![30; 30]).unwrap(), vec![30; 30]);
+    assert_eq!(pool.map(vec![30; 30], nap).unwrap(), vec![30; 30]);
     assert_eq!(pool.workers(), 3);
     assert_eq!(pool.counters().spawned, 3);
 }
@@ -107,7 +107,7 @@ fn idling_shrinks_to_the_minimum() {
         .build()
         .unwrap();
     for round in 1..=3u64 {
-        assert_eq!(pool.map(nap, vec![40; 40]).unwrap(), vec![40; 40]);
+        assert_eq!(pool.map(vec![40; 40], nap).unwrap(), vec![40; 40]);
         assert_eq!(pool.counters().spawned, 2 + 2 * round, "grew to 4 again");
         wait_for_workers(&pool, 2, Duration::from_secs(20));
         // Idle far past the timeout: it stays at its minimum.

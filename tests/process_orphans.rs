@@ -223,7 +223,7 @@ fn dropped_pool_leaves_no_worker_zombie_or_fd() {
         let pool = ProcessPool::new(2).unwrap();
         workers.extend(pool.pids());
         assert_eq!(children().len(), 2);
-        assert_eq!(pool.map(square, 0..1000u64).unwrap()[10], 100);
+        assert_eq!(pool.map(0..1000u64, square).unwrap()[10], 100);
         // Crashes and replacements along the way must not leak either.
         for _ in 0..3 {
             assert!(
@@ -256,7 +256,7 @@ fn terminated_and_recycling_pools_leave_nothing() {
             .task_timeout(Duration::from_millis(200))
             .build()
             .unwrap();
-        assert_eq!(pool.map_chunked(square, 0..20u64, 1).unwrap()[3], 9);
+        assert_eq!(pool.map_chunked(0..20u64, 1, square).unwrap()[3], 9);
         assert!(
             pool.submit(sleep_forever, ())
                 .unwrap()

@@ -152,7 +152,7 @@ fn locked_increments((counter, n): (Value<u64>, u64)) {
 fn stress_locked_increments_from_two_workers_are_exact() {
     let counter = Value::new(0u64).unwrap();
     pool()
-        .map_chunked(locked_increments, vec![(counter.clone(), 100_000); 2], 1)
+        .map_chunked(vec![(counter.clone(), 100_000); 2], 1, locked_increments)
         .unwrap();
     assert_eq!(counter.get().unwrap(), 200_000);
 }
@@ -167,7 +167,7 @@ fn atomic_increments((counter, n): (Value<u64>, u64)) {
 fn stress_fetch_add_from_two_workers_is_exact() {
     let counter = Value::new(0u64).unwrap();
     pool()
-        .map_chunked(atomic_increments, vec![(counter.clone(), 1_000_000); 2], 1)
+        .map_chunked(vec![(counter.clone(), 1_000_000); 2], 1, atomic_increments)
         .unwrap();
     assert_eq!(counter.load(), 2_000_000);
 }
@@ -185,7 +185,7 @@ fn cas_loop((v, n): (Value<i32>, i32)) {
 fn compare_exchange_from_two_workers_is_exact() {
     let v = Value::new(0i32).unwrap();
     pool()
-        .map_chunked(cas_loop, vec![(v.clone(), 50_000); 2], 1)
+        .map_chunked(vec![(v.clone(), 50_000); 2], 1, cas_loop)
         .unwrap();
     assert_eq!(v.load(), -100_000);
     v.store(5);
@@ -199,11 +199,11 @@ fn read_value(v: Value<i64>) -> i64 {
 #[test]
 fn values_made_after_the_workers_started_reach_them() {
     let pool = ProcessPool::new(2).unwrap();
-    assert_eq!(pool.map(|x: u8| x, [1u8, 2]).unwrap(), [1, 2]); // the workers run
+    assert_eq!(pool.map([1u8, 2], |x: u8| x).unwrap(), [1, 2]); // the workers run
     for i in 0..5 {
         let v = Value::new(i * 11).unwrap();
         // Every worker gets it (one item per job, more jobs than workers).
-        let seen = pool.map_chunked(read_value, vec![v.clone(); 6], 1).unwrap();
+        let seen = pool.map_chunked(vec![v.clone(); 6], 1, read_value).unwrap();
         assert_eq!(seen, vec![i * 11; 6]);
         v.set(-i).unwrap();
         assert_eq!(pool.submit(read_value, v).unwrap().get().unwrap(), -i);
@@ -239,7 +239,7 @@ fn handles_made_in_a_worker_work_in_the_parent() {
     assert_eq!(v.get().unwrap(), 101);
     assert_eq!(a.to_vec().unwrap(), [0, 41, 42]);
     // Through map too.
-    let made = pool().map(make_in_worker, [1, 2, 3]).unwrap();
+    let made = pool().map([1, 2, 3], make_in_worker).unwrap();
     for (i, (v, a)) in made.into_iter().enumerate() {
         assert_eq!(v.get().unwrap(), i as i32 + 1);
         assert_eq!(a.len(), 3);

@@ -50,9 +50,9 @@ fn seed_ten_jobs_print_under_one_lock() {
     let total = Value::new(0u64).unwrap();
     let alone = pool
         .map_chunked(
-            greet,
             (0..10).map(|i| (lock.clone(), inside.clone(), total.clone(), i)),
             1,
+            greet,
         )
         .unwrap();
     assert!(alone.iter().all(|&a| a), "two holders at once: {alone:?}");

@@ -45,7 +45,7 @@ fn smoke() {
 #[test]
 fn get_timeout_times_out_then_succeeds() {
     let (pool, release, blocker) = blocked_pool();
-    let mut task = pool.submit(|| 5);
+    let task = pool.submit(|| 5);
     let error = task.get_timeout(Duration::from_millis(20)).unwrap_err();
     assert!(error.is_timeout());
     assert!(!error.is_panic() && !error.is_cancelled());
@@ -57,12 +57,14 @@ fn get_timeout_times_out_then_succeeds() {
 }
 
 #[test]
-#[should_panic(expected = "already taken")]
-fn get_after_a_successful_get_timeout_panics() {
+fn get_after_a_successful_get_timeout_says_taken() {
     let pool = ThreadPool::new(1).unwrap();
-    let mut task = pool.submit(|| 1);
+    let task = pool.submit(|| 1);
     assert_eq!(task.get_timeout(Duration::from_secs(60)).unwrap(), 1);
-    let _ = task.get();
+    assert!(task.get_timeout(Duration::ZERO).unwrap_err().is_taken());
+    let error = task.get().unwrap_err();
+    assert!(error.is_taken());
+    assert!(!error.is_panic() && !error.is_cancelled() && !error.is_timeout());
 }
 
 #[test]
@@ -111,30 +113,31 @@ fn cancel_before_start_and_after() {
 fn on_done_runs_once_before_and_after_completion() {
     let (pool, release, blocker) = blocked_pool();
     let calls = Arc::new(AtomicUsize::new(0));
-    let task = pool.submit(|| 3);
     let (done_tx, done) = mpsc::channel();
     {
-        let (calls, done_tx) = (Arc::clone(&calls), done_tx.clone());
-        task.on_done(move || {
+        let calls = Arc::clone(&calls);
+        pool.submit(|| 3).on_done(move |outcome| {
             calls.fetch_add(1, Ordering::SeqCst);
-            done_tx.send("early").unwrap();
+            done_tx.send(outcome.unwrap()).unwrap();
         });
     }
     release.send(()).unwrap();
-    assert_eq!(done.recv().unwrap(), "early");
+    assert_eq!(done.recv().unwrap(), 3);
     // Registered after completion: runs right away, on this thread.
     let here = thread::current().id();
+    let task = pool.submit(|| 4);
+    task.wait();
     {
         let calls = Arc::clone(&calls);
-        task.on_done(move || {
+        task.on_done(move |outcome| {
             assert_eq!(thread::current().id(), here);
+            assert_eq!(outcome.unwrap(), 4);
             calls.fetch_add(1, Ordering::SeqCst);
         });
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    // A panicking callback does not affect the task or the worker.
-    task.on_done(|| panic!("callback"));
-    assert_eq!(task.get().unwrap(), 3);
+    // A panicking callback does not affect the worker.
+    pool.submit(|| 5).on_done(|_| panic!("callback"));
     blocker.get().unwrap();
     assert_eq!(pool.submit(|| 9).get().unwrap(), 9);
 }
@@ -143,10 +146,10 @@ fn on_done_runs_once_before_and_after_completion() {
 fn on_done_fires_for_cancelled_tasks() {
     let (pool, release, blocker) = blocked_pool();
     let task = pool.submit(|| 1);
-    let (done_tx, done) = mpsc::channel();
-    task.on_done(move || done_tx.send(()).unwrap());
     assert!(task.cancel());
-    done.recv().unwrap();
+    let (done_tx, done) = mpsc::channel();
+    task.on_done(move |outcome| done_tx.send(outcome.unwrap_err().is_cancelled()).unwrap());
+    assert!(done.recv().unwrap());
     release.send(()).unwrap();
     blocker.get().unwrap();
     drop(pool);
@@ -164,10 +167,11 @@ fn as_completed_yields_in_completion_order() {
         })
         .unzip();
     let mut completed = as_completed(tasks);
-    assert_eq!(completed.len(), 3);
+    assert_eq!(completed.size_hint(), (3, Some(3)));
     for i in [2, 0, 1] {
         gates[i].send(()).unwrap();
-        let task = completed.next().unwrap();
+        let (index, task) = completed.next().unwrap();
+        assert_eq!(index, i);
         assert!(task.is_ready());
         assert_eq!(task.get().unwrap(), i);
     }
@@ -188,7 +192,7 @@ fn as_completed_with_panics_and_cancellations() {
     assert!(cancelled.cancel());
     release.send(()).unwrap();
     let mut outcomes: Vec<String> = as_completed([ok, bad, cancelled])
-        .map(|task| match task.get() {
+        .map(|(_, task)| match task.get() {
             Ok(v) => format!("ok {v}"),
             Err(e) if e.is_panic() => "panic".to_owned(),
             Err(e) if e.is_cancelled() => "cancelled".to_owned(),
@@ -211,7 +215,9 @@ fn get_inside_a_worker_runs_other_work_instead_of_deadlocking() {
     assert_eq!(outer.get().unwrap(), 42);
     let outer = pool.submit(|| {
         let tasks: Vec<_> = (0..10).map(|i| parpool::submit(move || i)).collect();
-        as_completed(tasks).map(|t| t.get().unwrap()).sum::<i32>()
+        as_completed(tasks)
+            .map(|(_, t)| t.get().unwrap())
+            .sum::<i32>()
     });
     assert_eq!(outer.get().unwrap(), 45);
 }
@@ -367,4 +373,19 @@ fn pool_dropped_inside_its_own_task_does_not_deadlock() {
         7
     });
     assert_eq!(task.get().unwrap(), 7);
+}
+
+/// Every error type is `Send + Sync + 'static`: `?` takes it into `Box<dyn Error + Send +
+/// Sync>` and `anyhow`.
+#[test]
+fn errors_are_send_sync() {
+    fn assert_error<E: std::error::Error + Send + Sync + 'static>() {}
+    assert_error::<parpool::TaskError>();
+    assert_error::<parpool::ThreadPoolBuildError>();
+    #[cfg(all(feature = "process", target_os = "linux"))]
+    {
+        assert_error::<parpool::ProcessError>();
+        assert_error::<parpool::ShmError>();
+        assert_error::<parpool::shm::GetError>();
+    }
 }

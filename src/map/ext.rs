@@ -10,6 +10,7 @@
 use std::iter::Sum;
 use std::ops::{Range, RangeInclusive};
 
+use super::ZERO_CHUNK_SIZE;
 use super::slice::{
     Chunks, IntRange, OwnedSlice, Source, for_each, map_into, map_reduce, try_map_into,
 };
@@ -629,7 +630,7 @@ impl<T> ParSlice<T> for [T] {
     where
         T: Sync,
     {
-        assert!(size > 0, "parpool: the chunk size must be at least 1");
+        assert!(size > 0, "{}", ZERO_CHUNK_SIZE);
         ParChunks { slice: self, size }
     }
 
@@ -637,7 +638,7 @@ impl<T> ParSlice<T> for [T] {
     where
         T: Send,
     {
-        assert!(size > 0, "parpool: the chunk size must be at least 1");
+        assert!(size > 0, "{}", ZERO_CHUNK_SIZE);
         ParChunksMut { slice: self, size }
     }
 }

@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
+use super::ZERO_CHUNK_SIZE;
 use super::iter::{extend_run, worth_handing_over};
 use super::sample::CostProbe;
 use super::window::{ChunkSize, Feeder, MapOp, WINDOW_PER_THREAD};
@@ -154,7 +155,7 @@ where
     /// # Ok::<(), parpool::ThreadPoolBuildError>(())
     /// ```
     pub fn chunk_size(mut self, chunk_size: usize) -> Self {
-        assert!(chunk_size > 0, "parpool: the chunk size must be at least 1");
+        assert!(chunk_size > 0, "{}", ZERO_CHUNK_SIZE);
         self.assert_not_started("chunk_size");
         self.chunk = Some(chunk_size);
         self

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use super::ZERO_CHUNK_SIZE;
 use super::sample::{CostProbe, SAMPLE_NS};
 use super::window::{ChunkOp, ChunkSize, Feeder, WINDOW_PER_THREAD};
 use crate::pool::{Registry, ThreadPool, current_registry_arc};
@@ -344,7 +345,7 @@ impl ThreadPool {
         R: Send,
         F: Fn(I::Item) -> R + Sync,
     {
-        assert!(chunk_size > 0, "parpool: the chunk size must be at least 1");
+        assert!(chunk_size > 0, "{}", ZERO_CHUNK_SIZE);
         map_on(Arc::clone(self.registry()), items, Some(chunk_size), &f)
     }
 
@@ -420,7 +421,7 @@ where
     R: Send,
     F: Fn(I::Item) -> R + Sync,
 {
-    assert!(chunk_size > 0, "parpool: the chunk size must be at least 1");
+    assert!(chunk_size > 0, "{}", ZERO_CHUNK_SIZE);
     map_on(current_registry_arc(), items, Some(chunk_size), &f)
 }
 

@@ -22,3 +22,9 @@ mod window;
 pub use ext::{IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice};
 pub use imap::{Imap, ImapUnordered, imap, imap_unordered};
 pub use iter::{map, map_chunked, try_map};
+
+/// The panic message of every chunked call given a chunk size of 0 (thread and process
+/// `map_chunked`, `Imap::chunk_size` on both pools, `par_chunks`, `par_chunks_mut`): one
+/// rule everywhere, a documented panic, because a zero chunk size is a bug at the call
+/// site, not a condition to handle.
+pub(crate) const ZERO_CHUNK_SIZE: &str = "parpool: the chunk size must be at least 1";

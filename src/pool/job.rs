@@ -232,3 +232,11 @@ impl<F: FnOnce() + Send> Job for HeapJob<F> {
 
 /// The payload of a caught panic, to re-raise with `resume_unwind`.
 pub(crate) type Panic = Box<dyn Any + Send>;
+
+/// The message of a panic payload created by `panic!` with a literal or a format string.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}

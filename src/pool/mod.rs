@@ -13,13 +13,15 @@
 //! - **Wait on a latch:** [`WaitLatch`] made for a [`Wait`] kind, set through an `Arc`.
 //! - **Panic policy and backoff:** [`catch`], [`Panic`], [`Outcome`]; [`snooze`].
 
+use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use crate::error::ThreadPoolBuildError;
 use registry::WorkerThread;
 
 mod backoff;
+mod completion;
+mod error;
 mod job;
 mod join;
 mod latch;
@@ -30,6 +32,11 @@ mod sleep;
 mod test;
 
 pub(crate) use backoff::{SPIN_HINT_ROUNDS, snooze};
+pub(crate) use completion::{Completion, HookId, Signal, Taken, deadline_after};
+pub use error::{TaskError, ThreadPoolBuildError};
+use job::AbortIfPanic;
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub(crate) use job::panic_message;
 pub(crate) use job::{Outcome, Panic, catch};
 pub use join::join;
 pub(crate) use latch::{Wait, WaitLatch};
@@ -88,6 +95,8 @@ pub const NUM_THREADS_ENV: &str = "PARPOOL_NUM_THREADS";
 /// instead of running them (Python's `terminate()` then `join()`).
 pub struct ThreadPool {
     registry: Arc<Registry>,
+    /// Where the panics of [`spawn`](ThreadPool::spawn)ed closures go.
+    panic_handler: Option<PanicHandler>,
 }
 
 impl ThreadPool {
@@ -290,6 +299,57 @@ impl ThreadPool {
     }
 }
 
+impl ThreadPool {
+    /// Runs `f` on the pool, fire-and-forget (rayon's `spawn`): no handle, so nothing waits
+    /// for it and no value comes back. A panic in `f` goes to the
+    /// [`panic_handler`](ThreadPoolBuilder::panic_handler), else it is reported like a
+    /// thread's (the panic hook prints it) and the worker goes on. Dropping the pool runs
+    /// spawned closures first; after [`terminate`](ThreadPool::terminate) queued ones are
+    /// dropped unrun, like queued tasks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let pool = parpool::ThreadPool::new(2)?;
+    /// let (sender, results) = mpsc::channel();
+    /// for i in 0..4u64 {
+    ///     let sender = sender.clone();
+    ///     pool.spawn(move || sender.send(i * i).unwrap());
+    /// }
+    /// let mut squares: Vec<u64> = results.iter().take(4).collect();
+    /// squares.sort();
+    /// assert_eq!(squares, [0, 1, 4, 9]);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn spawn(&self, f: impl FnOnce() + Send + 'static) {
+        let handler = self.panic_handler.clone();
+        let job = move |registry: &Registry| {
+            if registry.cancels_pending_tasks() {
+                let _ = catch(move || drop(f));
+                return;
+            }
+            let Err(payload) = catch(f) else { return };
+            match handler {
+                Some(handler) => {
+                    let abort = AbortIfPanic;
+                    handler(payload);
+                    std::mem::forget(abort);
+                }
+                // Reported by the panic hook already, as a thread's panic is; the payload's
+                // `Drop` is user code.
+                None => {
+                    let _ = catch(move || drop(payload));
+                }
+            }
+        };
+        // False only for a registry no handle refers to, which `self` is not.
+        let spawned = self.registry.spawn_counted(job);
+        debug_assert!(spawned);
+    }
+}
+
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.registry.terminate();
@@ -383,16 +443,21 @@ pub fn current_thread_index() -> Option<usize> {
 /// # Ok::<(), parpool::ThreadPoolBuildError>(())
 /// ```
 #[derive(Default)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct ThreadPoolBuilder {
     num_threads: Option<usize>,
     thread_name: Option<Box<dyn FnMut(usize) -> String>>,
     stack_size: Option<usize>,
     start_handler: Option<ThreadHandler>,
     exit_handler: Option<ThreadHandler>,
+    panic_handler: Option<PanicHandler>,
 }
 
 /// A start or exit handler, shared by every worker of a pool.
 pub(crate) type ThreadHandler = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// The handler of panics in spawned closures, shared by every spawned job of a pool.
+type PanicHandler = Arc<dyn Fn(Panic) + Send + Sync>;
 
 impl ThreadPoolBuilder {
     /// A builder with default settings: [`PARPOOL_NUM_THREADS`](NUM_THREADS_ENV) or one
@@ -523,6 +588,42 @@ impl ThreadPoolBuilder {
         self
     }
 
+    /// Runs `handler(payload)` when a closure given to [`ThreadPool::spawn`] panics
+    /// (rayon's `panic_handler`), on the worker that ran it. Without one, a spawned closure's
+    /// panic is reported like a thread's: the panic hook prints it (to stderr, by default)
+    /// when it happens, and the worker goes on. Panics in tasks never reach the handler: they
+    /// are the task's outcome.
+    ///
+    /// # Panics
+    ///
+    /// A panic in `handler` aborts the process: nothing is left to report it to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let (sender, panics) = mpsc::channel();
+    /// let sender = std::sync::Mutex::new(sender);
+    /// let pool = parpool::ThreadPool::builder()
+    ///     .num_threads(1)
+    ///     .panic_handler(move |payload| {
+    ///         let message = payload.downcast_ref::<&str>().copied().unwrap_or("?");
+    ///         sender.lock().unwrap().send(message.to_owned()).unwrap();
+    ///     })
+    ///     .build()?;
+    /// pool.spawn(|| panic!("lost"));
+    /// assert_eq!(panics.recv().unwrap(), "lost");
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn panic_handler(
+        mut self,
+        handler: impl Fn(Box<dyn Any + Send>) + Send + Sync + 'static,
+    ) -> Self {
+        self.panic_handler = Some(Arc::new(handler));
+        self
+    }
+
     /// Starts the pool.
     ///
     /// # Errors
@@ -538,8 +639,10 @@ impl ThreadPoolBuilder {
     /// let error = parpool::ThreadPool::builder().num_threads(0).build().unwrap_err();
     /// assert!(error.is_zero_threads());
     /// ```
-    pub fn build(self) -> Result<ThreadPool, ThreadPoolBuildError> {
+    pub fn build(mut self) -> Result<ThreadPool, ThreadPoolBuildError> {
+        let panic_handler = self.panic_handler.take();
         Ok(ThreadPool {
+            panic_handler,
             registry: Registry::new(self)?,
         })
     }
@@ -614,6 +717,10 @@ impl fmt::Debug for ThreadPoolBuilder {
                 &self.start_handler.as_ref().map(|_| "<fn>"),
             )
             .field("exit_handler", &self.exit_handler.as_ref().map(|_| "<fn>"))
+            .field(
+                "panic_handler",
+                &self.panic_handler.as_ref().map(|_| "<fn>"),
+            )
             .finish()
     }
 }

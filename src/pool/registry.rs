@@ -318,7 +318,7 @@ fn thread_name(
         )),
         Ok(name) => Ok(name),
         Err(payload) => {
-            let message = crate::error::panic_message(payload.as_ref()).unwrap_or("a panic");
+            let message = super::job::panic_message(payload.as_ref()).unwrap_or("a panic");
             Err(ThreadPoolBuildError::thread_name(
                 index,
                 format!("the thread_name callback panicked: {message}"),

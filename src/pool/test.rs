@@ -10,10 +10,10 @@ use std::sync::Arc;
 use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
+use super::completion::{Completion, Taken};
 use super::latch::{CoreLatch, Latch, Wait, WaitLatch};
 use super::sleep::Sleep;
 use crate::sync::Ordering;
-use crate::task::TaskShared;
 
 /// A latch set by one thread while another spins, then parks: the waiter always wakes and
 /// sees what the setter wrote before setting.
@@ -134,12 +134,12 @@ fn loom_latch_wakes_sleeping_worker() {
     });
 }
 
-/// A task finishing while its owner registers a wake-up hook: the hook runs exactly once,
-/// and after it the result is visible.
+/// A job finishing while its owner registers a wake-up hook: the hook runs exactly once,
+/// and after it the outcome is there to take.
 #[test]
-fn loom_task_hook_races_completion() {
+fn loom_completion_hook_races_completion() {
     loom::model(|| {
-        let shared = Arc::new(TaskShared::<u32>::new());
+        let shared = Arc::new(Completion::<Result<u32, ()>>::new());
         let runner = {
             let shared = Arc::clone(&shared);
             thread::spawn(move || {
@@ -156,17 +156,17 @@ fn loom_task_hook_races_completion() {
         runner.join().unwrap();
         assert_eq!(ran.load(Ordering::Relaxed), 1, "hook lost or run twice");
         assert!(shared.is_finished());
-        // SAFETY: this thread is the only reader, after `is_finished`.
-        assert_eq!(unsafe { shared.take() }.unwrap(), 7);
+        assert!(matches!(shared.take(), Taken::Outcome(Ok(7))));
+        assert!(matches!(shared.take(), Taken::Gone));
     });
 }
 
-/// `cancel` racing the worker's `start`: exactly one wins, and a cancelled task reports
+/// `cancel` racing the runner's `start`: exactly one wins, and a cancelled job reports
 /// cancellation.
 #[test]
-fn loom_task_cancel_races_start() {
+fn loom_completion_cancel_races_start() {
     loom::model(|| {
-        let shared = Arc::new(TaskShared::<u32>::new());
+        let shared = Arc::new(Completion::<Result<u32, ()>>::new());
         let runner = {
             let shared = Arc::clone(&shared);
             thread::spawn(move || {
@@ -183,8 +183,55 @@ fn loom_task_cancel_races_start() {
             cancelled != started,
             "cancel and start both won or both lost"
         );
-        // SAFETY: single reader after both threads are done.
-        let outcome = unsafe { shared.take() };
-        assert_eq!(outcome.is_err(), cancelled);
+        assert_eq!(matches!(shared.take(), Taken::Cancelled), cancelled);
+    });
+}
+
+/// A delivery without a claim (a process pool failing a job it never sent) racing
+/// `cancel`, with a waiter's hook registered: exactly one finishes the job, the hook runs
+/// once, and the outcome is there exactly when the delivery won.
+#[test]
+fn loom_completion_delivery_races_cancel() {
+    loom::model(|| {
+        let shared = Arc::new(Completion::<Result<u32, ()>>::new());
+        let ran = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let for_hook = Arc::clone(&ran);
+        shared.add_hook(Box::new(move || {
+            for_hook.fetch_add(1, Ordering::Relaxed);
+        }));
+        let deliverer = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || shared.complete(Err(())))
+        };
+        let cancelled = shared.cancel();
+        let delivered = deliverer.join().unwrap();
+        assert!(cancelled != delivered, "both or neither finished the job");
+        assert_eq!(ran.load(Ordering::Relaxed), 1, "hook lost or run twice");
+        assert_eq!(matches!(shared.take(), Taken::Outcome(Err(()))), delivered);
+    });
+}
+
+/// A timed waiter that gives up removes its hook while the job finishes: the hook is
+/// either removed, and never runs, or runs exactly once.
+#[test]
+fn loom_completion_hook_removal_races_completion() {
+    loom::model(|| {
+        let shared = Arc::new(Completion::<Result<u32, ()>>::new());
+        let ran = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let for_hook = Arc::clone(&ran);
+        let hook = shared.add_hook(Box::new(move || {
+            for_hook.fetch_add(1, Ordering::Relaxed);
+        }));
+        let runner = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || {
+                assert!(shared.start());
+                shared.complete(Ok(3));
+            })
+        };
+        let removed = shared.remove_hook(hook);
+        runner.join().unwrap();
+        let expected = if removed { 0 } else { 1 };
+        assert_eq!(ran.load(Ordering::Relaxed), expected, "removed hook ran");
     });
 }

@@ -184,7 +184,7 @@ fn new_nonce() -> io::Result<[u8; NONCE_LEN]> {
 ///     parpool::process::init(); // in a worker: runs the worker loop and never returns
 ///     // ... the program, which may use a ProcessPool ...
 ///     let procs = parpool::ProcessPool::new(1).unwrap();
-///     assert_eq!(procs.map(square, [3]).unwrap(), [9]);
+///     assert_eq!(procs.map([3], square).unwrap(), [9]);
 /// }
 /// # main();
 /// ```

@@ -42,6 +42,7 @@ use super::wire;
 use super::worker::{self, Trampoline};
 use super::{ProcessPool, call_for, encode_argument};
 use crate::ProcessError;
+use crate::map::ZERO_CHUNK_SIZE;
 use crate::shm::segment::{self, Segment};
 
 /// Chunks in flight per worker process. A worker may hold up to 64 one-item jobs (the credit
@@ -117,7 +118,7 @@ impl<'a> Stream<'a> {
     }
 
     fn set_chunk_size(&mut self, size: usize) {
-        assert!(size > 0, "chunk size must be at least 1");
+        assert!(size > 0, "{ZERO_CHUNK_SIZE}");
         assert!(
             self.start.is_some(),
             "chunk_size must be called before the iteration starts"
@@ -257,12 +258,7 @@ impl Drop for Stream<'_> {
 /// Decodes a chunk's `Vec<R>`, naming `R` (not `Vec<R>`) when it fails.
 fn decode_chunk<R: DeserializeOwned>(reply: &Reply) -> Result<Vec<R>, ProcessError> {
     wire::decode::<Vec<R>>(&reply.bytes).map_err(|e| {
-        ProcessError::serialization(
-            type_name::<R>(),
-            crate::error::SerdeStage::DecodeResult,
-            e,
-            None,
-        )
+        ProcessError::serialization(type_name::<R>(), super::SerdeStage::DecodeResult, e, None)
     })
 }
 
@@ -350,7 +346,7 @@ fn encode_chunk<A: Serialize>(
     let fail = |items: usize, message: &dyn fmt::Display| {
         let error = ProcessError::serialization(
             type_name::<A>(),
-            crate::error::SerdeStage::EncodeArgument,
+            super::SerdeStage::EncodeArgument,
             message,
             None,
         );
@@ -420,7 +416,7 @@ fn encode_chunk<A: Serialize>(
 /// }
 ///
 /// let procs = ProcessPool::new(2)?;
-/// let results: Vec<_> = procs.imap(half, [2, 3, 4]).collect();
+/// let results: Vec<_> = procs.imap([2, 3, 4], half).collect();
 /// assert_eq!(results[0].as_ref().ok(), Some(&1));
 /// assert!(results[1].as_ref().unwrap_err().is_panic());
 /// assert_eq!(results[2].as_ref().ok(), Some(&2));
@@ -454,7 +450,7 @@ impl<'a, R: DeserializeOwned> Imap<'a, R> {
     /// }
     ///
     /// let procs = ProcessPool::new(2)?;
-    /// let v: Vec<u64> = procs.imap(inc, 0..1000).chunk_size(50).collect::<Result<_, _>>()?;
+    /// let v: Vec<u64> = procs.imap(0..1000, inc).chunk_size(50).collect::<Result<_, _>>()?;
     /// assert_eq!(v, (1..=1000).collect::<Vec<u64>>());
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
@@ -517,7 +513,7 @@ impl<R> fmt::Debug for Imap<'_, R> {
 /// }
 ///
 /// let procs = ProcessPool::new(2)?;
-/// let mut v: Vec<u64> = procs.imap_unordered(square, 0..10u64).collect::<Result<_, _>>()?;
+/// let mut v: Vec<u64> = procs.imap_unordered(0..10u64, square).collect::<Result<_, _>>()?;
 /// v.sort();
 /// assert_eq!(v, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
 /// # Ok::<(), parpool::ProcessError>(())
@@ -547,7 +543,7 @@ impl<'a, R: DeserializeOwned> ImapUnordered<'a, R> {
     ///
     /// let procs = ProcessPool::new(2)?;
     /// let sum: u64 = procs
-    ///     .imap_unordered(inc, 0..1000)
+    ///     .imap_unordered(0..1000, inc)
     ///     .chunk_size(64)
     ///     .sum::<Result<u64, _>>()?;
     /// assert_eq!(sum, 500_500);
@@ -607,11 +603,11 @@ impl ProcessPool {
     /// }
     ///
     /// let procs = ProcessPool::new(2)?;
-    /// let v = procs.map(square, 0..1000u64)?;
+    /// let v = procs.map(0..1000u64, square)?;
     /// assert_eq!(v, (0..1000u64).map(square).collect::<Vec<_>>());
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
-    pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<Vec<R>, ProcessError>
+    pub fn map<A, R, I>(&self, items: I, f: fn(A) -> R) -> Result<Vec<R>, ProcessError>
     where
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
@@ -624,8 +620,11 @@ impl ProcessPool {
     ///
     /// # Errors
     ///
-    /// `chunk_size == 0` ([`is_invalid_argument`](ProcessError::is_invalid_argument)), else
-    /// as [`map`](Self::map).
+    /// As [`map`](Self::map).
+    ///
+    /// # Panics
+    ///
+    /// If `chunk_size` is 0, like every chunked call of this crate.
     ///
     /// # Examples
     ///
@@ -637,15 +636,14 @@ impl ProcessPool {
     /// }
     ///
     /// let procs = ProcessPool::new(2)?;
-    /// assert_eq!(procs.map_chunked(square, 0..5u64, 2)?, [0, 1, 4, 9, 16]);
-    /// assert!(procs.map_chunked(square, 0..5u64, 0).unwrap_err().is_invalid_argument());
+    /// assert_eq!(procs.map_chunked(0..5u64, 2, square)?, [0, 1, 4, 9, 16]);
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
     pub fn map_chunked<A, R, I>(
         &self,
-        f: fn(A) -> R,
         items: I,
         chunk_size: usize,
+        f: fn(A) -> R,
     ) -> Result<Vec<R>, ProcessError>
     where
         I: IntoIterator<Item = A>,
@@ -653,11 +651,7 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned,
     {
         let chunking = match chunk_size {
-            0 => {
-                return Err(ProcessError::invalid_argument(
-                    "map_chunked needs a chunk size of at least 1",
-                ));
-            }
+            0 => panic!("{ZERO_CHUNK_SIZE}"),
             1 => Chunking::One,
             n => Chunking::Fixed(n),
         };
@@ -697,12 +691,12 @@ impl ProcessPool {
     /// }
     ///
     /// let procs = ProcessPool::new(2)?;
-    /// let mut results = procs.imap(double, 1..=3);
+    /// let mut results = procs.imap(1..=3, double);
     /// assert_eq!(results.next().transpose()?, Some(2));
     /// assert_eq!(results.collect::<Result<Vec<_>, _>>()?, [4, 6]);
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
-    pub fn imap<'a, A, R, I>(&'a self, f: fn(A) -> R, items: I) -> Imap<'a, R>
+    pub fn imap<'a, A, R, I>(&'a self, items: I, f: fn(A) -> R) -> Imap<'a, R>
     where
         I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
@@ -726,12 +720,12 @@ impl ProcessPool {
     /// }
     ///
     /// let procs = ProcessPool::new(2)?;
-    /// let mut v = procs.imap_unordered(double, 1..=3).collect::<Result<Vec<_>, _>>()?;
+    /// let mut v = procs.imap_unordered(1..=3, double).collect::<Result<Vec<_>, _>>()?;
     /// v.sort_unstable(); // completion order, not input order
     /// assert_eq!(v, [2, 4, 6]);
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
-    pub fn imap_unordered<'a, A, R, I>(&'a self, f: fn(A) -> R, items: I) -> ImapUnordered<'a, R>
+    pub fn imap_unordered<'a, A, R, I>(&'a self, items: I, f: fn(A) -> R) -> ImapUnordered<'a, R>
     where
         I: IntoIterator<Item = A>,
         I::IntoIter: 'a,

@@ -60,10 +60,10 @@
 //! }
 //!
 //! let procs = ProcessPool::new(2)?;
-//! let v: Vec<u64> = procs.map(square, 0..100u64)?;
+//! let v: Vec<u64> = procs.map(0..100u64, square)?;
 //! assert_eq!(v[99], 99 * 99);
 //! let mut sum = 0;
-//! for r in procs.imap_unordered(square, 0..100u64) {
+//! for r in procs.imap_unordered(0..100u64, square) {
 //!     let y: u64 = r?;
 //!     sum += y;
 //! }
@@ -90,6 +90,7 @@
 //! 5. the supervisor thread exits and `drop` returns.
 
 mod bootstrap;
+mod error;
 mod map;
 mod ring;
 mod supervisor;
@@ -98,7 +99,7 @@ mod wire;
 mod worker;
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -106,11 +107,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use bootstrap::init;
+pub use error::ProcessError;
+pub(crate) use error::{ExitStatus, SerdeStage};
 pub use map::{Imap, ImapUnordered};
 pub use task::ProcessTask;
 
-use crate::ProcessError;
-use crate::error::SerdeStage;
 use crate::shm::segment::{self, Segment};
 use supervisor::{Call, Config, JobSpec, Shared};
 use task::{Sink, TaskSlot};
@@ -131,7 +132,7 @@ use worker::Trampoline;
 /// }
 ///
 /// let procs = ProcessPool::new(2)?;
-/// assert_eq!(procs.map(square, [1, 2, 3])?, [1, 4, 9]);
+/// assert_eq!(procs.map([1, 2, 3], square)?, [1, 4, 9]);
 /// # Ok::<(), parpool::ProcessError>(())
 /// ```
 pub struct ProcessPool {
@@ -387,10 +388,7 @@ impl ProcessPool {
     }
 
     fn wait_supervisor(&self) {
-        let mut supervisor = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut supervisor = crate::sync::lock(&self.supervisor);
         if let Some(thread) = supervisor.take() {
             // The supervisor aborts the process on a panic, so it only returns normally.
             let _ = thread.join();
@@ -759,8 +757,8 @@ impl ProcessPoolBuilder {
     /// assert_eq!(procs.pids().len(), 2); // every worker is ready when `build` returns
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
-    pub fn build(&self) -> Result<ProcessPool, ProcessError> {
-        let mut config = self.config.clone();
+    pub fn build(self) -> Result<ProcessPool, ProcessError> {
+        let mut config = self.config;
         (config.min_processes, config.max_processes) = self.size.unwrap_or_else(|| {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
             (n, n)

@@ -7,26 +7,30 @@
 //!
 //! # Waiting
 //!
-//! A waiter spins for [`SPIN`], yielding its core between checks, then blocks on a condition
-//! variable. The spin covers one round trip to a worker. While a `ProcessTask` waiter spins
-//! it also polls the result ring of the worker that has its job, and takes the result itself
-//! when it lands (under the pool's state lock, as the supervisor would): a `submit` + `get` of
+//! A waiter spins for [`SPIN`], yielding its core between checks, then blocks on a latch
+//! registered as a hook of the job's completion (`pool/completion.rs`, shared with thread
+//! tasks; a timed wait removes its hook when it gives up). The spin covers one round trip to
+//! a worker. While a `ProcessTask` waiter spins it also polls the result ring of the worker
+//! that has its job, and takes the result itself when it lands (under the pool's state lock, as the supervisor would): a `submit` + `get` of
 //! a short job then costs the two process wake-ups of a round trip and no thread hand-off.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::SerdeStage;
 use super::ring::Ring;
 use super::supervisor::Shared;
 use crate::ProcessError;
-use crate::error::SerdeStage;
+use crate::pool::{Completion, Signal, Taken, catch, deadline_after};
 use crate::shm::segment::Segment;
+use crate::sync::{Condvar, Mutex, lock};
+use crate::wait::Awaitable;
 
 /// How long a waiter spins (yielding) before it blocks. A round trip to a worker measured
 /// 50–85 µs on the 2-core VM this was tuned on (raw socketpair ping-pong between two
@@ -76,56 +80,24 @@ pub(crate) fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> boo
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Internal locks: the data is valid after a panic elsewhere, so poisoning is ignored.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The job is waiting in the parent's queue.
-const QUEUED: u8 = 0;
-/// The job was sent to a worker; it can no longer be cancelled.
-const STARTED: u8 = 1;
-/// The outcome is in the slot.
-const DONE: u8 = 2;
-/// `cancel` won before the job was sent; no outcome will come.
-const CANCELLED: u8 = 3;
-
-/// The completion slot of one submitted job.
-///
-/// # Memory ordering
-///
-/// `state` moves QUEUED → STARTED → DONE (and back STARTED → QUEUED when a dead worker's
-/// unstarted job is requeued), or QUEUED → CANCELLED. The outcome is written under `result`'s
-/// lock before `state` becomes DONE with `Release`; a waiter that reads DONE with `Acquire`
-/// then takes the outcome under the same lock.
+/// The completion slot of one submitted job: the crate's completion primitive (see
+/// `pool/completion.rs`: `start` when the job is sent, `requeue` when its worker died before
+/// running it, `complete` when its outcome arrives) and the worker the job went to.
 #[derive(Debug)]
 pub(crate) struct TaskSlot {
-    state: AtomicU8,
+    completion: Completion<Outcome>,
     /// The pool slot of the worker the job was sent to, and that worker's result ring: a
     /// waiter checks the ring without the pool's lock while it spins, and takes the result
     /// through the pool once one is there. Cleared when the job completes.
     sent: Mutex<Option<(usize, Arc<Ring>)>>,
-    result: Mutex<Option<Outcome>>,
-    ready: Condvar,
 }
 
 impl TaskSlot {
     pub(crate) fn new() -> Self {
         Self {
-            state: AtomicU8::new(QUEUED),
+            completion: Completion::new(),
             sent: Mutex::new(None),
-            result: Mutex::new(None),
-            ready: Condvar::new(),
         }
-    }
-
-    /// Claims the job for sending. `false` when it was cancelled.
-    fn start(&self) -> bool {
-        // AcqRel: pairs with the CAS in `cancel`, the other way out of QUEUED: one of them
-        // wins. No data is handed over here (the outcome's hand-over is `complete`'s).
-        self.state
-            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
     }
 
     /// Records the worker slot the job was sent to, and its ring.
@@ -141,119 +113,10 @@ impl TaskSlot {
         }
     }
 
-    /// Returns a started job to the queued state (its worker died before running it).
-    fn requeue(&self) {
-        // AcqRel: as in `start`, whose transition this undoes.
-        let _ = self
-            .state
-            .compare_exchange(STARTED, QUEUED, Ordering::AcqRel, Ordering::Acquire);
-    }
-
-    fn is_cancelled(&self) -> bool {
-        // Acquire: pairs with the CAS in `cancel`.
-        self.state.load(Ordering::Acquire) == CANCELLED
-    }
-
-    /// Stores the outcome and wakes the waiter, unless the job was cancelled.
+    /// Stores the outcome and wakes the waiters, unless the job was cancelled.
     fn complete(&self, outcome: Outcome) {
         lock(&self.sent).take();
-        let mut result = lock(&self.result);
-        // Acquire: pairs with the CAS in `cancel`; a cancelled or done job takes no outcome.
-        let state = self.state.load(Ordering::Acquire);
-        if state == CANCELLED || state == DONE {
-            return;
-        }
-        *result = Some(outcome);
-        // Release: pairs with the Acquire loads in `is_finished`; the outcome written above
-        // is visible to a waiter that sees DONE.
-        if self
-            .state
-            .compare_exchange(state, DONE, Ordering::Release, Ordering::Acquire)
-            .is_err()
-        {
-            // Only `cancel` (QUEUED → CANCELLED) races with this; it won.
-            *result = None;
-            return;
-        }
-        drop(result);
-        self.ready.notify_all();
-    }
-
-    fn cancel(&self) -> bool {
-        // AcqRel: pairs with the CAS in `start` and the loads in `complete` and
-        // `is_finished`: either the job leaves QUEUED here or it is sent.
-        let won = self
-            .state
-            .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if won {
-            // Wake a waiter blocked in `get` on another thread.
-            let _guard = lock(&self.result);
-            self.ready.notify_all();
-        }
-        won
-    }
-
-    fn is_finished(&self) -> bool {
-        // Acquire: pairs with the Release CAS in `complete` (a waiter that sees DONE sees the
-        // outcome) and with the CAS in `cancel`.
-        matches!(self.state.load(Ordering::Acquire), DONE | CANCELLED)
-    }
-
-    /// Waits until the job finished or `deadline` passed; returns whether it finished.
-    /// While it spins it calls `poll`, which may complete the job.
-    fn wait_until(&self, deadline: Option<Instant>, mut poll: impl FnMut(&Self)) -> bool {
-        let spin = match deadline {
-            Some(d) => SPIN.min(d.saturating_duration_since(Instant::now())),
-            None => SPIN,
-        };
-        let finished = spin_until(spin, || {
-            if !self.is_finished() {
-                poll(self);
-            }
-            self.is_finished()
-        });
-        finished || self.wait_cold(deadline)
-    }
-
-    #[cold]
-    fn wait_cold(&self, deadline: Option<Instant>) -> bool {
-        let mut guard = lock(&self.result);
-        loop {
-            if self.is_finished() {
-                return true;
-            }
-            guard = match deadline {
-                None => self
-                    .ready
-                    .wait(guard)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    self.ready
-                        .wait_timeout(guard, d - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
-        }
-    }
-
-    /// Takes the outcome of a finished job.
-    ///
-    /// # Panics
-    ///
-    /// When the outcome was already taken.
-    fn take(&self) -> Outcome {
-        if self.is_cancelled() {
-            return Err(ProcessError::cancelled());
-        }
-        lock(&self.result)
-            .take()
-            .expect("the result of this ProcessTask was already taken")
+        self.completion.complete(outcome);
     }
 }
 
@@ -333,7 +196,7 @@ impl Sink {
     /// Claims the job for sending; `false` when nobody wants its outcome any more.
     pub(crate) fn start(&self) -> bool {
         match self {
-            Sink::Task(slot) => slot.start(),
+            Sink::Task(slot) => slot.completion.start(),
             Sink::Batch(batch, _) => !batch.abandoned.load(Ordering::Relaxed),
         }
     }
@@ -348,14 +211,14 @@ impl Sink {
     /// The job goes back to the queue: its worker died before it started.
     pub(crate) fn requeue(&self) {
         if let Sink::Task(slot) = self {
-            slot.requeue();
+            slot.completion.requeue();
         }
     }
 
     /// Nobody wants this job's outcome any more (cancelled, or its iterator was dropped).
     pub(crate) fn is_dead(&self) -> bool {
         match self {
-            Sink::Task(slot) => slot.is_cancelled(),
+            Sink::Task(slot) => slot.completion.is_cancelled(),
             Sink::Batch(batch, _) => batch.abandoned.load(Ordering::Relaxed),
         }
     }
@@ -411,15 +274,24 @@ impl<R> ProcessTask<R> {
     /// Waits for the job, polling its worker's result ring while spinning: the waiting thread
     /// takes the result itself instead of waiting for the supervisor to wake up.
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        if self.slot.is_finished() {
+        let completion = &self.slot.completion;
+        if completion.is_finished() {
             return true;
         }
         let shared = self.shared.upgrade();
-        self.slot.wait_until(deadline, |slot| {
-            if let (Some(shared), Some(worker)) = (&shared, slot.ring_pending()) {
+        let spin = match deadline {
+            Some(d) => SPIN.min(d.saturating_duration_since(Instant::now())),
+            None => SPIN,
+        };
+        let finished = spin_until(spin, || {
+            if !completion.is_finished()
+                && let (Some(shared), Some(worker)) = (&shared, self.slot.ring_pending())
+            {
                 shared.poll_ring(worker);
             }
-        })
+            completion.is_finished()
+        });
+        finished || completion.wait_cold(deadline)
     }
 
     /// Whether the job finished (or was cancelled), so `get` returns without waiting.
@@ -447,7 +319,7 @@ impl<R> ProcessTask<R> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_ready(&self) -> bool {
-        self.slot.is_finished()
+        self.slot.completion.is_finished()
     }
 
     /// Blocks until the job finished (or was cancelled).
@@ -470,6 +342,29 @@ impl<R> ProcessTask<R> {
     /// ```
     pub fn wait(&self) {
         self.wait_until(None);
+    }
+
+    /// Blocks until the job finished (or was cancelled), or `timeout` passed; true if it
+    /// finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::time::Duration;
+    ///
+    /// fn double(x: u64) -> u64 {
+    ///     2 * x
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let task = pool.submit(double, 21)?;
+    /// assert!(task.wait_timeout(Duration::from_secs(10)));
+    /// assert_eq!(task.get()?, 42);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(Some(deadline_after(timeout)))
     }
 
     /// Cancels the job if it has not started. Returns `true` when it was cancelled: it will
@@ -500,7 +395,7 @@ impl<R> ProcessTask<R> {
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
     pub fn cancel(&self) -> bool {
-        self.slot.cancel()
+        self.slot.completion.cancel()
     }
 }
 
@@ -513,10 +408,8 @@ impl<R: DeserializeOwned> ProcessTask<R> {
     /// not deserialise, a cancellation, or a pool terminated before the job ran. See
     /// [`ProcessError`].
     ///
-    /// # Panics
-    ///
-    /// When [`get_timeout`](Self::get_timeout) already returned the job's result (or
-    /// failure): the result is moved out once.
+    /// [`is_taken`](ProcessError::is_taken) when [`get_timeout`](Self::get_timeout) already
+    /// returned the job's result (or failure): the result is moved out once.
     ///
     /// # Examples
     ///
@@ -535,7 +428,7 @@ impl<R: DeserializeOwned> ProcessTask<R> {
     /// ```
     pub fn get(self) -> Result<R, ProcessError> {
         self.wait_until(None);
-        self.slot.take()?.decode()
+        process_result(self.slot.completion.take())
     }
 
     /// Waits at most `timeout` for the job. While the job is not done it returns an error
@@ -544,12 +437,8 @@ impl<R: DeserializeOwned> ProcessTask<R> {
     ///
     /// # Errors
     ///
-    /// As [`get`](Self::get), plus the timeout.
-    ///
-    /// # Panics
-    ///
-    /// When an earlier call already returned the job's result (or failure): the result is
-    /// moved out once.
+    /// As [`get`](Self::get), plus the timeout. A zero timeout polls: it neither blocks nor
+    /// leaves anything behind.
     ///
     /// # Examples
     ///
@@ -577,21 +466,63 @@ impl<R: DeserializeOwned> ProcessTask<R> {
         if !self.wait_until(deadline) {
             return Err(ProcessError::wait_timeout());
         }
-        self.slot.take()?.decode()
+        process_result(self.slot.completion.take())
     }
 }
 
+impl<R: DeserializeOwned + 'static> ProcessTask<R> {
+    /// Runs `callback` with the job's outcome once it has finished (with a value, a failure,
+    /// or cancelled): on the pool's supervisor thread (or a thread waiting on another of the
+    /// pool's tasks) that delivers it, or right here if it already has. The handle is
+    /// consumed: the callback owns the outcome. The callback must not block for long. A
+    /// panic in the callback (or in decoding the result) is caught and reported on stderr by
+    /// the panic hook.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    /// use std::sync::mpsc;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = ProcessPool::new(1)?;
+    /// let (sender, outcomes) = mpsc::channel();
+    /// pool.submit(square, 6)?.on_done(move |outcome| sender.send(outcome).unwrap());
+    /// assert_eq!(outcomes.recv().unwrap()?, 36);
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// ```
+    pub fn on_done(self, callback: impl FnOnce(Result<R, ProcessError>) + Send + 'static) {
+        let slot = Arc::clone(&self.slot);
+        self.slot.completion.add_hook(Box::new(move || {
+            let _ = catch(move || callback(process_result(slot.completion.take())));
+        }));
+    }
+}
+
+fn process_result<R: DeserializeOwned>(taken: Taken<Outcome>) -> Result<R, ProcessError> {
+    match taken {
+        Taken::Outcome(outcome) => outcome?.decode(),
+        Taken::Cancelled => Err(ProcessError::cancelled()),
+        Taken::Gone => Err(ProcessError::taken()),
+    }
+}
+
+impl<R> crate::wait::sealed::Sealed for ProcessTask<R> {
+    #[expect(private_interfaces, reason = "sealed: only this crate calls it")]
+    fn signal(&self) -> &dyn Signal {
+        &self.slot.completion
+    }
+}
+
+impl<R> Awaitable for ProcessTask<R> {}
+
 impl<R> fmt::Debug for ProcessTask<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Acquire, as in `is_finished`; only a snapshot to print.
-        let state = match self.slot.state.load(Ordering::Acquire) {
-            QUEUED => "queued",
-            STARTED => "started",
-            DONE => "done",
-            _ => "cancelled",
-        };
         f.debug_struct("ProcessTask")
-            .field("state", &state)
+            .field("state", &self.slot.completion.status_name())
             .finish()
     }
 }

@@ -329,14 +329,10 @@ pub(crate) fn report_missed_bootstrap() -> ! {
 }
 
 /// The message of a panic payload: `&str` and `String` payloads, else a placeholder.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
-    }
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    crate::pool::panic_message(payload)
+        .unwrap_or("Box<dyn Any>")
+        .to_owned()
 }
 
 fn decode<A: DeserializeOwned>(arg: &[u8]) -> Result<A, Failure> {

@@ -33,7 +33,7 @@ use super::{Block, Pod, ShmError};
 ///
 /// let pool = ProcessPool::new(2)?;
 /// let a = Array::from_slice(&[1u64, 2, 3, 4])?;
-/// pool.map(square_slot, (0..4).map(|i| (a.clone(), i)))?;
+/// pool.map((0..4).map(|i| (a.clone(), i)), square_slot)?;
 /// assert_eq!(a.to_vec()?, [1, 4, 9, 16]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

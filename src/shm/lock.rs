@@ -334,7 +334,7 @@ impl SharedLock {
 ///
 /// let pool = ProcessPool::new(2)?;
 /// let lock = Lock::new()?;
-/// let done = pool.map(greet, (0..10).map(|i| (lock.clone(), i)))?;
+/// let done = pool.map((0..10).map(|i| (lock.clone(), i)), greet)?;
 /// assert_eq!(done, (0..10).collect::<Vec<_>>());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

@@ -58,6 +58,7 @@
 //! ```
 
 mod array;
+mod error;
 mod lock;
 mod queue;
 pub(crate) mod segment;
@@ -73,8 +74,8 @@ use std::sync::atomic::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use crate::error::ShmError;
 pub use array::{Array, ArrayGuard};
+pub use error::ShmError;
 pub use lock::{Lock, LockGuard};
 pub use queue::{GetError, PutError, Queue};
 pub use value::{Value, ValueGuard};

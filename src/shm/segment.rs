@@ -89,7 +89,7 @@ static REGISTRY: Mutex<BTreeMap<SegmentId, (u64, Weak<Segment>)>> = Mutex::new(B
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 fn registry() -> std::sync::MutexGuard<'static, BTreeMap<SegmentId, (u64, Weak<Segment>)>> {
-    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+    crate::sync::lock(&REGISTRY)
 }
 
 impl Segment {
@@ -203,7 +203,7 @@ impl Segment {
 
     /// Records that `holder` sent this segment to another process.
     pub(crate) fn add_holder(&self, holder: Weak<dyn Holder>) {
-        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut holders = crate::sync::lock(&self.holders);
         if !holders.iter().any(|h| Weak::ptr_eq(h, &holder)) {
             holders.push(holder);
         }

@@ -36,7 +36,7 @@ use super::{AtomicInt, Block, Pod, ShmError};
 ///
 /// let pool = ProcessPool::new(2)?;
 /// let counter = Value::new(0u64)?;
-/// pool.map(count, vec![counter.clone(); 4])?;
+/// pool.map(vec![counter.clone(); 4], count)?;
 /// assert_eq!(counter.load(), 4000);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-use crate::error::ExitStatus;
+use crate::process::ExitStatus;
 use crate::process::bootstrap;
 use crate::process::ring::Ring;
 use crate::process::wire::{self, Fill, FrameReader, Outbox, SharedFd, ToParent};

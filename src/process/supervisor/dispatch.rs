@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::Shared;
 use super::state::{Ending, Job, Jobs, Phase, State, Worker};
 use crate::ProcessError;
-use crate::error::SerdeStage;
+use crate::process::SerdeStage;
 use crate::process::task::{Outcome, Reply};
 use crate::process::wire::{self, Failure, ResultFrame, SharedFd};
 use crate::shm::segment::{Segment, SegmentId};

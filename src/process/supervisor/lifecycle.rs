@@ -39,7 +39,7 @@ use super::conn::{self, Conn, Spawned, Token};
 use super::state::{Ending, Jobs, Phase, State, Worker};
 use super::{Shared, Wanted};
 use crate::ProcessError;
-use crate::error::ExitStatus;
+use crate::process::ExitStatus;
 use crate::process::bootstrap;
 use crate::process::wire::{self, Fill, ToParent};
 

@@ -1,356 +1,9 @@
-//! Error types: opaque structs with a private kind enum and query methods.
-//!
-//! Each error is a small struct whose kind stays private, so new kinds can be added without
-//! breaking callers; callers ask questions (`is_panic()`, `signal()`, ...) instead of matching.
+//! The process pool's error, [`ProcessError`]: an opaque struct with a private kind enum
+//! and a query method per kind.
 
-use std::any::Any;
 use std::fmt;
-#[cfg(all(feature = "process", target_os = "linux"))]
 use std::io;
-#[cfg(all(feature = "process", target_os = "linux"))]
 use std::time::Duration;
-
-// ---------------------------------------------------------------------------------------
-// Thread pool
-// ---------------------------------------------------------------------------------------
-
-/// Why a [`ThreadPool`](crate::ThreadPool) could not be built.
-///
-/// # Examples
-///
-/// ```
-/// use parpool::ThreadPool;
-///
-/// let error = ThreadPool::new(0).unwrap_err();
-/// assert!(error.is_zero_threads());
-/// assert_eq!(error.to_string(), "a thread pool needs at least one thread (got 0)");
-/// ```
-#[derive(Debug)]
-pub struct ThreadPoolBuildError {
-    kind: BuildErrorKind,
-}
-
-#[derive(Debug)]
-enum BuildErrorKind {
-    ZeroThreads,
-    TooManyThreads { requested: usize, max: usize },
-    InvalidEnv { value: String },
-    GlobalAlreadyInitialized,
-    ThreadName { index: usize, reason: String },
-    Spawn(std::io::Error),
-}
-
-impl ThreadPoolBuildError {
-    pub(crate) fn zero_threads() -> Self {
-        ThreadPoolBuildError {
-            kind: BuildErrorKind::ZeroThreads,
-        }
-    }
-
-    pub(crate) fn too_many_threads(requested: usize, max: usize) -> Self {
-        ThreadPoolBuildError {
-            kind: BuildErrorKind::TooManyThreads { requested, max },
-        }
-    }
-
-    pub(crate) fn invalid_env(value: String) -> Self {
-        ThreadPoolBuildError {
-            kind: BuildErrorKind::InvalidEnv { value },
-        }
-    }
-
-    pub(crate) fn global_already_initialized() -> Self {
-        ThreadPoolBuildError {
-            kind: BuildErrorKind::GlobalAlreadyInitialized,
-        }
-    }
-
-    pub(crate) fn thread_name(index: usize, reason: String) -> Self {
-        ThreadPoolBuildError {
-            kind: BuildErrorKind::ThreadName { index, reason },
-        }
-    }
-
-    pub(crate) fn spawn(error: std::io::Error) -> Self {
-        ThreadPoolBuildError {
-            kind: BuildErrorKind::Spawn(error),
-        }
-    }
-
-    /// The pool was asked for zero threads.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert!(parpool::ThreadPool::new(0).unwrap_err().is_zero_threads());
-    /// ```
-    pub fn is_zero_threads(&self) -> bool {
-        matches!(self.kind, BuildErrorKind::ZeroThreads)
-    }
-
-    /// `build_global` was called after the global pool already existed.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let _ = parpool::ThreadPool::global(); // the global pool exists from here on
-    /// let error = parpool::ThreadPoolBuilder::new().build_global().unwrap_err();
-    /// assert!(error.is_global_already_initialized());
-    /// ```
-    pub fn is_global_already_initialized(&self) -> bool {
-        matches!(self.kind, BuildErrorKind::GlobalAlreadyInitialized)
-    }
-
-    /// `PARPOOL_NUM_THREADS` held something other than a positive integer.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// // Only a bad PARPOOL_NUM_THREADS makes this true; an explicit count never does.
-    /// assert!(!parpool::ThreadPool::new(0).unwrap_err().is_invalid_env());
-    /// ```
-    pub fn is_invalid_env(&self) -> bool {
-        matches!(self.kind, BuildErrorKind::InvalidEnv { .. })
-    }
-
-    /// The [`thread_name`](crate::ThreadPoolBuilder::thread_name) callback panicked or
-    /// returned a name with a NUL byte. No thread was started.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let error = parpool::ThreadPool::builder()
-    ///     .num_threads(2)
-    ///     .thread_name(|i| format!("bad\0name-{i}"))
-    ///     .build()
-    ///     .unwrap_err();
-    /// assert!(error.is_thread_name());
-    /// ```
-    pub fn is_thread_name(&self) -> bool {
-        matches!(self.kind, BuildErrorKind::ThreadName { .. })
-    }
-}
-
-impl fmt::Display for ThreadPoolBuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            BuildErrorKind::ZeroThreads => {
-                f.write_str("a thread pool needs at least one thread (got 0)")
-            }
-            BuildErrorKind::TooManyThreads { requested, max } => {
-                write!(
-                    f,
-                    "a thread pool has at most {max} threads (got {requested})"
-                )
-            }
-            BuildErrorKind::InvalidEnv { value } => write!(
-                f,
-                "PARPOOL_NUM_THREADS must be a positive integer (got {value:?}); \
-                 unset it to use one thread per available CPU"
-            ),
-            BuildErrorKind::GlobalAlreadyInitialized => {
-                f.write_str("the global thread pool has already been initialized")
-            }
-            BuildErrorKind::ThreadName { index, reason } => {
-                write!(f, "no name for worker thread {index}: {reason}")
-            }
-            BuildErrorKind::Spawn(error) => write!(f, "could not start a worker thread: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for ThreadPoolBuildError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            BuildErrorKind::Spawn(error) => Some(error),
-            _ => None,
-        }
-    }
-}
-
-/// Why a [`Task`](crate::Task) produced no value.
-///
-/// # Examples
-///
-/// ```
-/// use parpool::ThreadPool;
-///
-/// let pool = ThreadPool::new(1)?;
-/// let task = pool.submit(|| -> u32 { panic!("boom") });
-/// let error = task.get().unwrap_err();
-/// assert!(error.is_panic());
-/// assert_eq!(error.panic_message(), Some("boom"));
-/// # Ok::<(), parpool::ThreadPoolBuildError>(())
-/// ```
-pub struct TaskError {
-    kind: TaskErrorKind,
-}
-
-enum TaskErrorKind {
-    Panic(Box<dyn Any + Send>),
-    Cancelled,
-    Timeout,
-}
-
-impl TaskError {
-    pub(crate) fn panic(payload: Box<dyn Any + Send>) -> Self {
-        TaskError {
-            kind: TaskErrorKind::Panic(payload),
-        }
-    }
-
-    pub(crate) fn cancelled() -> Self {
-        TaskError {
-            kind: TaskErrorKind::Cancelled,
-        }
-    }
-
-    pub(crate) fn timeout() -> Self {
-        TaskError {
-            kind: TaskErrorKind::Timeout,
-        }
-    }
-
-    /// The task panicked; [`TaskError::into_panic`] returns the payload.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pool = parpool::ThreadPool::new(1)?;
-    /// assert!(pool.submit(|| -> u8 { panic!("x") }).get().unwrap_err().is_panic());
-    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
-    /// ```
-    pub fn is_panic(&self) -> bool {
-        matches!(self.kind, TaskErrorKind::Panic(_))
-    }
-
-    /// The task was cancelled before it started ([`Task::cancel`](crate::Task::cancel) or
-    /// [`ThreadPool::terminate`](crate::ThreadPool::terminate)).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pool = parpool::ThreadPool::new(1)?;
-    /// pool.terminate(); // from now on, submitted tasks are cancelled
-    /// assert!(pool.submit(|| 1).get().unwrap_err().is_cancelled());
-    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
-    /// ```
-    pub fn is_cancelled(&self) -> bool {
-        matches!(self.kind, TaskErrorKind::Cancelled)
-    }
-
-    /// A timed wait ended before the task finished; the task itself goes on.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    ///
-    /// let pool = parpool::ThreadPool::new(1)?;
-    /// let mut task = pool.submit(|| std::thread::sleep(Duration::from_millis(200)));
-    /// assert!(task.get_timeout(Duration::from_millis(1)).unwrap_err().is_timeout());
-    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
-    /// ```
-    pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, TaskErrorKind::Timeout)
-    }
-
-    /// The panic message, when the task panicked with a string (`panic!("...")`).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pool = parpool::ThreadPool::new(1)?;
-    /// let error = pool.submit(|| -> u8 { panic!("disk full") }).get().unwrap_err();
-    /// assert_eq!(error.panic_message(), Some("disk full"));
-    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
-    /// ```
-    pub fn panic_message(&self) -> Option<&str> {
-        match &self.kind {
-            TaskErrorKind::Panic(payload) => panic_message(payload.as_ref()),
-            _ => None,
-        }
-    }
-
-    /// The panic payload, to re-raise with [`std::panic::resume_unwind`].
-    ///
-    /// # Panics
-    ///
-    /// Panics if the error is not a panic (check [`TaskError::is_panic`] first).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pool = parpool::ThreadPool::new(1)?;
-    /// let error = pool.submit(|| -> u8 { std::panic::panic_any(7u32) }).get().unwrap_err();
-    /// assert_eq!(*error.into_panic().downcast::<u32>().unwrap(), 7);
-    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
-    /// ```
-    pub fn into_panic(self) -> Box<dyn Any + Send> {
-        match self.kind {
-            TaskErrorKind::Panic(payload) => payload,
-            _ => panic!("TaskError::into_panic called on a {self} error"),
-        }
-    }
-
-    /// The panic payload, or the error itself if it is not a panic.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pool = parpool::ThreadPool::new(1)?;
-    /// pool.terminate();
-    /// let cancelled = pool.submit(|| 1).get().unwrap_err();
-    /// assert!(cancelled.try_into_panic().unwrap_err().is_cancelled());
-    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
-    /// ```
-    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, TaskError> {
-        match self.kind {
-            TaskErrorKind::Panic(payload) => Ok(payload),
-            kind => Err(TaskError { kind }),
-        }
-    }
-}
-
-/// The message of a panic payload created by `panic!` with a literal or a format string.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
-    payload
-        .downcast_ref::<&'static str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-}
-
-impl fmt::Debug for TaskError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            TaskErrorKind::Panic(_) => f
-                .debug_tuple("TaskError::Panic")
-                .field(&self.panic_message())
-                .finish(),
-            TaskErrorKind::Cancelled => f.write_str("TaskError::Cancelled"),
-            TaskErrorKind::Timeout => f.write_str("TaskError::Timeout"),
-        }
-    }
-}
-
-impl fmt::Display for TaskError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            TaskErrorKind::Panic(_) => match self.panic_message() {
-                Some(message) => write!(f, "task panicked: {message}"),
-                None => f.write_str("task panicked"),
-            },
-            TaskErrorKind::Cancelled => f.write_str("task was cancelled before it started"),
-            TaskErrorKind::Timeout => f.write_str("timed out waiting for the task"),
-        }
-    }
-}
-
-impl std::error::Error for TaskError {}
-
-// ---------------------------------------------------------------------------------------------
-// Process pool errors
-// ---------------------------------------------------------------------------------------------
 
 /// An error from the [process pool](crate::process): a job that failed, a pool that could not
 /// start, or a pool that was used after it was closed.
@@ -422,6 +75,7 @@ enum ProcessErrorKind {
     Closed,
     Cancelled,
     WaitTimeout,
+    Taken,
     Panic {
         message: String,
         pid: u32,
@@ -475,6 +129,10 @@ impl ProcessError {
 
     pub(crate) fn wait_timeout() -> Self {
         Self::new(ProcessErrorKind::WaitTimeout)
+    }
+
+    pub(crate) fn taken() -> Self {
+        Self::new(ProcessErrorKind::Taken)
     }
 
     pub(crate) fn panic(message: String, pid: u32) -> Self {
@@ -534,6 +192,7 @@ impl ProcessError {
             K::Closed => K::Closed,
             K::Cancelled => K::Cancelled,
             K::WaitTimeout => K::WaitTimeout,
+            K::Taken => K::Taken,
             K::Panic { message, pid } => K::Panic {
                 message: message.clone(),
                 pid: *pid,
@@ -885,6 +544,28 @@ impl ProcessError {
         matches!(*self.kind, ProcessErrorKind::Startup { .. })
     }
 
+    /// The operating system's error under a startup failure (a worker process that could
+    /// not be spawned, a pool that could not set up its descriptors), when there was one
+    /// and this error is the one that saw it (the copies given to queued jobs keep only its
+    /// message).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// let error = ProcessPool::new(0).unwrap_err();
+    /// assert!(error.io_error().is_none());
+    /// ```
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match &*self.kind {
+            ProcessErrorKind::Startup {
+                source: Some(e), ..
+            } => Some(e),
+            _ => None,
+        }
+    }
+
     /// The pool was closed or terminated: `submit`/`map` after `close`, `join` or
     /// `terminate`, or a job that `terminate` discarded.
     ///
@@ -935,22 +616,39 @@ impl ProcessError {
         matches!(*self.kind, ProcessErrorKind::Cancelled)
     }
 
-    /// A bad argument: a pool of 0 processes, a chunk size of 0, or a job function that does
-    /// not live in the main executable (a dynamic library is mapped at another address in
-    /// each process).
+    /// An earlier [`ProcessTask::get_timeout`](crate::process::ProcessTask::get_timeout)
+    /// returned the job's outcome already: it is moved out once.
     ///
     /// # Examples
     ///
     /// ```
     /// use parpool::ProcessPool;
+    /// use std::time::Duration;
     ///
     /// fn id(x: u8) -> u8 {
     ///     x
     /// }
     ///
     /// let pool = ProcessPool::new(1)?;
-    /// assert!(pool.map_chunked(id, 0..10, 0).unwrap_err().is_invalid_argument());
+    /// let task = pool.submit(id, 3)?;
+    /// assert_eq!(task.get_timeout(Duration::from_secs(10))?, 3);
+    /// assert!(task.get().unwrap_err().is_taken());
     /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_taken(&self) -> bool {
+        matches!(*self.kind, ProcessErrorKind::Taken)
+    }
+
+    /// A bad argument: a pool of 0 processes, or a job function that does not live in the
+    /// main executable (a dynamic library is mapped at another address in each process). (A
+    /// chunk size of 0 is a bug at the call site and panics, as on the thread pool.)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// assert!(ProcessPool::new(0).unwrap_err().is_invalid_argument());
     /// ```
     pub fn is_invalid_argument(&self) -> bool {
         matches!(*self.kind, ProcessErrorKind::InvalidArgument(_))
@@ -986,6 +684,7 @@ impl fmt::Display for ProcessError {
             ProcessErrorKind::WaitTimeout => {
                 f.write_str("the job has not finished yet (the wait timed out)")
             }
+            ProcessErrorKind::Taken => f.write_str("the job's outcome was taken already"),
             ProcessErrorKind::Panic { message, pid } => {
                 write!(f, "the job panicked in worker {pid}: {message}")
             }
@@ -1056,203 +755,5 @@ impl std::error::Error for ProcessError {
             } => Some(e),
             _ => None,
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared-memory errors
-// ---------------------------------------------------------------------------------------------
-
-/// An error from [shared memory](crate::shm): a segment that could not be made, a lock whose
-/// holder died, an index out of bounds, or a handle that does not name a segment of this
-/// process.
-///
-/// Converting a lock's [`PoisonError`](std::sync::PoisonError) into a `ShmError` (what `?`
-/// does) keeps the fact that it was poisoned: [`is_poisoned`](Self::is_poisoned).
-///
-/// # Examples
-///
-/// ```
-/// use parpool::shm::Array;
-///
-/// let a = Array::from_slice(&[1u8, 2, 3])?;
-/// let err = a.get(3).unwrap_err();
-/// assert!(err.is_out_of_bounds());
-/// assert_eq!(err.to_string(), "index 3 is out of bounds for a shared array of length 3");
-/// # Ok::<(), parpool::ShmError>(())
-/// ```
-#[cfg(all(feature = "process", target_os = "linux"))]
-pub struct ShmError {
-    kind: Box<ShmErrorKind>,
-}
-
-#[cfg(all(feature = "process", target_os = "linux"))]
-#[derive(Debug)]
-enum ShmErrorKind {
-    Io(io::Error),
-    Poisoned,
-    OutOfBounds { index: usize, len: usize },
-    UnknownSegment(String),
-    Invalid(String),
-}
-
-#[cfg(all(feature = "process", target_os = "linux"))]
-impl ShmError {
-    fn new(kind: ShmErrorKind) -> Self {
-        Self {
-            kind: Box::new(kind),
-        }
-    }
-
-    pub(crate) fn io(source: io::Error) -> Self {
-        Self::new(ShmErrorKind::Io(source))
-    }
-
-    pub(crate) fn poisoned() -> Self {
-        Self::new(ShmErrorKind::Poisoned)
-    }
-
-    pub(crate) fn out_of_bounds(index: usize, len: usize) -> Self {
-        Self::new(ShmErrorKind::OutOfBounds { index, len })
-    }
-
-    pub(crate) fn unknown_segment(message: impl Into<String>) -> Self {
-        Self::new(ShmErrorKind::UnknownSegment(message.into()))
-    }
-
-    pub(crate) fn invalid(message: impl Into<String>) -> Self {
-        Self::new(ShmErrorKind::Invalid(message.into()))
-    }
-
-    /// The lock is poisoned: a process or thread died (or panicked) while holding it, so the
-    /// data may be half-written. [`lock`](crate::shm::Value::lock) still gives access (through
-    /// [`PoisonError::into_inner`](std::sync::PoisonError::into_inner)); `clear_poison` ends
-    /// the state.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use parpool::shm::Value;
-    ///
-    /// let v = Value::new(0u8)?;
-    /// let w = v.clone();
-    /// std::thread::spawn(move || {
-    ///     let _guard = w.lock().unwrap();
-    ///     panic!("stopped while holding the lock");
-    /// })
-    /// .join()
-    /// .unwrap_err();
-    /// assert!(v.get().unwrap_err().is_poisoned());
-    /// # Ok::<(), parpool::ShmError>(())
-    /// ```
-    pub fn is_poisoned(&self) -> bool {
-        matches!(*self.kind, ShmErrorKind::Poisoned)
-    }
-
-    /// An [`Array`](crate::shm::Array) index at or past the end.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use parpool::shm::Array;
-    ///
-    /// let a = Array::from_slice(&[1u8])?;
-    /// assert!(a.set(1, 0).unwrap_err().is_out_of_bounds());
-    /// a.set(0, 2)?;
-    /// # Ok::<(), parpool::ShmError>(())
-    /// ```
-    pub fn is_out_of_bounds(&self) -> bool {
-        matches!(*self.kind, ShmErrorKind::OutOfBounds { .. })
-    }
-
-    /// A deserialised handle names a segment this process does not have: handles cross
-    /// processes as arguments and results of [`ProcessPool`](crate::ProcessPool) jobs, which
-    /// carry the segment along; a handle sent any other way, or whose segment is gone, is
-    /// unknown on arrival.
-    ///
-    /// # Examples
-    ///
-    /// See the [`shm`](crate::shm) module.
-    pub fn is_unknown_segment(&self) -> bool {
-        matches!(*self.kind, ShmErrorKind::UnknownSegment(_))
-    }
-
-    /// The operating system refused a segment: `memfd_create`, `ftruncate` or `mmap` failed
-    /// (out of memory, or too many open descriptors). [`source`](std::error::Error::source)
-    /// has the `io::Error`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use parpool::shm::Array;
-    ///
-    /// // Far more than any machine maps.
-    /// let err = Array::<u64>::zeroed(usize::MAX / 16).unwrap_err();
-    /// assert!(err.is_io());
-    /// ```
-    pub fn is_io(&self) -> bool {
-        matches!(*self.kind, ShmErrorKind::Io(_))
-    }
-
-    /// An argument out of range, such as a [`Queue`](crate::shm::Queue) of capacity 0;
-    /// nothing was made.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use parpool::shm::Queue;
-    ///
-    /// let err = Queue::<u8>::new(0).unwrap_err();
-    /// assert!(err.is_invalid());
-    /// assert_eq!(err.to_string(), "a shared queue's capacity must be 1 to 2^31 items, not 0");
-    /// ```
-    pub fn is_invalid(&self) -> bool {
-        matches!(*self.kind, ShmErrorKind::Invalid(_))
-    }
-}
-
-#[cfg(all(feature = "process", target_os = "linux"))]
-impl fmt::Display for ShmError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &*self.kind {
-            ShmErrorKind::Io(e) => write!(f, "shared memory: {e}"),
-            ShmErrorKind::Poisoned => f.write_str(
-                "the shared lock is poisoned: its holder died or panicked while holding it",
-            ),
-            ShmErrorKind::OutOfBounds { index, len } => write!(
-                f,
-                "index {index} is out of bounds for a shared array of length {len}"
-            ),
-            ShmErrorKind::UnknownSegment(message) | ShmErrorKind::Invalid(message) => {
-                f.write_str(message)
-            }
-        }
-    }
-}
-
-#[cfg(all(feature = "process", target_os = "linux"))]
-impl fmt::Debug for ShmError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShmError")
-            .field("kind", &self.kind)
-            .field("message", &format_args!("{self}"))
-            .finish()
-    }
-}
-
-#[cfg(all(feature = "process", target_os = "linux"))]
-impl std::error::Error for ShmError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &*self.kind {
-            ShmErrorKind::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-#[cfg(all(feature = "process", target_os = "linux"))]
-impl<G> From<std::sync::PoisonError<G>> for ShmError {
-    fn from(_: std::sync::PoisonError<G>) -> Self {
-        Self::poisoned()
     }
 }
