@@ -55,6 +55,7 @@ use super::task::Sink;
 use super::wire;
 use crate::ProcessError;
 use crate::shm::segment::{Holder, Segment, SegmentId};
+use crate::sync::lock;
 use conn::{Source, Token};
 use state::{Job, Phase, State, Worker};
 
@@ -240,10 +241,7 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Pro
 
 impl Holder for Shared {
     fn released(&self, id: SegmentId) {
-        self.released
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(id);
+        lock(&self.released).push(id);
         self.wake();
     }
 }
@@ -252,7 +250,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Internal lock: the state stays consistent between statements that can panic, and
         // the supervisor aborts on an internal panic, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     fn wake(&self) {
@@ -471,12 +469,7 @@ fn supervise(shared: &Shared) {
         for slot in 0..n {
             state.take_ring(slot, &mut ring_buf, shared);
         }
-        let released = std::mem::take(
-            &mut *shared
-                .released
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let released = std::mem::take(&mut *lock(&shared.released));
         for id in released {
             state.release(id, shared);
         }
