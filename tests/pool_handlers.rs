@@ -3,15 +3,16 @@
 //! aborts the process (checked in a child process, this test binary re-executed on the
 //! ignored `child` test with `PARPOOL_TEST_SCENARIO` set).
 
+#[path = "common/child.rs"]
+mod child;
+
 use std::cell::Cell;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use parpool::ThreadPool;
 use parpool::prelude::*;
-
-const SCENARIO: &str = "PARPOOL_TEST_SCENARIO";
 
 thread_local! {
     /// Set by the start handler, read by jobs: per-thread setup is visible to the work.
@@ -74,22 +75,15 @@ fn a_pool_that_fails_to_build_runs_no_handler() {
     assert_eq!(started.load(Ordering::SeqCst), 0);
 }
 
-/// Runs `scenario` in a child process; returns (success, stdout + stderr).
+/// Runs `scenario` in a child process under a time bound; returns (success, stdout +
+/// stderr). A child that outlives the bound is killed and reported as a failure.
 fn run_child(scenario: &str) -> (bool, String) {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(SCENARIO, scenario)
-        .output()
-        .expect("re-execute the test binary");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    let outcome = child::run_child(scenario, &[], Duration::from_secs(120));
+    let mut text = outcome.output;
+    if outcome.timed_out {
+        text.push_str("\n[killed: the scenario hung]");
+    }
+    (outcome.success, text)
 }
 
 /// The child side: one scenario per process.
@@ -97,7 +91,7 @@ fn run_child(scenario: &str) -> (bool, String) {
 #[ignore = "runs only as a child process of the tests below"]
 fn child() {
     let builder = ThreadPool::builder().num_threads(2);
-    let builder = match std::env::var(SCENARIO).as_deref() {
+    let builder = match std::env::var(child::SCENARIO).as_deref() {
         Ok("start-panics") => builder.start_handler(|_| panic!("start handler failed")),
         Ok("exit-panics") => builder.exit_handler(|_| panic!("exit handler failed")),
         other => panic!("unknown scenario {other:?}"),

@@ -5,9 +5,11 @@
 //! The kill storm is in `shm_queue_kill.rs`.
 #![cfg(all(feature = "process", target_os = "linux"))]
 
+#[path = "common/child.rs"]
+mod child;
+
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use parpool::ProcessPool;
@@ -504,25 +506,15 @@ fn handles_open_only_as_what_they_are() {
     assert!(serde_json::from_str::<Queue<u8>>(&json).is_err());
 }
 
-const SCENARIO: &str = "PARPOOL_TEST_SCENARIO";
-
-/// Runs `scenario` in a child process (this test binary re-executed on the ignored `child`
-/// test); returns (success, stdout + stderr).
+/// Runs `scenario` in a child process under a time bound; returns (success, stdout +
+/// stderr). A child that outlives the bound is killed and reported as a failure.
 fn run_child(scenario: &str) -> (bool, String) {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(SCENARIO, scenario)
-        .output()
-        .expect("re-execute the test binary");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    let outcome = child::run_child(scenario, &[], Duration::from_secs(120));
+    let mut text = outcome.output;
+    if outcome.timed_out {
+        text.push_str("\n[killed: the scenario hung]");
+    }
+    (outcome.success, text)
 }
 
 /// Puts into its queue when dropped.
@@ -542,7 +534,7 @@ thread_local! {
 #[test]
 #[ignore = "runs only as a child process of the tests below"]
 fn child() {
-    match std::env::var(SCENARIO).as_deref() {
+    match std::env::var(child::SCENARIO).as_deref() {
         Ok("put-from-thread-local-drop") => {
             let q = Queue::<u64>::new(4).unwrap();
             let q2 = q.clone();

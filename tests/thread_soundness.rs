@@ -9,68 +9,32 @@
 //! process (this binary re-executed on the ignored `child` test with `PARPOOL_TEST_SCENARIO`
 //! set) under a time bound: a failure fails that one test, never the suite.
 
+#[path = "common/child.rs"]
+mod child;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::Read;
 use std::panic::{self, AssertUnwindSafe};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parpool::ThreadPool;
-
-const SCENARIO: &str = "PARPOOL_TEST_SCENARIO";
 
 /// How long a scenario may run before it counts as hung (generous: under valgrind every
 /// scenario runs tens of times slower, and the slowest takes seconds natively).
 const CHILD_LIMIT: Duration = Duration::from_secs(120);
 
-/// Runs `scenario` in a child process; returns (success, stdout + stderr). A child still
-/// running after [`CHILD_LIMIT`] is killed and reported as a failure.
+/// Runs `scenario` in a child process under a time bound; returns (success, stdout +
+/// stderr). A child that outlives the bound is killed and reported as a failure.
 fn run_child(scenario: &str) -> (bool, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(SCENARIO, scenario)
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("re-execute the test binary");
-    // Drain both pipes while the child runs, so that its output never blocks it.
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = pipe.read_to_end(&mut text);
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            break Some(status);
-        }
-        if start.elapsed() > CHILD_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let mut text = stdout.join().unwrap() + &stderr.join().unwrap();
-    if status.is_none() {
+    let outcome = child::run_child(scenario, &[("RUST_BACKTRACE", "0")], CHILD_LIMIT);
+    let mut text = outcome.output;
+    if outcome.timed_out {
         text.push_str("\n[killed: the scenario hung]");
     }
-    (status.is_some_and(|s| s.success()), text)
+    (outcome.success, text)
 }
 
 /// Runs `scenario` in a child and asserts that it passed.
@@ -84,7 +48,7 @@ fn assert_child_passes(scenario: &str) {
 #[test]
 #[ignore = "runs only as a child process of the tests below"]
 fn child() {
-    let Ok(scenario) = std::env::var(SCENARIO) else {
+    let Ok(scenario) = std::env::var(child::SCENARIO) else {
         return;
     };
     match scenario.as_str() {
