@@ -3,40 +3,26 @@
 //! scenario runs in a child process (this test binary re-executed on the ignored `child`
 //! test with `PARPOOL_TEST_SCENARIO` set).
 
-use std::process::Command;
+#[path = "common/child.rs"]
+mod child;
+
+use std::time::Duration;
 
 use parpool::{ThreadPool, ThreadPoolBuilder};
 
-const SCENARIO: &str = "PARPOOL_TEST_SCENARIO";
-
-/// Runs `scenario` in a child process with `env` set; returns (success, stdout + stderr).
+/// Runs `scenario` in a child process with `env` set and `clear` removed, under a time
+/// bound; returns (success, stdout + stderr).
 fn run_child(scenario: &str, env: &[(&str, &str)], clear: &[&str]) -> (bool, String) {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command.args([
-        "--exact",
-        "child",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    command.env(SCENARIO, scenario);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    for key in clear {
-        command.env_remove(key);
-    }
-    let output = command.output().expect("re-execute the test binary");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    let outcome = child::run_child(scenario, env, clear, Duration::from_secs(60));
+    assert!(!outcome.timed_out, "{scenario} hung:\n{}", outcome.output);
+    (outcome.success, outcome.output)
 }
 
 /// The child side: one scenario per process.
 #[test]
 #[ignore = "runs only as a child process of the tests below"]
 fn child() {
-    match std::env::var(SCENARIO).as_deref() {
+    match std::env::var(child::SCENARIO).as_deref() {
         Ok("report-size") => {
             println!("SIZE={}", ThreadPool::global().current_num_threads());
             println!("FREE={}", parpool::current_num_threads());

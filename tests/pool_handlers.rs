@@ -78,7 +78,7 @@ fn a_pool_that_fails_to_build_runs_no_handler() {
 /// Runs `scenario` in a child process under a time bound; returns (success, stdout +
 /// stderr). A child that outlives the bound is killed and reported as a failure.
 fn run_child(scenario: &str) -> (bool, String) {
-    let outcome = child::run_child(scenario, &[], Duration::from_secs(120));
+    let outcome = child::run_child(scenario, &[], &[], Duration::from_secs(120));
     let mut text = outcome.output;
     if outcome.timed_out {
         text.push_str("\n[killed: the scenario hung]");

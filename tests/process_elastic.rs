@@ -224,7 +224,7 @@ fn child() {
 }
 
 fn run(scenario: &str) {
-    let outcome = child::run_child(scenario, &[], Duration::from_secs(120));
+    let outcome = child::run_child(scenario, &[], &[], Duration::from_secs(120));
     assert!(!outcome.timed_out, "the scenario hung:\n{}", outcome.output);
     assert!(outcome.success, "{}", outcome.output);
     for line in outcome.output.lines() {

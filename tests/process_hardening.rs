@@ -194,7 +194,7 @@ fn child() {
 }
 
 fn run_scenario(scenario: &str) {
-    let outcome = child::run_child(scenario, &[], Duration::from_secs(120));
+    let outcome = child::run_child(scenario, &[], &[], Duration::from_secs(120));
     assert!(!outcome.timed_out, "hung:\n{}", outcome.output);
     assert!(outcome.success, "{}", outcome.output);
 }

@@ -158,7 +158,7 @@ fn child() {
 }
 
 fn run_storm(scenario: &str) {
-    let outcome = child::run_child(scenario, &[], Duration::from_secs(300));
+    let outcome = child::run_child(scenario, &[], &[], Duration::from_secs(300));
     assert!(!outcome.timed_out, "the storm hung:\n{}", outcome.output);
     assert!(outcome.success, "{}", outcome.output);
     let counts = outcome

@@ -509,7 +509,7 @@ fn handles_open_only_as_what_they_are() {
 /// Runs `scenario` in a child process under a time bound; returns (success, stdout +
 /// stderr). A child that outlives the bound is killed and reported as a failure.
 fn run_child(scenario: &str) -> (bool, String) {
-    let outcome = child::run_child(scenario, &[], Duration::from_secs(120));
+    let outcome = child::run_child(scenario, &[], &[], Duration::from_secs(120));
     let mut text = outcome.output;
     if outcome.timed_out {
         text.push_str("\n[killed: the scenario hung]");

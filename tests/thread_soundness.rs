@@ -29,7 +29,7 @@ const CHILD_LIMIT: Duration = Duration::from_secs(120);
 /// Runs `scenario` in a child process under a time bound; returns (success, stdout +
 /// stderr). A child that outlives the bound is killed and reported as a failure.
 fn run_child(scenario: &str) -> (bool, String) {
-    let outcome = child::run_child(scenario, &[("RUST_BACKTRACE", "0")], CHILD_LIMIT);
+    let outcome = child::run_child(scenario, &[("RUST_BACKTRACE", "0")], &[], CHILD_LIMIT);
     let mut text = outcome.output;
     if outcome.timed_out {
         text.push_str("\n[killed: the scenario hung]");

@@ -22,8 +22,14 @@ pub(crate) struct Outcome {
     pub(crate) output: String,
 }
 
-/// Runs `scenario` in a child process (with `env` added), killing it after `bound`.
-pub(crate) fn run_child(scenario: &str, env: &[(&str, &str)], bound: Duration) -> Outcome {
+/// Runs `scenario` in a child process (with `env` added and the variables in `clear`
+/// removed), killing it after `bound`.
+pub(crate) fn run_child(
+    scenario: &str,
+    env: &[(&str, &str)],
+    clear: &[&str],
+    bound: Duration,
+) -> Outcome {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args([
@@ -38,6 +44,9 @@ pub(crate) fn run_child(scenario: &str, env: &[(&str, &str)], bound: Duration) -
         .stderr(Stdio::piped());
     for (key, value) in env {
         command.env(key, value);
+    }
+    for key in clear {
+        command.env_remove(key);
     }
     let mut child = command.spawn().expect("re-execute the test binary");
     // Drain both pipes on threads, so a chatty child never blocks on a full pipe.
