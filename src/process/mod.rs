@@ -223,7 +223,7 @@ impl ProcessPool {
     ///     .idle_timeout(Duration::from_millis(100))
     ///     .build()?;
     /// assert_eq!(procs.workers(), 1); // `build` starts the minimum
-    /// procs.map(nap, [50; 16])?; // jobs wait: the pool grows
+    /// procs.map([50; 16], nap)?; // jobs wait: the pool grows
     /// assert!(procs.counters().spawned > 1);
     /// while procs.workers() > 1 {
     ///     nap(10); // idle past the timeout: it shrinks back
@@ -568,7 +568,7 @@ impl ProcessPoolBuilder {
     ///
     /// let procs = ProcessPool::builder().elastic(1, 4).build()?;
     /// assert_eq!((procs.workers(), procs.processes()), (1, 4));
-    /// assert_eq!(procs.map(square, 0..100u64)?[99], 99 * 99);
+    /// assert_eq!(procs.map(0..100u64, square)?[99], 99 * 99);
     /// assert!(procs.workers() <= 4);
     ///
     /// // Bad bounds are errors at `build`.
