@@ -24,10 +24,12 @@
 //!     Ok(pool.submit(|| 21u64).get()? * 2) // TaskError
 //! }
 //!
+//! # #[cfg(all(feature = "process", target_os = "linux"))]
 //! fn twice(x: u64) -> u64 {
 //!     2 * x
 //! }
 //!
+//! # #[cfg(all(feature = "process", target_os = "linux"))]
 //! fn process_side() -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
 //!     let pool = parpool::ProcessPool::new(1)?; // ProcessError
 //!     let cell = parpool::shm::Value::new(0u64)?; // ShmError
@@ -41,6 +43,7 @@
 //! }
 //!
 //! assert_eq!(thread_side()?, 42);
+//! # #[cfg(all(feature = "process", target_os = "linux"))]
 //! assert_eq!(process_side().map_err(|e| anyhow::anyhow!(e))?, 42);
 //! let error = failing().unwrap_err();
 //! assert!(error.downcast_ref::<parpool::TaskError>().is_some_and(|e| e.is_panic()));
