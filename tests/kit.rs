@@ -9,44 +9,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, AtomicU8, AtomicUsize, Ordering};
 
+#[path = "common/inputs.rs"]
+mod inputs;
+use inputs::{Tracked, pool, work};
 mod common;
 use common::panic_message;
 use parpool::prelude::*;
 use proptest::prelude::*;
-
-fn pool(threads: usize) -> ThreadPool {
-    ThreadPool::new(threads).unwrap()
-}
-
-/// A deliberately uneven function, so that batches and pieces take different times.
-fn work(x: u64) -> u64 {
-    let rounds = x % 7;
-    (0..rounds).fold(x, |acc, i| acc.wrapping_mul(31).wrapping_add(i))
-}
-
-/// A value that counts how many of its kind are alive; a double drop drives the count
-/// below zero.
-#[derive(Debug)]
-struct Tracked {
-    live: Arc<AtomicIsize>,
-    value: u64,
-}
-
-impl Tracked {
-    fn new(live: &Arc<AtomicIsize>, value: u64) -> Self {
-        live.fetch_add(1, Ordering::SeqCst);
-        Tracked {
-            live: Arc::clone(live),
-            value,
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// Ordered by `key` only, so that ties show which of several equal values was kept.
 #[derive(Debug, Clone, Copy)]

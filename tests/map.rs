@@ -6,6 +6,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+#[path = "common/inputs.rs"]
+mod inputs;
+use inputs::{Tracked, pool, work};
 mod common;
 use common::panic_message;
 use parpool::prelude::*;
@@ -13,40 +16,6 @@ use proptest::prelude::*;
 
 /// Lengths the issue asks for besides random ones: empty, one, primes.
 const EDGE_LENGTHS: [usize; 6] = [0, 1, 2, 7, 997, 7919];
-
-fn pool(threads: usize) -> ThreadPool {
-    ThreadPool::new(threads).unwrap()
-}
-
-/// A deliberately uneven function, so that chunks and leaves take different times.
-fn work(x: u64) -> u64 {
-    let rounds = x % 7;
-    (0..rounds).fold(x, |acc, i| acc.wrapping_mul(31).wrapping_add(i))
-}
-
-/// A value that counts how many of its kind are alive; a double drop drives the count
-/// below zero.
-#[derive(Debug)]
-struct Tracked {
-    live: Arc<AtomicIsize>,
-    value: u64,
-}
-
-impl Tracked {
-    fn new(live: &Arc<AtomicIsize>, value: u64) -> Self {
-        live.fetch_add(1, Ordering::SeqCst);
-        Tracked {
-            live: Arc::clone(live),
-            value,
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
