@@ -11,6 +11,10 @@
 #[path = "common/child.rs"]
 mod child;
 
+#[path = "common/procs.rs"]
+mod procs;
+use procs::children;
+
 use std::time::{Duration, Instant};
 
 use parpool::ProcessPool;
@@ -34,28 +38,6 @@ fn wait_for_workers(pool: &ProcessPool, workers: usize, bound: Duration) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// The pids of every process whose parent is this process (zombies included).
-fn children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let ppid: u32 = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
-        if ppid == me {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// A burst of 40 jobs of 50 ms on `elastic(1, 4)`: the pool grows to 4 workers, never more,

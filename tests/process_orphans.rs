@@ -4,6 +4,10 @@
 //! These tests count process-wide things (children, descriptors), so they run one at a time.
 #![cfg(all(feature = "process", target_os = "linux"))]
 
+#[path = "common/procs.rs"]
+mod procs;
+use procs::children;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -74,28 +78,6 @@ fn group_members(group: u32) -> Vec<u32> {
         };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields[0] != "Z" && fields[2].parse() == Ok(group) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// The pids of every process whose parent is this process (zombies included).
-fn children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let ppid: u32 = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
-        if ppid == me {
             found.push(pid);
         }
     }
