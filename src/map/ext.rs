@@ -19,6 +19,16 @@ use super::slice::{
 #[inline]
 fn no_state() {}
 
+/// Combines two partial extremes of `par_min` / `par_max`, left `a` and right `b`: `b` when
+/// `take_right(a, b)`, else `a`; a missing side yields the other.
+fn keep<R>(a: Option<R>, b: Option<R>, take_right: impl Fn(&R, &R) -> bool) -> Option<R> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if take_right(&a, &b) { b } else { a }),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
 mod sealed {
     use super::Source;
 
@@ -326,11 +336,7 @@ pub trait ParMap: Indexed {
         self.par_map_reduce(
             |item| Some(f(item)),
             || None,
-            |a, b| match (a, b) {
-                (Some(a), Some(b)) => Some(if b < a { b } else { a }),
-                (a, None) => a,
-                (None, b) => b,
-            },
+            |a, b| keep(a, b, |a, b| b < a),
         )
     }
 
@@ -354,11 +360,7 @@ pub trait ParMap: Indexed {
         self.par_map_reduce(
             |item| Some(f(item)),
             || None,
-            |a, b| match (a, b) {
-                (Some(a), Some(b)) => Some(if b >= a { b } else { a }),
-                (a, None) => a,
-                (None, b) => b,
-            },
+            |a, b| keep(a, b, |a, b| b >= a),
         )
     }
 
