@@ -4,20 +4,33 @@
 //! `pool/completion.rs`, the primitive under the process pool's `ProcessTask` too): the
 //! worker that runs the closure claims it with `start`, so `cancel` and running exclude each
 //! other, and delivers the closure's value or panic with `complete`.
+//!
+//! # Running a task inline
+//!
+//! The closure lives in the shared state ([`TaskShared`]), not in the queued job, so that a
+//! worker whose waits have reached the nesting limit (see "Waiting inside a worker" in
+//! `pool/latch.rs`) can claim the very task it waits for and run it on its own stack
+//! instead of blocking behind it: `fn rec(d) = submit(|| rec(d - 1)).get()` then nests as
+//! deep as the program recurses, as a plain function call would, instead of deadlocking
+//! once every worker waits 16 deep. The queued job still runs later and finds the task
+//! claimed. Whoever moves the task out of `QUEUED` — `start` to run it, `cancel` to drop it
+//! — owns the closure; the state machine lets exactly one party do that once.
 
+use std::cell::UnsafeCell;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::TaskError;
 use crate::pool::{
-    Completion, Outcome, Registry, SPIN_HINT_ROUNDS, Signal, Taken, ThreadPool, catch,
-    current_registry, deadline_after, on_worker, snooze,
+    Completion, Outcome, Registry, RegistryId, SPIN_HINT_ROUNDS, Signal, Taken, ThreadPool, catch,
+    current_registry, deadline_after, on_worker, snooze, waits_inline_on,
 };
 use crate::wait::Awaitable;
 
-/// The completion shared by a thread task's closure and its handle.
-type Shared<R> = Completion<Outcome<R>>;
+/// What a thread task's queued job and its handle share.
+type Shared<R> = TaskShared<R>;
 
 fn task_result<R>(taken: Taken<Outcome<R>>) -> Result<R, TaskError> {
     match taken {
@@ -94,20 +107,20 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let shared = Arc::new(Completion::new());
-    let for_job = Arc::clone(&shared);
+    let for_job = Arc::new(TaskShared {
+        completion: Completion::new(),
+        registry: registry.id(),
+        closure: ClosureSlot(UnsafeCell::new(Some(f))),
+    });
+    let shared: Arc<Shared<R>> = Arc::clone(&for_job) as _;
     // A counted job: the task keeps the pool alive until it has finished.
     let job = move |registry: &Registry| {
         if registry.cancels_pending_tasks() {
             for_job.cancel();
         }
-        if for_job.start() {
-            for_job.complete(catch(f));
-        } else {
-            // A cancelled task's closure is dropped unrun; its captures' `Drop` is user
-            // code, caught like the closure itself.
-            let _ = catch(move || drop(f));
-        }
+        // Nothing to do if the task was cancelled (its closure is dropped already) or a
+        // waiter claimed it and ran it inline (see "Running a task inline").
+        for_job.run_if_queued();
         // The last reference may be this one (the handle is gone): then the result is
         // dropped here, and its `Drop` is user code too.
         let _ = catch(move || drop(for_job));
@@ -143,9 +156,12 @@ impl<R> Task<R> {
     /// waits by running that pool's other jobs on its own stack, which costs two things:
     /// the stack grows by those jobs (and by their own waits), and this wait cannot return
     /// before the job it is running returns. Both are bounded: a worker runs jobs in at most
-    /// 16 nested waits, and a wait deeper than that blocks its thread instead. (A worker
-    /// that blocks holds its thread: if every worker of a pool waits, deeper than that, on
-    /// work queued in the same pool, nothing runs it.)
+    /// 16 nested waits. A wait deeper than that runs no unrelated job: if the task belongs
+    /// to the waiter's own pool and has not started, the waiter runs the task itself, right
+    /// here (so a recursion through `submit(..).get()` nests like plain function calls);
+    /// otherwise it blocks its thread. (A worker that blocks holds its thread: if every
+    /// worker of a pool waits, that deep, on tasks that other blocked tasks must finish
+    /// first, nothing runs them.)
     ///
     /// # Examples
     ///
@@ -242,8 +258,9 @@ impl<R> Task<R> {
     }
 
     /// Cancels the task if it has not started; returns true if it was cancelled. A cancelled
-    /// task's closure is dropped without running and `get` reports
-    /// [`TaskError::is_cancelled`]. A task that started runs to completion.
+    /// task's closure is dropped without running, right here (a panic in its captures'
+    /// `Drop` is caught), and `get` reports [`TaskError::is_cancelled`]. A task that
+    /// started runs to completion.
     ///
     /// # Examples
     ///
@@ -273,6 +290,14 @@ impl<R> Task<R> {
 
     #[cold]
     fn wait_cold(&self, deadline: Option<Instant>) -> bool {
+        // A worker of the task's pool that may not run other jobs while it waits (16 waits
+        // deep) runs the task itself if nobody has started it; a timed wait never does.
+        if deadline.is_none()
+            && waits_inline_on(self.shared.registry)
+            && self.shared.run_if_queued()
+        {
+            return true;
+        }
         if !on_worker() {
             // A short spin without any allocation catches a task that is about to finish.
             for round in 0..SPIN_HINT_ROUNDS {
@@ -327,8 +352,96 @@ impl<R> fmt::Debug for Task<R> {
 impl<R: Send> crate::wait::sealed::Sealed for Task<R> {
     #[expect(private_interfaces, reason = "sealed: only this crate calls it")]
     fn signal(&self) -> &dyn Signal {
-        &*self.shared
+        &self.shared.completion
     }
 }
 
 impl<R: Send> Awaitable for Task<R> {}
+
+/// What a thread task's queued job and its handle share: the completion, the pool it was
+/// submitted to, and the closure until someone claims it (see "Running a task inline").
+/// The handle sees the closure type-erased (`C` unsized), the job sees it concrete; both
+/// point at one allocation.
+struct TaskShared<R, C: ?Sized = dyn Closure<R>> {
+    completion: Completion<Outcome<R>>,
+    registry: RegistryId,
+    closure: C,
+}
+
+/// The handle's code reads the completion through the shared state as it did before the
+/// closure moved in.
+impl<R, C: ?Sized> Deref for TaskShared<R, C> {
+    type Target = Completion<Outcome<R>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.completion
+    }
+}
+
+impl<R, C: Closure<R> + ?Sized> TaskShared<R, C> {
+    /// Claims the task (`QUEUED → RUNNING`) and runs it on this thread, delivering its value
+    /// or panic; false, running nothing, if it was started or cancelled already.
+    fn run_if_queued(&self) -> bool {
+        if !self.completion.start() {
+            return false;
+        }
+        // SAFETY: `start` moved the task out of QUEUED, which happens once in a thread
+        // task's life (only process tasks are ever requeued), so this thread owns the
+        // closure.
+        let outcome = unsafe { self.closure.run() };
+        self.completion.complete(outcome);
+        true
+    }
+
+    /// Cancels the task if it has not started, dropping its closure unrun on this thread;
+    /// true if it was cancelled.
+    fn cancel(&self) -> bool {
+        if !self.completion.cancel() {
+            return false;
+        }
+        // SAFETY: `cancel` moved the task out of QUEUED (once in its life, as in
+        // `run_if_queued`), so this thread owns the closure.
+        unsafe { self.closure.discard() };
+        true
+    }
+}
+
+/// A task's closure, seen without its type; taken once, by whoever moved the task out of
+/// `QUEUED`.
+trait Closure<R>: Send + Sync {
+    /// Takes the closure and runs it, catching a panic.
+    ///
+    /// # Safety
+    ///
+    /// The caller moved the task out of `QUEUED` (with `start`).
+    unsafe fn run(&self) -> Outcome<R>;
+
+    /// Takes the closure and drops it unrun; a panic in its captures' `Drop` (user code) is
+    /// caught like the closure's own.
+    ///
+    /// # Safety
+    ///
+    /// The caller moved the task out of `QUEUED` (with `cancel`).
+    unsafe fn discard(&self);
+}
+
+/// The closure's cell: `Some` until the task leaves `QUEUED`.
+struct ClosureSlot<F>(UnsafeCell<Option<F>>);
+
+// SAFETY: the cell is reached only by the one thread that moved the task out of QUEUED (the
+// `Closure` methods' contract) or by `Drop` (exclusive); the closure itself is `Send`.
+unsafe impl<F: Send> Sync for ClosureSlot<F> {}
+
+impl<F: FnOnce() -> R + Send, R> Closure<R> for ClosureSlot<F> {
+    unsafe fn run(&self) -> Outcome<R> {
+        // SAFETY: the caller owns the cell (this method's contract).
+        let f = unsafe { (*self.0.get()).take() }.expect("a task's closure taken twice");
+        catch(f)
+    }
+
+    unsafe fn discard(&self) {
+        // SAFETY: as in `run`.
+        let f = unsafe { (*self.0.get()).take() };
+        let _ = catch(move || drop(f));
+    }
+}

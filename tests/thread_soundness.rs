@@ -63,6 +63,8 @@ fn child() {
         "nested-waits-install" => nested_waits(true),
         "timed-wait-on-worker" => timed_wait_on_worker(),
         "timed-out-waiters-removed" => timed_out_waiters_removed(),
+        "recursive-get-1" => recursive_get(1),
+        "recursive-get-2" => recursive_get(2),
         other => panic!("unknown scenario {other:?}"),
     }
     println!("SCENARIO_OK");
@@ -478,4 +480,60 @@ fn timed_out_waiters_removed() {
 #[test]
 fn timed_out_waits_leave_nothing_behind() {
     assert_child_passes("timed-out-waiters-removed");
+}
+
+/// `rec(d)` submits `rec(d - 1)` to its own pool and gets it: a recursion through tasks.
+fn rec(pool: &Arc<ThreadPool>, d: usize) -> usize {
+    if d == 0 {
+        return 0;
+    }
+    let inner = Arc::clone(pool);
+    pool.submit(move || rec(&inner, d - 1) + 1).get().unwrap()
+}
+
+/// Review R4: a recursion through `submit(..).get()` deeper than the nesting limit (16
+/// waits) deadlocked a 1-thread pool at d = 17 (2 threads: d = 40), because a wait beyond
+/// the limit blocked its worker while the task it waited for sat queued behind it. A wait
+/// beyond the limit now claims that task and runs it inline, so the stack grows with the
+/// program's recursion (as it did before issue 9) and the recursion completes.
+fn recursive_get(threads: usize) {
+    let pool = Arc::new(ThreadPool::new(threads).unwrap());
+    for d in [17, 40, 1000] {
+        assert_eq!(rec(&pool, d), d);
+        // The same recursion started on a worker (the outermost wait runs jobs too).
+        let inner = Arc::clone(&pool);
+        assert_eq!(pool.install(move || rec(&inner, d)), d);
+    }
+    if threads == 1 {
+        // 30 waits deep on the only worker: a timed wait for a queued task still runs no job
+        // (it times out), and an untimed one then runs the task inline.
+        let inner = Arc::clone(&pool);
+        let (timed_out, value) = pool.install(move || bottom_of(&inner, 30));
+        assert!(timed_out);
+        assert_eq!(value, 5);
+    }
+    println!("threads={threads} depth=1000 ok");
+}
+
+/// At the bottom of a `depth`-deep recursion through tasks: whether a timed wait for a
+/// queued task timed out, and that task's value from an untimed `get`.
+fn bottom_of(pool: &Arc<ThreadPool>, depth: usize) -> (bool, u32) {
+    if depth > 0 {
+        let inner = Arc::clone(pool);
+        return pool
+            .submit(move || bottom_of(&inner, depth - 1))
+            .get()
+            .unwrap();
+    }
+    let queued = pool.submit(|| 5);
+    let timed_out = queued
+        .get_timeout(Duration::from_millis(20))
+        .is_err_and(|e| e.is_timeout());
+    (timed_out, queued.get().unwrap())
+}
+
+#[test]
+fn recursive_get_deeper_than_the_nesting_limit_completes() {
+    assert_child_passes("recursive-get-1");
+    assert_child_passes("recursive-get-2");
 }

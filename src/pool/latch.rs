@@ -42,7 +42,10 @@
 //!   under way (besides the main loop's) blocks its thread instead, like a thread outside
 //!   the pool (spin, then park), after publishing its private `join` frames so that idle
 //!   workers can take them. So unrelated waits grow the stack by at most that many levels,
-//!   whatever the queue length. A wait for work the waiter forked itself
+//!   whatever the queue length. One exception keeps a recursion through tasks alive: a
+//!   wait that deep for a task of the waiter's own pool that nobody has started claims the
+//!   task and runs it inline (`task.rs`, "Running a task inline"), which grows the stack
+//!   with the program's own recursion, like a function call, not with the queue. A wait for work the waiter forked itself
 //!   ([`Wait::Forked`]: a `scope`'s jobs, like a `join`'s stolen half) always runs jobs:
 //!   those jobs may sit in its own deque, and the fork structure (the recursion depth of the
 //!   program) bounds that nesting, as for `join`.
@@ -58,7 +61,11 @@
 //! - **Deadlock.** A blocked waiter (a timed one, or one beyond the nesting limit) holds its
 //!   worker; if every worker of a pool blocks on work queued in that same pool, nothing
 //!   runs it, as in Python's `ThreadPoolExecutor` once all its threads wait. The nesting
-//!   limit makes that need `MAX_NESTED_WAITS` nested waits on every worker.
+//!   limit makes that need `MAX_NESTED_WAITS` nested waits on every worker, and the inline
+//!   claim rules out the common case, a wait for a queued task of the same pool; what is
+//!   left is a wait that deep for a task that is already running and itself waits on
+//!   work that is queued behind a blocked waiter, or for an `install` into another pool
+//!   (its job must run on that pool's workers, so it cannot be run inline).
 //!
 //! # The hazard
 //!

@@ -10,7 +10,8 @@
 //!   borrow): the job holds a terminate reference, so dropping the pool waits for it.
 //! - **The current registry:** [`current_registry`] / [`current_registry_arc`] (the
 //!   worker's pool, else the global one), [`on_worker`], [`peers_want_work`].
-//! - **Wait on a latch:** [`WaitLatch`] made for a [`Wait`] kind, set through an `Arc`.
+//! - **Wait on a latch:** [`WaitLatch`] made for a [`Wait`] kind, set through an `Arc`;
+//!   [`waits_inline_on`] says when a wait for a queued task should run the task itself.
 //! - **Panic policy and backoff:** [`catch`], [`Panic`], [`Outcome`]; [`snooze`].
 
 use std::any::Any;
@@ -40,7 +41,7 @@ pub(crate) use job::panic_message;
 pub(crate) use job::{Outcome, Panic, catch};
 pub use join::join;
 pub(crate) use latch::{Wait, WaitLatch};
-pub(crate) use registry::Registry;
+pub(crate) use registry::{Registry, RegistryId};
 pub use scope::{Scope, scope};
 
 /// The environment variable that sets the size of the global pool (and of pools built
@@ -168,7 +169,8 @@ impl ThreadPool {
     ///
     /// Called on a worker of another pool, that worker waits as in
     /// [`Task::wait`](crate::Task::wait): by running its own pool's jobs, at most 16 waits
-    /// deep, then by blocking.
+    /// deep, then by blocking (`op` must run on this pool, so unlike a task it is never run
+    /// inline on the waiting worker).
     ///
     /// # Examples
     ///
@@ -393,6 +395,15 @@ pub(crate) fn current_registry_arc() -> Arc<Registry> {
 /// Whether the current thread is a worker of some pool.
 pub(crate) fn on_worker() -> bool {
     WorkerThread::current().is_some()
+}
+
+/// Whether the current thread is a worker of pool `registry` whose waits have reached the
+/// nesting limit: a wait there for one of that pool's queued tasks claims the task and runs
+/// it inline instead of blocking (see "Waiting inside a worker" in `latch.rs`).
+pub(crate) fn waits_inline_on(registry: RegistryId) -> bool {
+    WorkerThread::current().is_some_and(|worker| {
+        worker.registry().id() == registry && !worker.may_run_jobs_while_waiting()
+    })
 }
 
 /// Whether the current thread is a worker whose peers want work: split now (see

@@ -64,8 +64,8 @@ const EAGER_JOINS: u32 = 4;
 const STEAL_VICTIMS_PER_ROUND: usize = 8;
 
 /// How many waits that run other jobs may nest on one worker's stack (beyond the main
-/// loop's); a wait that would be deeper blocks its thread instead (see "Waiting inside a
-/// worker" in `latch.rs`).
+/// loop's); a wait that would be deeper blocks its thread instead, or runs the queued task
+/// it waits for inline (see "Waiting inside a worker" in `latch.rs`).
 ///
 /// Each level costs the pool's frames (a few hundred bytes in release builds: the default
 /// 2 MiB stack overflowed between 3,000 and 6,000 nested task waits) plus the frames of the
@@ -74,6 +74,13 @@ const STEAL_VICTIMS_PER_ROUND: usize = 8;
 /// buys no parallelism (it only stacks waiters on one thread), while blocking too early
 /// would idle a worker whenever a task waits for a sibling task.
 pub(crate) const MAX_NESTED_WAITS: u32 = 16;
+
+/// A pool's identity, to tell whether the current thread is one of its workers without
+/// holding a reference to the pool. It is the registry's address: a registry allocated where
+/// a freed one was would share it, but a registry is freed only after every counted job
+/// (every task) has run (see "Shutdown"), so nobody still waits for one of its queued jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RegistryId(usize);
 
 /// The shared state of one pool.
 #[derive(Debug)]
@@ -161,6 +168,11 @@ impl Registry {
 
     pub(crate) fn num_threads(&self) -> usize {
         self.thread_infos.len()
+    }
+
+    /// This pool's identity, to compare with the current worker's.
+    pub(crate) fn id(&self) -> RegistryId {
+        RegistryId(std::ptr::from_ref(self).addr())
     }
 
     /// Pushes a job from outside the pool (or from a worker of another pool).
