@@ -63,6 +63,10 @@ fn child() {
         "nested-waits-install" => nested_waits(true),
         "timed-wait-on-worker" => timed_wait_on_worker(),
         "timed-out-waiters-removed" => timed_out_waiters_removed(),
+        "forked-waits-join" => forked_waits(false),
+        "forked-waits-scope" => forked_waits(true),
+        "deep-scope-off-pool-spawn" => deep_scope_off_pool_spawn(),
+        "deep-scope-woken-by-off-pool-spawn" => deep_scope_woken_by_off_pool_spawn(),
         "recursive-get-1" => recursive_get(1),
         "recursive-get-2" => recursive_get(2),
         other => panic!("unknown scenario {other:?}"),
@@ -536,4 +540,157 @@ fn bottom_of(pool: &Arc<ThreadPool>, depth: usize) -> (bool, u32) {
 fn recursive_get_deeper_than_the_nesting_limit_completes() {
     assert_child_passes("recursive-get-1");
     assert_child_passes("recursive-get-2");
+}
+
+/// Review R3: the waits for forked work — `join`'s wait for its stolen half and a
+/// `scope`'s wait for its spawns — ran *any* job while waiting (stealing, the injector) at
+/// any depth, so `n` queued tasks that each `join` or `scope` two naps stacked on one
+/// worker in proportion to the queue (50 to 149 of 20,000 in the review), and with 32 KiB
+/// of stack per task the process died of a stack overflow (here, with 2 threads: every
+/// run, both kinds; with 4 to 16 threads this machine stacked only 8 to 14). Beyond the
+/// nesting limit such a wait now runs only its own jobs and otherwise sleeps. Each task
+/// here holds 32 KiB on its stack across its wait.
+fn forked_waits(scope: bool) {
+    let pool = ThreadPool::new(2).unwrap();
+    let deepest = Arc::new(AtomicUsize::new(0));
+    let n = rounds(20_000);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let deepest = Arc::clone(&deepest);
+            pool.submit(move || {
+                let ballast = std::hint::black_box([i as u8; 32 << 10]);
+                let depth = WAITING.with(|w| {
+                    w.set(w.get() + 1);
+                    w.get()
+                });
+                deepest.fetch_max(depth, Ordering::SeqCst);
+                let nap = || thread::sleep(Duration::from_micros(100));
+                if scope {
+                    parpool::scope(|s| {
+                        s.spawn(|_| nap());
+                        s.spawn(|_| nap());
+                    });
+                } else {
+                    parpool::join(nap, nap);
+                }
+                WAITING.with(|w| w.set(w.get() - 1));
+                std::hint::black_box(&ballast)[i % ballast.len()] as usize + i
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.get().unwrap(), i + i % 256);
+    }
+    let deepest = deepest.load(Ordering::SeqCst);
+    println!("tasks={n} deepest={deepest}");
+    assert!(
+        deepest <= 17,
+        "{deepest} waiting tasks stacked on one worker"
+    );
+}
+
+#[test]
+fn waiting_for_forked_work_uses_a_bounded_stack() {
+    assert_child_passes("forked-waits-join");
+    assert_child_passes("forked-waits-scope");
+}
+
+/// `depth` scopes nested on the current worker (each level's job runs the next level),
+/// then `bottom` in the innermost scope's body.
+fn nest_scopes<'s>(depth: usize, bottom: &'s (dyn Fn(&parpool::Scope<'s>) + Sync)) {
+    parpool::scope(|s: &parpool::Scope<'s>| {
+        if depth == 0 {
+            bottom(s);
+        } else {
+            s.spawn(move |_| nest_scopes(depth - 1, bottom));
+        }
+    });
+}
+
+/// Review R3, the reviewer's own fix: beyond the nesting limit a scope's wait no longer
+/// takes injected jobs, and a job spawned into the scope from a thread outside the pool
+/// used to be injected, so a 1-thread pool 30 scopes deep waited for ever for a job only
+/// its one (waiting) worker could run. Such spawns now go to the scope's own queue, which
+/// its waiter runs at any depth.
+fn deep_scope_off_pool_spawn() {
+    let pool = ThreadPool::new(1).unwrap();
+    let ran = AtomicUsize::new(0);
+    for _ in 0..rounds(20) {
+        pool.install(|| {
+            nest_scopes(30, &|s| {
+                thread::scope(|t| {
+                    t.spawn(|| {
+                        s.spawn(|_| {
+                            ran.fetch_add(1, Ordering::SeqCst);
+                        });
+                    });
+                });
+            });
+        });
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), rounds(20));
+}
+
+#[test]
+fn a_deep_scope_runs_jobs_spawned_from_outside_the_pool() {
+    assert_child_passes("deep-scope-off-pool-spawn");
+}
+
+/// The CPU time this thread has run, from the kernel's scheduler statistics.
+fn thread_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    let nanos = stat.split_whitespace().next().unwrap().parse().unwrap();
+    Duration::from_nanos(nanos)
+}
+
+/// Review R3, the other half: a scope's wait beyond the nesting limit that has nothing of
+/// its own to run sleeps (it must not spin: the reviewer's fix yielded in a loop), and a
+/// job spawned into the scope from outside the pool while it sleeps wakes it. Worker W0 is
+/// 30 scopes deep; the innermost scope's job X runs on W1 and starts a thread that, after
+/// 300 ms, spawns job Y into the scope; X then waits for Y without running anything (a
+/// channel), so only W0 can run Y, and only if the spawn woke it.
+fn deep_scope_woken_by_off_pool_spawn() {
+    let pool = ThreadPool::new(2).unwrap();
+    // Occupy one worker while the other nests, so that nothing is stolen on the way down.
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let (busy_tx, busy) = std::sync::mpsc::channel::<()>();
+    let blocker = pool.submit(move || {
+        busy_tx.send(()).unwrap();
+        // Released when the sender is dropped.
+        let _ = gate.recv();
+    });
+    busy.recv().unwrap();
+    let release = Mutex::new(Some(release));
+    let cpu = pool.install(|| {
+        let before = thread_cpu_time();
+        nest_scopes(30, &|s| {
+            let (started_tx, started) = std::sync::mpsc::channel::<()>();
+            let (done_tx, done) = std::sync::mpsc::channel::<()>();
+            s.spawn(move |s| {
+                started_tx.send(()).unwrap();
+                thread::scope(|t| {
+                    t.spawn(|| {
+                        thread::sleep(Duration::from_millis(300));
+                        s.spawn(move |_| done_tx.send(()).unwrap());
+                    });
+                    done.recv().unwrap();
+                });
+            });
+            // Free the other worker to steal X, and go on only once it has.
+            drop(release.lock().unwrap().take());
+            started.recv().unwrap();
+        });
+        thread_cpu_time() - before
+    });
+    blocker.get().unwrap();
+    println!("deep waiter cpu={cpu:?} over a 300 ms wait");
+    assert!(
+        cpu < Duration::from_millis(30),
+        "the deep waiter burned {cpu:?} of CPU while it waited 300 ms"
+    );
+}
+
+#[test]
+fn a_deep_scope_sleeps_and_is_woken_by_an_off_pool_spawn() {
+    assert_child_passes("deep-scope-woken-by-off-pool-spawn");
 }

@@ -10,6 +10,7 @@
 //!     ▲                      │                        │
 //!     └──────── wake_up ─────┴────────────────────────┘
 //!   any state ── set ──▶ SET   (set reports whether the old state was SLEEPING)
+//!   SLEEPY, SLEEPING ── poke ──▶ UNSET   (new work for the waiter; SLEEPING: wake it)
 //! ```
 //!
 //! Waiters never block on an `UNSET`/`SLEEPY` latch: they move it to `SLEEPING` first
@@ -22,8 +23,10 @@
 //!
 //! `set` swaps with `AcqRel` and `probe` loads with `Acquire`: everything the setter wrote
 //! before `set` (a job's result, a task's value) is visible to the waiter once `probe`
-//! returns true. The sleepy/asleep transitions are `Relaxed` (they carry no data; the
-//! sleep mutex orders them against the wake).
+//! returns true. `poke` and `get_sleepy` are `AcqRel` RMWs: a job pushed before a poke is
+//! visible to a waiter whose `get_sleepy` comes after it (see `Sleep::block_on_latch`).
+//! The other sleepy/asleep transitions are `Relaxed` (they carry no data; the sleep mutex
+//! orders them against the wake).
 //!
 //! # Waiting inside a worker
 //!
@@ -45,10 +48,18 @@
 //!   whatever the queue length. One exception keeps a recursion through tasks alive: a
 //!   wait that deep for a task of the waiter's own pool that nobody has started claims the
 //!   task and runs it inline (`task.rs`, "Running a task inline"), which grows the stack
-//!   with the program's own recursion, like a function call, not with the queue. A wait for work the waiter forked itself
-//!   ([`Wait::Forked`]: a `scope`'s jobs, like a `join`'s stolen half) always runs jobs:
-//!   those jobs may sit in its own deque, and the fork structure (the recursion depth of the
-//!   program) bounds that nesting, as for `join`.
+//!   with the program's own recursion, like a function call, not with the queue. A wait
+//!   for work the waiter forked itself ([`Wait::Forked`]: a `scope`'s jobs, like a
+//!   `join`'s stolen half) cannot simply block, since those jobs may sit in its own deque;
+//!   beyond the same limit it runs only *its own* jobs — its own deque's, and its scope's
+//!   spawns made off the pool (`scope.rs`, "Spawning from outside the pool") — never
+//!   stolen or injected ones, which would stack unrelated tasks that each `join` or `scope`
+//!   on one worker in proportion to the queue. With none left it spins briefly, then
+//!   sleeps on its latch without counting as an idle worker (`Sleep::block_on_latch`), and
+//!   the latch's setter, or an off-pool spawn's poke, wakes it: no CPU is burnt while the
+//!   stolen half runs elsewhere. What stays unbounded is nesting through the own deque: a
+//!   thread that pushed many tasks itself and then waits deep may run them on top of each
+//!   other.
 //! - **Head-of-line blocking.** A wait returns only when the job it is running meanwhile
 //!   returns: a task whose result is ready stays blocked under the later jobs stacked on
 //!   it, at most `MAX_NESTED_WAITS` of them (each of which may wait in turn).
@@ -65,7 +76,10 @@
 //!   claim rules out the common case, a wait for a queued task of the same pool; what is
 //!   left is a wait that deep for a task that is already running and itself waits on
 //!   work that is queued behind a blocked waiter, or for an `install` into another pool
-//!   (its job must run on that pool's workers, so it cannot be run inline).
+//!   (its job must run on that pool's workers, so it cannot be run inline). A forked wait
+//!   that deep takes no other worker's jobs: a scope job spawned *by a job running on
+//!   another worker* sits in that worker's deque, and if that worker blocks (a timed wait,
+//!   or its own wait beyond the limit) only idle workers can steal it.
 //!
 //! # The hazard
 //!
@@ -78,7 +92,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::backoff::{THREAD_SPIN_ROUNDS, snooze};
-use super::registry::{Registry, WorkerThread};
+use super::registry::{ForkedJobs, Registry, WorkerThread};
 use crate::sync::{AtomicUsize, Ordering, Thread, thread};
 
 /// Nobody has set the latch, and the waiter is awake.
@@ -106,9 +120,42 @@ impl CoreLatch {
     /// UNSET → SLEEPY; false if the latch was set meanwhile.
     #[inline]
     pub(crate) fn get_sleepy(&self) -> bool {
+        // AcqRel: pairs with `poke` (see "Memory ordering").
         self.state
-            .compare_exchange(UNSET, SLEEPY, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(UNSET, SLEEPY, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// SLEEPY → UNSET: the waiter found work after all and will not block now.
+    #[inline]
+    pub(crate) fn stay_awake(&self) {
+        let _ = self
+            .state
+            .compare_exchange(SLEEPY, UNSET, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Tells the waiter that work it may run arrived, without setting the latch: a waiter
+    /// about to block (SLEEPY) looks again, and one that blocks (SLEEPING) must be woken,
+    /// which the `true` result asks the caller to do. Both go back to UNSET. The caller
+    /// pushed the work first; the RMW (made even when nothing changes) publishes it to the
+    /// waiter's next `get_sleepy` (see `Sleep::block_on_latch`).
+    pub(crate) fn poke(&self) -> bool {
+        let mut current = self.state.load(Ordering::Relaxed);
+        loop {
+            if current == SET {
+                return false;
+            }
+            // AcqRel: pairs with `get_sleepy` (see "Memory ordering").
+            match self.state.compare_exchange_weak(
+                current,
+                UNSET,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(previous) => return previous == SLEEPING,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     /// SLEEPY → SLEEPING; false if the latch was set meanwhile (then the waiter must not
@@ -233,7 +280,8 @@ impl Waiter {
 /// (see "Waiting inside a worker" in the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
-    /// Work the waiter forked (a `scope`'s jobs): run other jobs meanwhile, at any depth.
+    /// Work the waiter forked (a `scope`'s jobs): run other jobs meanwhile; beyond the
+    /// nesting limit only its own (its deque's, its scope's off-pool spawns), then sleep.
     Forked,
     /// Work anyone may hold (a task, an `install` into another pool, chunks claimed by
     /// other threads): run other jobs meanwhile up to the nesting limit, then block.
@@ -290,6 +338,12 @@ impl WaitLatch {
     /// whether the latch is set. Must be called on the thread that created the latch; a
     /// deadline needs a latch made for [`Wait::Timed`].
     pub(crate) fn wait_deadline(&self, deadline: Option<Instant>) -> bool {
+        self.wait_inner(deadline, None)
+    }
+
+    /// [`WaitLatch::wait_deadline`]; a waiting worker also runs `forked` (a scope's jobs
+    /// spawned off its pool).
+    fn wait_inner(&self, deadline: Option<Instant>, forked: Option<&ForkedJobs>) -> bool {
         if self.probe() {
             return true;
         }
@@ -298,7 +352,7 @@ impl WaitLatch {
                 assert!(deadline.is_none(), "a job-running wait with a deadline");
                 let worker =
                     WorkerThread::current().expect("a worker's latch waited off its thread");
-                worker.wait_until(&self.core);
+                worker.wait_until(&self.core, forked);
                 true
             }
             Waiter::Thread(_) => {
@@ -369,6 +423,14 @@ fn park_timeout(_timeout: std::time::Duration) {
 }
 
 impl WaitLatch {
+    /// New work for the waiter arrived (see [`CoreLatch::poke`]): wake it if it sleeps.
+    /// The latch must stay alive through the call (the caller holds what keeps it unset).
+    fn poke(&self) {
+        if self.core.poke() {
+            self.waiter.wake();
+        }
+    }
+
     /// Sets a shared latch; the `Arc` keeps it alive through the call.
     pub(crate) fn set_shared(this: &Arc<WaitLatch>) {
         // SAFETY: `this` is live for the whole call.
@@ -414,9 +476,18 @@ impl CountLatch {
         debug_assert!(previous != 0, "scope latch incremented after completion");
     }
 
-    /// Waits until every outstanding job called `set`.
-    pub(crate) fn wait(&self) {
-        self.latch.wait();
+    /// Waits until every outstanding job called `set`; a waiting worker also runs `forked`
+    /// (the scope's jobs spawned off its pool).
+    pub(crate) fn wait(&self, forked: &ForkedJobs) {
+        let set = self.latch.wait_inner(None, Some(forked));
+        debug_assert!(set);
+    }
+
+    /// A job the waiter may run was queued where it does not otherwise look (`forked` of
+    /// [`CountLatch::wait`]): wake it if it sleeps. The caller holds an outstanding job, so
+    /// the latch stays unset and alive through the call.
+    pub(crate) fn poke(&self) {
+        self.latch.poke();
     }
 }
 

@@ -33,12 +33,13 @@
 //! docs of [`ThreadPool`](super::ThreadPool).
 
 use std::cell::{Cell, UnsafeCell};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
+use super::backoff::{THREAD_SPIN_ROUNDS, snooze};
 use super::job::{AbortIfPanic, HeapJob, JobRef, StackJob, catch, resume};
 use super::latch::{CoreLatch, Wait, WaitLatch};
 use super::sleep::Sleep;
@@ -65,7 +66,8 @@ const STEAL_VICTIMS_PER_ROUND: usize = 8;
 
 /// How many waits that run other jobs may nest on one worker's stack (beyond the main
 /// loop's); a wait that would be deeper blocks its thread instead, or runs the queued task
-/// it waits for inline (see "Waiting inside a worker" in `latch.rs`).
+/// it waits for inline, or, waiting for work it forked (`join`, `scope`), runs only its own
+/// jobs (see "Waiting inside a worker" in `latch.rs`).
 ///
 /// Each level costs the pool's frames (a few hundred bytes in release builds: the default
 /// 2 MiB stack overflowed between 3,000 and 6,000 nested task waits) plus the frames of the
@@ -81,6 +83,43 @@ pub(crate) const MAX_NESTED_WAITS: u32 = 16;
 /// (every task) has run (see "Shutdown"), so nobody still waits for one of its queued jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RegistryId(usize);
+
+/// Jobs forked for one waiter that its own deque cannot hold: a scope's spawns made off its
+/// pool (see "Spawning from outside the pool" in `scope.rs`). Created by the first such
+/// spawn; each job is also announced to the pool by a *pump* job that holds this queue and
+/// runs one job from it on whichever worker takes the pump, so the jobs run in parallel as
+/// usual, and the waiter beyond the nesting limit, which takes nothing from the pool's
+/// queues, finds them here.
+#[derive(Debug, Default)]
+pub(crate) struct ForkedJobs(OnceLock<Arc<Injector<JobRef>>>);
+
+impl ForkedJobs {
+    /// Queues `job`; returns the queue, for the pump that announces it.
+    pub(crate) fn push(&self, job: JobRef) -> Arc<Injector<JobRef>> {
+        let queue = self.0.get_or_init(Arc::default);
+        queue.push(job);
+        Arc::clone(queue)
+    }
+
+    fn pop(&self) -> Option<JobRef> {
+        self.0.get().and_then(|queue| pop(queue))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.get().is_none_or(|queue| queue.is_empty())
+    }
+}
+
+/// Takes one job from `queue`, if it holds any.
+pub(crate) fn pop(queue: &Injector<JobRef>) -> Option<JobRef> {
+    loop {
+        match queue.steal() {
+            Steal::Success(job) => return Some(job),
+            Steal::Empty => return None,
+            Steal::Retry => {}
+        }
+    }
+}
 
 /// The shared state of one pool.
 #[derive(Debug)]
@@ -196,13 +235,7 @@ impl Registry {
     }
 
     fn pop_injected_job(&self) -> Option<JobRef> {
-        loop {
-            match self.injector.steal() {
-                Steal::Success(job) => return Some(job),
-                Steal::Empty => return None,
-                Steal::Retry => {}
-            }
-        }
+        pop(&self.injector)
     }
 
     /// Runs `op` on a worker of this registry and returns its result: directly if the
@@ -367,7 +400,7 @@ fn main_loop(
     }
     let terminate = &worker.registry.thread_infos[index].terminate;
     worker.sleep_at_start(terminate);
-    worker.wait_until(terminate);
+    worker.wait_until(terminate, None);
     debug_assert!(worker.deque.is_empty(), "worker exits with queued jobs");
     if let Some(handler) = exit_handler {
         handler(index);
@@ -532,7 +565,7 @@ impl WorkerThread {
                 // SAFETY: a job popped from the own deque is live and runs exactly once here.
                 Some(other) => unsafe { self.execute(other) },
                 None => {
-                    self.wait_until(latch);
+                    self.wait_until(latch, None);
                     break;
                 }
             }
@@ -540,11 +573,13 @@ impl WorkerThread {
         false
     }
 
-    /// Runs other jobs (and sleeps when there are none) until `latch` is set.
+    /// Runs other jobs (and sleeps when there are none) until `latch` is set; `forked`: the
+    /// waiting scope's jobs spawned off the pool, which it runs too (see "Waiting inside a
+    /// worker" in `latch.rs` for what a wait may run, and at which depth).
     #[inline]
-    pub(crate) fn wait_until(&self, latch: &CoreLatch) {
+    pub(crate) fn wait_until(&self, latch: &CoreLatch, forked: Option<&ForkedJobs>) {
         if !latch.probe() {
-            self.wait_until_cold(latch);
+            self.wait_until_cold(latch, forked);
         }
     }
 
@@ -570,16 +605,64 @@ impl WorkerThread {
     }
 
     #[cold]
-    fn wait_until_cold(&self, latch: &CoreLatch) {
+    fn wait_until_cold(&self, latch: &CoreLatch, forked: Option<&ForkedJobs>) {
         // Jobs catch their own panics; a panic here is a bug that would leave latches unset.
         let abort = AbortIfPanic;
+        let too_deep = !self.may_run_jobs_while_waiting();
         self.waits.set(self.waits.get() + 1);
         self.publish_all_frames();
+        if too_deep {
+            self.wait_running_own_jobs(latch, forked);
+        } else {
+            self.wait_running_any_jobs(latch, forked);
+        }
+        self.waits.set(self.waits.get() - 1);
+        std::mem::forget(abort);
+    }
+
+    /// A wait beyond the nesting limit (only waits for forked work get here: `join`'s
+    /// stolen half, a `scope`'s spawns; see "Waiting inside a worker" in `latch.rs`). It
+    /// runs only its own jobs — its own deque's (its scope's spawns, the join halves of the
+    /// frames below it, tasks this thread submitted) and its scope's spawns made off the
+    /// pool — and never steals or takes injected jobs, which would stack unrelated work on
+    /// this thread without bound. With none left it spins briefly, then blocks until its
+    /// latch is set or poked ([`Sleep::block_on_latch`]): nothing else would reach its
+    /// own deque meanwhile (only this thread pushes there), and an off-pool spawn pokes.
+    fn wait_running_own_jobs(&self, latch: &CoreLatch, forked: Option<&ForkedJobs>) {
+        let mut round = 0;
+        while !latch.probe() {
+            if let Some(job) = self
+                .deque
+                .pop()
+                .or_else(|| forked.and_then(ForkedJobs::pop))
+            {
+                // SAFETY: popped from the own deque or the scope's queue: live, runs once.
+                unsafe { self.execute(job) };
+                round = 0;
+            } else if round < THREAD_SPIN_ROUNDS {
+                snooze(round);
+                round += 1;
+            } else {
+                self.registry
+                    .sleep
+                    .block_on_latch(self.index, latch, || forked.is_some_and(|f| !f.is_empty()));
+                round = 0;
+            }
+        }
+    }
+
+    /// Runs other jobs (own deque, the scope's off-pool spawns, stealing, the injector)
+    /// until `latch` is set, sleeping through the pool's sleep protocol when there are none.
+    fn wait_running_any_jobs(&self, latch: &CoreLatch, forked: Option<&ForkedJobs>) {
         let sleep = &self.registry.sleep;
         'outer: while !latch.probe() {
             // Local work first, before touching shared sleep state.
-            if let Some(job) = self.deque.pop() {
-                // SAFETY: popped from the own deque: live, runs once.
+            if let Some(job) = self
+                .deque
+                .pop()
+                .or_else(|| forked.and_then(ForkedJobs::pop))
+            {
+                // SAFETY: popped from the own deque or the scope's queue: live, runs once.
                 unsafe { self.execute(job) };
                 continue;
             }
@@ -596,8 +679,6 @@ impl WorkerThread {
             sleep.work_found();
             break;
         }
-        self.waits.set(self.waits.get() - 1);
-        std::mem::forget(abort);
     }
 
     /// Runs a job taken from a queue; the job starts with a fresh budget of eager joins.

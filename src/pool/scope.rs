@@ -5,14 +5,30 @@
 //! jobs (its own spawns first: they sit on top of its deque) while it waits, so borrowed
 //! data outlives every job that uses it. The first panic of the body or of any job is kept
 //! and re-raised once everything has finished; later ones are dropped.
+//!
+//! # Spawning from outside the pool
+//!
+//! A spawn made on one of the pool's workers pushes the job onto that worker's deque. One
+//! made anywhere else (a thread the scope body started, a worker of another pool) cannot
+//! reach a deque: the job goes into the scope's own queue ([`ForkedJobs`]) and a counted
+//! *pump* job, injected into the pool, runs one job from that queue on whichever worker
+//! takes it. The scope's waiter looks at that queue too, and the spawn *pokes* its latch
+//! (`CountLatch::poke`) in case it sleeps. This matters beyond the nesting limit, where the
+//! waiter runs only its own jobs and takes nothing from the injector: on a one-thread pool
+//! it is the only worker that could run the job. Each pump finds its job, or (when the
+//! waiter took it) another job of the queue, or nothing; every job is run exactly once,
+//! and the scope outlives all of them (its count), while a pump outlives the scope only as
+//! a no-op holding the emptied queue.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use crossbeam_deque::Injector;
+
 use super::ThreadPool;
-use super::job::{HeapJob, Panic, catch};
+use super::job::{HeapJob, JobRef, Panic, catch};
 use super::latch::{CountLatch, Latch};
-use super::registry::{Registry, WorkerThread};
+use super::registry::{ForkedJobs, Registry, WorkerThread, pop};
 use crate::sync::{Mutex, lock};
 
 /// A scope in which [`spawn`](Scope::spawn)ed jobs may borrow data that outlives the
@@ -40,6 +56,8 @@ use crate::sync::{Mutex, lock};
 pub struct Scope<'scope> {
     registry: Arc<Registry>,
     latch: CountLatch,
+    /// Jobs spawned from outside the pool; see "Spawning from outside the pool".
+    forked: ForkedJobs,
     panic: Mutex<Option<Panic>>,
     /// Invariant in `'scope`, like `std::thread::Scope`: spawned closures may borrow for
     /// exactly `'scope`.
@@ -75,6 +93,7 @@ where
         let scope = Scope {
             registry: Arc::clone(worker.registry_arc()),
             latch: CountLatch::for_current_thread(),
+            forked: ForkedJobs::default(),
             panic: Mutex::new(None),
             marker: PhantomData,
         };
@@ -82,7 +101,7 @@ where
         // The body's own count; the scope stays alive (it is this frame's) while we wait.
         // SAFETY: `scope.latch` is live for the whole call.
         unsafe { CountLatch::set(&scope.latch) };
-        scope.latch.wait();
+        scope.latch.wait(&scope.forked);
         let panic = lock(&scope.panic).take();
         match (panic, outcome) {
             (Some(payload), _) => std::panic::resume_unwind(payload),
@@ -129,7 +148,26 @@ impl<'scope> Scope<'scope> {
         // SAFETY: the job borrows `self` and data living for `'scope`; `scope()` does not
         // return (so neither ends) before the latch shows every job has finished.
         let job = unsafe { HeapJob::into_job_ref(job) };
-        self.registry.push_or_inject(job);
+        match WorkerThread::current() {
+            Some(worker) if std::ptr::eq(worker.registry(), &*self.registry) => worker.push(job),
+            _ => self.spawn_off_pool(job),
+        }
+    }
+
+    /// Queues a job spawned outside the pool; see "Spawning from outside the pool".
+    #[cold]
+    fn spawn_off_pool(&self, job: JobRef) {
+        let queue = self.forked.push(job);
+        let for_pump = Arc::clone(&queue);
+        // A counted job, so that a pool dropped right after the scope still runs it.
+        if !self.registry.spawn_counted(move |_| pump(&for_pump)) {
+            // The pool has terminated (a scope in a start handler of a pool dropped since):
+            // queue the pump uncounted; the scope's waiter runs the job anyway.
+            // SAFETY: the pump owns everything it uses.
+            self.registry
+                .inject(unsafe { HeapJob::into_job_ref(move || pump(&queue)) });
+        }
+        self.latch.poke();
     }
 
     /// Runs `f`, recording its panic (the first one wins) instead of unwinding.
@@ -141,6 +179,15 @@ impl<'scope> Scope<'scope> {
                 None
             }
         }
+    }
+}
+
+/// A pump: runs one job of a scope's off-pool queue, if any is left.
+fn pump(queue: &Injector<JobRef>) {
+    if let Some(job) = pop(queue) {
+        // SAFETY: popped from the scope's queue, so live (the scope waits for every job it
+        // counted) and run only here.
+        unsafe { job.execute() };
     }
 }
 

@@ -40,7 +40,7 @@
 //! publication happens before W's last search, which finds J. If it comes after, P reads a
 //! sleepy JEC and bumps it, so W's registration fails and W searches again — unless W's
 //! registration came first, and then P's RMW sees one more sleeper and wakes one. Waking
-//! takes the sleeper's mutex, under which W set `is_blocked` before blocking, so the wake
+//! takes the sleeper's mutex, under which W set `blocked` before blocking, so the wake
 //! either finds W blocked or W has not blocked yet (and re-checked the JEC under that mutex).
 //!
 //! No step relies on `SeqCst` (whose store-buffering guarantees loom cannot model), so the
@@ -50,7 +50,9 @@
 //!
 //! A worker that waits for a latch (a stolen `join` half) sleeps through the same path, with
 //! the latch's own state machine (see `latch.rs`) guarding against the latch being set
-//! between its last check and the block.
+//! between its last check and the block. A worker that waits for forked work beyond the
+//! nesting limit runs only its own jobs, so it sleeps apart, uncounted, woken only through
+//! its latch ([`Sleep::block_on_latch`]).
 //!
 //! ## The counters word
 //!
@@ -127,11 +129,24 @@ fn jec_is_sleepy(jec: usize) -> bool {
     jec % 2 == 0
 }
 
+/// Whether, and how, a worker is blocked on its condvar.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Blocked {
+    /// Running, searching, or about to block.
+    #[default]
+    No,
+    /// Asleep as an idle worker, counted in the counters word: any publication may wake it.
+    Idle,
+    /// Blocked on a latch only, beyond the nesting limit ([`Sleep::block_on_latch`]): not
+    /// counted, since it would take no published work; only its latch wakes it.
+    OnLatch,
+}
+
 /// Per-worker blocking state.
 #[derive(Debug, Default)]
 struct WorkerSleepState {
-    /// True while the worker is blocked on `condvar`; cleared by whoever wakes it.
-    is_blocked: Mutex<bool>,
+    /// How the worker is blocked on `condvar`; set back to `No` by whoever wakes it.
+    blocked: Mutex<Blocked>,
     condvar: Condvar,
 }
 
@@ -289,8 +304,8 @@ impl Sleep {
             return;
         }
         let state = &self.worker_sleep_states[idle.worker_index];
-        let mut is_blocked = lock(&state.is_blocked);
-        debug_assert!(!*is_blocked);
+        let mut blocked = lock(&state.blocked);
+        debug_assert_eq!(*blocked, Blocked::No);
         if !latch.fall_asleep() {
             idle.wake_fully();
             return;
@@ -318,12 +333,12 @@ impl Sleep {
             // Undo our registration ourselves (normally the waker does it).
             self.counters.fetch_sub(ONE_SLEEPING, Ordering::AcqRel);
         } else {
-            *is_blocked = true;
-            // Blocks until a waker clears `is_blocked` (and deregisters us).
-            while *is_blocked {
-                is_blocked = state
+            *blocked = Blocked::Idle;
+            // Blocks until a waker clears `blocked` (and deregisters us).
+            while *blocked != Blocked::No {
+                blocked = state
                     .condvar
-                    .wait(is_blocked)
+                    .wait(blocked)
                     .unwrap_or_else(|p| p.into_inner());
             }
         }
@@ -378,31 +393,83 @@ impl Sleep {
             if num_to_wake == 0 {
                 return;
             }
-            if self.wake_specific_thread(index) {
+            if self.wake_specific_thread(index, Blocked::Idle) {
                 num_to_wake -= 1;
             }
         }
     }
 
-    /// The latch worker `index` sleeps on was set: wake it.
+    /// The latch worker `index` sleeps on was set (or poked, see `CoreLatch::poke`): wake
+    /// it, however it sleeps.
     pub(crate) fn notify_worker_latch_is_set(&self, index: usize) {
-        self.wake_specific_thread(index);
+        if !self.wake_specific_thread(index, Blocked::Idle) {
+            self.wake_specific_thread(index, Blocked::OnLatch);
+        }
     }
 
-    /// Wakes worker `index` if it is blocked; true if it was.
-    fn wake_specific_thread(&self, index: usize) -> bool {
+    /// Wakes worker `index` if it is blocked as `how`; true if it was. Publishers wake only
+    /// idle sleepers: a worker blocked on a latch beyond the nesting limit would not take
+    /// their work, and waking it would leave the work to nobody.
+    fn wake_specific_thread(&self, index: usize, how: Blocked) -> bool {
         let state = &self.worker_sleep_states[index];
-        let mut is_blocked = lock(&state.is_blocked);
-        if *is_blocked {
-            *is_blocked = false;
-            state.condvar.notify_one();
+        let mut blocked = lock(&state.blocked);
+        if *blocked != how {
+            return false;
+        }
+        *blocked = Blocked::No;
+        state.condvar.notify_one();
+        if how == Blocked::Idle {
             // The waker deregisters the sleeper, so that publishers stop counting it as
             // asleep as soon as it is woken rather than once it runs.
             self.counters.fetch_sub(ONE_SLEEPING, Ordering::AcqRel);
-            true
-        } else {
-            false
         }
+        true
+    }
+
+    /// Blocks worker `worker_index`, which waits beyond the nesting limit and has found
+    /// nothing it may run, until `latch` is set or poked; returns at once if either
+    /// happened already, or if `has_work` says work arrived (then the caller looks again).
+    ///
+    /// Unlike [`Sleep::sleep`] the worker does not register as an idle sleeper: it would
+    /// take none of the work publishers wake sleepers for, so counting it would make a
+    /// publication wake it in place of a worker that would. Only its latch wakes it: the
+    /// setter, or a poker bringing it work of its own (a scope's spawn made outside the
+    /// pool). No wake-up is lost: the poker pushes its job, then makes an `AcqRel` RMW on
+    /// the latch (`CoreLatch::poke`); this side announces itself with an `AcqRel` RMW
+    /// (`get_sleepy`) and then checks `has_work`. If the poke comes first in the latch's
+    /// modification order, `get_sleepy` synchronises with it and `has_work` sees the job; if
+    /// it comes later, it turns `SLEEPY` back to `UNSET` (then `fall_asleep` fails) or finds
+    /// `SLEEPING` and wakes us under the mutex we hold from `fall_asleep` until we block.
+    /// `pool/test.rs` model-checks this.
+    pub(crate) fn block_on_latch(
+        &self,
+        worker_index: usize,
+        latch: &CoreLatch,
+        has_work: impl FnOnce() -> bool,
+    ) {
+        if !latch.get_sleepy() {
+            return;
+        }
+        if has_work() {
+            latch.stay_awake();
+            return;
+        }
+        let state = &self.worker_sleep_states[worker_index];
+        let mut blocked = lock(&state.blocked);
+        debug_assert_eq!(*blocked, Blocked::No);
+        if !latch.fall_asleep() {
+            // Set or poked meanwhile.
+            return;
+        }
+        *blocked = Blocked::OnLatch;
+        while *blocked != Blocked::No {
+            blocked = state
+                .condvar
+                .wait(blocked)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        drop(blocked);
+        latch.wake_up();
     }
 }
 

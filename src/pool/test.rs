@@ -235,3 +235,56 @@ fn loom_completion_hook_removal_races_completion() {
         assert_eq!(ran.load(Ordering::Relaxed), expected, "removed hook ran");
     });
 }
+
+/// A worker waiting beyond the nesting limit blocks on its scope's latch without
+/// registering as an idle sleeper (`Sleep::block_on_latch`), while a thread outside the
+/// pool queues a job for it and pokes the latch: the worker always runs the job, because it
+/// sees the job before blocking, or its block fails, or the poke wakes it.
+#[test]
+fn loom_poke_wakes_worker_blocked_on_latch() {
+    loom::model(|| {
+        let sleep = Arc::new(Sleep::new(1));
+        let latch = Arc::new(CoreLatch::new());
+        let queue = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (sleep, latch, queue) =
+                (Arc::clone(&sleep), Arc::clone(&latch), Arc::clone(&queue));
+            thread::spawn(move || {
+                while !queue.swap(false, Ordering::AcqRel) {
+                    sleep.block_on_latch(0, &latch, || queue.load(Ordering::Relaxed));
+                }
+            })
+        };
+        // The spawn: push (an RMW, as in the models above), then poke.
+        queue.swap(true, Ordering::AcqRel);
+        if latch.poke() {
+            sleep.notify_worker_latch_is_set(0);
+        }
+        worker.join().unwrap();
+    });
+}
+
+/// The same worker, with nothing to run, while another thread sets its latch (a stolen
+/// `join` half finishing): the setter's swap sees SLEEPING and wakes it, though it is not
+/// counted as a sleeper, or the worker sees the latch set before blocking.
+#[test]
+fn loom_latch_wakes_worker_blocked_on_latch() {
+    loom::model(|| {
+        let sleep = Arc::new(Sleep::new(1));
+        let latch = Arc::new(CoreLatch::new());
+        let worker = {
+            let (sleep, latch) = (Arc::clone(&sleep), Arc::clone(&latch));
+            thread::spawn(move || {
+                while !latch.probe() {
+                    sleep.block_on_latch(0, &latch, || false);
+                }
+            })
+        };
+        // SAFETY: the Arc keeps the latch alive across the call.
+        if unsafe { CoreLatch::set(&*latch) } {
+            sleep.notify_worker_latch_is_set(0);
+        }
+        worker.join().unwrap();
+        assert_eq!(sleep.sleeping_workers(), 0);
+    });
+}
