@@ -19,10 +19,10 @@ use std::time::Duration;
 /// | `get_timeout` gave up waiting; the job goes on and the handle still works | [`is_timeout`](Self::is_timeout) |
 /// | an argument or result could not be (de)serialised | [`is_serialization`](Self::is_serialization), [`type_name`](Self::type_name) |
 /// | the worker sent bytes that break the protocol (the job wrote to its socket, say); it was killed | [`is_protocol_violation`](Self::is_protocol_violation) |
-/// | a worker could not start (within the startup timeout) | [`is_startup`](Self::is_startup) |
+/// | a worker could not start (within the startup timeout) | [`is_startup`](Self::is_startup), [`is_initializer_failure`](Self::is_initializer_failure), [`os_error`](Self::os_error) |
 /// | the pool was closed or terminated | [`is_closed`](Self::is_closed) |
 /// | the job was cancelled before it started | [`is_cancelled`](Self::is_cancelled) |
-/// | a bad argument: 0 processes, a chunk size of 0, a function outside the executable | [`is_invalid_argument`](Self::is_invalid_argument) |
+/// | a bad argument: 0 processes, a chunk size of 0, a function outside the executable | [`is_invalid_argument`](Self::is_invalid_argument), [`argument`](Self::argument) |
 ///
 /// [`pid`](Self::pid) names the worker process involved, when there was one.
 ///
@@ -64,13 +64,42 @@ pub(crate) enum SerdeStage {
     DecodeResult,
 }
 
+/// What made a worker fail to start, where a caller can act on it.
+#[cfg(all(feature = "process", target_os = "linux"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StartupCause {
+    /// The initializer panicked with this message.
+    InitializerPanic(String),
+    /// The initializer did not return within the startup timeout.
+    InitializerTimeout,
+    /// Anything else: the message says what.
+    Other,
+}
+
+/// The operating system's error under a startup failure.
+#[cfg(all(feature = "process", target_os = "linux"))]
+#[derive(Debug)]
+enum OsCause {
+    None,
+    /// The error itself, reported as the `source`.
+    Error(io::Error),
+    /// A copy's: the error's code, its text folded into the copy's message (`io::Error` is
+    /// not `Clone`).
+    Code(i32),
+}
+
 #[cfg(all(feature = "process", target_os = "linux"))]
 #[derive(Debug)]
 enum ProcessErrorKind {
-    InvalidArgument(String),
+    InvalidArgument {
+        /// The argument or setting at fault, for [`ProcessError::argument`].
+        argument: &'static str,
+        message: String,
+    },
     Startup {
         message: String,
-        source: Option<io::Error>,
+        cause: StartupCause,
+        os: OsCause,
     },
     Closed,
     Cancelled,
@@ -108,14 +137,42 @@ impl ProcessError {
         }
     }
 
-    pub(crate) fn invalid_argument(message: impl Into<String>) -> Self {
-        Self::new(ProcessErrorKind::InvalidArgument(message.into()))
+    /// A bad `argument` (see [`ProcessError::argument`] for the names).
+    pub(crate) fn invalid_argument(argument: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ProcessErrorKind::InvalidArgument {
+            argument,
+            message: message.into(),
+        })
     }
 
     pub(crate) fn startup(message: impl Into<String>, source: Option<io::Error>) -> Self {
+        Self::startup_because(message, StartupCause::Other, source)
+    }
+
+    /// A startup failure with a cause a caller can query.
+    pub(crate) fn startup_because(
+        message: impl Into<String>,
+        cause: StartupCause,
+        source: Option<io::Error>,
+    ) -> Self {
         Self::new(ProcessErrorKind::Startup {
             message: message.into(),
-            source,
+            cause,
+            os: source.map_or(OsCause::None, OsCause::Error),
+        })
+    }
+
+    /// A startup failure summing up repeated ones (`message` quotes the last, `last`): it
+    /// keeps the last one's cause and operating-system error code for the queries.
+    pub(crate) fn startup_repeated(message: impl Into<String>, last: &ProcessError) -> Self {
+        let (cause, os) = match &*last.kind {
+            ProcessErrorKind::Startup { cause, os, .. } => (cause.clone(), os.code()),
+            _ => (StartupCause::Other, None),
+        };
+        Self::new(ProcessErrorKind::Startup {
+            message: message.into(),
+            cause,
+            os: os.map_or(OsCause::None, OsCause::Code),
         })
     }
 
@@ -150,9 +207,9 @@ impl ProcessError {
     /// What a startup error says, its source included (`None` for other kinds).
     pub(crate) fn startup_cause(&self) -> Option<String> {
         match &*self.kind {
-            ProcessErrorKind::Startup { message, source } => Some(match source {
-                Some(s) => format!("{message}: {s}"),
-                None => message.clone(),
+            ProcessErrorKind::Startup { message, os, .. } => Some(match os {
+                OsCause::Error(e) => format!("{message}: {e}"),
+                OsCause::None | OsCause::Code(_) => message.clone(),
             }),
             _ => None,
         }
@@ -181,13 +238,17 @@ impl ProcessError {
     pub(crate) fn duplicate(&self) -> Self {
         use ProcessErrorKind as K;
         let kind = match &*self.kind {
-            K::InvalidArgument(m) => K::InvalidArgument(m.clone()),
-            K::Startup { message, source } => K::Startup {
-                message: match source {
-                    Some(s) => format!("{message}: {s}"),
-                    None => message.clone(),
+            K::InvalidArgument { argument, message } => K::InvalidArgument {
+                argument,
+                message: message.clone(),
+            },
+            K::Startup { message, cause, os } => K::Startup {
+                message: match os {
+                    OsCause::Error(e) => format!("{message}: {e}"),
+                    OsCause::None | OsCause::Code(_) => message.clone(),
                 },
-                source: None,
+                cause: cause.clone(),
+                os: os.code().map_or(OsCause::None, OsCause::Code),
             },
             K::Closed => K::Closed,
             K::Cancelled => K::Cancelled,
@@ -246,8 +307,9 @@ impl ProcessError {
         matches!(*self.kind, ProcessErrorKind::Panic { .. })
     }
 
-    /// The panic message of a job that panicked (`&str` and `String` payloads; other payloads
-    /// read `Box<dyn Any>`), or `None` for other errors.
+    /// The panic message of a job that panicked, or of an initializer that panicked (see
+    /// [`is_initializer_failure`](Self::is_initializer_failure)) (`&str` and `String`
+    /// payloads; other payloads read `Box<dyn Any>`), or `None` for other errors.
     ///
     /// # Examples
     ///
@@ -266,7 +328,11 @@ impl ProcessError {
     /// ```
     pub fn panic_message(&self) -> Option<&str> {
         match &*self.kind {
-            ProcessErrorKind::Panic { message, .. } => Some(message),
+            ProcessErrorKind::Panic { message, .. }
+            | ProcessErrorKind::Startup {
+                cause: StartupCause::InitializerPanic(message),
+                ..
+            } => Some(message),
             _ => None,
         }
     }
@@ -538,7 +604,7 @@ impl ProcessError {
     ///
     /// let err = ProcessPool::builder().processes(1).initializer(broken).build().unwrap_err();
     /// assert!(err.is_startup());
-    /// assert!(err.to_string().contains("no config"));
+    /// assert_eq!(err.panic_message(), Some("no config"));
     /// ```
     pub fn is_startup(&self) -> bool {
         matches!(*self.kind, ProcessErrorKind::Startup { .. })
@@ -560,10 +626,61 @@ impl ProcessError {
     pub fn io_error(&self) -> Option<&io::Error> {
         match &*self.kind {
             ProcessErrorKind::Startup {
-                source: Some(e), ..
+                os: OsCause::Error(e),
+                ..
             } => Some(e),
             _ => None,
         }
+    }
+
+    /// The operating system's error code (`errno`) under a startup failure, when there was
+    /// one: unlike [`io_error`](Self::io_error) it is kept by the copies that queued jobs
+    /// receive and by the error of a pool whose workers failed to start again and again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// let error = ProcessPool::new(0).unwrap_err();
+    /// assert_eq!(error.os_error(), None);
+    /// if let Some(e) = error.io_error() {
+    ///     assert_eq!(error.os_error(), e.raw_os_error());
+    /// }
+    /// ```
+    pub fn os_error(&self) -> Option<i32> {
+        match &*self.kind {
+            ProcessErrorKind::Startup { os, .. } => os.code(),
+            _ => None,
+        }
+    }
+
+    /// A worker could not start because of the pool's initializer: it panicked (then
+    /// [`panic_message`](Self::panic_message) has its message) or did not return within
+    /// the startup timeout. Also [`is_startup`](Self::is_startup).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// fn broken() {
+    ///     panic!("no config")
+    /// }
+    ///
+    /// let err = ProcessPool::builder().processes(1).initializer(broken).build().unwrap_err();
+    /// assert!(err.is_startup() && err.is_initializer_failure());
+    /// assert_eq!(err.panic_message(), Some("no config"));
+    /// assert!(!ProcessPool::new(0).unwrap_err().is_initializer_failure());
+    /// ```
+    pub fn is_initializer_failure(&self) -> bool {
+        matches!(
+            *self.kind,
+            ProcessErrorKind::Startup {
+                cause: StartupCause::InitializerPanic(_) | StartupCause::InitializerTimeout,
+                ..
+            }
+        )
     }
 
     /// The pool was closed or terminated: `submit`/`map` after `close`, `join` or
@@ -651,7 +768,28 @@ impl ProcessError {
     /// assert!(ProcessPool::new(0).unwrap_err().is_invalid_argument());
     /// ```
     pub fn is_invalid_argument(&self) -> bool {
-        matches!(*self.kind, ProcessErrorKind::InvalidArgument(_))
+        matches!(*self.kind, ProcessErrorKind::InvalidArgument { .. })
+    }
+
+    /// For an [`is_invalid_argument`](Self::is_invalid_argument) error, the argument at
+    /// fault: `"processes"` (a pool of 0 processes, from `processes(0)`, `elastic(_, 0)`
+    /// or `new(0)`), `"elastic"` (a minimum greater than the maximum), `"initializer"` or
+    /// `"function"` (a function outside the main executable). `None` for other errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::ProcessPool;
+    ///
+    /// assert_eq!(ProcessPool::new(0).unwrap_err().argument(), Some("processes"));
+    /// let err = ProcessPool::builder().elastic(3, 2).build().unwrap_err();
+    /// assert_eq!(err.argument(), Some("elastic"));
+    /// ```
+    pub fn argument(&self) -> Option<&'static str> {
+        match &*self.kind {
+            ProcessErrorKind::InvalidArgument { argument, .. } => Some(*argument),
+            _ => None,
+        }
     }
 }
 
@@ -675,7 +813,7 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 impl fmt::Display for ProcessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.kind {
-            ProcessErrorKind::InvalidArgument(message) => f.write_str(message),
+            ProcessErrorKind::InvalidArgument { message, .. } => f.write_str(message),
             ProcessErrorKind::Startup { message, .. } => {
                 write!(f, "a worker process could not start: {message}")
             }
@@ -751,9 +889,21 @@ impl std::error::Error for ProcessError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &*self.kind {
             ProcessErrorKind::Startup {
-                source: Some(e), ..
+                os: OsCause::Error(e),
+                ..
             } => Some(e),
             _ => None,
+        }
+    }
+}
+
+#[cfg(all(feature = "process", target_os = "linux"))]
+impl OsCause {
+    fn code(&self) -> Option<i32> {
+        match self {
+            OsCause::None => None,
+            OsCause::Error(e) => e.raw_os_error(),
+            OsCause::Code(code) => Some(*code),
         }
     }
 }

@@ -108,7 +108,7 @@ use serde::de::DeserializeOwned;
 
 pub use bootstrap::init;
 pub use error::ProcessError;
-pub(crate) use error::{ExitStatus, SerdeStage};
+pub(crate) use error::{ExitStatus, SerdeStage, StartupCause};
 pub use map::{Imap, ImapUnordered};
 pub use task::ProcessTask;
 
@@ -450,6 +450,7 @@ pub struct WorkerCounters {
 fn call_for(f: usize, trampoline: Trampoline) -> Result<Call, ProcessError> {
     if !bootstrap::in_main_image(f) {
         return Err(ProcessError::invalid_argument(
+            "function",
             "the job function is not in the main executable (it is in a dynamic library, \
              which a worker maps at another address)",
         ));

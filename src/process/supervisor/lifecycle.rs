@@ -39,9 +39,9 @@ use super::conn::{self, Conn, Spawned, Token};
 use super::state::{Ending, Jobs, Phase, State, Worker};
 use super::{Shared, Wanted};
 use crate::ProcessError;
-use crate::process::ExitStatus;
 use crate::process::bootstrap;
 use crate::process::wire::{self, Fill, ToParent};
+use crate::process::{ExitStatus, StartupCause};
 
 /// Failures to start a worker in a row **per slot** (`MAX_START_ATTEMPTS × processes` in the
 /// whole pool), with no worker ready, after which queued jobs fail. Not measured: a passing
@@ -136,14 +136,14 @@ impl State {
             Phase::Running | Phase::Closing => {
                 let any_ready = self.slots.iter().any(|w| matches!(w, Worker::Ready { .. }));
                 if self.start_failures >= MAX_START_ATTEMPTS.saturating_mul(slots) && !any_ready {
-                    let error = ProcessError::startup(
+                    let error = ProcessError::startup_repeated(
                         format!(
                             "no worker could start ({} attempts in a row failed; the pool \
                              keeps trying): {}",
                             self.start_failures,
                             error.startup_cause().unwrap_or_default()
                         ),
-                        None,
+                        &error,
                     );
                     self.fail_queue(Some(&error));
                     self.failure = Some(error);
@@ -222,7 +222,7 @@ impl State {
                         hello.pid, hello.fingerprint, shared.fingerprint
                     );
                     self.slots[slot] = Worker::Starting { conn, deadline };
-                    self.exit(slot, Ending::StartFailed(Some(why)), true, shared, now);
+                    self.exit(slot, Ending::start_failed(why), true, shared, now);
                     return;
                 }
                 let init = wire::Init {
@@ -235,7 +235,7 @@ impl State {
                 if let Err(e) = conn.send_init(&shared.epoll, &init) {
                     let why = format!("could not send Init: {e}");
                     self.slots[slot] = Worker::Starting { conn, deadline };
-                    self.exit(slot, Ending::StartFailed(Some(why)), true, shared, now);
+                    self.exit(slot, Ending::start_failed(why), true, shared, now);
                     return;
                 }
                 Worker::Initialising { conn, deadline }
@@ -243,7 +243,7 @@ impl State {
             (Worker::Starting { conn, deadline }, ToParent::Missed) => {
                 self.slots[slot] = Worker::Starting { conn, deadline };
                 let why = bootstrap::BOOTSTRAP_ADVICE.to_owned();
-                self.exit(slot, Ending::StartFailed(Some(why)), true, shared, now);
+                self.exit(slot, Ending::start_failed(why), true, shared, now);
                 return;
             }
             (Worker::Initialising { conn, .. }, ToParent::Ready) => {
@@ -271,7 +271,11 @@ impl State {
             (Worker::Initialising { conn, deadline }, ToParent::InitFailed(message)) => {
                 // The worker exits by itself (status 113).
                 self.slots[slot] = Worker::Initialising { conn, deadline };
-                let why = format!("the initializer panicked: {message}");
+                let why = ProcessError::startup_because(
+                    format!("the initializer panicked: {message}"),
+                    StartupCause::InitializerPanic(message),
+                    None,
+                );
                 self.exit(slot, Ending::StartFailed(Some(why)), false, shared, now);
                 return;
             }
@@ -299,7 +303,7 @@ impl State {
     pub(super) fn violation(&mut self, slot: usize, why: String, shared: &Shared, now: Instant) {
         let ending = match &self.slots[slot] {
             Worker::Starting { .. } | Worker::Initialising { .. } => {
-                Ending::StartFailed(Some(format!("worker broke the protocol: {why}")))
+                Ending::start_failed(format!("worker broke the protocol: {why}"))
             }
             Worker::Ready { .. } => Ending::Violation(why),
             Worker::Exiting { .. } => {
@@ -380,20 +384,24 @@ impl State {
                 Worker::Spawning | Worker::Exiting { deadline: None, .. } => continue,
                 Worker::Starting { conn, deadline } => (
                     *deadline,
-                    Ending::StartFailed(Some(format!(
+                    Ending::start_failed(format!(
                         "worker {} did not send its handshake within {:?}; if it is stuck in \
                          `main`, {}",
                         conn.pid(),
                         shared.config.startup_timeout,
                         bootstrap::BOOTSTRAP_ADVICE
-                    ))),
+                    )),
                 ),
                 Worker::Initialising { conn, deadline } => (
                     *deadline,
-                    Ending::StartFailed(Some(format!(
-                        "worker {} did not finish its initializer within {:?}",
-                        conn.pid(),
-                        shared.config.startup_timeout
+                    Ending::StartFailed(Some(ProcessError::startup_because(
+                        format!(
+                            "worker {} did not finish its initializer within {:?}",
+                            conn.pid(),
+                            shared.config.startup_timeout
+                        ),
+                        StartupCause::InitializerTimeout,
+                        None,
                     ))),
                 ),
                 Worker::Ready { jobs, .. } => {
@@ -542,15 +550,19 @@ impl State {
     }
 }
 
-/// The error of a worker that failed to start: its own message, else its exit status.
-fn startup_error(pid: u32, message: Option<String>, status: ExitStatus) -> ProcessError {
-    let message = message.unwrap_or_else(|| match status {
-        ExitStatus::Signal(s) => {
-            format!("worker {pid} was killed by signal {s} during its startup")
-        }
-        ExitStatus::Code(c) => format!("worker {pid} exited with code {c} during its startup"),
-    });
-    ProcessError::startup(message, None)
+/// The error of a worker that failed to start: its own, else one from its exit status.
+fn startup_error(pid: u32, error: Option<ProcessError>, status: ExitStatus) -> ProcessError {
+    error.unwrap_or_else(|| {
+        let message = match status {
+            ExitStatus::Signal(s) => {
+                format!("worker {pid} was killed by signal {s} during its startup")
+            }
+            ExitStatus::Code(c) => {
+                format!("worker {pid} exited with code {c} during its startup")
+            }
+        };
+        ProcessError::startup(message, None)
+    })
 }
 
 /// Spawns the workers for `wanted` slots (outside the lock).

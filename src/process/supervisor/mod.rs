@@ -159,19 +159,24 @@ fn check_pidfd() -> Result<(), ProcessError> {
 pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), ProcessError> {
     if config.max_processes == 0 {
         return Err(ProcessError::invalid_argument(
+            "processes",
             "a process pool needs at least one process",
         ));
     }
     if config.min_processes > config.max_processes {
-        return Err(ProcessError::invalid_argument(format!(
-            "a process pool's minimum number of processes ({}) is greater than its maximum \
+        return Err(ProcessError::invalid_argument(
+            "elastic",
+            format!(
+                "a process pool's minimum number of processes ({}) is greater than its maximum \
              ({})",
-            config.min_processes, config.max_processes
-        )));
+                config.min_processes, config.max_processes
+            ),
+        ));
     }
     if let Some(initializer) = config.initializer {
         if !bootstrap::in_main_image(initializer as usize) {
             return Err(ProcessError::invalid_argument(
+                "initializer",
                 "the initializer is not in the main executable (it is in a dynamic library, \
                  which a worker maps at another address)",
             ));

@@ -125,8 +125,15 @@ pub(super) enum Ending {
     Violation(String),
     /// Killed by `terminate` or by a failed build.
     Terminated,
-    /// It failed to start; the message says why (`None`: its exit status does).
-    StartFailed(Option<String>),
+    /// It failed to start; the error says why (`None`: its exit status does).
+    StartFailed(Option<ProcessError>),
+}
+
+impl Ending {
+    /// A start that failed for the reason `message` gives.
+    pub(super) fn start_failed(message: String) -> Self {
+        Ending::StartFailed(Some(ProcessError::startup(message, None)))
+    }
 }
 
 /// One slot's worker, through its lifecycle. Each variant carries exactly what that stage
