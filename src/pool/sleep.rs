@@ -393,7 +393,9 @@ impl Sleep {
             if num_to_wake == 0 {
                 return;
             }
-            if self.wake_specific_thread(index, Blocked::Idle) {
+            // Only idle sleepers: a worker blocked on its latch beyond the nesting limit
+            // would not take the work, which would then be left to nobody.
+            if self.wake_specific_thread(index, |how| how == Blocked::Idle) {
                 num_to_wake -= 1;
             }
         }
@@ -402,18 +404,15 @@ impl Sleep {
     /// The latch worker `index` sleeps on was set (or poked, see `CoreLatch::poke`): wake
     /// it, however it sleeps.
     pub(crate) fn notify_worker_latch_is_set(&self, index: usize) {
-        if !self.wake_specific_thread(index, Blocked::Idle) {
-            self.wake_specific_thread(index, Blocked::OnLatch);
-        }
+        self.wake_specific_thread(index, |_| true);
     }
 
-    /// Wakes worker `index` if it is blocked as `how`; true if it was. Publishers wake only
-    /// idle sleepers: a worker blocked on a latch beyond the nesting limit would not take
-    /// their work, and waking it would leave the work to nobody.
-    fn wake_specific_thread(&self, index: usize, how: Blocked) -> bool {
+    /// Wakes worker `index` if it is blocked in a way `wake` accepts; true if it was.
+    fn wake_specific_thread(&self, index: usize, wake: impl FnOnce(Blocked) -> bool) -> bool {
         let state = &self.worker_sleep_states[index];
         let mut blocked = lock(&state.blocked);
-        if *blocked != how {
+        let how = *blocked;
+        if how == Blocked::No || !wake(how) {
             return false;
         }
         *blocked = Blocked::No;
