@@ -29,9 +29,6 @@ use crate::pool::{
 };
 use crate::wait::Awaitable;
 
-/// What a thread task's queued job and its handle share.
-type Shared<R> = TaskShared<R>;
-
 fn task_result<R>(taken: Taken<Outcome<R>>) -> Result<R, TaskError> {
     match taken {
         Taken::Outcome(Ok(value)) => Ok(value),
@@ -59,7 +56,7 @@ fn task_result<R>(taken: Taken<Outcome<R>>) -> Result<R, TaskError> {
 /// ```
 #[must_use = "a task's result is lost unless its handle is used"]
 pub struct Task<R> {
-    shared: Arc<Shared<R>>,
+    shared: Arc<TaskShared<R>>,
 }
 
 impl ThreadPool {
@@ -112,7 +109,7 @@ where
         registry: registry.id(),
         closure: ClosureSlot(UnsafeCell::new(Some(f))),
     });
-    let shared: Arc<Shared<R>> = Arc::clone(&for_job) as _;
+    let shared: Arc<TaskShared<R>> = Arc::clone(&for_job) as _;
     // A counted job: the task keeps the pool alive until it has finished.
     let job = move |registry: &Registry| {
         if registry.cancels_pending_tasks() {
@@ -368,8 +365,8 @@ struct TaskShared<R, C: ?Sized = dyn Closure<R>> {
     closure: C,
 }
 
-/// The handle's code reads the completion through the shared state as it did before the
-/// closure moved in.
+/// The handle reads the completion (status, outcome, hooks) straight through the shared
+/// state.
 impl<R, C: ?Sized> Deref for TaskShared<R, C> {
     type Target = Completion<Outcome<R>>;
 
