@@ -1,12 +1,14 @@
 //! Blocking maps over any iterator: `map`, `map_chunked`, `try_map`.
 //!
 //! The calling thread first maps items itself while they are too cheap to hand over
-//! ([`CostProbe`]): a small input, or a map of trivial items whose cost is all in
-//! pulling the input, stays sequential. Then it becomes the window's feeder (see
+//! ([`CostProbe`], [`HandOver`]): a small input, or a map of trivial items whose cost is
+//! all in pulling the input, stays sequential. Then it becomes the window's feeder (see
 //! `window.rs`): it pulls the input (so the iterator itself need not be `Send`), submits
-//! chunks, runs chunks itself while it waits, and appends the results in input order. The closure may borrow: the window only keeps a
-//! raw pointer to it, and the call does not return, normally or by unwinding, before every
-//! chunk has come back.
+//! chunks, runs chunks itself while it waits, and appends the results in input order. A
+//! chunk that ran cheap hands the input back (see [`run_window`]): the feeder pauses, and
+//! the calling thread maps alone again until items prove expensive once more. The closure
+//! may borrow: the window only keeps a raw pointer to it, and the call does not return,
+//! normally or by unwinding, before every chunk has come back.
 
 use std::sync::Arc;
 
@@ -390,8 +392,8 @@ impl ThreadPool {
     /// chunks (never a lock or a message per item), hands them to the workers, maps chunks
     /// itself while it waits, and reassembles the results in order. The chunk size is chosen
     /// from the measured cost of the first items and adapts as chunks complete; an input
-    /// that is done within that first measurement never leaves the calling thread. `f` may
-    /// borrow local data.
+    /// that is done within that first measurement never leaves the calling thread, and
+    /// items that turn out too cheap to hand over go back to it. `f` may borrow local data.
     ///
     /// # Panics
     ///
