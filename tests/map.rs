@@ -297,7 +297,7 @@ fn handing_back_never_pulls_past_the_end_and_keeps_order() {
     // The input ends at every stage: before the hand-over, among the chunks in flight
     // when the feeder pauses, and while the calling thread maps alone again.
     let pool = pool(3);
-    for cheap in [0, 1, 100, 5_000, 60_000, 300_000] {
+    for cheap in [0, 1, 100, 5_000, 60_000, scaled(300_000, 30_000)] {
         let f = slow_prefix(20);
         let nones = AtomicUsize::new(0);
         let out = pool.map(slow_then_cheap(20, cheap, &nones), &f);
