@@ -215,12 +215,12 @@ trait Collect<O> {
 /// input order until the input ends or `collect` says stop.
 ///
 /// A chunk that cost less than `hand_back_below_ns` per item ([`ITEM_HAND_BACK_NS`] for
-/// automatic chunk sizes, 0 for fixed ones) pauses the feeder: the chunks in flight are collected, and if the input has more items, the
-/// return value is that chunk's cost per item, and the calling thread maps the rest by
-/// itself again (a sample window can mistake
+/// automatic chunk sizes, 0 for fixed ones) pauses the feeder: the chunks in flight are
+/// collected, and if the input has more items, the return value is that chunk's cost per
+/// item and the calling thread maps the rest by itself again. A sample window can mistake
 /// the output's growth, a page fault or a preemption for expensive items, and handing
-/// trivial items over costs more than mapping them: 2.3 times the sequential time on
-/// 1M trivial items).
+/// trivial items over costs more than mapping them (2.3 times the sequential time on 1M
+/// trivial items, issue 11).
 fn run_window<I, Op>(
     feeder: &mut Feeder<I, Op>,
     collect: &mut impl Collect<Op::Output>,
@@ -581,7 +581,8 @@ mod test {
             (next - 1 != end).then_some(next - 1)
         });
         let mut out = Vec::new();
-        let registry = Arc::clone(ThreadPool::new(2).unwrap().registry());
+        let pool = ThreadPool::new(2).unwrap();
+        let registry = Arc::clone(pool.registry());
         let f = |x: u64| x * 2;
         let chunk = ChunkSize::Fixed(10);
         let mut feeder = Feeder::new(RawOp { f: &f }, 4, registry, &mut input, chunk, true);
