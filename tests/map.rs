@@ -224,6 +224,106 @@ fn slow_items_take_the_parallel_paths() {
     );
 }
 
+/// An input of `slow` items of 50 µs (far over a sample window: the map hands over at
+/// once) followed by `cheap` trivial ones, which pulls on after its end as a non-fused
+/// iterator may (`next()` gives `None` once, then items again).
+fn slow_then_cheap(slow: u64, cheap: u64, nones: &AtomicUsize) -> impl Iterator<Item = u64> {
+    let (end, mut next) = (slow + cheap, 0);
+    std::iter::from_fn(move || {
+        next += 1;
+        if next - 1 == end {
+            nones.fetch_add(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(next - 1)
+    })
+}
+
+fn slow_prefix(slow: u64) -> impl Fn(u64) -> u64 + Sync {
+    move |x| {
+        if x < slow {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        x * 2 + 1
+    }
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "trivial items cost less than the hand-back threshold only when optimised: run with --release"
+)]
+fn map_hands_cheap_items_back_to_the_calling_thread() {
+    // After the slow prefix is handed to the pool, the first chunk of trivial items
+    // measures them cheap, and the calling thread maps the rest by itself again: it maps
+    // each item as soon as it pulls it, never a chunk ahead. (Handed over, the feeder pulls
+    // whole chunks before anyone maps them.) Every 1024th item looks, so that the looking
+    // keeps the items trivial; the pull count is a plain store, only the caller pulls.
+    let pool = pool(2);
+    let (slow, cheap) = (40u64, scaled(1_000_000, 200_000));
+    let caller = std::thread::current().id();
+    let (pulled, looked, in_step) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let nones = AtomicUsize::new(0);
+    let input = slow_then_cheap(slow, cheap, &nones).inspect(|_| {
+        pulled.store(pulled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    });
+    let f = slow_prefix(slow);
+    let out = pool.map(input, |x| {
+        if x >= slow && x % 1024 == 0 {
+            looked.fetch_add(1, Ordering::Relaxed);
+            let as_pulled = pulled.load(Ordering::Relaxed) == x as usize + 1;
+            if as_pulled && std::thread::current().id() == caller {
+                in_step.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        f(x)
+    });
+    let expected: Vec<u64> = (0..slow + cheap).map(&f).collect();
+    assert_eq!(out, expected);
+    assert_eq!(nones.load(Ordering::SeqCst), 1, "pulled past the end");
+    let (looked, in_step) = (looked.into_inner(), in_step.into_inner());
+    assert!(
+        in_step > looked / 2,
+        "only {in_step} of {looked} trivial items looked at were mapped as they were pulled"
+    );
+}
+
+#[test]
+fn handing_back_never_pulls_past_the_end_and_keeps_order() {
+    // The input ends at every stage: before the hand-over, among the chunks in flight
+    // when the feeder pauses, and while the calling thread maps alone again.
+    let pool = pool(3);
+    for cheap in [0, 1, 100, 5_000, 60_000, scaled(300_000, 30_000)] {
+        let f = slow_prefix(20);
+        let nones = AtomicUsize::new(0);
+        let out = pool.map(slow_then_cheap(20, cheap, &nones), &f);
+        let expected: Vec<u64> = (0..20 + cheap).map(&f).collect();
+        assert_eq!(out, expected, "{cheap} trivial items");
+        assert_eq!(
+            nones.load(Ordering::SeqCst),
+            1,
+            "{cheap}: pulled past the end"
+        );
+        let nones = AtomicUsize::new(0);
+        let fail_at = 20 + cheap * 3 / 4;
+        let result = pool.try_map(slow_then_cheap(20, cheap, &nones), |x| {
+            if x == fail_at { Err(x) } else { Ok(f(x)) }
+        });
+        let expected: Result<Vec<u64>, u64> = (0..20 + cheap)
+            .map(|x| if x == fail_at { Err(x) } else { Ok(f(x)) })
+            .collect();
+        assert_eq!(result, expected, "try_map, {cheap} trivial items");
+        assert!(
+            nones.load(Ordering::SeqCst) <= 1,
+            "{cheap}: pulled past the end"
+        );
+    }
+}
+
 #[test]
 fn par_map_uses_the_installed_pool_and_nests() {
     let outer = pool(3);

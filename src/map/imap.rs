@@ -33,7 +33,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::ZERO_CHUNK_SIZE;
-use super::iter::{extend_run, worth_handing_over};
+use super::iter::{HandOver, extend_run};
 use super::sample::CostProbe;
 use super::window::{ChunkSize, Feeder, MapOp, WINDOW_PER_THREAD};
 use crate::pool::{Registry, current_registry_arc};
@@ -115,8 +115,8 @@ where
         f: F,
         registry: Arc<Registry>,
         probe: CostProbe,
-        /// The last window measured items worth handing over (two in a row start chunks).
-        expensive_before: bool,
+        /// When the items are worth handing over (two expensive windows in a row).
+        hand_over: HandOver,
     },
     Running(Feeder<I, MapOp<F>>),
     Finished,
@@ -220,7 +220,7 @@ where
     }
 
     /// Maps one probe window on this thread and starts the window of chunks once items
-    /// prove worth handing over (as in [`map_while_cheap`](super::iter::map_while_cheap));
+    /// prove worth handing over (by the rule of [`HandOver`]);
     /// with a fixed chunk size, starts it at once.
     fn probe_or_start(&mut self) {
         let state = std::mem::replace(&mut self.state, State::Finished);
@@ -233,7 +233,7 @@ where
                         f,
                         registry,
                         probe: CostProbe::new(),
-                        expensive_before: false,
+                        hand_over: HandOver::new(),
                     };
                     return self.probe_or_start();
                 }
@@ -243,21 +243,20 @@ where
                 f,
                 registry,
                 mut probe,
-                expensive_before,
+                mut hand_over,
             } => {
                 let run = extend_run(&mut input, &f, &mut self.current);
                 // `None`: the input ran out, and every result is in `current`.
                 let Some(per_item_ns) = probe.window(run) else {
                     return;
                 };
-                let mut expensive_before = expensive_before;
-                if !worth_handing_over(per_item_ns, &mut expensive_before) {
+                if !hand_over.worth(per_item_ns) {
                     self.state = State::Probing {
                         input,
                         f,
                         registry,
                         probe,
-                        expensive_before,
+                        hand_over,
                     };
                     return;
                 }

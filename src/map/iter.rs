@@ -1,12 +1,14 @@
 //! Blocking maps over any iterator: `map`, `map_chunked`, `try_map`.
 //!
 //! The calling thread first maps items itself while they are too cheap to hand over
-//! ([`CostProbe`]): a small input, or a map of trivial items whose cost is all in
-//! pulling the input, stays sequential. Then it becomes the window's feeder (see
+//! ([`CostProbe`], [`HandOver`]): a small input, or a map of trivial items whose cost is
+//! all in pulling the input, stays sequential. Then it becomes the window's feeder (see
 //! `window.rs`): it pulls the input (so the iterator itself need not be `Send`), submits
-//! chunks, runs chunks itself while it waits, and appends the results in input order. The closure may borrow: the window only keeps a
-//! raw pointer to it, and the call does not return, normally or by unwinding, before every
-//! chunk has come back.
+//! chunks, runs chunks itself while it waits, and appends the results in input order. A
+//! chunk that ran cheap hands the input back (see [`run_window`]): the feeder pauses, and
+//! the calling thread maps alone again until items prove expensive once more. The closure
+//! may borrow: the window only keeps a raw pointer to it, and the call does not return,
+//! normally or by unwinding, before every chunk has come back.
 
 use std::sync::Arc;
 
@@ -62,32 +64,87 @@ impl<T, R: Send, E: Send, F: Fn(T) -> Result<R, E> + Sync> ChunkOp<T> for RawTry
 /// alone is faster than any number of workers fed by it, so it keeps mapping by itself.
 pub(crate) const ITEM_PARALLEL_MIN_NS: f64 = 8.0;
 
-/// Maps items on the calling thread, one sample window at a time, while they are too cheap
-/// to hand over; returns their cost (ns per item) once they are worth handing over (see
-/// [`worth_handing_over`]: one expensive window alone may be noise, the output buffer
-/// growing or the thread being descheduled), or `None` if `run` stopped first (see
-/// [`CostProbe::window`]).
-pub(crate) fn map_while_cheap(
-    probe: &mut CostProbe,
-    mut run: impl FnMut(usize) -> (usize, bool),
-) -> Option<f64> {
-    let mut expensive_before = false;
-    loop {
-        let per_item_ns = probe.window(&mut run)?;
-        if worth_handing_over(per_item_ns, &mut expensive_before) {
-            return Some(per_item_ns);
+/// A chunk whose items cost less than this (ns each, measured where the chunk ran) hands
+/// the input back to the calling thread (see [`run_window`]). A chunk's time is the op
+/// alone, and noise (a page fault, a preemption) only ever adds to it, so a single cheap
+/// chunk is evidence enough, where a single expensive sample window is not. Half of
+/// [`ITEM_PARALLEL_MIN_NS`]: the sample window's figure also holds the pulling and the
+/// output's growth (~1–2 ns per item), and items between the two thresholds stay where they
+/// are instead of being handed over and back in turn.
+pub(crate) const ITEM_HAND_BACK_NS: f64 = ITEM_PARALLEL_MIN_NS / 2.0;
+
+/// The longest run of expensive sample windows a hand-over may wait for (see
+/// [`HandOver::handed_back`]): 1024 windows, ~4 ms of the caller's own mapping. A false
+/// hand-over costs at most the chunks in flight when the first cheap chunk comes back
+/// (`WINDOW_PER_THREAD` chunks of `CHUNK_NS` per thread, ~0.2 ms each at worst), so
+/// with false hand-overs at most every ~4 ms they cost a few percent; and items that
+/// really became expensive reach the pool within that time.
+const MAX_HAND_OVER_STREAK: u32 = 1024;
+
+/// When the calling thread hands its items to the pool: once `needed` sample windows in a
+/// row were expensive, or at once if a single item outlasted the whole window (no noise
+/// makes a cheap item that slow; waiting for another window would only run another
+/// expensive item on this thread). One expensive window alone may be noise (the output
+/// buffer growing, a page fault, the thread being descheduled), and noise only ever adds
+/// time; `needed` starts at 2 and doubles each time the pool hands the items back as
+/// cheap, so that noise which keeps recurring (a loaded machine) stops costing a window's
+/// round trip through the pool every few windows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandOver {
+    streak: u32,
+    needed: u32,
+}
+
+impl HandOver {
+    pub(crate) fn new() -> Self {
+        HandOver {
+            streak: 0,
+            needed: 2,
+        }
+    }
+
+    /// The decision after a window whose items cost `per_item_ns` each.
+    pub(crate) fn worth(&mut self, per_item_ns: f64) -> bool {
+        if per_item_ns >= SAMPLE_NS {
+            self.streak = 0;
+            return true;
+        }
+        if per_item_ns < ITEM_PARALLEL_MIN_NS {
+            self.streak = 0;
+            return false;
+        }
+        self.streak += 1;
+        if self.streak < self.needed {
+            return false;
+        }
+        self.streak = 0;
+        true
+    }
+
+    /// The rule after the pool measured the items cheap and handed them back (see
+    /// [`run_window`]).
+    fn handed_back(self) -> Self {
+        HandOver {
+            streak: 0,
+            needed: (self.needed * 2).min(MAX_HAND_OVER_STREAK),
         }
     }
 }
 
-/// The decision of [`map_while_cheap`] after one window: two expensive windows in a row,
-/// or a single item that outlasted the whole window (no noise makes a cheap item that slow;
-/// waiting for a second window would only run another expensive item on this thread).
-pub(crate) fn worth_handing_over(per_item_ns: f64, expensive_before: &mut bool) -> bool {
-    let expensive = per_item_ns >= ITEM_PARALLEL_MIN_NS;
-    let worth = per_item_ns >= SAMPLE_NS || (expensive && *expensive_before);
-    *expensive_before = expensive;
-    worth
+/// Maps items on the calling thread, one sample window at a time, while they are too cheap
+/// to hand over (see [`HandOver`]); returns their cost (ns per item) once they are worth
+/// handing over, or `None` if `run` stopped first (see [`CostProbe::window`]).
+fn map_while_cheap(
+    probe: &mut CostProbe,
+    hand_over: &mut HandOver,
+    mut run: impl FnMut(usize) -> (usize, bool),
+) -> Option<f64> {
+    loop {
+        let per_item_ns = probe.window(&mut run)?;
+        if hand_over.worth(per_item_ns) {
+            return Some(per_item_ns);
+        }
+    }
 }
 
 /// A `run` for [`CostProbe::window`] that maps `input` into `out` in bulk.
@@ -156,23 +213,44 @@ trait Collect<O> {
 
 /// The window loop shared by `map` and `try_map`: submits, runs and collects chunks in
 /// input order until the input ends or `collect` says stop.
-fn run_window<I, Op>(feeder: &mut Feeder<I, Op>, collect: &mut impl Collect<Op::Output>)
+///
+/// A chunk that cost less than `hand_back_below_ns` per item ([`ITEM_HAND_BACK_NS`] for
+/// automatic chunk sizes, 0 for fixed ones) pauses the feeder: the chunks in flight are
+/// collected, and if the input has more items, the return value is that chunk's cost per
+/// item and the calling thread maps the rest by itself again. A sample window can mistake
+/// the output's growth, a page fault or a preemption for expensive items, and handing
+/// trivial items over costs more than mapping them (2.3 times the sequential time on 1M
+/// trivial items, issue 11).
+fn run_window<I, Op>(
+    feeder: &mut Feeder<I, Op>,
+    collect: &mut impl Collect<Op::Output>,
+    hand_back_below_ns: f64,
+) -> Option<f64>
 where
     I: Iterator,
     I::Item: Send,
     Op: ChunkOp<I::Item>,
 {
+    let mut cheap = None;
     loop {
         feeder.fill();
         let Some(mut token) = feeder.next_results(true) else {
-            return;
+            return cheap.filter(|_| feeder.paused());
         };
+        if cheap.is_none() {
+            cheap = feeder
+                .cost_per_item(&mut token)
+                .filter(|&ns| ns < hand_back_below_ns);
+            if cheap.is_some() {
+                feeder.pause();
+            }
+        }
         let (output, _, _) = feeder.slot(&mut token);
         let keep_going = collect.push_chunk(output);
         feeder.release(token);
         if !keep_going {
             feeder.cancel_and_wait();
-            return;
+            return None;
         }
     }
 }
@@ -237,16 +315,28 @@ where
 {
     let mut input = items.into_iter();
     let mut out = Vec::with_capacity(exact_len(&input));
-    let chunk = match chunk {
-        Some(size) => ChunkSize::Fixed(size),
-        None => match map_while_cheap(&mut CostProbe::new(), extend_run(&mut input, f, &mut out)) {
-            Some(per_item_ns) => ChunkSize::Auto { per_item_ns },
-            None => return out,
-        },
-    };
     let slots = window_size(&registry);
-    let mut feeder = Feeder::new(RawOp { f }, slots, registry, input, chunk, true);
-    run_window(&mut feeder, &mut IntoVec(&mut out));
+    if let Some(size) = chunk {
+        let chunk = ChunkSize::Fixed(size);
+        let mut feeder = Feeder::new(RawOp { f }, slots, registry, &mut input, chunk, true);
+        run_window(&mut feeder, &mut IntoVec(&mut out), 0.0);
+        return out;
+    }
+    let (mut probe, mut hand_over) = (CostProbe::new(), HandOver::new());
+    while let Some(per_item_ns) = map_while_cheap(
+        &mut probe,
+        &mut hand_over,
+        extend_run(&mut input, f, &mut out),
+    ) {
+        let chunk = ChunkSize::Auto { per_item_ns };
+        let registry = Arc::clone(&registry);
+        let mut feeder = Feeder::new(RawOp { f }, slots, registry, &mut input, chunk, true);
+        let Some(cheap_ns) = run_window(&mut feeder, &mut IntoVec(&mut out), ITEM_HAND_BACK_NS)
+        else {
+            break;
+        };
+        (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
+    }
     out
 }
 
@@ -264,22 +354,29 @@ where
         out: &mut Vec::with_capacity(exact_len(&input)),
         error: None,
     };
-    let sampled = map_while_cheap(&mut CostProbe::new(), |batch| {
-        let mut mapped = 0;
-        for item in input.by_ref().take(batch) {
-            mapped += 1;
-            if !collect.push(f(item)) {
-                return (mapped, false);
+    let slots = window_size(&registry);
+    let (mut probe, mut hand_over) = (CostProbe::new(), HandOver::new());
+    loop {
+        let sampled = map_while_cheap(&mut probe, &mut hand_over, |batch| {
+            let mut mapped = 0;
+            for item in input.by_ref().take(batch) {
+                mapped += 1;
+                if !collect.push(f(item)) {
+                    return (mapped, false);
+                }
             }
-        }
-        (mapped, mapped == batch)
-    });
-    if let Some(per_item_ns) = sampled {
-        let op = RawTryOp(RawOp { f });
-        let slots = window_size(&registry);
+            (mapped, mapped == batch)
+        });
+        let Some(per_item_ns) = sampled else {
+            break;
+        };
+        let (op, registry) = (RawTryOp(RawOp { f }), Arc::clone(&registry));
         let chunk = ChunkSize::Auto { per_item_ns };
-        let mut feeder = Feeder::new(op, slots, registry, input, chunk, true);
-        run_window(&mut feeder, &mut collect);
+        let mut feeder = Feeder::new(op, slots, registry, &mut input, chunk, true);
+        let Some(cheap_ns) = run_window(&mut feeder, &mut collect, ITEM_HAND_BACK_NS) else {
+            break;
+        };
+        (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
     }
     match collect.error {
         Some(error) => Err(error),
@@ -295,8 +392,8 @@ impl ThreadPool {
     /// chunks (never a lock or a message per item), hands them to the workers, maps chunks
     /// itself while it waits, and reassembles the results in order. The chunk size is chosen
     /// from the measured cost of the first items and adapts as chunks complete; an input
-    /// that is done within that first measurement never leaves the calling thread. `f` may
-    /// borrow local data.
+    /// that is done within that first measurement never leaves the calling thread, and
+    /// items that turn out too cheap to hand over go back to it. `f` may borrow local data.
     ///
     /// # Panics
     ///
@@ -446,4 +543,72 @@ where
     F: Fn(I::Item) -> Result<R, E> + Sync,
 {
     try_map_on(current_registry_arc(), items, &f)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn hand_over_needs_two_expensive_windows_then_twice_as_many_after_each_hand_back() {
+        let expensive = ITEM_PARALLEL_MIN_NS * 2.0;
+        let mut rule = HandOver::new();
+        assert!(!rule.worth(expensive));
+        assert!(!rule.worth(1.0), "a cheap window breaks the streak");
+        assert!(!rule.worth(expensive));
+        assert!(rule.worth(expensive));
+        assert!(
+            rule.worth(SAMPLE_NS),
+            "one item outlasting a window is enough"
+        );
+        let mut rule = rule.handed_back();
+        assert!((1..4).all(|_| !rule.worth(expensive)));
+        assert!(rule.worth(expensive));
+        for _ in 0..20 {
+            rule = rule.handed_back();
+        }
+        let waited = (0..).take_while(|_| !rule.worth(expensive)).count();
+        assert_eq!(waited + 1, MAX_HAND_OVER_STREAK as usize);
+    }
+
+    /// Maps `0..` up to `end` (then `None`, then more items: not fused) in chunks of 10
+    /// through a window whose every chunk counts as cheap; returns the results, what the
+    /// window returned, and the next item the input gives.
+    fn pause_after_first_chunk(end: u64) -> (Vec<u64>, Option<f64>, Option<u64>) {
+        let mut next = 0;
+        let mut input = std::iter::from_fn(|| {
+            next += 1;
+            (next - 1 != end).then_some(next - 1)
+        });
+        let mut out = Vec::new();
+        let pool = ThreadPool::new(2).unwrap();
+        let registry = Arc::clone(pool.registry());
+        let f = |x: u64| x * 2;
+        let chunk = ChunkSize::Fixed(10);
+        let mut feeder = Feeder::new(RawOp { f: &f }, 4, registry, &mut input, chunk, true);
+        let cheap = run_window(&mut feeder, &mut IntoVec(&mut out), f64::INFINITY);
+        drop(feeder);
+        (out, cheap, input.next())
+    }
+
+    #[test]
+    fn a_paused_window_returns_every_chunk_in_flight_and_leaves_the_rest_of_the_input() {
+        // A window of 4 slots is full after 40 items: the first chunk pauses it, the other
+        // three still come back, in order, and the input resumes at item 40.
+        let (out, cheap, next) = pause_after_first_chunk(1_000);
+        assert_eq!(out, (0..40).map(|x| x * 2).collect::<Vec<_>>());
+        assert!(cheap.is_some());
+        assert_eq!(next, Some(40));
+    }
+
+    #[test]
+    fn a_window_whose_input_ended_is_not_paused_and_not_pulled_again() {
+        // The input ends inside the first window: every item comes back, the window says
+        // the input is done, and the `next()` after the end is ours alone (item 26 of the
+        // non-fused input, which the map never pulled).
+        let (out, cheap, next) = pause_after_first_chunk(25);
+        assert_eq!(out, (0..25).map(|x| x * 2).collect::<Vec<_>>());
+        assert_eq!(cheap, None);
+        assert_eq!(next, Some(26));
+    }
 }

@@ -132,6 +132,14 @@ impl CostProbe {
         CostProbe { batch: 1 }
     }
 
+    /// A probe for items known to cost about `per_item_ns` each: its first batch is a
+    /// quarter of a window, as after a window of its own.
+    pub(crate) fn expecting(per_item_ns: f64) -> Self {
+        CostProbe {
+            batch: quarter_window(per_item_ns),
+        }
+    }
+
     /// Maps one window's worth of items with `run`, which maps up to `n` more items and
     /// returns how many it mapped and whether to go on (false: the input ran out, or a
     /// `try_map` error). Returns the cost per item in ns, or `None` once `run` says stop.
@@ -147,14 +155,18 @@ impl CostProbe {
             let elapsed = watch.elapsed_ns();
             let per_item_ns = elapsed.max(1.0) / done.max(1) as f64;
             if elapsed >= SAMPLE_NS {
-                // The next window starts with a batch worth a quarter of a window.
-                self.batch = (SAMPLE_NS / 4.0 / per_item_ns).max(1.0) as usize;
+                self.batch = quarter_window(per_item_ns);
                 return Some(per_item_ns);
             }
             let fill = (SAMPLE_NS - elapsed) / per_item_ns;
             self.batch = (fill as usize).clamp(1, done.max(1).saturating_mul(32));
         }
     }
+}
+
+/// The batch a window starts with, for items of `per_item_ns`: a quarter of a window.
+fn quarter_window(per_item_ns: f64) -> usize {
+    (SAMPLE_NS / 4.0 / per_item_ns).max(1.0) as usize
 }
 
 #[cfg(test)]

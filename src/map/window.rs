@@ -541,6 +541,19 @@ impl ChunkSize {
     }
 }
 
+/// Whether the feeder pulls more input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pulling {
+    /// While slots are free.
+    Open,
+    /// No more, at the consumer's request ([`Feeder::pause`]): the input has more items,
+    /// which are the consumer's again once the outstanding chunks are in.
+    Paused,
+    /// No more, ever: the input ended (it is not pulled past its first `None`), or the map
+    /// stopped.
+    Closed,
+}
+
 /// The feeder's side of a window: the input iterator, the free slots, and the counters
 /// only it touches.
 pub(crate) struct Feeder<I: Iterator, Op: ChunkOp<I::Item>> {
@@ -548,7 +561,7 @@ pub(crate) struct Feeder<I: Iterator, Op: ChunkOp<I::Item>> {
     /// The pool the drainers run on.
     registry: Arc<Registry>,
     input: I,
-    exhausted: bool,
+    pulling: Pulling,
     /// The tokens of the free slots; the last one is the slot being filled.
     free: Vec<SlotToken>,
     /// Submitted chunks whose completion the feeder has not received yet.
@@ -619,7 +632,7 @@ where
             window,
             registry,
             input,
-            exhausted: false,
+            pulling: Pulling::Open,
             outstanding: 0,
             next_seq: 0,
             pending: (0..slots).map(|_| None).collect(),
@@ -635,9 +648,9 @@ where
     /// once a chunk stopped the map (`try_map`'s first error, a panic).
     pub(crate) fn fill(&mut self) {
         if self.window.stop_seq.load(Ordering::Relaxed) != usize::MAX {
-            self.exhausted = true;
+            self.pulling = Pulling::Closed;
         }
-        while !self.exhausted {
+        while self.pulling == Pulling::Open {
             let Some(token) = self.free.last_mut() else {
                 return;
             };
@@ -647,7 +660,7 @@ where
             // `Drop` clears it.
             data.input.extend(self.input.by_ref().take(size));
             if data.input.len() < size {
-                self.exhausted = true;
+                self.pulling = Pulling::Closed;
                 if data.input.is_empty() {
                     return;
                 }
@@ -740,6 +753,30 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
         self.free.push(token);
     }
 
+    /// What a completed chunk cost per item where it ran (ns): the op alone, without the
+    /// pulling and reassembly on the feeder. `None` for a chunk that mapped nothing.
+    pub(crate) fn cost_per_item(&self, token: &mut SlotToken) -> Option<f64> {
+        let data = self.window.data(token);
+        let items = data.output.len();
+        (items > 0).then(|| data.run_ns / items as f64)
+    }
+
+    /// Stops pulling input: the chunks already submitted still come back (in order, for an
+    /// ordered consumer), then [`next_results`](Feeder::next_results) returns `None`, and
+    /// [`paused`](Feeder::paused) says whether the input has more. No effect once the input
+    /// has ended.
+    pub(crate) fn pause(&mut self) {
+        if self.pulling == Pulling::Open {
+            self.pulling = Pulling::Paused;
+        }
+    }
+
+    /// Whether [`pause`](Feeder::pause) stopped the pulling before the input ended or the
+    /// map stopped.
+    pub(crate) fn paused(&self) -> bool {
+        self.pulling == Pulling::Paused
+    }
+
     /// The next chunk whose results the consumer takes: in input order if `ordered`, else
     /// in completion order; `None` once nothing is outstanding. A chunk that panicked is not
     /// returned: the map is stopped (see [`Feeder::cancel_and_wait`]) and its panic is
@@ -788,7 +825,7 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
     /// the completed chunks waiting for their turn dropped too.
     pub(crate) fn cancel_and_wait(&mut self) {
         self.window.stop_after(0);
-        self.exhausted = true;
+        self.pulling = Pulling::Closed;
         self.release_pending();
         while let Some(token) = self.next_completed() {
             self.release(token);
