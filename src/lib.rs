@@ -59,6 +59,7 @@ pub mod shm;
 mod sync;
 mod task;
 mod wait;
+mod watch;
 
 pub use map::{
     Imap, ImapUnordered, IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice, imap,
@@ -74,6 +75,7 @@ pub use process::{ProcessError, ProcessPool, ProcessPoolBuilder};
 pub use shm::ShmError;
 pub use task::{Task, submit};
 pub use wait::{AsCompleted, Awaitable, ReturnWhen, as_completed, wait};
+pub use watch::{CancelToken, Progress, Stopped, Watch};
 
 /// The names most programs need: `use parpool::prelude::*;`.
 ///

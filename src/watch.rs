@@ -1,0 +1,554 @@
+//! Watching a block of work: a cancellation token, a deadline and a progress count that apply
+//! to every map, task and process job started inside [`Watch::run`].
+//!
+//! # Why a block, not an argument per call
+//!
+//! A long job is rarely one map: it is a pipeline of maps, reductions and tasks. A watch
+//! applies to all of them at once, with the signatures users already know: `par_map` still
+//! returns a `Vec`, `pool.map` still takes items and a function. What `run` adds is one
+//! `Result`: `Err(Stopped)` when the token was cancelled or the deadline passed, saying which.
+//!
+//! # The protocol
+//!
+//! - **One active watch per thread.** `run` installs its watch in a thread-local for the
+//!   duration of the block and restores the one before it on the way out (also when the block
+//!   unwinds). A `run` inside a `run` is stopped by either's token or deadline, and reports
+//!   progress to both.
+//! - **A call captures the watch when it starts** ([`Active::current`]) and carries it to
+//!   wherever its work runs: every job of a map, a submitted task and the jobs it starts run
+//!   under the watch of the call that made them ([`Active::enter`]), and a worker that runs
+//!   an unrelated job while it waits runs it under that job's watch, not its own.
+//! - **Stopping.** Work is checked between batches, so a stop takes effect within about one
+//!   batch's time; the items not yet processed are dropped, each exactly once. A call that
+//!   returns a plain value (`par_map`, `map`, the kit) then unwinds the *calling* thread
+//!   with a private payload that `run` turns into `Err(Stopped)`, as salsa's `Cancelled`
+//!   does; no worker unwinds. A call that already returns a `Result` (a task's `get`, the
+//!   process pool's maps) reports the stop through its own error instead.
+//! - **Progress** is counted per batch, never per item, into the watch's [`Progress`].
+//!
+//! Unwinding needs `panic = "unwind"` (the default): under `panic = "abort"` a stop inside a
+//! call that returns a plain value aborts the process.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A cloneable flag that stops the work of every [`Watch`] it is given to.
+///
+/// Clones share one flag: cancel any of them from any thread, and every block watched by it
+/// stops within about one batch's time.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::CancelToken;
+///
+/// let token = CancelToken::new();
+/// let other = token.clone();
+/// assert!(!token.is_cancelled());
+/// other.cancel();
+/// assert!(token.is_cancelled());
+/// ```
+#[derive(Clone, Default)]
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+}
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(!parpool::CancelToken::new().is_cancelled());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels the token and every clone of it. Cancelling twice is the same as once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let token = CancelToken::new();
+    /// token.cancel();
+    /// let stopped = Watch::new().cancel_token(&token).run(|| 1).unwrap_err();
+    /// assert!(stopped.is_cancelled());
+    /// ```
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Release);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called on this token or a clone of it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let token = parpool::CancelToken::new();
+    /// token.cancel();
+    /// assert!(token.is_cancelled());
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+/// A count of items done, out of a total where the total is known, shared by every clone.
+///
+/// Give it to a [`Watch`]: every map in the watched block adds its length to the total when
+/// it starts (the total becomes unknown if one map's length is unknown) and its items to the
+/// count as batches finish. Read it from any thread.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::prelude::*;
+/// use parpool::{Progress, Watch};
+///
+/// let progress = Progress::new();
+/// let squares = Watch::new()
+///     .progress(&progress)
+///     .run(|| (0..1000u64).par_map(|i| i * i))
+///     .unwrap();
+/// assert_eq!(squares.len(), 1000);
+/// assert_eq!(progress.done(), 1000);
+/// assert_eq!(progress.total(), Some(1000));
+/// ```
+#[derive(Clone, Default)]
+pub struct Progress {
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    done: AtomicU64,
+    /// The sum of the known totals.
+    total: AtomicU64,
+    /// Set once a map of unknown length joined: from then on the total is unknown.
+    total_unknown: AtomicBool,
+}
+
+impl Progress {
+    /// A count at zero, of a total of zero.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let progress = parpool::Progress::new();
+    /// assert_eq!(progress.done(), 0);
+    /// assert_eq!(progress.total(), Some(0));
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The items done so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{Progress, ThreadPool, Watch};
+    ///
+    /// let pool = ThreadPool::new(2)?;
+    /// let progress = Progress::new();
+    /// Watch::new().progress(&progress).run(|| pool.map(0..50u32, |x| x + 1)).unwrap();
+    /// assert_eq!(progress.done(), 50);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn done(&self) -> u64 {
+        self.counts.done.load(Ordering::Relaxed)
+    }
+
+    /// The items expected, or `None` when a map of unknown length joined.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::prelude::*;
+    /// use parpool::{Progress, Watch};
+    ///
+    /// let progress = Progress::new();
+    /// Watch::new().progress(&progress).run(|| [1, 2, 3].par_map(|x| x * 2)).unwrap();
+    /// assert_eq!(progress.total(), Some(3));
+    /// ```
+    pub fn total(&self) -> Option<u64> {
+        if self.counts.total_unknown.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(self.counts.total.load(Ordering::Relaxed))
+        }
+    }
+
+    /// Adds a map's length to the total (`None`: the length is unknown).
+    fn expect(&self, items: Option<u64>) {
+        match items {
+            Some(items) => {
+                self.counts.total.fetch_add(items, Ordering::Relaxed);
+            }
+            None => self.counts.total_unknown.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Counts `items` more done: called once per batch, never per item.
+    fn add(&self, items: u64) {
+        self.counts.done.fetch_add(items, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Progress")
+            .field("done", &self.done())
+            .field("total", &self.total())
+            .finish()
+    }
+}
+
+/// What stops the work of a block, and where its progress goes: a [`CancelToken`], a
+/// deadline and a [`Progress`], each optional. [`run`](Self::run) applies them to every map,
+/// task and process job started in the block (see the [module docs](self) for how).
+///
+/// # Examples
+///
+/// ```
+/// use parpool::prelude::*;
+/// use parpool::{CancelToken, Watch};
+/// use std::time::Duration;
+///
+/// let token = CancelToken::new();
+/// let watch = Watch::new().cancel_token(&token).timeout(Duration::from_secs(60));
+///
+/// // Nothing stops it: the block's value comes back.
+/// let v = watch.run(|| (0..100u32).par_map(|x| x + 1)).unwrap();
+/// assert_eq!(v[99], 100);
+///
+/// // Cancelled from inside (any thread may cancel): the map stops and `run` says why.
+/// let stopped = watch
+///     .run(|| {
+///         (0..1_000_000u32).par_map(|x| {
+///             if x == 10 {
+///                 token.cancel();
+///             }
+///             x
+///         })
+///     })
+///     .unwrap_err();
+/// assert!(stopped.is_cancelled());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Watch {
+    cancel: Option<CancelToken>,
+    deadline: Option<Instant>,
+    progress: Option<Progress>,
+}
+
+impl Watch {
+    /// A watch that stops nothing and counts nothing, until told to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(parpool::Watch::new().run(|| 7).unwrap(), 7);
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stops the block when `token` (or a clone of it) is cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let token = CancelToken::new();
+    /// let watch = Watch::new().cancel_token(&token);
+    /// assert!(watch.run(|| ()).is_ok());
+    /// token.cancel();
+    /// assert!(watch.run(|| ()).unwrap_err().is_cancelled());
+    /// ```
+    pub fn cancel_token(mut self, token: &CancelToken) -> Self {
+        self.cancel = Some(token.clone());
+        self
+    }
+
+    /// Stops the block once `at` has passed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::Watch;
+    /// use std::time::Instant;
+    ///
+    /// let past = Watch::new().deadline(Instant::now());
+    /// assert!(past.run(|| ()).unwrap_err().is_deadline());
+    /// ```
+    pub fn deadline(mut self, at: Instant) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
+    /// Stops the block once `after` has passed from now (this call, not the start of `run`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::Watch;
+    /// use std::time::Duration;
+    ///
+    /// let watch = Watch::new().timeout(Duration::from_secs(3600));
+    /// assert_eq!(watch.run(|| 1 + 1).unwrap(), 2);
+    /// ```
+    pub fn timeout(self, after: Duration) -> Self {
+        self.deadline(Instant::now() + after)
+    }
+
+    /// Counts the items of every map in the block into `progress`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::prelude::*;
+    /// use parpool::{Progress, Watch};
+    ///
+    /// let progress = Progress::new();
+    /// let watch = Watch::new().progress(&progress);
+    /// watch.run(|| (0..10u8).par_map(|x| x)).unwrap();
+    /// watch.run(|| (0..5u8).par_map(|x| x)).unwrap();
+    /// assert_eq!((progress.done(), progress.total()), (15, Some(15)));
+    /// ```
+    pub fn progress(mut self, progress: &Progress) -> Self {
+        self.progress = Some(progress.clone());
+        self
+    }
+
+    /// Runs `block` under this watch, and returns its value, or why it was stopped.
+    ///
+    /// A block that was stopped may have left what it mutated part-way, as after an early
+    /// return; what the stopped calls had not yet processed was dropped, never processed.
+    /// Panics in the block are not caught: they continue to unwind past `run`.
+    ///
+    /// # Errors
+    ///
+    /// [`Stopped`] when the token was cancelled or the deadline passed, checked before the
+    /// block starts and by every call in it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let token = CancelToken::new();
+    /// assert_eq!(Watch::new().cancel_token(&token).run(|| "done").unwrap(), "done");
+    /// ```
+    pub fn run<T>(&self, block: impl FnOnce() -> T) -> Result<T, Stopped> {
+        let active = Active::nested_in(Active::current(), self);
+        active.check()?;
+        let _entered = Active::enter(Some(active));
+        match panic::catch_unwind(AssertUnwindSafe(block)) {
+            Ok(value) => Ok(value),
+            Err(payload) => match payload.downcast::<StopSignal>() {
+                Ok(signal) => Err(signal.0),
+                Err(payload) => panic::resume_unwind(payload),
+            },
+        }
+    }
+}
+
+/// Why a watched block stopped: its [`CancelToken`] was cancelled or its deadline passed.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::Watch;
+/// use std::time::Instant;
+///
+/// let stopped = Watch::new().deadline(Instant::now()).run(|| ()).unwrap_err();
+/// assert!(stopped.is_deadline() && !stopped.is_cancelled());
+/// assert_eq!(stopped.to_string(), "the watch's deadline passed");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    reason: Reason,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reason {
+    Cancelled,
+    Deadline,
+}
+
+impl Stopped {
+    /// The watch's [`CancelToken`] was cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let token = CancelToken::new();
+    /// token.cancel();
+    /// assert!(Watch::new().cancel_token(&token).run(|| ()).unwrap_err().is_cancelled());
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.reason == Reason::Cancelled
+    }
+
+    /// The watch's deadline passed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::Watch;
+    /// use std::time::Instant;
+    ///
+    /// assert!(Watch::new().deadline(Instant::now()).run(|| ()).unwrap_err().is_deadline());
+    /// ```
+    pub fn is_deadline(&self) -> bool {
+        self.reason == Reason::Deadline
+    }
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.reason {
+            Reason::Cancelled => "the watch's cancel token was cancelled",
+            Reason::Deadline => "the watch's deadline passed",
+        })
+    }
+}
+
+impl fmt::Debug for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stopped")
+            .field("reason", &self.reason)
+            .finish()
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// The payload a stopped call unwinds the calling thread with, up to its [`Watch::run`].
+struct StopSignal(Stopped);
+
+/// The watch in force: the conditions of every `run` enclosing a call, merged when the
+/// innermost began, shared by the call's jobs wherever they run.
+#[derive(Clone)]
+pub(crate) struct Active {
+    inner: Arc<Merged>,
+}
+
+struct Merged {
+    /// The tokens of every enclosing `run` (usually one).
+    tokens: Vec<CancelToken>,
+    /// The earliest of their deadlines.
+    deadline: Option<Instant>,
+    /// The progress counts of every enclosing `run` (usually one, often none).
+    progress: Vec<Progress>,
+}
+
+thread_local! {
+    /// The watch in force on this thread: set by `run` and by jobs that carry one.
+    static CURRENT: RefCell<Option<Active>> = const { RefCell::new(None) };
+}
+
+impl Active {
+    /// The watch in force on this thread, if any: a call captures it when it starts.
+    pub(crate) fn current() -> Option<Active> {
+        CURRENT.with(|current| current.borrow().clone())
+    }
+
+    /// Installs `active` (or none) as this thread's watch until the guard drops, which
+    /// restores the one before: how a job runs under the watch of the call that made it.
+    pub(crate) fn enter(active: Option<Active>) -> Entered {
+        let previous = CURRENT.with(|current| current.replace(active));
+        Entered { previous }
+    }
+
+    /// `watch`'s conditions added to those of `outer`.
+    fn nested_in(outer: Option<Active>, watch: &Watch) -> Active {
+        let (mut tokens, outer_deadline, mut progress) = match outer {
+            Some(outer) => (
+                outer.inner.tokens.clone(),
+                outer.inner.deadline,
+                outer.inner.progress.clone(),
+            ),
+            None => (Vec::new(), None, Vec::new()),
+        };
+        tokens.extend(watch.cancel.iter().cloned());
+        progress.extend(watch.progress.iter().cloned());
+        let deadline = match (outer_deadline, watch.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Active {
+            inner: Arc::new(Merged {
+                tokens,
+                deadline,
+                progress,
+            }),
+        }
+    }
+
+    /// Whether the work must stop: a token cancelled (checked first, it costs a load) or the
+    /// deadline passed (this reads the clock).
+    pub(crate) fn check(&self) -> Result<(), Stopped> {
+        if self.inner.tokens.iter().any(CancelToken::is_cancelled) {
+            return Err(Stopped {
+                reason: Reason::Cancelled,
+            });
+        }
+        match self.inner.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(Stopped {
+                reason: Reason::Deadline,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A call of `items` items (`None`: unknown) starts: add them to every progress total.
+    pub(crate) fn expect(&self, items: Option<u64>) {
+        for progress in &self.inner.progress {
+            progress.expect(items);
+        }
+    }
+
+    /// `items` more items are done: called once per batch.
+    pub(crate) fn add(&self, items: u64) {
+        for progress in &self.inner.progress {
+            progress.add(items);
+        }
+    }
+}
+
+/// Restores the thread's previous watch when dropped (see [`Active::enter`]).
+pub(crate) struct Entered {
+    previous: Option<Active>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|current| *current.borrow_mut() = previous);
+    }
+}
+
+/// Ends a call that returns a plain value and was stopped: unwinds the calling thread to
+/// its [`Watch::run`], which returns `Err(stopped)`.
+pub(crate) fn unwind(stopped: Stopped) -> ! {
+    panic::resume_unwind(Box::new(StopSignal(stopped)))
+}
