@@ -29,11 +29,12 @@
 //! Unwinding needs `panic = "unwind"` (the default): under `panic = "abort"` a stop inside a
 //! call that returns a plain value aborts the process.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A cloneable flag that stops the work of every [`Watch`] it is given to.
@@ -507,17 +508,30 @@ impl Active {
     /// Whether the work must stop: a token cancelled (checked first, it costs a load) or the
     /// deadline passed (this reads the clock).
     pub(crate) fn check(&self) -> Result<(), Stopped> {
-        if self.inner.tokens.iter().any(CancelToken::is_cancelled) {
-            return Err(Stopped {
-                reason: Reason::Cancelled,
-            });
-        }
+        self.check_token()?;
         match self.inner.deadline {
             Some(deadline) if Instant::now() >= deadline => Err(Stopped {
                 reason: Reason::Deadline,
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Whether a token was cancelled: a load per token and no clock read, cheap enough for
+    /// every batch (the deadline is checked where the engine reads the clock anyway).
+    #[inline]
+    pub(crate) fn check_token(&self) -> Result<(), Stopped> {
+        if self.inner.tokens.iter().any(CancelToken::is_cancelled) {
+            return Err(Stopped {
+                reason: Reason::Cancelled,
+            });
+        }
+        Ok(())
+    }
+
+    /// The earliest deadline of the enclosing `run`s, if any.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.inner.deadline
     }
 
     /// A call of `items` items (`None`: unknown) starts: add them to every progress total.
@@ -550,5 +564,52 @@ impl Drop for Entered {
 /// Ends a call that returns a plain value and was stopped: unwinds the calling thread to
 /// its [`Watch::run`], which returns `Err(stopped)`.
 pub(crate) fn unwind(stopped: Stopped) -> ! {
-    panic::resume_unwind(Box::new(StopSignal(stopped)))
+    panic::resume_unwind(stop_payload(stopped))
+}
+
+/// The payload [`unwind`] raises, for a caller that reports a stop through a caught
+/// outcome instead of unwinding (a task stopped before it started).
+pub(crate) fn stop_payload(stopped: Stopped) -> Box<dyn Any + Send> {
+    Box::new(StopSignal(stopped))
+}
+
+/// The stop a caught payload carries, if it is [`unwind`]'s and not a user panic: how a
+/// task's `get` tells a stopped body from a panicking one.
+pub(crate) fn stopped_by(payload: &(dyn Any + Send)) -> Option<Stopped> {
+    payload.downcast_ref::<StopSignal>().map(|signal| signal.0)
+}
+
+/// Where the pieces of one call record that its watch stopped it: the first reason seen,
+/// read by the calling thread once the pieces are done. One byte, written at most a few
+/// times per call (by each piece that sees the stop), so Relaxed: the pieces' hand-back
+/// (`join`, the window's rings) orders it before the caller reads it.
+#[derive(Debug, Default)]
+pub(crate) struct StopCell(AtomicU8);
+
+/// [`StopCell`] values: nothing stopped the call yet, or why it stopped.
+const NOT_STOPPED: u8 = 0;
+const STOPPED_CANCELLED: u8 = 1;
+const STOPPED_DEADLINE: u8 = 2;
+
+impl StopCell {
+    /// Records `stopped` unless a reason was recorded first.
+    pub(crate) fn record(&self, stopped: Stopped) {
+        let value = match stopped.reason {
+            Reason::Cancelled => STOPPED_CANCELLED,
+            Reason::Deadline => STOPPED_DEADLINE,
+        };
+        let _ = self
+            .0
+            .compare_exchange(NOT_STOPPED, value, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The first recorded reason, if the call was stopped.
+    pub(crate) fn get(&self) -> Option<Stopped> {
+        let reason = match self.0.load(Ordering::Relaxed) {
+            STOPPED_CANCELLED => Reason::Cancelled,
+            STOPPED_DEADLINE => Reason::Deadline,
+            _ => return None,
+        };
+        Some(Stopped { reason })
+    }
 }

@@ -38,6 +38,18 @@
 //! or past it; items left of a failure still run, so the failure reported (the error
 //! returned, or the panic re-raised) is the first in input order.
 //!
+//! # Watches
+//!
+//! A call captures the watch in force when it starts (see `watch.rs`), checks it before
+//! its first item and adds its length to the progress total. The caller checks it after
+//! each sample window; a piece checks the token after every batch and the deadline only
+//! where its [`Pace`] reads the clock anyway (the clock's lap is taken off the time left,
+//! and `Instant` is read only once that says the deadline is near), and counts progress
+//! at the same points, never per item ([`Watched`]). A piece that sees a stop records it
+//! and lowers [`StopAt`] to 0, so every piece stops at its next batch; the caller then
+//! drops the partial results (each exactly once, as after a panic) and unwinds with the
+//! stop. Unwatched calls pay one thread-local read.
+//!
 //! # Where results go
 //!
 //! Each piece writes its results straight into their final place in the output vector: no
@@ -51,9 +63,12 @@ use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::time::Instant;
+
 use super::sample::{CostProbe, Stopwatch};
 
 use crate::pool::{Panic, catch, current_registry, join, on_worker};
+use crate::watch::{self, Active, StopCell, Stopped};
 
 /// Below this much estimated remaining work (ns) the caller finishes alone. Handing work to
 /// the pool costs ~1 µs if a worker is awake and 20–50 µs if it must be woken; 30 µs of work
@@ -571,6 +586,88 @@ struct Ctx<'c, C> {
     min_len: usize,
     /// Where the call stops.
     stop: StopAt,
+    /// The watch the call captured when it started.
+    watch: Option<Active>,
+    /// Why the watch stopped the call, if it did.
+    stopped: StopCell,
+}
+
+impl<C> Ctx<'_, C> {
+    /// Stops every piece of the call at its next batch, for `stopped`.
+    #[cold]
+    fn stop_for(&self, stopped: Stopped) {
+        self.stopped.record(stopped);
+        self.stop.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A piece's share of its call's watch: the items done since progress was last counted,
+/// and the time left to the deadline by the piece's own clock reads.
+struct Watched<'c> {
+    active: &'c Active,
+    /// Items done and not yet added to the progress.
+    pending: u64,
+    /// Nanoseconds to the deadline at the last `Instant` read, less the [`Pace`] laps
+    /// since (infinite without a deadline).
+    left_ns: f64,
+}
+
+impl<'c> Watched<'c> {
+    fn new(active: &'c Active) -> Self {
+        Watched {
+            active,
+            pending: 0,
+            left_ns: time_left_ns(active),
+        }
+    }
+
+    /// A batch of `items` is done; `lap_ns` is the time the piece's pace measured if it
+    /// read the clock after this batch. The token is checked every batch (a load); the
+    /// progress is counted, and the deadline checked, only on a lap.
+    #[inline]
+    fn batch_done(&mut self, items: usize, lap_ns: Option<f64>) -> Result<(), Stopped> {
+        self.pending += items as u64;
+        self.active.check_token()?;
+        if let Some(lap_ns) = lap_ns {
+            self.flush();
+            self.left_ns -= lap_ns;
+            if self.left_ns <= 0.0 {
+                return self.deadline_near();
+            }
+        }
+        Ok(())
+    }
+
+    /// The laps say the deadline passed: ask `Instant` (the laps' clock is calibrated to
+    /// ~1%), and go on with what it says is left.
+    #[cold]
+    fn deadline_near(&mut self) -> Result<(), Stopped> {
+        self.active.check()?;
+        self.left_ns = time_left_ns(self.active);
+        Ok(())
+    }
+
+    /// Adds the pending items to the progress.
+    fn flush(&mut self) {
+        if self.pending > 0 {
+            self.active.add(self.pending);
+            self.pending = 0;
+        }
+    }
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Nanoseconds from now to `active`'s deadline (infinite without one): one `Instant` read
+/// when it has a deadline.
+fn time_left_ns(active: &Active) -> f64 {
+    active.deadline().map_or(f64::INFINITY, |deadline| {
+        deadline.saturating_duration_since(Instant::now()).as_nanos() as f64
+    })
 }
 
 /// Whether the current worker should split its piece: some worker is idle and the last
@@ -608,19 +705,23 @@ impl Pace {
         }
     }
 
-    /// A batch of `items` is done; every [`BATCHES_PER_READ`] batches, re-estimate.
+    /// A batch of `items` is done; every [`BATCHES_PER_READ`] batches, re-estimate. Returns
+    /// the time since the last clock read when it read the clock (for [`Watched`]).
     #[inline]
-    fn batch_done(&mut self, items: usize) {
+    fn batch_done(&mut self, items: usize) -> Option<f64> {
         self.counted += items;
         if self.counted >= self.interval.saturating_mul(BATCHES_PER_READ) {
-            self.measure();
+            return Some(self.measure());
         }
+        None
     }
 
-    fn measure(&mut self) {
-        let per_item_ns = self.watch.lap_ns() / self.counted as f64;
+    fn measure(&mut self) -> f64 {
+        let lap_ns = self.watch.lap_ns();
+        let per_item_ns = lap_ns / self.counted as f64;
         self.interval = interval_for(per_item_ns);
         self.counted = 0;
+        lap_ns
     }
 }
 
@@ -643,6 +744,7 @@ where
     let mut out = consumer.empty(&place);
     let mut state = None;
     let mut pace = Pace::new(interval);
+    let mut watched = ctx.watch.as_ref().map(Watched::new);
     while source.len() > 0 {
         if ctx.stop.load(Ordering::Relaxed) <= start {
             // A panic, or a failure left of here: the rest of `source` is dropped
@@ -651,8 +753,10 @@ where
         }
         // `len / 2 >= min_len` is `len >= 2 * min_len`, without overflow for a huge `min_len`.
         if source.len() / 2 >= ctx.min_len && peers_want_work() {
-            // Each half makes its own state: this piece's is not needed any more.
+            // Each half makes its own state and counts its own progress: this piece's are
+            // not needed any more.
             drop(state);
+            drop(watched);
             let mid = source.len() / 2;
             let (left, right) = source.split_at(mid);
             let (left_place, right_place) = C::split_place(place, mid);
@@ -670,7 +774,12 @@ where
         let batch = run_batch(consumer, &mut state, (head, head_place), start, &ctx.stop);
         start += take;
         out = consumer.merge(out, batch);
-        pace.batch_done(take);
+        let lap_ns = pace.batch_done(take);
+        if let Some(watched) = &mut watched {
+            if let Err(stopped) = watched.batch_done(take, lap_ns) {
+                ctx.stop_for(stopped);
+            }
+        }
     }
     out
 }
@@ -684,7 +793,21 @@ where
     C: Consumer<S::Item>,
 {
     let min_len = min_len.max(1);
-    let stop = StopAt::new(GO_ON);
+    let ctx = Ctx {
+        consumer,
+        min_len,
+        stop: StopAt::new(GO_ON),
+        watch: Active::current(),
+        stopped: StopCell::default(),
+    };
+    if let Some(active) = &ctx.watch {
+        if let Err(stopped) = active.check() {
+            drop(source);
+            watch::unwind(stopped);
+        }
+        active.expect(Some(source.len() as u64));
+    }
+    let stop = &ctx.stop;
     let mut start = 0;
     let mut state = None;
     let mut out = Some(consumer.empty(&place));
@@ -693,6 +816,8 @@ where
     // 1. Sampling on this thread, window by window, until the input is done (or failed) or
     //    the rest is estimated to be worth parallel work.
     let mut probe = CostProbe::new();
+    // The items already added to the progress.
+    let mut counted = 0;
     let per_item_ns = loop {
         let window = probe.window(|batch| {
             let (source, place) = rest.take().expect("the rest is put back after every batch");
@@ -705,7 +830,7 @@ where
             let (head_place, tail_place) = C::split_place(place, take);
             let more = tail.len() > 0;
             rest = Some((tail, tail_place));
-            let batch_out = run_batch(consumer, &mut state, (head, head_place), start, &stop);
+            let batch_out = run_batch(consumer, &mut state, (head, head_place), start, stop);
             start += take;
             let so_far = out.take().expect("the out is put back after every batch");
             out = Some(consumer.merge(so_far, batch_out));
@@ -714,6 +839,15 @@ where
             (take, more && stop.load(Ordering::Relaxed) > start)
         });
         let remaining = rest.as_ref().map_or(0, |(source, _)| source.len());
+        if let Some(active) = &ctx.watch {
+            active.add((start - counted) as u64);
+            counted = start;
+            if let Err(stopped) = active.check() {
+                // The rest is dropped unconsumed, and the results so far with `out`.
+                drop((rest, out));
+                watch::unwind(stopped);
+            }
+        }
         match window {
             Some(per_item_ns)
                 if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64
@@ -730,21 +864,28 @@ where
 
     // 2. The rest, on the pool.
     let registry = current_registry();
-    let tail = if registry.num_threads() == 1 && !on_worker() {
+    let alone = registry.num_threads() == 1 && !on_worker();
+    let tail = if alone && ctx.watch.is_none() {
         // One worker would only take the work off this thread, not share it.
-        run_batch(consumer, &mut state, (rest, place), start, &stop)
+        run_batch(consumer, &mut state, (rest, place), start, stop)
     } else {
         // The pool's pieces make their own state; the caller's is done.
         drop(state);
         let interval = interval_for(per_item_ns);
-        let ctx = Ctx {
-            consumer,
-            min_len,
-            stop,
-        };
-        registry.in_worker(|_| split_on_demand(rest, place, start, interval, &ctx))
+        if alone {
+            // Watched: in batches on this thread, which check the watch between them.
+            split_on_demand(rest, place, start, interval, &ctx)
+        } else {
+            registry.in_worker(|_| split_on_demand(rest, place, start, interval, &ctx))
+        }
     };
-    consumer.merge(out, tail)
+    let out = consumer.merge(out, tail);
+    if let Some(stopped) = ctx.stopped.get() {
+        // The partial results go with `out`, each exactly once (see "Where results go").
+        drop(out);
+        watch::unwind(stopped);
+    }
+    out
 }
 
 impl<R> Dst<R> {

@@ -8,6 +8,14 @@
 //! - [`HeapJob`]: a boxed closure that frees itself when run (`scope` spawns, tasks,
 //!   `install` from outside).
 //!
+//! # Watches
+//!
+//! Every job captures the watch in force where it is made (see `watch.rs`) and runs under
+//! it, wherever it runs: a stolen `join` half, a scope spawn or a task is watched like the
+//! call that made it, and a worker that runs an unrelated job while it waits runs it under
+//! that job's watch (or none), never under the waiting frame's. The capture is one
+//! thread-local read per job when nothing is watched.
+//!
 //! # Panic policy
 //!
 //! User code always runs under [`catch_unwind`](std::panic::catch_unwind) (or, on the
@@ -21,6 +29,7 @@ use std::cell::UnsafeCell;
 use std::panic::{self, AssertUnwindSafe};
 
 use super::latch::Latch;
+use crate::watch::Active;
 
 /// A job's outcome: its value or the panic it raised.
 pub(crate) type Outcome<T> = std::thread::Result<T>;
@@ -126,6 +135,10 @@ pub(crate) struct StackJob<L: Latch, F, R> {
     pub(crate) latch: L,
     func: UnsafeCell<Option<F>>,
     result: UnsafeCell<Option<Outcome<R>>>,
+    /// The watch of the thread that made the job: entered by whichever thread executes it.
+    /// Taken out on every way the job ends (executed, or its closure taken back), so a
+    /// `join` frame that never drops its job (`ManuallyDrop`) leaks no reference.
+    watch: UnsafeCell<Option<Active>>,
 }
 
 impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
@@ -134,6 +147,7 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
             latch,
             func: UnsafeCell::new(Some(func)),
             result: UnsafeCell::new(None),
+            watch: UnsafeCell::new(Active::current()),
         }
     }
 
@@ -154,7 +168,10 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
     #[inline]
     pub(crate) fn take_func(&self) -> F {
         // SAFETY: only the owning thread calls this, and only while no other thread can
-        // reach the job (it is private, or was just popped from the owner's own deque).
+        // reach the job (it is private, or was just popped from the owner's own deque). It
+        // runs here, on the thread whose watch the job captured: that watch is dropped.
+        drop(unsafe { (*self.watch.get()).take() });
+        // SAFETY: as above.
         unsafe { (*self.func.get()).take() }.expect("join job taken twice")
     }
 
@@ -193,8 +210,11 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> Job for StackJob<L, F, R> {
         // SAFETY: the job is executed once; the owner does not touch `func` or `result`
         // while the job is published and not yet finished.
         let func = unsafe { (*this.func.get()).take() }.expect("join job executed twice");
+        // SAFETY: as for `func`.
+        let entered = Active::enter(unsafe { (*this.watch.get()).take() });
         // SAFETY: as above; nothing else reads `result` before the latch is set.
         unsafe { *this.result.get() = Some(catch(func)) };
+        drop(entered);
         // HAZARD: once the latch is set the owner may return and free `this`; `set` reads
         // everything it needs before publishing.
         // SAFETY: `this.latch` is alive here, and `set` does not touch it afterwards.
@@ -206,6 +226,8 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> Job for StackJob<L, F, R> {
 /// A job on the heap; running it frees it. The closure does its own signalling.
 pub(crate) struct HeapJob<F> {
     func: F,
+    /// The watch of the thread that made the job, entered while it runs.
+    watch: Option<Active>,
 }
 
 impl<F: FnOnce() + Send> HeapJob<F> {
@@ -216,7 +238,10 @@ impl<F: FnOnce() + Send> HeapJob<F> {
     /// Everything `func` borrows must outlive the job's execution (the `scope` and the
     /// blocking callers guarantee it by waiting for the job).
     pub(crate) unsafe fn into_job_ref(func: F) -> JobRef {
-        let raw = Box::into_raw(Box::new(HeapJob { func }));
+        let raw = Box::into_raw(Box::new(HeapJob {
+            func,
+            watch: Active::current(),
+        }));
         // SAFETY: the box stays allocated until `execute` reclaims it.
         unsafe { JobRef::new(raw) }
     }
@@ -226,7 +251,9 @@ impl<F: FnOnce() + Send> Job for HeapJob<F> {
     unsafe fn execute(this: *const ()) {
         // SAFETY: `this` came from `Box::into_raw` in `into_job_ref` and runs once.
         let job = unsafe { Box::from_raw(this.cast::<Self>().cast_mut()) };
-        (job.func)();
+        let HeapJob { func, watch } = *job;
+        let _entered = Active::enter(watch);
+        func();
     }
 }
 

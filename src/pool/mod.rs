@@ -331,6 +331,12 @@ impl ThreadPool {
                 return;
             }
             let Err(payload) = catch(f) else { return };
+            if crate::watch::stopped_by(payload.as_ref()).is_some() {
+                // A watched call in `f` was stopped: not a panic, and nobody waits to be
+                // told (no handle).
+                let _ = catch(move || drop(payload));
+                return;
+            }
             match handler {
                 Some(handler) => {
                     let abort = AbortIfPanic;
