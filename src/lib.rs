@@ -62,8 +62,8 @@ mod wait;
 mod watch;
 
 pub use map::{
-    Imap, ImapUnordered, IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice, imap,
-    imap_unordered, map, map_chunked, try_map,
+    Imap, ImapUnordered, IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice,
+    UntilStopped, imap, imap_unordered, map, map_chunked, try_map,
 };
 pub use pool::{
     NUM_THREADS_ENV, Scope, TaskError, ThreadPool, ThreadPoolBuildError, ThreadPoolBuilder,

@@ -7,6 +7,12 @@
 //! chunks, runs chunks itself while it waits, and appends the results in input order. The closure may borrow: the window only keeps a
 //! raw pointer to it, and the call does not return, normally or by unwinding, before every
 //! chunk has come back.
+//!
+//! A call captures the watch in force when it starts (see `watch.rs`): it checks it before
+//! the first item and before each sampling batch, counts the items it maps, and hands it to
+//! the window (see `window.rs`, "Watches"). Once stopped, the chunks not yet started are
+//! skipped (their items dropped unmapped), the caller waits for the running ones, drops
+//! every result so far and the input not yet pulled, and unwinds with the stop.
 
 use std::sync::Arc;
 
@@ -14,6 +20,7 @@ use super::ZERO_CHUNK_SIZE;
 use super::sample::{CostProbe, SAMPLE_NS};
 use super::window::{ChunkOp, ChunkSize, Feeder, WINDOW_PER_THREAD};
 use crate::pool::{Registry, ThreadPool, current_registry_arc};
+use crate::watch::{self, Active, Stopped};
 
 /// Calls the caller's closure through a raw pointer.
 struct RawOp<F> {
@@ -106,6 +113,40 @@ where
     }
 }
 
+/// `run` (a sample window's batch) under `watch`: each batch first checks the watch (on a
+/// stop, records it in `stopped` and tells the window to stop) and counts its items.
+pub(crate) fn watched_run<'a>(
+    watch: Option<&'a Active>,
+    stopped: &'a mut Option<Stopped>,
+    mut run: impl FnMut(usize) -> (usize, bool) + 'a,
+) -> impl FnMut(usize) -> (usize, bool) + 'a {
+    move |batch| {
+        let Some(watch) = watch else {
+            return run(batch);
+        };
+        if let Err(stop) = watch.check() {
+            *stopped = Some(stop);
+            return (0, false);
+        }
+        let (mapped, go_on) = run(batch);
+        watch.add(mapped as u64);
+        (mapped, go_on)
+    }
+}
+
+/// Checks `watch` as a call starts (unwinding if it is stopped already, with `input`
+/// dropped unpulled) and adds the input's length, if known, to the progress total.
+pub(crate) fn start_watched(watch: Option<&Active>, input: impl Iterator) {
+    let Some(watch) = watch else {
+        return;
+    };
+    if let Err(stopped) = watch.check() {
+        drop(input);
+        watch::unwind(stopped);
+    }
+    watch.expect(known_len(&input).map(|len| len as u64));
+}
+
 /// Maps up to `batch` items of `input` into `out`; returns how many. A function of its own
 /// (not inlined into the sampling loop) so that the compiler sees `input` and `out` as the
 /// unaliased references they are and keeps the iterator's state in registers: inlined
@@ -155,8 +196,12 @@ trait Collect<O> {
 }
 
 /// The window loop shared by `map` and `try_map`: submits, runs and collects chunks in
-/// input order until the input ends or `collect` says stop.
-fn run_window<I, Op>(feeder: &mut Feeder<I, Op>, collect: &mut impl Collect<Op::Output>)
+/// input order until the input ends or `collect` says stop. If the call's watch stops it,
+/// returns why once no chunk runs any more.
+fn run_window<I, Op>(
+    feeder: &mut Feeder<I, Op>,
+    collect: &mut impl Collect<Op::Output>,
+) -> Result<(), Stopped>
 where
     I: Iterator,
     I::Item: Send,
@@ -165,14 +210,19 @@ where
     loop {
         feeder.fill();
         let Some(mut token) = feeder.next_results(true) else {
-            return;
+            return Ok(());
         };
+        if let Some(stopped) = feeder.stopped() {
+            feeder.release(token);
+            feeder.cancel_and_wait();
+            return Err(stopped);
+        }
         let (output, _, _) = feeder.slot(&mut token);
         let keep_going = collect.push_chunk(output);
         feeder.release(token);
         if !keep_going {
             feeder.cancel_and_wait();
-            return;
+            return Ok(());
         }
     }
 }
@@ -217,9 +267,14 @@ impl<R, E> Collect<Result<R, E>> for UntilErr<'_, R, E> {
 
 /// The length of an iterator that knows it exactly (to size the output once), else 0.
 fn exact_len(input: &impl Iterator) -> usize {
+    known_len(input).unwrap_or(0)
+}
+
+/// The length of an iterator that knows it exactly.
+pub(crate) fn known_len(input: &impl Iterator) -> Option<usize> {
     match input.size_hint() {
-        (lower, Some(upper)) if lower == upper => lower,
-        _ => 0,
+        (lower, Some(upper)) if lower == upper => Some(lower),
+        _ => None,
     }
 }
 
@@ -236,17 +291,33 @@ where
     F: Fn(I::Item) -> R + Sync,
 {
     let mut input = items.into_iter();
+    let active = Active::current();
+    start_watched(active.as_ref(), &mut input);
     let mut out = Vec::with_capacity(exact_len(&input));
     let chunk = match chunk {
         Some(size) => ChunkSize::Fixed(size),
-        None => match map_while_cheap(&mut CostProbe::new(), extend_run(&mut input, f, &mut out)) {
-            Some(per_item_ns) => ChunkSize::Auto { per_item_ns },
-            None => return out,
-        },
+        None => {
+            let mut stopped = None;
+            let run = watched_run(
+                active.as_ref(),
+                &mut stopped,
+                extend_run(&mut input, f, &mut out),
+            );
+            match map_while_cheap(&mut CostProbe::new(), run) {
+                Some(per_item_ns) => ChunkSize::Auto { per_item_ns },
+                None => match stopped {
+                    Some(stopped) => watch::unwind(stopped),
+                    None => return out,
+                },
+            }
+        }
     };
     let slots = window_size(&registry);
-    let mut feeder = Feeder::new(RawOp { f }, slots, registry, input, chunk, true);
-    run_window(&mut feeder, &mut IntoVec(&mut out));
+    let mut feeder = Feeder::new(RawOp { f }, slots, registry, input, chunk, true, active);
+    if let Err(stopped) = run_window(&mut feeder, &mut IntoVec(&mut out)) {
+        // The results so far, and the input not yet pulled, are dropped as this unwinds.
+        watch::unwind(stopped);
+    }
     out
 }
 
@@ -260,11 +331,14 @@ where
     F: Fn(I::Item) -> Result<R, E> + Sync,
 {
     let mut input = items.into_iter();
+    let active = Active::current();
+    start_watched(active.as_ref(), &mut input);
     let mut collect = UntilErr {
         out: &mut Vec::with_capacity(exact_len(&input)),
         error: None,
     };
-    let sampled = map_while_cheap(&mut CostProbe::new(), |batch| {
+    let mut stopped = None;
+    let run = watched_run(active.as_ref(), &mut stopped, |batch| {
         let mut mapped = 0;
         for item in input.by_ref().take(batch) {
             mapped += 1;
@@ -274,12 +348,18 @@ where
         }
         (mapped, mapped == batch)
     });
+    let sampled = map_while_cheap(&mut CostProbe::new(), run);
+    if let Some(stopped) = stopped {
+        watch::unwind(stopped);
+    }
     if let Some(per_item_ns) = sampled {
         let op = RawTryOp(RawOp { f });
         let slots = window_size(&registry);
         let chunk = ChunkSize::Auto { per_item_ns };
-        let mut feeder = Feeder::new(op, slots, registry, input, chunk, true);
-        run_window(&mut feeder, &mut collect);
+        let mut feeder = Feeder::new(op, slots, registry, input, chunk, true, active);
+        if let Err(stopped) = run_window(&mut feeder, &mut collect) {
+            watch::unwind(stopped);
+        }
     }
     match collect.error {
         Some(error) => Err(error),
