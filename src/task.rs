@@ -4,6 +4,12 @@
 //! `pool/completion.rs`, the primitive under the process pool's `ProcessTask` too): the
 //! worker that runs the closure claims it with `start`, so `cancel` and running exclude each
 //! other, and delivers the closure's value or panic with `complete`.
+//!
+//! A task submitted inside a [`Watch::run`](crate::Watch::run) carries the watch (see
+//! `watch.rs`): its closure runs under it, and is dropped unrun if the watch has stopped
+//! by the time a worker starts it. Either way, and when a call in the closure is stopped
+//! and unwinds, `get` reports the stop as a [`TaskError`] (`is_cancelled` or
+//! `is_deadline`), never as a panic.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,6 +21,7 @@ use crate::pool::{
     current_registry, deadline_after, on_worker, snooze,
 };
 use crate::wait::Awaitable;
+use crate::watch::{self, Active};
 
 /// The completion shared by a thread task's closure and its handle.
 type Shared<R> = Completion<Outcome<R>>;
@@ -22,7 +29,10 @@ type Shared<R> = Completion<Outcome<R>>;
 fn task_result<R>(taken: Taken<Outcome<R>>) -> Result<R, TaskError> {
     match taken {
         Taken::Outcome(Ok(value)) => Ok(value),
-        Taken::Outcome(Err(payload)) => Err(TaskError::panic(payload)),
+        Taken::Outcome(Err(payload)) => Err(match watch::stopped_by(payload.as_ref()) {
+            Some(stopped) => TaskError::stopped(stopped),
+            None => TaskError::panic(payload),
+        }),
         Taken::Cancelled => Err(TaskError::cancelled()),
         Taken::Gone => Err(TaskError::taken()),
     }
@@ -96,13 +106,23 @@ where
 {
     let shared = Arc::new(Completion::new());
     let for_job = Arc::clone(&shared);
-    // A counted job: the task keeps the pool alive until it has finished.
+    let active = Active::current();
+    // A counted job: the task keeps the pool alive until it has finished. It runs under
+    // the watch captured here (every job does, see `pool/job.rs`).
     let job = move |registry: &Registry| {
         if registry.cancels_pending_tasks() {
             for_job.cancel();
         }
         if for_job.start() {
-            for_job.complete(catch(f));
+            let outcome = match active.as_ref().map(Active::check) {
+                Some(Err(stopped)) => {
+                    // Stopped before it started: dropped unrun, the stop as its outcome.
+                    let _ = catch(move || drop(f));
+                    Err(watch::stop_payload(stopped))
+                }
+                _ => catch(f),
+            };
+            for_job.complete(outcome);
         } else {
             // A cancelled task's closure is dropped unrun; its captures' `Drop` is user
             // code, caught like the closure itself.
@@ -192,9 +212,31 @@ impl<R> Task<R> {
     /// # Errors
     ///
     /// [`TaskError::is_panic`] if the closure panicked (the payload is in the error),
-    /// [`TaskError::is_cancelled`] if the task was cancelled before it started,
+    /// [`TaskError::is_cancelled`] if the task was cancelled before it started (by
+    /// [`cancel`](Task::cancel), or by the [`CancelToken`](crate::CancelToken) of the
+    /// [`Watch`](crate::Watch) it was submitted in: then also if a call in the closure
+    /// was stopped by it), [`TaskError::is_deadline`] likewise for the watch's deadline,
     /// [`TaskError::is_taken`] if an earlier [`get_timeout`](Task::get_timeout) returned the
     /// outcome already.
+    ///
+    /// A task carries the watch it was submitted in: see the module docs of
+    /// [`Watch`](crate::Watch). Its error reports a stop; it does not unwind.
+    ///
+    /// ```
+    /// use parpool::prelude::*;
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let pool = ThreadPool::new(1)?;
+    /// let token = CancelToken::new();
+    /// let task = Watch::new()
+    ///     .cancel_token(&token)
+    ///     .run(|| pool.submit(|| (0..1_000_000u64).par_map(|x| x + 1).len()))
+    ///     .unwrap();
+    /// token.cancel();
+    /// // Stopped before it started, or its map stopped: either way, a cancellation.
+    /// assert!(task.get().unwrap_err().is_cancelled());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     ///
     /// # Examples
     ///

@@ -51,10 +51,22 @@ use crate::watch::{self, Active, Stopped};
 /// is yielded exactly once. Dropping the iterator stops pulling and skips the chunks not yet
 /// started, without waiting for the running ones.
 ///
+/// # Watches
+///
+/// The iterator captures the [`Watch`](crate::Watch) in force where it is made, not where
+/// it is consumed: its items are mapped under that watch (and counted into its progress),
+/// whichever thread calls `next()`. When that watch stops it, the chunks not yet taken are
+/// dropped unmapped and `next()` unwinds to the enclosing [`Watch::run`](crate::Watch::run),
+/// which returns the [`Stopped`](crate::Stopped). An iterator returned out of its `run` and
+/// consumed outside any run has no `run` to unwind to: use
+/// [`until_stopped`](Imap::until_stopped), which yields the stop once as an item and then
+/// ends (plain `next()` panics there, saying so).
+///
 /// # Panics
 ///
 /// If `f` panics, `next()` re-raises the panic once no chunk is running any more; the pool
-/// keeps serving.
+/// keeps serving. If the iterator's watch stops it while it is consumed outside any
+/// [`Watch::run`](crate::Watch::run) (see "Watches").
 ///
 /// # Examples
 ///
