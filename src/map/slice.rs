@@ -666,7 +666,9 @@ impl Drop for Watched<'_> {
 /// when it has a deadline.
 fn time_left_ns(active: &Active) -> f64 {
     active.deadline().map_or(f64::INFINITY, |deadline| {
-        deadline.saturating_duration_since(Instant::now()).as_nanos() as f64
+        deadline
+            .saturating_duration_since(Instant::now())
+            .as_nanos() as f64
     })
 }
 

@@ -198,11 +198,7 @@ const ONE_COMPLETION: usize = 2;
 impl<T, Op: ChunkOp<T>> Window<T, Op> {
     /// A window of `window` empty slots whose chunks run under `watch`, and the tokens of
     /// all of them (they start free, with the feeder).
-    pub(crate) fn new(
-        op: Op,
-        window: usize,
-        watch: Option<Active>,
-    ) -> (Arc<Self>, Vec<SlotToken>) {
+    pub(crate) fn new(op: Op, window: usize, watch: Option<Active>) -> (Arc<Self>, Vec<SlotToken>) {
         assert!(window > 0);
         let slots = (0..window)
             .map(|seq| Slot {
