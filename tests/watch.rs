@@ -772,12 +772,21 @@ fn stress_random_cancels() {
         seed
     };
     let n = 5000;
+    // Cancel anywhere from before the start to well after the end of a round.
+    let whole = {
+        let counts = Arc::new(Counts::default());
+        let input = items(&counts, n);
+        let never = CancelToken::new();
+        let start = Instant::now();
+        drop(pool.map(input, |item| map_item(item, &never, usize::MAX)));
+        start.elapsed().as_micros().max(1) as u64
+    };
     let (mut stopped_rounds, mut whole_rounds) = (0, 0);
     for round in 0..300 {
         let counts = Arc::new(Counts::default());
         let input = items(&counts, n);
         let token = CancelToken::new();
-        let delay = Duration::from_micros(next() % 3000);
+        let delay = Duration::from_micros(next() % (2 * whole));
         let canceller = {
             let token = token.clone();
             std::thread::spawn(move || {
