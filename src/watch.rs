@@ -26,6 +26,28 @@
 //!   process pool's maps) reports the stop through its own error instead.
 //! - **Progress** is counted per batch, never per item, into the watch's [`Progress`].
 //!
+//! # What each call does (thread pool)
+//!
+//! - `par_map` and the rest of the kit, `map`, `map_chunked`, `try_map`: checked before
+//!   the first item and between batches (the token every batch; the deadline where the
+//!   engine reads the clock anyway, about every 16 µs of work); stopped, they drop their
+//!   unprocessed items and partial results and unwind to `run`. The `try_` operations
+//!   unwind too: their error type is the closure's.
+//! - `imap` and `imap_unordered` capture the watch where the iterator is *made*, and
+//!   check it each time a chunk's results arrive; stopped, `next()` unwinds to `run`.
+//!   An iterator consumed outside any `run` has nowhere to unwind to: its
+//!   `until_stopped()` yields the stop once as an item, then ends.
+//! - `submit`: the task carries the watch. Stopped before it starts, its closure is
+//!   dropped unrun; stopped while a call in it runs, that call unwinds inside the task.
+//!   Either way `get` returns a `TaskError` with `is_cancelled()` or `is_deadline()`.
+//! - `join`, `scope`, `install` and `spawn` are not stopped themselves but carry the
+//!   watch into their jobs: a stop in a job reaches `run` through their join point
+//!   (`spawn` has none: a stop just ends its closure).
+//! - A map's length joins the progress total when it starts (a map nested in another
+//!   map's closure joins when it starts, so the total grows as the work unfolds).
+//!
+//! An unwatched call pays one thread-local read when it starts, and each job one more.
+//!
 //! Unwinding needs `panic = "unwind"` (the default): under `panic = "abort"` a stop inside a
 //! call that returns a plain value aborts the process.
 
