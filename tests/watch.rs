@@ -249,10 +249,13 @@ fn cancel_inside_imap() {
 /// The closure a kit operation is given in [`cancel_every_kit_op`].
 type ItemFn<'a> = &'a (dyn Fn(&u64) -> u64 + Sync);
 
+/// A kit operation run over the data with the closure.
+type KitOp = fn(&[u64], ItemFn<'_>);
+
 /// Every operation of the kit stops on a cancel from inside and reports it.
 fn cancel_every_kit_op() {
     let data: Vec<u64> = (0..ITEMS as u64).collect();
-    let ops: &[(&str, fn(&[u64], ItemFn<'_>))] = &[
+    let ops: &[(&str, KitOp)] = &[
         ("par_map", |d, f| {
             black_box(d.par_map(f));
         }),
@@ -285,9 +288,8 @@ fn cancel_every_kit_op() {
         }),
         ("try_par_for_each", |d, f| {
             let _ = black_box(d.try_par_for_each(|x| {
-                Ok::<_, ()>({
-                    black_box(f(x));
-                })
+                black_box(f(x));
+                Ok::<_, ()>(())
             }));
         }),
         ("par_chunks", |d, f| {
@@ -366,7 +368,7 @@ fn deadline_stops_maps() {
     // Each map would take seconds; the deadline is 20 ms away.
     let slow = |x: u64| spin(2000) ^ x;
     let runs: [(&str, &dyn Fn()); 4] = [
-        ("par_map", &|| drop((0..2_000_000u64).par_map(|x| slow(x)))),
+        ("par_map", &|| drop((0..2_000_000u64).par_map(slow))),
         ("pool.map", &|| {
             black_box(pool.map(0..2_000_000u64, slow));
         }),
@@ -376,7 +378,7 @@ fn deadline_stops_maps() {
         ("one-thread par_map", &|| {
             let one = ThreadPool::new(1).unwrap();
             {
-                black_box(one.install(|| (0..2_000_000u64).par_map(|x| slow(x))));
+                black_box(one.install(|| (0..2_000_000u64).par_map(slow)));
             }
         }),
     ];
