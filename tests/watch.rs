@@ -102,6 +102,18 @@ impl Counts {
         counter.load(Ordering::SeqCst)
     }
 
+    /// Waits (within the child's bound) until every item was mapped or dropped and every
+    /// result made was dropped: a stopped `imap` does not wait for its running chunks,
+    /// which finish, and drop their items and results, in the background.
+    fn settle(&self, total: usize) {
+        let get = Self::get;
+        while get(&self.mapped) + get(&self.dropped_unmapped) < total
+            || get(&self.results_dropped) < get(&self.results_made)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Every item dropped exactly once, mapped or not, and every result made dropped
     /// exactly once (the results of a stopped call are never handed out).
     fn assert_exactly_once(&self, total: usize) {
@@ -185,12 +197,25 @@ fn map_item(mut item: Item, token: &CancelToken, cancel_at: usize) -> Out {
 /// `map` run on `n` items with a cancel at item `cancel_at`, from inside: stopped,
 /// every item and result dropped exactly once, and few items mapped after the stop.
 fn cancel_inside(n: usize, map: impl FnOnce(Vec<Item>, &CancelToken) -> Vec<Out>) {
+    cancel_inside_then(n, map, false);
+}
+
+/// [`cancel_inside`], for a map that leaves its running chunks to finish in the
+/// `background` (`imap`) or one that waits for them.
+fn cancel_inside_then(
+    n: usize,
+    map: impl FnOnce(Vec<Item>, &CancelToken) -> Vec<Out>,
+    background: bool,
+) {
     let counts = Arc::new(Counts::default());
     let input = items(&counts, n);
     let token = CancelToken::new();
     let outcome = Watch::new().cancel_token(&token).run(|| map(input, &token));
     let stopped = outcome.map(|out| out.len()).unwrap_err();
     assert!(stopped.is_cancelled() && !stopped.is_deadline());
+    if background {
+        counts.settle(n);
+    }
     counts.assert_exactly_once(n);
     let mapped = Counts::get(&counts.mapped);
     assert!(mapped < n, "the map ran to the end: {counts:?}");
@@ -233,7 +258,7 @@ fn cancel_inside_pool_map() {
 fn cancel_inside_imap() {
     let pool = ThreadPool::new(2).unwrap();
     for ordered in [true, false] {
-        cancel_inside(ITEMS, |input, token| {
+        let map = |input, token: &CancelToken| {
             let token = token.clone();
             let f = move |item| map_item(item, &token, 1000);
             if ordered {
@@ -241,7 +266,8 @@ fn cancel_inside_imap() {
             } else {
                 pool.imap_unordered(input, f).collect()
             }
-        });
+        };
+        cancel_inside_then(ITEMS, map, true);
     }
     assert_eq!(pool.imap(0..100u32, |x| x).count(), 100);
 }
@@ -655,13 +681,7 @@ fn imap_until_stopped() {
             }
         }
         drop(results);
-        // Chunks running at the stop finish in the background; wait for their drops.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Counts::get(&counts.mapped) + Counts::get(&counts.dropped_unmapped) < ITEMS
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        counts.settle(ITEMS);
         counts.assert_exactly_once(ITEMS);
     }
     // Consumed outside its run, after the deadline: the stop once, then the end.
@@ -820,10 +840,7 @@ fn stress_random_cancels() {
         }
         canceller.join().unwrap();
         if round % 4 == 2 {
-            // `imap` does not wait for running chunks when it stops.
-            while Counts::get(&counts.mapped) + Counts::get(&counts.dropped_unmapped) < n {
-                std::thread::yield_now();
-            }
+            counts.settle(n);
         }
         counts.assert_exactly_once(n);
     }
