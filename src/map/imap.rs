@@ -284,6 +284,10 @@ where
             State::Running(feeder) => feeder,
             State::Finished => return Ok(()),
         };
+        // As in the blocking maps: checked before pulling more input and after each chunk.
+        if let Some(stopped) = feeder.stopped() {
+            return Err(stopped);
+        }
         feeder.fill();
         let Some(mut token) = feeder.next_results(ORDERED) else {
             self.state = State::Finished;

@@ -208,9 +208,13 @@ where
     Op: ChunkOp<I::Item>,
 {
     loop {
-        feeder.fill();
+        // Checked before pulling more input (none is pulled after a stop) and after each
+        // chunk arrives (no result that arrives after it is kept).
+        if feeder.stopped().is_none() {
+            feeder.fill();
+        }
         let Some(mut token) = feeder.next_results(true) else {
-            return Ok(());
+            return feeder.stopped().map_or(Ok(()), Err);
         };
         if let Some(stopped) = feeder.stopped() {
             feeder.release(token);
