@@ -228,13 +228,25 @@ impl<R> Task<R> {
     ///
     /// let pool = ThreadPool::new(1)?;
     /// let token = CancelToken::new();
-    /// let task = Watch::new()
-    ///     .cancel_token(&token)
-    ///     .run(|| pool.submit(|| (0..1_000_000u64).par_map(|x| x + 1).len()))
+    /// let watched = Watch::new().cancel_token(&token);
+    /// // The body's map stops: the task reports a cancellation, not a panic.
+    /// let stopping = watched
+    ///     .run(|| {
+    ///         let token = token.clone();
+    ///         pool.submit(move || {
+    ///             (0..1_000_000u64)
+    ///                 .par_map(|x| {
+    ///                     if x == 10 {
+    ///                         token.cancel();
+    ///                     }
+    ///                     x + 1
+    ///                 })
+    ///                 .len()
+    ///         })
+    ///     })
     ///     .unwrap();
-    /// token.cancel();
-    /// // Stopped before it started, or its map stopped: either way, a cancellation.
-    /// assert!(task.get().unwrap_err().is_cancelled());
+    /// let error = stopping.get().unwrap_err();
+    /// assert!(error.is_cancelled() && !error.is_panic());
     /// # Ok::<(), parpool::ThreadPoolBuildError>(())
     /// ```
     ///
