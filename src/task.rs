@@ -219,8 +219,8 @@ impl<R> Task<R> {
     /// [`TaskError::is_taken`] if an earlier [`get_timeout`](Task::get_timeout) returned the
     /// outcome already.
     ///
-    /// A task carries the watch it was submitted in: see the module docs of
-    /// [`Watch`](crate::Watch). Its error reports a stop; it does not unwind.
+    /// A task carries the [`Watch`](crate::Watch) it was submitted in. Its error reports a
+    /// stop; it does not unwind.
     ///
     /// ```
     /// use parpool::prelude::*;

@@ -243,7 +243,30 @@ impl fmt::Debug for Progress {
 
 /// What stops the work of a block, and where its progress goes: a [`CancelToken`], a
 /// deadline and a [`Progress`], each optional. [`run`](Self::run) applies them to every map,
-/// task and process job started in the block (see the [module docs](self) for how).
+/// task and process job started in the block (see "What is watched").
+///
+/// # What is watched (thread pool)
+///
+/// Every call started inside `run`, on whatever thread its work runs: maps nested in a
+/// map's closure, tasks and the jobs of `join` and `scope` are watched too.
+///
+/// - `par_map` and the rest of the [`ParMap`](crate::ParMap) kit, [`map`](crate::map),
+///   [`map_chunked`](crate::map_chunked), [`try_map`](crate::try_map) (and the
+///   [`ThreadPool`](crate::ThreadPool) methods): checked between batches, so a stop takes
+///   effect within about one batch's time; the items not yet processed are dropped, each
+///   exactly once, never processed, and so are the results so far; the call then unwinds
+///   to `run`, which returns [`Stopped`]. The `try_` operations stop the same way.
+/// - [`imap`](crate::imap) and [`imap_unordered`](crate::imap_unordered): watched by the
+///   watch in force where the iterator is *made*; see [`Imap`](crate::Imap) and
+///   [`Imap::until_stopped`](crate::Imap::until_stopped).
+/// - [`submit`](crate::ThreadPool::submit): the task carries the watch; a stop is reported
+///   by [`Task::get`](crate::Task::get) as a [`TaskError`](crate::TaskError) with
+///   `is_cancelled()` or `is_deadline()`.
+/// - Progress: each map adds its length to the total when it starts (none if unknown) and
+///   its items to the count as batches finish.
+///
+/// Stopping unwinds the calling thread with a private payload, so it needs
+/// `panic = "unwind"` (the default). The pool stays usable after a stop.
 ///
 /// # Examples
 ///
