@@ -46,6 +46,7 @@ scenarios!(
     nested_maps_are_watched,
     stolen_job_does_not_inherit,
     scope_and_join_carry_the_watch,
+    spawn_ends_a_stopped_closure_quietly,
     submit_reports_stops,
     imap_until_stopped,
     imap_outside_run_panics_clearly,
@@ -564,6 +565,42 @@ fn scope_and_join_carry_the_watch() {
         .unwrap_err();
     assert!(stopped.is_cancelled());
     assert_eq!(pool.join(|| 1, || 2), (1, 2));
+}
+
+/// A closure given to `spawn` inside a run runs under its watch; a stop ends it without
+/// reaching the panic handler.
+fn spawn_ends_a_stopped_closure_quietly() {
+    let (report, handled) = std::sync::mpsc::channel();
+    let report = std::sync::Mutex::new(report);
+    // One worker: the handler calls happen in the order the closures end.
+    let pool = ThreadPool::builder()
+        .num_threads(1)
+        .panic_handler(move |payload| {
+            let message = payload.downcast_ref::<&str>().map(|s| s.to_string());
+            report.lock().unwrap().send(message).unwrap();
+        })
+        .build()
+        .unwrap();
+    let token = CancelToken::new();
+    Watch::new()
+        .cancel_token(&token)
+        .run(|| {
+            let token = token.clone();
+            pool.spawn(move || {
+                let mapped = (0..ITEMS as u64).par_map(|x| {
+                    if x == 10 {
+                        token.cancel();
+                    }
+                    spin(50) ^ x
+                });
+                unreachable!("the map was stopped, yet returned {} results", mapped.len());
+            });
+        })
+        .unwrap();
+    pool.spawn(|| panic!("a real panic"));
+    // Had the stop reached the handler, its report would come first.
+    assert_eq!(handled.recv().unwrap().as_deref(), Some("a real panic"));
+    assert!(token.is_cancelled());
 }
 
 /// Drops its counter once.
