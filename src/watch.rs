@@ -56,7 +56,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A cloneable flag that stops the work of every [`Watch`] it is given to.
@@ -507,6 +507,22 @@ struct Merged {
     progress: Vec<Progress>,
 }
 
+/// How many [`Merged`] exist in the process. While none does, no thread has a watch (a
+/// watch in force holds one), so [`Active::current`] and [`Active::enter`] with none skip
+/// the thread-local: a program that never watches pays one relaxed load per call and per
+/// job (every `join` captures, so this is on the hottest path of the pool).
+///
+/// Relaxed is enough: a thread that has a watch made it (program order) or got it with a
+/// job, whose hand-over orders the increment before; and the count cannot fall to 0 while
+/// that watch lives.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 thread_local! {
     /// The watch in force on this thread: set by `run` and by jobs that carry one.
     static CURRENT: RefCell<Option<Active>> = const { RefCell::new(None) };
@@ -514,15 +530,41 @@ thread_local! {
 
 impl Active {
     /// The watch in force on this thread, if any: a call captures it when it starts.
+    #[inline]
     pub(crate) fn current() -> Option<Active> {
+        if LIVE.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Self::current_cold()
+    }
+
+    /// [`Active::current`] once some watch exists: out of line, so that the hot paths it
+    /// is inlined into (every `join`) stay small.
+    #[cold]
+    #[inline(never)]
+    fn current_cold() -> Option<Active> {
         CURRENT.with(|current| current.borrow().clone())
     }
 
     /// Installs `active` (or none) as this thread's watch until the guard drops, which
     /// restores the one before: how a job runs under the watch of the call that made it.
+    #[inline]
     pub(crate) fn enter(active: Option<Active>) -> Entered {
+        if active.is_none() && LIVE.load(Ordering::Relaxed) == 0 {
+            // No watch exists: this thread has none to replace.
+            return Entered { previous: None };
+        }
+        Self::enter_cold(active)
+    }
+
+    /// [`Active::enter`] once some watch exists (out of line, as `current_cold`).
+    #[cold]
+    #[inline(never)]
+    fn enter_cold(active: Option<Active>) -> Entered {
         let previous = CURRENT.with(|current| current.replace(active));
-        Entered { previous }
+        Entered {
+            previous: Some(previous),
+        }
     }
 
     /// `watch`'s conditions added to those of `outer`.
@@ -541,6 +583,7 @@ impl Active {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        LIVE.fetch_add(1, Ordering::Relaxed);
         Active {
             inner: Arc::new(Merged {
                 tokens,
@@ -596,13 +639,16 @@ impl Active {
 
 /// Restores the thread's previous watch when dropped (see [`Active::enter`]).
 pub(crate) struct Entered {
-    previous: Option<Active>,
+    /// The watch to restore; `None` when `enter` left the thread-local alone.
+    previous: Option<Option<Active>>,
 }
 
 impl Drop for Entered {
+    #[inline]
     fn drop(&mut self) {
-        let previous = self.previous.take();
-        CURRENT.with(|current| *current.borrow_mut() = previous);
+        if let Some(previous) = self.previous.take() {
+            CURRENT.with(|current| *current.borrow_mut() = previous);
+        }
     }
 }
 
