@@ -13,8 +13,10 @@
 //! Every job captures the watch in force where it is made (see `watch.rs`) and runs under
 //! it, wherever it runs: a stolen `join` half, a scope spawn or a task is watched like the
 //! call that made it, and a worker that runs an unrelated job while it waits runs it under
-//! that job's watch (or none), never under the waiting frame's. The capture is one
-//! thread-local read per job when nothing is watched.
+//! that job's watch (or none), never under the waiting frame's. A heap job owns its watch
+//! (an `Arc`: it may outlive the call that made it); a `join` job borrows it (its owner
+//! waits for it), so a `join` touches no reference count. While no watch exists anywhere
+//! the capture is one relaxed load.
 //!
 //! # Panic policy
 //!
@@ -29,7 +31,7 @@ use std::cell::UnsafeCell;
 use std::panic::{self, AssertUnwindSafe};
 
 use super::latch::Latch;
-use crate::watch::Active;
+use crate::watch::{Active, Borrowed};
 
 /// A job's outcome: its value or the panic it raised.
 pub(crate) type Outcome<T> = std::thread::Result<T>;
@@ -135,10 +137,9 @@ pub(crate) struct StackJob<L: Latch, F, R> {
     pub(crate) latch: L,
     func: UnsafeCell<Option<F>>,
     result: UnsafeCell<Option<Outcome<R>>>,
-    /// The watch of the thread that made the job: entered by whichever thread executes it.
-    /// Taken out on every way the job ends (executed, or its closure taken back), so a
-    /// `join` frame that never drops its job (`ManuallyDrop`) leaks no reference.
-    watch: UnsafeCell<Option<Active>>,
+    /// The watch of the thread that made the job, borrowed (the owner waits for the job):
+    /// entered by whichever thread executes it.
+    watch: Option<Borrowed>,
 }
 
 impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
@@ -148,12 +149,12 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
         // assembled in a temporary and copied with a 16-byte load over two 8-byte stores (a
         // store-forwarding stall), which made `fib(30)` with a `join` at every level 2.5×
         // slower (12 ms against 31 ms, measured twenty times each, interleaved).
-        let watch = Active::current();
+        let watch = Active::borrow_current();
         StackJob {
             latch,
             func: UnsafeCell::new(Some(func)),
             result: UnsafeCell::new(None),
-            watch: UnsafeCell::new(watch),
+            watch,
         }
     }
 
@@ -174,10 +175,7 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
     #[inline]
     pub(crate) fn take_func(&self) -> F {
         // SAFETY: only the owning thread calls this, and only while no other thread can
-        // reach the job (it is private, or was just popped from the owner's own deque). It
-        // runs here, on the thread whose watch the job captured: that watch is dropped.
-        drop(unsafe { (*self.watch.get()).take() });
-        // SAFETY: as above.
+        // reach the job (it is private, or was just popped from the owner's own deque).
         unsafe { (*self.func.get()).take() }.expect("join job taken twice")
     }
 
@@ -216,8 +214,10 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> Job for StackJob<L, F, R> {
         // SAFETY: the job is executed once; the owner does not touch `func` or `result`
         // while the job is published and not yet finished.
         let func = unsafe { (*this.func.get()).take() }.expect("join job executed twice");
-        // SAFETY: as for `func`.
-        let entered = Active::enter(unsafe { (*this.watch.get()).take() });
+        // SAFETY: the job's owner made it under this watch and waits for the job (its
+        // latch, set below after the guard is dropped), in the frame where the watch is
+        // installed or one inside it: the watch outlives this run.
+        let entered = unsafe { Active::enter_borrowed(this.watch) };
         // SAFETY: as above; nothing else reads `result` before the latch is set.
         unsafe { *this.result.get() = Some(catch(func)) };
         drop(entered);
