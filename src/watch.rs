@@ -46,7 +46,9 @@
 //! - A map's length joins the progress total when it starts (a map nested in another
 //!   map's closure joins when it starts, so the total grows as the work unfolds).
 //!
-//! An unwatched call pays one thread-local read when it starts, and each job one more.
+//! An unwatched call pays one thread-local read when it starts, and each job one more;
+//! while no watch exists in the process, one relaxed load instead. A `join` job borrows
+//! its owner's watch (the owner waits for it) rather than counting a reference.
 //!
 //! Unwinding needs `panic = "unwind"` (the default): under `panic = "abort"` a stop inside a
 //! call that returns a plain value aborts the process.

@@ -48,7 +48,8 @@
 //! at those reads every [`PROGRESS_EVERY_NS`] of work, never per item ([`Watched`]). A
 //! piece that sees a stop records it and lowers [`StopAt`] to 0, so every piece stops at
 //! its next batch; the caller then drops the partial results (each exactly once, as after
-//! a panic) and unwinds with the stop. Unwatched calls pay one thread-local read.
+//! a panic) and unwinds with the stop. Unwatched calls pay one thread-local read (one
+//! relaxed load while no watch exists).
 //!
 //! # Where results go
 //!
