@@ -218,7 +218,10 @@ where
         };
         if let Some(stopped) = feeder.stopped() {
             feeder.release(token);
-            feeder.cancel_and_wait();
+            if let Some(payload) = feeder.cancel_and_take_panic() {
+                // A chunk panicked: its panic wins over the stop.
+                std::panic::resume_unwind(payload);
+            }
             return Err(stopped);
         }
         let (output, _, _) = feeder.slot(&mut token);

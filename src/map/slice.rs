@@ -551,6 +551,12 @@ pub(crate) trait Consumer<I>: Sync {
     ) -> Self::Out;
     /// The out of `left` followed by `right`.
     fn merge(&self, left: Self::Out, right: Self::Out) -> Self::Out;
+    /// Whether `out` carries a panic a batch caught (the `try_` operations keep panics as
+    /// failures): the caller re-raises it, even if the watch stopped the call too, as a
+    /// panic unwinds the other operations whatever the watch says.
+    fn holds_panic(_out: &Self::Out) -> bool {
+        false
+    }
 }
 
 /// Consumes one batch on this thread; a panic in it tells the other pieces to stop.
@@ -859,6 +865,11 @@ where
             active.add((start - counted) as u64);
             counted = start;
             if let Err(stopped) = active.check() {
+                let out = out.expect("the out is put back after every batch");
+                if C::holds_panic(&out) {
+                    // A batch panicked: its panic wins (the caller re-raises it).
+                    return out;
+                }
                 // The rest is dropped unconsumed, and the results so far with `out`.
                 drop((rest, out));
                 watch::unwind(stopped);
@@ -896,10 +907,14 @@ where
         }
     };
     let out = consumer.merge(out, tail);
-    if let Some(stopped) = ctx.stopped.get() {
-        // The partial results go with `out`, each exactly once (see "Where results go").
-        drop(out);
-        watch::unwind(stopped);
+    match ctx.stopped.get() {
+        // A batch's panic wins over the stop: the caller re-raises it.
+        Some(stopped) if !C::holds_panic(&out) => {
+            // The partial results go with `out`, each exactly once (see "Where results go").
+            drop(out);
+            watch::unwind(stopped);
+        }
+        _ => {}
     }
     out
 }
@@ -1099,6 +1114,9 @@ where
         let mut left = left?;
         left.append(right?);
         Ok(left)
+    }
+    fn holds_panic(out: &Self::Out) -> bool {
+        matches!(out, Err(Failure::Panic(_)))
     }
 }
 

@@ -1,0 +1,172 @@
+//! Adversarial checks of the thread-side watch's promises (review of issue 14): a panic and
+//! a stop in the same call, deadlines over coarse items, panics in `Drop` during a stop.
+//!
+//! Each scenario runs in a child process under a time bound (see `tests/common/child.rs`):
+//! a lost stop fails its own test instead of stalling the suite.
+
+#[path = "common/child.rs"]
+mod child;
+
+use std::hint::black_box;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parpool::prelude::*;
+use parpool::{CancelToken, Watch};
+
+/// Declares the scenarios: [`SCENARIOS`] for the child side, and one `#[test]` each (in
+/// `bounded`) that runs it in a child process.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        /// The scenarios, by name.
+        const SCENARIOS: &[(&str, fn())] = &[$((stringify!($name), $name)),*];
+
+        mod bounded {
+            $(
+                #[test]
+                fn $name() {
+                    super::in_child(stringify!($name));
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    try_ops_panic_beats_stop,
+    deadline_stops_coarse_items_within_a_batch,
+);
+
+/// The child side: runs the scenario named in the environment.
+#[test]
+#[ignore = "runs only as a child process of the tests in `bounded`"]
+fn child() {
+    let name = std::env::var(child::SCENARIO).expect("a scenario name");
+    let (_, scenario) = SCENARIOS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .unwrap_or_else(|| panic!("unknown scenario {name}"));
+    scenario();
+}
+
+/// Runs `scenario` in a child process, failing if it fails or runs past the bound.
+fn in_child(scenario: &str) {
+    let outcome = child::run_child(
+        scenario,
+        &[("RUST_BACKTRACE", "0")],
+        &[],
+        Duration::from_secs(120),
+    );
+    assert!(
+        outcome.success,
+        "scenario {scenario} failed (timed out: {}):\n{}",
+        outcome.timed_out, outcome.output
+    );
+}
+
+/// About `n` × 5 ns of work the optimiser cannot remove.
+fn spin(n: u64) -> u64 {
+    (0..n).fold(0u64, |acc, i| {
+        black_box(acc.wrapping_mul(31).wrapping_add(i))
+    })
+}
+
+/// The panic payload of `f`, which must panic (a stop is not a panic: `run` returns it).
+fn panic_of(name: &str, f: impl FnOnce() -> Result<(), parpool::Stopped>) -> String {
+    let payload = match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => panic!("{name}: neither stopped nor panicked"),
+        Ok(Err(stopped)) => panic!("{name}: the panic was turned into {stopped:?}"),
+        Err(payload) => payload,
+    };
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// A closure that cancels the watch's token and then panics, on the same item: the panic
+/// is the user's bug and must reach the caller, as it does for `par_map`, not be replaced
+/// by the stop the same closure asked for.
+fn try_ops_panic_beats_stop() {
+    let data: Vec<u64> = (0..100_000).collect();
+    type Op = fn(&[u64], &(dyn Fn(u64) + Sync));
+    let ops: &[(&str, Op)] = &[
+        ("par_map", |d, f| {
+            black_box(d.par_map(|x| f(*x)));
+        }),
+        ("try_par_map", |d, f| {
+            let _ = black_box(d.try_par_map(|x| {
+                f(*x);
+                Ok::<_, ()>(*x)
+            }));
+        }),
+        ("try_par_for_each", |d, f| {
+            let _ = d.try_par_for_each(|x| {
+                f(*x);
+                Ok::<_, ()>(())
+            });
+        }),
+        ("map", |d, f| {
+            black_box(parpool::map(d, |x| f(*x)));
+        }),
+        ("try_map", |d, f| {
+            let _ = black_box(parpool::try_map(d, |x| {
+                f(*x);
+                Ok::<_, ()>(*x)
+            }));
+        }),
+    ];
+    // At item 0 (the caller's sampling) and deep in the input (a piece on the pool).
+    for at in [0, 50_000, 50_000, 50_000, 50_000, 50_000] {
+        for (name, op) in ops {
+            let token = CancelToken::new();
+            let f = |x: u64| {
+                if x == at {
+                    token.cancel();
+                    panic!("boom at {at}");
+                }
+                black_box(spin(50));
+            };
+            let message = panic_of(name, || {
+                Watch::new().cancel_token(&token).run(|| op(&data, &f))
+            });
+            assert_eq!(message, format!("boom at {at}"), "{name}");
+        }
+    }
+}
+
+/// A deadline over coarse items (1 ms each) stops each thread within about one item of
+/// its passing, not after a fixed count of batches.
+fn deadline_stops_coarse_items_within_a_batch() {
+    const ITEM: Duration = Duration::from_millis(1);
+    let pool = ThreadPool::new(2).unwrap();
+    for round in 0..3 {
+        let started_late = AtomicUsize::new(0);
+        let deadline = Instant::now() + Duration::from_millis(30);
+        let coarse = |x: &u64| {
+            if Instant::now() >= deadline {
+                started_late.fetch_add(1, Ordering::SeqCst);
+            }
+            let until = Instant::now() + ITEM;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            *x
+        };
+        let data: Vec<u64> = (0..5_000).collect();
+        let stopped = Watch::new()
+            .deadline(deadline)
+            .run(|| pool.install(|| drop(data.par_map(coarse))))
+            .unwrap_err();
+        assert!(stopped.is_deadline());
+        let late = started_late.load(Ordering::SeqCst);
+        // Each of the 3 threads that may hold a piece (2 workers, and the caller's check
+        // point) starts at most one item after the deadline, plus slack for a preemption.
+        assert!(
+            late <= 6,
+            "round {round}: {late} items started after the deadline"
+        );
+    }
+}
