@@ -639,11 +639,22 @@ impl<'c> Watched<'c> {
     /// A batch of `items` is done; `lap_ns` is the time the piece's pace measured if it
     /// read the clock after this batch. The token is checked every batch (a load); the
     /// deadline only on a lap, and the progress counted on the lap that completes
-    /// [`PROGRESS_EVERY_NS`] (and when the piece ends).
+    /// [`PROGRESS_EVERY_NS`] (and when the piece ends). A `coarse` batch (one item of at
+    /// least [`CHECK_NS`]) checks the deadline itself: laps come only every
+    /// [`BATCHES_PER_READ`] batches, which for items of a millisecond would let the
+    /// deadline pass by eight of them, and a clock read is ~1% of such an item.
     #[inline]
-    fn batch_done(&mut self, items: usize, lap_ns: Option<f64>) -> Result<(), Stopped> {
+    fn batch_done(
+        &mut self,
+        items: usize,
+        lap_ns: Option<f64>,
+        coarse: bool,
+    ) -> Result<(), Stopped> {
         self.pending += items as u64;
         self.active.check_token()?;
+        if lap_ns.is_none() && coarse && self.left_ns.is_finite() {
+            return self.deadline_near();
+        }
         if let Some(lap_ns) = lap_ns {
             self.pending_ns += lap_ns;
             if self.pending_ns >= PROGRESS_EVERY_NS {
@@ -798,7 +809,7 @@ where
         out = consumer.merge(out, batch);
         let lap_ns = pace.batch_done(take);
         if let Some(watched) = &mut watched {
-            if let Err(stopped) = watched.batch_done(take, lap_ns) {
+            if let Err(stopped) = watched.batch_done(take, lap_ns, pace.interval == 1) {
                 ctx.stop_for(stopped);
             }
         }
