@@ -36,6 +36,7 @@ macro_rules! scenarios {
 scenarios!(
     try_ops_panic_beats_stop,
     deadline_stops_coarse_items_within_a_batch,
+    join_and_scope_panic_beats_stop,
 );
 
 /// The child side: runs the scenario named in the environment.
@@ -169,4 +170,38 @@ fn deadline_stops_coarse_items_within_a_batch() {
             "round {round}: {late} items started after the deadline"
         );
     }
+}
+
+/// One half of a `join` (or the body of a `scope`) is stopped while the other half (a
+/// spawned job) panics: the panic reaches the caller, whichever ends first. On a
+/// one-thread pool nothing is stolen, so the stop always comes first.
+fn join_and_scope_panic_beats_stop() {
+    let pool = ThreadPool::new(1).unwrap();
+    let stop_here = |token: &CancelToken| {
+        token.cancel();
+        black_box((0..1000u64).par_map(|x| x + 1));
+    };
+    let token = CancelToken::new();
+    let message = panic_of("join", || {
+        Watch::new().cancel_token(&token).run(|| {
+            pool.install(|| {
+                parpool::join(|| stop_here(&token), || panic!("the other half"));
+            })
+        })
+    });
+    assert_eq!(message, "the other half", "join");
+    let token = CancelToken::new();
+    let message = panic_of("scope", || {
+        Watch::new().cancel_token(&token).run(|| {
+            pool.install(|| {
+                parpool::scope(|s| {
+                    s.spawn(|_| panic!("a spawned job"));
+                    stop_here(&token);
+                });
+            })
+        })
+    });
+    assert_eq!(message, "a spawned job", "scope");
+    // The pool goes on serving.
+    assert_eq!(pool.map(0..100u32, |x| x * 2)[99], 198);
 }
