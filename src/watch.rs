@@ -613,6 +613,15 @@ pub(crate) fn unwind(stopped: Stopped) -> ! {
     panic::resume_unwind(stop_payload(stopped))
 }
 
+/// [`unwind`], after dropping `held` (the input and results a stopped call still holds):
+/// dropped here, not by the unwind, so that a `Drop` that panics raises a plain panic
+/// (which wins over the stop) instead of aborting the process as a panic during an
+/// unwind does.
+pub(crate) fn unwind_after_dropping<T>(stopped: Stopped, held: T) -> ! {
+    drop(held);
+    unwind(stopped)
+}
+
 /// The payload [`unwind`] raises, for a caller that reports a stop through a caught
 /// outcome instead of unwinding (a task stopped before it started).
 pub(crate) fn stop_payload(stopped: Stopped) -> Box<dyn Any + Send> {

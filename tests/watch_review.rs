@@ -9,6 +9,7 @@ mod child;
 
 use std::hint::black_box;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ scenarios!(
     try_ops_panic_beats_stop,
     deadline_stops_coarse_items_within_a_batch,
     join_and_scope_panic_beats_stop,
+    drop_panics_during_a_stop,
+    imap_drop_panics_during_a_stop,
 );
 
 /// The child side: runs the scenario named in the environment.
@@ -204,4 +207,135 @@ fn join_and_scope_panic_beats_stop() {
     assert_eq!(message, "a spawned job", "scope");
     // The pool goes on serving.
     assert_eq!(pool.map(0..100u32, |x| x * 2)[99], 198);
+}
+
+/// Counts of one call's items.
+#[derive(Default, Debug)]
+struct Counts {
+    created: AtomicUsize,
+    mapped: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+/// An item whose `Drop` panics if it is item `bad` (dropped unmapped, during a stop).
+struct Bomb {
+    counts: Arc<Counts>,
+    index: usize,
+    bad: usize,
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        self.counts.dropped.fetch_add(1, Ordering::SeqCst);
+        if self.index == self.bad {
+            panic!("drop of item {}", self.index);
+        }
+    }
+}
+
+fn bombs(counts: &Arc<Counts>, n: usize, bad: usize) -> Vec<Bomb> {
+    counts.created.fetch_add(n, Ordering::SeqCst);
+    (0..n)
+        .map(|index| Bomb {
+            counts: Arc::clone(counts),
+            index,
+            bad,
+        })
+        .collect()
+}
+
+/// An item's `Drop` panics while a stopped call drops its unprocessed items: the panic
+/// reaches the caller (it is a panic, not a stop), the process does not abort (a panic
+/// while unwinding would), and every item is dropped exactly once.
+fn drop_panics_during_a_stop() {
+    const N: usize = 50_000;
+    let pool = ThreadPool::new(2).unwrap();
+    type Op<'a> = &'a dyn Fn(Vec<Bomb>, &(dyn Fn(Bomb) -> usize + Sync));
+    let ops: [(&str, Op<'_>); 4] = [
+        ("into_par_map", &|v, f| {
+            drop(pool.install(|| v.into_par_map(f)))
+        }),
+        ("pool.map", &|v, f| drop(pool.map(v, f))),
+        ("pool.map_chunked", &|v, f| drop(pool.map_chunked(v, 16, f))),
+        ("pool.try_map", &|v, f| {
+            drop(pool.try_map(v, |b| Ok::<_, ()>(f(b))));
+        }),
+    ];
+    // Cancelled before the call (the input is dropped whole), at its first item, and deep in.
+    for cancel_at in [None, Some(0), Some(1000)] {
+        for (name, op) in &ops {
+            let counts = Arc::new(Counts::default());
+            let token = CancelToken::new();
+            let f = |bomb: Bomb| {
+                let index = bomb.index;
+                if Some(counts.mapped.fetch_add(1, Ordering::SeqCst)) == cancel_at {
+                    token.cancel();
+                }
+                index
+            };
+            let input = bombs(&counts, N, N - 1);
+            let message = panic_of(name, || {
+                Watch::new().cancel_token(&token).run(|| {
+                    if cancel_at.is_none() {
+                        token.cancel();
+                    }
+                    op(input, &f)
+                })
+            });
+            assert_eq!(
+                message,
+                format!("drop of item {}", N - 1),
+                "{name} {cancel_at:?}"
+            );
+            assert_eq!(
+                counts.dropped.load(Ordering::SeqCst),
+                N,
+                "{name} {cancel_at:?}: {counts:?}"
+            );
+        }
+    }
+}
+
+/// [`drop_panics_during_a_stop`] for `imap` and `imap_unordered`, whose closure is
+/// `'static`; their running chunks finish in the background, so the drops are awaited.
+fn imap_drop_panics_during_a_stop() {
+    const N: usize = 50_000;
+    let pool = ThreadPool::new(2).unwrap();
+    for ordered in [true, false] {
+        for cancel_at in [0, 1000] {
+            let counts = Arc::new(Counts::default());
+            let token = CancelToken::new();
+            let f = {
+                let (counts, token) = (Arc::clone(&counts), token.clone());
+                move |bomb: Bomb| {
+                    if counts.mapped.fetch_add(1, Ordering::SeqCst) == cancel_at {
+                        token.cancel();
+                    }
+                    bomb.index
+                }
+            };
+            let input = bombs(&counts, N, N - 1);
+            let name = format!("imap ordered={ordered} cancel_at={cancel_at}");
+            let message = panic_of(&name, || {
+                Watch::new().cancel_token(&token).run(|| {
+                    let out: Vec<usize> = if ordered {
+                        pool.imap(input, f).collect()
+                    } else {
+                        pool.imap_unordered(input, f).collect()
+                    };
+                    drop(out);
+                })
+            });
+            assert_eq!(message, format!("drop of item {}", N - 1), "{name}");
+            while counts.dropped.load(Ordering::SeqCst) < N {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(
+                counts.dropped.load(Ordering::SeqCst),
+                N,
+                "{name}: {counts:?}"
+            );
+        }
+    }
 }
