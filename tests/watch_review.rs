@@ -40,6 +40,8 @@ scenarios!(
     join_and_scope_panic_beats_stop,
     drop_panics_during_a_stop,
     imap_drop_panics_during_a_stop,
+    stress_random_cancels_one_and_many_threads,
+    panic_handler_sees_no_stops,
 );
 
 /// The child side: runs the scenario named in the environment.
@@ -337,5 +339,144 @@ fn imap_drop_panics_during_a_stop() {
                 "{name}: {counts:?}"
             );
         }
+    }
+}
+
+/// A small xorshift generator (deterministic rounds).
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// Hundreds of rounds on a one-thread pool and on one with more threads than cores: each
+/// cancelled at a random item from inside, or at a random time from another thread, over
+/// the kit, the iterator maps, `imap` and a map nested in a map. Every item is dropped
+/// exactly once, nothing is mapped after a stop is seen by its closure's thread beyond a
+/// few batches, and the pool serves normally after every round.
+fn stress_random_cancels_one_and_many_threads() {
+    const N: usize = 3000;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for threads in [1, 8] {
+        let pool = ThreadPool::new(threads).unwrap();
+        let mut stopped_rounds = 0;
+        for round in 0..240 {
+            let counts = Arc::new(Counts::default());
+            let token = CancelToken::new();
+            let cancel_at = (xorshift(&mut seed) % (2 * N as u64)) as usize;
+            let from_outside = round % 2 == 1;
+            let canceller = from_outside.then(|| {
+                let token = token.clone();
+                let delay = Duration::from_micros(xorshift(&mut seed) % 3000);
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    token.cancel();
+                })
+            });
+            let f = |bomb: Bomb| {
+                let n = counts.mapped.fetch_add(1, Ordering::SeqCst);
+                if !from_outside && n == cancel_at {
+                    token.cancel();
+                }
+                black_box(spin(100));
+                bomb.index
+            };
+            // No `Drop` panics here: `bad` is out of range.
+            let input = bombs(&counts, N, usize::MAX);
+            let outcome = Watch::new().cancel_token(&token).run(|| match round % 6 {
+                0 => pool.install(|| input.into_par_map(f)).len(),
+                1 => pool.map(input, f).len(),
+                2 => pool.try_map(input, |b| Ok::<_, ()>(f(b))).unwrap().len(),
+                3 => pool.install(|| {
+                    let input: Vec<_> = input.into_iter().map(Some).collect();
+                    let _ = input.par_map(|_| 0);
+                    // A map nested in each item's closure.
+                    (0..30u64)
+                        .par_map(|_| (0..100u64).par_map(|x| black_box(spin(20) ^ x)).len())
+                        .len()
+                }),
+                4 => pool.map_chunked(input, 7, f).len(),
+                _ => pool.install(|| input.par_chunks(5).map(|c| c.len()).len()),
+            });
+            if let Some(canceller) = canceller {
+                canceller.join().unwrap();
+            }
+            match outcome {
+                Ok(_) => {}
+                Err(stopped) => {
+                    assert!(stopped.is_cancelled());
+                    stopped_rounds += 1;
+                }
+            }
+            assert_eq!(
+                counts.dropped.load(Ordering::SeqCst),
+                N,
+                "threads {threads} round {round}: {counts:?}"
+            );
+            assert_eq!(pool.map(0..64u32, |x| x + 1)[63], 64);
+            assert_eq!(pool.install(|| (0..64u32).par_map(|x| x * 2))[63], 126);
+        }
+        assert!(
+            stopped_rounds > 0,
+            "threads {threads}: no round was stopped"
+        );
+    }
+}
+
+/// Stops inside `spawn`ed closures and tasks never reach the pool's panic handler; a real
+/// panic in a spawned closure still does.
+fn panic_handler_sees_no_stops() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let pool = {
+        let seen = Arc::clone(&seen);
+        parpool::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .panic_handler(move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+            })
+            .build()
+            .unwrap()
+    };
+    let token = CancelToken::new();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    Watch::new()
+        .cancel_token(&token)
+        .run(|| {
+            for _ in 0..8 {
+                let (token, done) = (token.clone(), done_tx.clone());
+                pool.spawn(move || {
+                    let _signal = Signal(done);
+                    token.cancel();
+                    black_box((0..10_000u64).par_map(|x| spin(10) ^ x));
+                });
+            }
+            let task = pool.submit({
+                let token = token.clone();
+                move || {
+                    token.cancel();
+                    (0..10_000u64).par_map(|x| x).len()
+                }
+            });
+            assert!(task.get().unwrap_err().is_cancelled());
+        })
+        .unwrap();
+    for _ in 0..8 {
+        done_rx.recv().unwrap();
+    }
+    pool.spawn(|| panic!("a real panic"));
+    while seen.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(pool);
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the handler saw a stop");
+}
+
+/// Sends on drop: tells the test a spawned closure has ended, however it ended.
+struct Signal(std::sync::mpsc::Sender<()>);
+
+impl Drop for Signal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
     }
 }
