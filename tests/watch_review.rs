@@ -42,6 +42,7 @@ scenarios!(
     imap_drop_panics_during_a_stop,
     stress_random_cancels_one_and_many_threads,
     panic_handler_sees_no_stops,
+    cancel_from_another_thread_stops_within_a_batch,
 );
 
 /// The child side: runs the scenario named in the environment.
@@ -478,5 +479,61 @@ struct Signal(std::sync::mpsc::Sender<()>);
 impl Drop for Signal {
     fn drop(&mut self) {
         let _ = self.0.send(());
+    }
+}
+
+/// A cancel from another thread, counted at the instant it happens: the items started
+/// after it are at most a batch or a running chunk per thread, for every kind of map.
+fn cancel_from_another_thread_stops_within_a_batch() {
+    const N: usize = 400_000;
+    let pool = ThreadPool::new(2).unwrap();
+    type Op<'a> = &'a dyn Fn(&(dyn Fn(u64) -> u64 + Sync));
+    let data: Vec<u64> = (0..N as u64).collect();
+    let ops: [(&str, usize, Op<'_>); 5] = [
+        // (name, the most items allowed to start after the cancel, the call)
+        ("par_map", 64, &|f| {
+            drop(pool.install(|| data.par_map(|x| f(*x))))
+        }),
+        ("try_par_map", 64, &|f| {
+            drop(pool.install(|| data.try_par_map(|x| Ok::<_, ()>(f(*x)))))
+        }),
+        ("par_for_each", 64, &|f| {
+            pool.install(|| data.par_for_each(|x| drop(f(*x))))
+        }),
+        // A chunk is ~50 µs (~50 items here); 2 threads and the caller may each be in one.
+        ("pool.map", 400, &|f| drop(pool.map(&data, |x| f(*x)))),
+        ("pool.map_chunked", 400, &|f| {
+            drop(pool.map_chunked(&data, 16, |x| f(*x)))
+        }),
+    ];
+    for (name, bound, op) in ops {
+        let mut worst = 0;
+        for _ in 0..5 {
+            let started = AtomicUsize::new(0);
+            let at_cancel = AtomicUsize::new(usize::MAX);
+            let token = CancelToken::new();
+            let f = |x: u64| {
+                started.fetch_add(1, Ordering::SeqCst);
+                spin(200) ^ x
+            };
+            let stopped = std::thread::scope(|s| {
+                s.spawn(|| {
+                    while started.load(Ordering::SeqCst) < 20_000 {
+                        std::hint::spin_loop();
+                    }
+                    token.cancel();
+                    at_cancel.store(started.load(Ordering::SeqCst), Ordering::SeqCst);
+                });
+                Watch::new().cancel_token(&token).run(|| op(&f))
+            });
+            assert!(stopped.unwrap_err().is_cancelled(), "{name}");
+            let after = started.load(Ordering::SeqCst) - at_cancel.load(Ordering::SeqCst);
+            worst = worst.max(after);
+        }
+        eprintln!("{name}: at most {worst} items started after the cancel");
+        assert!(
+            worst <= bound,
+            "{name}: {worst} items started after the cancel"
+        );
     }
 }
