@@ -30,8 +30,8 @@
 //!
 //! - `par_map` and the rest of the kit, `map`, `map_chunked`, `try_map`: checked before
 //!   the first item and between batches (the token every batch; the deadline where the
-//!   engine reads the clock anyway, about every 16 µs of work, and after every item that
-//!   takes 2 µs or more); stopped, they drop their
+//!   engine reads the clock anyway, about every 16 µs of work, and after every batch of
+//!   items coarse enough that those reads are over 100 µs apart); stopped, they drop their
 //!   unprocessed items and partial results and unwind to `run`. The `try_` operations
 //!   unwind too: their error type is the closure's.
 //! - `imap` and `imap_unordered` capture the watch where the iterator is *made*, and

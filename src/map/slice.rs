@@ -613,6 +613,13 @@ impl<C> Ctx<'_, C> {
 /// ~15 times a second, 600 times less often.
 const PROGRESS_EVERY_NS: f64 = 100_000.0;
 
+/// A [`Pace`] lap (the time between two of its clock reads, [`BATCHES_PER_READ`] batches)
+/// longer than this means coarse items: the deadline is then checked after every batch,
+/// not only on laps, so it is overrun by about one item instead of eight. One clock read
+/// (~25 ns) per batch is then under 0.2% of the work; a lap this long overruns a deadline
+/// by 0.1 ms at most.
+const COARSE_LAP_NS: f64 = 100_000.0;
+
 /// A piece's share of its call's watch: the items done since progress was last counted,
 /// and the time left to the deadline by the piece's own clock reads.
 struct Watched<'c> {
@@ -624,38 +631,37 @@ struct Watched<'c> {
     /// Nanoseconds to the deadline at the last `Instant` read, less the [`Pace`] laps
     /// since (infinite without a deadline).
     left_ns: f64,
+    /// Whether the items are coarse: the last lap took over [`COARSE_LAP_NS`] (before the
+    /// first lap: whether the piece starts at one item per batch).
+    coarse: bool,
 }
 
 impl<'c> Watched<'c> {
-    fn new(active: &'c Active) -> Self {
+    fn new(active: &'c Active, interval: usize) -> Self {
         Watched {
             active,
             pending: 0,
             pending_ns: 0.0,
             left_ns: time_left_ns(active),
+            coarse: interval == 1,
         }
     }
 
     /// A batch of `items` is done; `lap_ns` is the time the piece's pace measured if it
     /// read the clock after this batch. The token is checked every batch (a load); the
     /// deadline only on a lap, and the progress counted on the lap that completes
-    /// [`PROGRESS_EVERY_NS`] (and when the piece ends). A `coarse` batch (one item of at
-    /// least [`CHECK_NS`]) checks the deadline itself: laps come only every
-    /// [`BATCHES_PER_READ`] batches, which for items of a millisecond would let the
-    /// deadline pass by eight of them, and a clock read is ~1% of such an item.
+    /// [`PROGRESS_EVERY_NS`] (and when the piece ends). Over coarse items the deadline is
+    /// checked after every batch (see [`COARSE_LAP_NS`]).
     #[inline]
-    fn batch_done(
-        &mut self,
-        items: usize,
-        lap_ns: Option<f64>,
-        coarse: bool,
-    ) -> Result<(), Stopped> {
+    fn batch_done(&mut self, items: usize, lap_ns: Option<f64>) -> Result<(), Stopped> {
         self.pending += items as u64;
         self.active.check_token()?;
-        if lap_ns.is_none() && coarse && self.left_ns.is_finite() {
-            return self.deadline_near();
+        if lap_ns.is_none() && self.coarse && self.left_ns.is_finite() {
+            // One clock read; `left_ns` goes on counting down by the laps.
+            return self.active.check();
         }
         if let Some(lap_ns) = lap_ns {
+            self.coarse = lap_ns > COARSE_LAP_NS;
             self.pending_ns += lap_ns;
             if self.pending_ns >= PROGRESS_EVERY_NS {
                 self.flush();
@@ -777,7 +783,10 @@ where
     let mut out = consumer.empty(&place);
     let mut state = None;
     let mut pace = Pace::new(interval);
-    let mut watched = ctx.watch.as_ref().map(Watched::new);
+    let mut watched = ctx
+        .watch
+        .as_ref()
+        .map(|active| Watched::new(active, interval));
     while source.len() > 0 {
         if ctx.stop.load(Ordering::Relaxed) <= start {
             // A panic, or a failure left of here: the rest of `source` is dropped
@@ -809,7 +818,7 @@ where
         out = consumer.merge(out, batch);
         let lap_ns = pace.batch_done(take);
         if let Some(watched) = &mut watched {
-            if let Err(stopped) = watched.batch_done(take, lap_ns, pace.interval == 1) {
+            if let Err(stopped) = watched.batch_done(take, lap_ns) {
                 ctx.stop_for(stopped);
             }
         }
