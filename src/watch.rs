@@ -47,7 +47,10 @@
 //! - A map's length joins the progress total when it starts (a map nested in another
 //!   map's closure joins when it starts, so the total grows as the work unfolds).
 //!
-//! An unwatched call pays one thread-local read when it starts, and each job one more.
+//! An unwatched call pays one thread-local read when it starts, and each job one more
+//! when it is made and two writes when it runs (entering and restoring the watch). By
+//! callgrind that is ~50 instructions per call (9% of a 4-item `par_map`, 0.3% of a 1M-item
+//! one: the engine's extra branches per batch).
 //!
 //! Unwinding needs `panic = "unwind"` (the default): under `panic = "abort"` a stop inside a
 //! call that returns a plain value aborts the process.
