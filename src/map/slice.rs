@@ -631,9 +631,10 @@ struct Watched<'c> {
     /// Nanoseconds to the deadline at the last `Instant` read, less the [`Pace`] laps
     /// since (infinite without a deadline).
     left_ns: f64,
-    /// Whether the items are coarse: the last lap took over [`COARSE_LAP_NS`] (before the
-    /// first lap: whether the piece starts at one item per batch).
-    coarse: bool,
+    /// Whether to check the deadline after every batch: there is one and the items are
+    /// coarse (the last lap took over [`COARSE_LAP_NS`]; before the first lap, the piece
+    /// starts at one item per batch).
+    every_batch: bool,
 }
 
 impl<'c> Watched<'c> {
@@ -643,7 +644,7 @@ impl<'c> Watched<'c> {
             pending: 0,
             pending_ns: 0.0,
             left_ns: time_left_ns(active),
-            coarse: interval == 1,
+            every_batch: interval == 1 && active.deadline().is_some(),
         }
     }
 
@@ -656,12 +657,12 @@ impl<'c> Watched<'c> {
     fn batch_done(&mut self, items: usize, lap_ns: Option<f64>) -> Result<(), Stopped> {
         self.pending += items as u64;
         self.active.check_token()?;
-        if lap_ns.is_none() && self.coarse && self.left_ns.is_finite() {
+        if self.every_batch && lap_ns.is_none() {
             // One clock read; `left_ns` goes on counting down by the laps.
             return self.active.check();
         }
         if let Some(lap_ns) = lap_ns {
-            self.coarse = lap_ns > COARSE_LAP_NS;
+            self.every_batch = lap_ns > COARSE_LAP_NS && self.left_ns.is_finite();
             self.pending_ns += lap_ns;
             if self.pending_ns >= PROGRESS_EVERY_NS {
                 self.flush();
