@@ -30,7 +30,8 @@
 //!
 //! - `par_map` and the rest of the kit, `map`, `map_chunked`, `try_map`: checked before
 //!   the first item and between batches (the token every batch; the deadline where the
-//!   engine reads the clock anyway, about every 16 µs of work); stopped, they drop their
+//!   engine reads the clock anyway, about every 16 µs of work, and after every batch of
+//!   items coarse enough that those reads are over 100 µs apart); stopped, they drop their
 //!   unprocessed items and partial results and unwind to `run`. The `try_` operations
 //!   unwind too: their error type is the closure's.
 //! - `imap` and `imap_unordered` capture the watch where the iterator is *made*, and
@@ -722,6 +723,15 @@ impl Drop for Entered {
 /// its [`Watch::run`], which returns `Err(stopped)`.
 pub(crate) fn unwind(stopped: Stopped) -> ! {
     panic::resume_unwind(stop_payload(stopped))
+}
+
+/// [`unwind`], after dropping `held` (the input and results a stopped call still holds):
+/// dropped here, not by the unwind, so that a `Drop` that panics raises a plain panic
+/// (which wins over the stop) instead of aborting the process as a panic during an
+/// unwind does.
+pub(crate) fn unwind_after_dropping<T>(stopped: Stopped, held: T) -> ! {
+    drop(held);
+    unwind(stopped)
 }
 
 /// The payload [`unwind`] raises, for a caller that reports a stop through a caught

@@ -135,16 +135,16 @@ pub(crate) fn watched_run<'a>(
 }
 
 /// Checks `watch` as a call starts (unwinding if it is stopped already, with `input`
-/// dropped unpulled) and adds the input's length, if known, to the progress total.
-pub(crate) fn start_watched(watch: Option<&Active>, input: impl Iterator) {
+/// dropped unpulled first) and adds the input's length, if known, to the progress total.
+pub(crate) fn start_watched<I: Iterator>(watch: Option<&Active>, input: I) -> I {
     let Some(watch) = watch else {
-        return;
+        return input;
     };
     if let Err(stopped) = watch.check() {
-        drop(input);
-        watch::unwind(stopped);
+        watch::unwind_after_dropping(stopped, input);
     }
     watch.expect(known_len(&input).map(|len| len as u64));
+    input
 }
 
 /// Maps up to `batch` items of `input` into `out`; returns how many. A function of its own
@@ -218,7 +218,10 @@ where
         };
         if let Some(stopped) = feeder.stopped() {
             feeder.release(token);
-            feeder.cancel_and_wait();
+            if let Some(payload) = feeder.cancel_and_take_panic() {
+                // A chunk panicked: its panic wins over the stop.
+                std::panic::resume_unwind(payload);
+            }
             return Err(stopped);
         }
         let (output, _, _) = feeder.slot(&mut token);
@@ -294,9 +297,8 @@ where
     R: Send,
     F: Fn(I::Item) -> R + Sync,
 {
-    let mut input = items.into_iter();
     let active = Active::current();
-    start_watched(active.as_ref(), &mut input);
+    let mut input = start_watched(active.as_ref(), items.into_iter());
     let mut out = Vec::with_capacity(exact_len(&input));
     let chunk = match chunk {
         Some(size) => ChunkSize::Fixed(size),
@@ -310,7 +312,7 @@ where
             match map_while_cheap(&mut CostProbe::new(), run) {
                 Some(per_item_ns) => ChunkSize::Auto { per_item_ns },
                 None => match stopped {
-                    Some(stopped) => watch::unwind(stopped),
+                    Some(stopped) => watch::unwind_after_dropping(stopped, (input, out)),
                     None => return out,
                 },
             }
@@ -319,8 +321,8 @@ where
     let slots = window_size(&registry);
     let mut feeder = Feeder::new(RawOp { f }, slots, registry, input, chunk, true, active);
     if let Err(stopped) = run_window(&mut feeder, &mut IntoVec(&mut out)) {
-        // The results so far, and the input not yet pulled, are dropped as this unwinds.
-        watch::unwind(stopped);
+        // The input not yet pulled goes with the feeder.
+        watch::unwind_after_dropping(stopped, (feeder, out));
     }
     out
 }
@@ -334,11 +336,11 @@ where
     E: Send,
     F: Fn(I::Item) -> Result<R, E> + Sync,
 {
-    let mut input = items.into_iter();
     let active = Active::current();
-    start_watched(active.as_ref(), &mut input);
+    let mut input = start_watched(active.as_ref(), items.into_iter());
+    let mut out = Vec::with_capacity(exact_len(&input));
     let mut collect = UntilErr {
-        out: &mut Vec::with_capacity(exact_len(&input)),
+        out: &mut out,
         error: None,
     };
     let mut stopped = None;
@@ -354,7 +356,8 @@ where
     });
     let sampled = map_while_cheap(&mut CostProbe::new(), run);
     if let Some(stopped) = stopped {
-        watch::unwind(stopped);
+        let UntilErr { error, .. } = collect;
+        watch::unwind_after_dropping(stopped, (input, error, out));
     }
     if let Some(per_item_ns) = sampled {
         let op = RawTryOp(RawOp { f });
@@ -362,12 +365,13 @@ where
         let chunk = ChunkSize::Auto { per_item_ns };
         let mut feeder = Feeder::new(op, slots, registry, input, chunk, true, active);
         if let Err(stopped) = run_window(&mut feeder, &mut collect) {
-            watch::unwind(stopped);
+            let UntilErr { error, .. } = collect;
+            watch::unwind_after_dropping(stopped, (feeder, error, out));
         }
     }
     match collect.error {
         Some(error) => Err(error),
-        None => Ok(std::mem::take(collect.out)),
+        None => Ok(out),
     }
 }
 

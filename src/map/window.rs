@@ -838,11 +838,27 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
     /// has come back (running chunks cannot be interrupted), with its results dropped, and
     /// the completed chunks waiting for their turn dropped too.
     pub(crate) fn cancel_and_wait(&mut self) {
+        drop(self.cancel_and_take_panic());
+    }
+
+    /// [`cancel_and_wait`](Feeder::cancel_and_wait), returning the panic of the first chunk
+    /// that came back panicked meanwhile: a call its watch stopped re-raises it, as a panic
+    /// wins over a stop.
+    pub(crate) fn cancel_and_take_panic(&mut self) -> Option<Panic> {
         self.window.stop_after(0);
         self.exhausted = true;
         self.release_pending();
-        while let Some(token) = self.next_completed() {
+        let mut panic = None;
+        while let Some(mut token) = self.next_completed() {
+            let (_, outcome, _) = self.slot(&mut token);
+            if panic.is_none() && matches!(outcome, Outcome::Panicked(_)) {
+                let Outcome::Panicked(payload) = std::mem::take(outcome) else {
+                    unreachable!("matched just above")
+                };
+                panic = Some(payload);
+            }
             self.release(token);
         }
+        panic
     }
 }
