@@ -17,6 +17,7 @@
 //! | `kit_chunks_mut_10m` | 10M `u64` updated in place in chunks of 4096 |
 //! | `kit_tiny_1k` | every operation of the kit over 1k trivial items, beside its loop |
 //! | `shapes` | the commonest shapes, each as `case/sequential`, `case/parpool`, `case/rayon` |
+//! | `watch_1us_1m` | 1M items of ~1 µs, `par_map` and `pool.map`, with and without a watch (token + progress, and + deadline) |
 //!
 //! Run with `cargo bench --bench map`; quote the medians and the ratios within a group
 //! (for `shapes`, within a case: `cargo bench --bench map -- shapes/uniform_1m_1us`).
@@ -645,5 +646,38 @@ fn shapes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, slices, iterators, kit, shapes);
+/// What a watch costs a long map: the same map bare and inside `Watch::run` with a token
+/// and a progress count (and a deadline, which adds a clock read per check), in one group.
+/// The ratio to quote is `watched / bare` (issue 14: at most 1%).
+fn watched(c: &mut Criterion) {
+    use parpool::{CancelToken, Progress, Watch};
+
+    let (pool, _) = pools();
+    let items: Vec<u64> = (0..1_000_000).collect();
+    let token = CancelToken::new();
+    let progress = Progress::new();
+    let watch = Watch::new().cancel_token(&token).progress(&progress);
+    let with_deadline = watch.clone().timeout(Duration::from_secs(3600));
+    let mut group = c.benchmark_group("watch_1us_1m");
+    group.sample_size(10);
+    group.bench_function("par_map/bare", |b| {
+        b.iter(|| pool.install(|| items.par_map(|&x| one_micro(x))))
+    });
+    group.bench_function("par_map/watched", |b| {
+        b.iter(|| watch.run(|| pool.install(|| items.par_map(|&x| one_micro(x)))))
+    });
+    group.bench_function("par_map/watched_deadline", |b| {
+        b.iter(|| with_deadline.run(|| pool.install(|| items.par_map(|&x| one_micro(x)))))
+    });
+    group.bench_function("pool_map/bare", |b| {
+        b.iter(|| pool.map(items.iter(), |&x| one_micro(x)))
+    });
+    group.bench_function("pool_map/watched", |b| {
+        b.iter(|| watch.run(|| pool.map(items.iter(), |&x| one_micro(x))))
+    });
+    group.finish();
+    assert!(progress.done() > 0);
+}
+
+criterion_group!(benches, slices, iterators, kit, shapes, watched);
 criterion_main!(benches);

@@ -59,10 +59,11 @@ pub mod shm;
 mod sync;
 mod task;
 mod wait;
+mod watch;
 
 pub use map::{
-    Imap, ImapUnordered, IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice, imap,
-    imap_unordered, map, map_chunked, try_map,
+    Imap, ImapUnordered, IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice,
+    UntilStopped, imap, imap_unordered, map, map_chunked, try_map,
 };
 pub use pool::{
     NUM_THREADS_ENV, Scope, TaskError, ThreadPool, ThreadPoolBuildError, ThreadPoolBuilder,
@@ -74,6 +75,7 @@ pub use process::{ProcessError, ProcessPool, ProcessPoolBuilder};
 pub use shm::ShmError;
 pub use task::{Task, submit};
 pub use wait::{AsCompleted, Awaitable, ReturnWhen, as_completed, wait};
+pub use watch::{CancelToken, Progress, Stopped, Watch};
 
 /// The names most programs need: `use parpool::prelude::*;`.
 ///

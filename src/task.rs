@@ -15,6 +15,15 @@
 //! once every worker waits 16 deep. The queued job still runs later and finds the task
 //! claimed. Whoever moves the task out of `QUEUED` — `start` to run it, `cancel` to drop it
 //! — owns the closure; the state machine lets exactly one party do that once.
+//!
+//! # Watches
+//!
+//! A task submitted inside a [`Watch::run`](crate::Watch::run) carries the watch (see
+//! `watch.rs`): its closure runs under it, and is dropped unrun if the watch has stopped
+//! by the time a worker starts it. Either way, and when a call in the closure is stopped
+//! and unwinds, `get` reports the stop as a [`TaskError`] (`is_cancelled` or
+//! `is_deadline`), never as a panic. The watch lives in the shared state beside the
+//! closure, so a task run inline runs under its own watch, not its waiter's.
 
 use std::cell::UnsafeCell;
 use std::fmt;
@@ -28,11 +37,15 @@ use crate::pool::{
     current_registry, deadline_after, on_worker, snooze, waits_inline_on,
 };
 use crate::wait::Awaitable;
+use crate::watch::{self, Active};
 
 fn task_result<R>(taken: Taken<Outcome<R>>) -> Result<R, TaskError> {
     match taken {
         Taken::Outcome(Ok(value)) => Ok(value),
-        Taken::Outcome(Err(payload)) => Err(TaskError::panic(payload)),
+        Taken::Outcome(Err(payload)) => Err(match watch::stopped_by(payload.as_ref()) {
+            Some(stopped) => TaskError::stopped(stopped),
+            None => TaskError::panic(payload),
+        }),
         Taken::Cancelled => Err(TaskError::cancelled()),
         Taken::Gone => Err(TaskError::taken()),
     }
@@ -107,6 +120,7 @@ where
     let for_job = Arc::new(TaskShared {
         completion: Completion::new(),
         registry: registry.id(),
+        watch: Active::current(),
         closure: ClosureSlot(UnsafeCell::new(Some(f))),
     });
     let shared: Arc<TaskShared<R>> = Arc::clone(&for_job) as _;
@@ -205,9 +219,43 @@ impl<R> Task<R> {
     /// # Errors
     ///
     /// [`TaskError::is_panic`] if the closure panicked (the payload is in the error),
-    /// [`TaskError::is_cancelled`] if the task was cancelled before it started,
+    /// [`TaskError::is_cancelled`] if the task was cancelled before it started (by
+    /// [`cancel`](Task::cancel), or by the [`CancelToken`](crate::CancelToken) of the
+    /// [`Watch`](crate::Watch) it was submitted in: then also if a call in the closure
+    /// was stopped by it), [`TaskError::is_deadline`] likewise for the watch's deadline,
     /// [`TaskError::is_taken`] if an earlier [`get_timeout`](Task::get_timeout) returned the
     /// outcome already.
+    ///
+    /// A task carries the [`Watch`](crate::Watch) it was submitted in. Its error reports a
+    /// stop; it does not unwind.
+    ///
+    /// ```
+    /// use parpool::prelude::*;
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let pool = ThreadPool::new(1)?;
+    /// let token = CancelToken::new();
+    /// let watched = Watch::new().cancel_token(&token);
+    /// // The body's map stops: the task reports a cancellation, not a panic.
+    /// let stopping = watched
+    ///     .run(|| {
+    ///         let token = token.clone();
+    ///         pool.submit(move || {
+    ///             (0..1_000_000u64)
+    ///                 .par_map(|x| {
+    ///                     if x == 10 {
+    ///                         token.cancel();
+    ///                     }
+    ///                     x + 1
+    ///                 })
+    ///                 .len()
+    ///         })
+    ///     })
+    ///     .unwrap();
+    /// let error = stopping.get().unwrap_err();
+    /// assert!(error.is_cancelled() && !error.is_panic());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
     ///
     /// # Examples
     ///
@@ -356,12 +404,16 @@ impl<R: Send> crate::wait::sealed::Sealed for Task<R> {
 impl<R: Send> Awaitable for Task<R> {}
 
 /// What a thread task's queued job and its handle share: the completion, the pool it was
-/// submitted to, and the closure until someone claims it (see "Running a task inline").
+/// submitted to, the watch it was submitted in, and the closure until someone claims it
+/// (see "Running a task inline").
 /// The handle sees the closure type-erased (`C` unsized), the job sees it concrete; both
 /// point at one allocation.
 struct TaskShared<R, C: ?Sized = dyn Closure<R>> {
     completion: Completion<Outcome<R>>,
     registry: RegistryId,
+    /// The watch in force where the task was submitted: checked before the closure starts,
+    /// and in force while it runs, wherever it runs.
+    watch: Option<Active>,
     closure: C,
 }
 
@@ -376,16 +428,27 @@ impl<R, C: ?Sized> Deref for TaskShared<R, C> {
 }
 
 impl<R, C: Closure<R> + ?Sized> TaskShared<R, C> {
-    /// Claims the task (`QUEUED → RUNNING`) and runs it on this thread, delivering its value
-    /// or panic; false, running nothing, if it was started or cancelled already.
+    /// Claims the task (`QUEUED → RUNNING`) and runs it on this thread under its watch,
+    /// delivering its value or panic (or the stop, dropping it unrun, if its watch has
+    /// stopped); false, running nothing, if it was started or cancelled already.
     fn run_if_queued(&self) -> bool {
         if !self.completion.start() {
             return false;
         }
-        // SAFETY: `start` moved the task out of QUEUED, which happens once in a thread
-        // task's life (only process tasks are ever requeued), so this thread owns the
-        // closure.
-        let outcome = unsafe { self.closure.run() };
+        let outcome = match self.watch.as_ref().map(Active::check) {
+            Some(Err(stopped)) => {
+                // SAFETY: `start` moved the task out of QUEUED, which happens once in a
+                // thread task's life (only process tasks are ever requeued), so this thread
+                // owns the closure.
+                unsafe { self.closure.discard() };
+                Err(watch::stop_payload(stopped))
+            }
+            _ => {
+                let _entered = Active::enter(self.watch.clone());
+                // SAFETY: as above, `start` made this thread the closure's owner.
+                unsafe { self.closure.run() }
+            }
+        };
         self.completion.complete(outcome);
         true
     }

@@ -33,10 +33,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::ZERO_CHUNK_SIZE;
-use super::iter::{HandOver, extend_run};
+use super::iter::{HandOver, extend_run, known_len, watched_run};
 use super::sample::CostProbe;
 use super::window::{ChunkSize, Feeder, MapOp, WINDOW_PER_THREAD};
 use crate::pool::{Registry, current_registry_arc};
+use crate::watch::{self, Active, Stopped};
 
 /// A lazy parallel map: yields `f(item)` for each input item, in input order (`Imap`) or in
 /// the order the results complete ([`ImapUnordered`]). Python's `Pool.imap` and
@@ -50,10 +51,22 @@ use crate::pool::{Registry, current_registry_arc};
 /// is yielded exactly once. Dropping the iterator stops pulling and skips the chunks not yet
 /// started, without waiting for the running ones.
 ///
+/// # Watches
+///
+/// The iterator captures the [`Watch`](crate::Watch) in force where it is made, not where
+/// it is consumed: its items are mapped under that watch (and counted into its progress),
+/// whichever thread calls `next()`. When that watch stops it, the chunks not yet taken are
+/// dropped unmapped and `next()` unwinds to the enclosing [`Watch::run`](crate::Watch::run),
+/// which returns the [`Stopped`](crate::Stopped). An iterator returned out of its `run` and
+/// consumed outside any run has no `run` to unwind to: use
+/// [`until_stopped`](Imap::until_stopped), which yields the stop once as an item and then
+/// ends (plain `next()` panics there, saying so).
+///
 /// # Panics
 ///
 /// If `f` panics, `next()` re-raises the panic once no chunk is running any more; the pool
-/// keeps serving.
+/// keeps serving. If the iterator's watch stops it while it is consumed outside any
+/// [`Watch::run`](crate::Watch::run) (see "Watches").
 ///
 /// # Examples
 ///
@@ -79,6 +92,8 @@ where
     current: VecDeque<R>,
     chunk: Option<usize>,
     window: Option<usize>,
+    /// The watch in force where the iterator was made: its items are mapped under it.
+    watch: Option<Active>,
 }
 
 /// [`Imap`] yielding results in completion order: Python's `imap_unordered`.
@@ -130,11 +145,78 @@ where
     R: Send + 'static,
 {
     pub(crate) fn new(input: I, f: F, registry: Arc<Registry>) -> Self {
+        let watch = Active::current();
+        if let Some(watch) = &watch {
+            watch.expect(known_len(&input).map(|len| len as u64));
+        }
         Imap {
             state: State::New { input, f, registry },
             current: VecDeque::new(),
             chunk: None,
             window: None,
+            watch,
+        }
+    }
+
+    /// This iterator with the stop of its watch as an item: yields `Ok(result)` for each
+    /// result, then, if the [`Watch`](crate::Watch) in force where the iterator was made
+    /// stops it, `Err(Stopped)` once, and then ends. Use it to consume an `Imap` outside
+    /// the [`run`](crate::Watch::run) that made it (see [`Imap`], "Watches"), or to see the
+    /// stop without leaving the loop.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{CancelToken, ThreadPool, Watch};
+    ///
+    /// let pool = ThreadPool::new(2)?;
+    /// let token = CancelToken::new();
+    /// let results = Watch::new()
+    ///     .cancel_token(&token)
+    ///     .run(|| pool.imap(0..1_000_000u64, |x| x * 2).until_stopped())
+    ///     .unwrap();
+    /// let mut seen = 0;
+    /// let mut stops = 0;
+    /// for result in results {
+    ///     match result {
+    ///         Ok(_) => {
+    ///             seen += 1;
+    ///             if seen == 10 {
+    ///                 token.cancel();
+    ///             }
+    ///         }
+    ///         Err(stopped) => {
+    ///             assert!(stopped.is_cancelled());
+    ///             stops += 1;
+    ///         }
+    ///     }
+    /// }
+    /// assert_eq!(stops, 1);
+    /// assert!(seen < 1_000_000);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn until_stopped(self) -> UntilStopped<I, F, R, ORDERED> {
+        UntilStopped { imap: Some(self) }
+    }
+
+    /// The next result, or why the watch stopped the map. The watch is checked before each
+    /// probe window and each time a chunk's results arrive, never per item: results that
+    /// arrived before the stop was seen are still yielded. Once stopped, every chunk not
+    /// yet taken is dropped (those running finish in the background and are dropped
+    /// there), and the iterator is finished.
+    fn next_or_stop(&mut self) -> Result<Option<R>, Stopped> {
+        loop {
+            if let Some(value) = self.current.pop_front() {
+                return Ok(Some(value));
+            }
+            if let Err(stopped) = self.advance() {
+                self.state = State::Finished;
+                self.current.clear();
+                return Err(stopped);
+            }
+            if matches!(self.state, State::Finished) && self.current.is_empty() {
+                return Ok(None);
+            }
         }
     }
 
@@ -194,35 +276,40 @@ where
     }
 
     /// Makes progress: maps a probe window's worth of items here, or moves the next chunk's
-    /// results (in input or completion order) into `current`. False once everything has
-    /// been yielded.
-    fn advance(&mut self) -> bool {
+    /// results (in input or completion order) into `current`; `Finished` once everything
+    /// has been yielded. `Err` if the watch stopped the map.
+    fn advance(&mut self) -> Result<(), Stopped> {
         let feeder = match &mut self.state {
-            State::New { .. } | State::Probing { .. } => {
-                self.probe_or_start();
-                return true;
-            }
+            State::New { .. } | State::Probing { .. } => return self.probe_or_start(),
             State::Running(feeder) => feeder,
-            State::Finished => return false,
+            State::Finished => return Ok(()),
         };
+        // As in the blocking maps: checked before pulling more input and after each chunk.
+        if let Some(stopped) = feeder.stopped() {
+            return Err(stopped);
+        }
         feeder.fill();
         let Some(mut token) = feeder.next_results(ORDERED) else {
             self.state = State::Finished;
-            return false;
+            return Ok(());
         };
+        if let Some(stopped) = feeder.stopped() {
+            feeder.release(token);
+            return Err(stopped);
+        }
         let (output, _, _) = feeder.slot(&mut token);
         // Both conversions keep the buffers: the slot's results become `current`, and the
         // empty `current` becomes the slot's next output buffer.
         let results = std::mem::replace(output, Vec::from(std::mem::take(&mut self.current)));
         self.current = VecDeque::from(results);
         feeder.release(token);
-        true
+        Ok(())
     }
 
     /// Maps one probe window on this thread and starts the window of chunks once items
     /// prove worth handing over (by the rule of [`HandOver`]);
     /// with a fixed chunk size, starts it at once.
-    fn probe_or_start(&mut self) {
+    fn probe_or_start(&mut self) -> Result<(), Stopped> {
         let state = std::mem::replace(&mut self.state, State::Finished);
         let (input, f, registry, chunk) = match state {
             State::New { input, f, registry } => match self.chunk {
@@ -245,10 +332,17 @@ where
                 mut probe,
                 mut hand_over,
             } => {
-                let run = extend_run(&mut input, &f, &mut self.current);
-                // `None`: the input ran out, and every result is in `current`.
+                // The consumer maps these items itself, under the iterator's watch.
+                let _entered = Active::enter(self.watch.clone());
+                let mut stopped = None;
+                let run = watched_run(
+                    self.watch.as_ref(),
+                    &mut stopped,
+                    extend_run(&mut input, &f, &mut self.current),
+                );
+                // `None`: the input ran out, and every result is in `current`; or stopped.
                 let Some(per_item_ns) = probe.window(run) else {
-                    return;
+                    return stopped.map_or(Ok(()), Err);
                 };
                 if !hand_over.worth(per_item_ns) {
                     self.state = State::Probing {
@@ -258,19 +352,22 @@ where
                         probe,
                         hand_over,
                     };
-                    return;
+                    return Ok(());
                 }
                 (input, f, registry, ChunkSize::Auto { per_item_ns })
             }
             other => {
                 self.state = other;
-                return;
+                return Ok(());
             }
         };
         let slots = self
             .window
             .unwrap_or(WINDOW_PER_THREAD * registry.num_threads().max(1));
-        self.state = State::Running(Feeder::new(MapOp(f), slots, registry, input, chunk, false));
+        let watch = self.watch.clone();
+        let feeder = Feeder::new(MapOp(f), slots, registry, input, chunk, false, watch);
+        self.state = State::Running(feeder);
+        Ok(())
     }
 }
 
@@ -284,14 +381,87 @@ where
     type Item = R;
 
     fn next(&mut self) -> Option<R> {
-        loop {
-            if let Some(value) = self.current.pop_front() {
-                return Some(value);
-            }
-            if !self.advance() {
-                return None;
+        match self.next_or_stop() {
+            Ok(next) => next,
+            Err(stopped) => stopped_outside_run(stopped),
+        }
+    }
+}
+
+/// A stopped `next()`: unwinds to the enclosing [`Watch::run`](crate::Watch::run), or,
+/// with none on this thread, panics saying what happened and what to use instead.
+fn stopped_outside_run(stopped: Stopped) -> ! {
+    if Active::current().is_some() {
+        watch::unwind(stopped);
+    }
+    panic!(
+        "parpool: an imap made inside Watch::run was stopped ({stopped}) while iterated \
+         outside any run; iterate it with `until_stopped()` to get the stop as an item"
+    )
+}
+
+/// An [`Imap`] whose items are `Result<R, Stopped>`: every result as `Ok`, then, if the
+/// map's watch stops it, the [`Stopped`] once; then the iterator ends. Made by
+/// [`Imap::until_stopped`].
+///
+/// # Examples
+///
+/// ```
+/// use parpool::{ThreadPool, Watch};
+/// use std::time::Duration;
+///
+/// let pool = ThreadPool::new(2)?;
+/// let mut results = Watch::new()
+///     .timeout(Duration::from_millis(20))
+///     .run(|| pool.imap(0..1000u32, |x| x + 1).until_stopped())
+///     .unwrap();
+/// // Iterated after the deadline (and outside the run): the stop once, then the end.
+/// std::thread::sleep(Duration::from_millis(30));
+/// assert!(results.next().unwrap().unwrap_err().is_deadline());
+/// assert!(results.next().is_none());
+/// # Ok::<(), parpool::ThreadPoolBuildError>(())
+/// ```
+#[must_use = "iterators are lazy and do nothing unless consumed"]
+pub struct UntilStopped<I: Iterator, F, R, const ORDERED: bool = true>
+where
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    I::Item: Send + 'static,
+{
+    /// `None` once the stop was yielded.
+    imap: Option<Imap<I, F, R, ORDERED>>,
+}
+
+impl<I, F, R, const ORDERED: bool> Iterator for UntilStopped<I, F, R, ORDERED>
+where
+    I: Iterator,
+    I::Item: Send + 'static,
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    type Item = Result<R, Stopped>;
+
+    fn next(&mut self) -> Option<Result<R, Stopped>> {
+        match self.imap.as_mut()?.next_or_stop() {
+            Ok(next) => next.map(Ok),
+            Err(stopped) => {
+                self.imap = None;
+                Some(Err(stopped))
             }
         }
+    }
+}
+
+impl<I: Iterator, F, R, const ORDERED: bool> fmt::Debug for UntilStopped<I, F, R, ORDERED>
+where
+    F: Fn(I::Item) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    I::Item: Send + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UntilStopped")
+            .field("imap", &self.imap)
+            .finish()
     }
 }
 

@@ -9,6 +9,12 @@
 //! the calling thread maps alone again until items prove expensive once more. The closure
 //! may borrow: the window only keeps a raw pointer to it, and the call does not return,
 //! normally or by unwinding, before every chunk has come back.
+//!
+//! A call captures the watch in force when it starts (see `watch.rs`): it checks it before
+//! the first item and before each sampling batch, counts the items it maps, and hands it to
+//! the window (see `window.rs`, "Watches"). Once stopped, the chunks not yet started are
+//! skipped (their items dropped unmapped), the caller waits for the running ones, drops
+//! every result so far and the input not yet pulled, and unwinds with the stop.
 
 use std::sync::Arc;
 
@@ -16,6 +22,7 @@ use super::ZERO_CHUNK_SIZE;
 use super::sample::{CostProbe, SAMPLE_NS};
 use super::window::{ChunkOp, ChunkSize, Feeder, WINDOW_PER_THREAD};
 use crate::pool::{Registry, ThreadPool, current_registry_arc};
+use crate::watch::{self, Active, Stopped};
 
 /// Calls the caller's closure through a raw pointer.
 struct RawOp<F> {
@@ -163,6 +170,40 @@ where
     }
 }
 
+/// `run` (a sample window's batch) under `watch`: each batch first checks the watch (on a
+/// stop, records it in `stopped` and tells the window to stop) and counts its items.
+pub(crate) fn watched_run<'a>(
+    watch: Option<&'a Active>,
+    stopped: &'a mut Option<Stopped>,
+    mut run: impl FnMut(usize) -> (usize, bool) + 'a,
+) -> impl FnMut(usize) -> (usize, bool) + 'a {
+    move |batch| {
+        let Some(watch) = watch else {
+            return run(batch);
+        };
+        if let Err(stop) = watch.check() {
+            *stopped = Some(stop);
+            return (0, false);
+        }
+        let (mapped, go_on) = run(batch);
+        watch.add(mapped as u64);
+        (mapped, go_on)
+    }
+}
+
+/// Checks `watch` as a call starts (unwinding if it is stopped already, with `input`
+/// dropped unpulled first) and adds the input's length, if known, to the progress total.
+pub(crate) fn start_watched<I: Iterator>(watch: Option<&Active>, input: I) -> I {
+    let Some(watch) = watch else {
+        return input;
+    };
+    if let Err(stopped) = watch.check() {
+        watch::unwind_after_dropping(stopped, input);
+    }
+    watch.expect(known_len(&input).map(|len| len as u64));
+    input
+}
+
 /// Maps up to `batch` items of `input` into `out`; returns how many. A function of its own
 /// (not inlined into the sampling loop) so that the compiler sees `input` and `out` as the
 /// unaliased references they are and keeps the iterator's state in registers: inlined
@@ -221,11 +262,14 @@ trait Collect<O> {
 /// the output's growth, a page fault or a preemption for expensive items, and handing
 /// trivial items over costs more than mapping them (2.3 times the sequential time on 1M
 /// trivial items, issue 11).
+///
+/// If the call's watch stops it, returns why once no chunk runs any more (a chunk's panic
+/// wins over the stop: it is re-raised).
 fn run_window<I, Op>(
     feeder: &mut Feeder<I, Op>,
     collect: &mut impl Collect<Op::Output>,
     hand_back_below_ns: f64,
-) -> Option<f64>
+) -> Result<Option<f64>, Stopped>
 where
     I: Iterator,
     I::Item: Send,
@@ -233,10 +277,25 @@ where
 {
     let mut cheap = None;
     loop {
-        feeder.fill();
+        // Checked before pulling more input (none is pulled after a stop) and after each
+        // chunk arrives (no result that arrives after it is kept).
+        if feeder.stopped().is_none() {
+            feeder.fill();
+        }
         let Some(mut token) = feeder.next_results(true) else {
-            return cheap.filter(|_| feeder.paused());
+            return match feeder.stopped() {
+                Some(stopped) => Err(stopped),
+                None => Ok(cheap.filter(|_| feeder.paused())),
+            };
         };
+        if let Some(stopped) = feeder.stopped() {
+            feeder.release(token);
+            if let Some(payload) = feeder.cancel_and_take_panic() {
+                // A chunk panicked: its panic wins over the stop.
+                std::panic::resume_unwind(payload);
+            }
+            return Err(stopped);
+        }
         if cheap.is_none() {
             cheap = feeder
                 .cost_per_item(&mut token)
@@ -250,7 +309,7 @@ where
         feeder.release(token);
         if !keep_going {
             feeder.cancel_and_wait();
-            return None;
+            return Ok(None);
         }
     }
 }
@@ -295,9 +354,14 @@ impl<R, E> Collect<Result<R, E>> for UntilErr<'_, R, E> {
 
 /// The length of an iterator that knows it exactly (to size the output once), else 0.
 fn exact_len(input: &impl Iterator) -> usize {
+    known_len(input).unwrap_or(0)
+}
+
+/// The length of an iterator that knows it exactly.
+pub(crate) fn known_len(input: &impl Iterator) -> Option<usize> {
     match input.size_hint() {
-        (lower, Some(upper)) if lower == upper => lower,
-        _ => 0,
+        (lower, Some(upper)) if lower == upper => Some(lower),
+        _ => None,
     }
 }
 
@@ -313,29 +377,56 @@ where
     R: Send,
     F: Fn(I::Item) -> R + Sync,
 {
-    let mut input = items.into_iter();
+    let active = Active::current();
+    let mut input = start_watched(active.as_ref(), items.into_iter());
     let mut out = Vec::with_capacity(exact_len(&input));
     let slots = window_size(&registry);
     if let Some(size) = chunk {
         let chunk = ChunkSize::Fixed(size);
-        let mut feeder = Feeder::new(RawOp { f }, slots, registry, &mut input, chunk, true);
-        run_window(&mut feeder, &mut IntoVec(&mut out), 0.0);
+        let mut feeder = Feeder::new(
+            RawOp { f },
+            slots,
+            registry,
+            &mut input,
+            chunk,
+            true,
+            active,
+        );
+        if let Err(stopped) = run_window(&mut feeder, &mut IntoVec(&mut out), 0.0) {
+            // The input not yet pulled and the results so far are dropped before this unwinds.
+            drop(feeder);
+            watch::unwind_after_dropping(stopped, (input, out));
+        }
         return out;
     }
     let (mut probe, mut hand_over) = (CostProbe::new(), HandOver::new());
-    while let Some(per_item_ns) = map_while_cheap(
-        &mut probe,
-        &mut hand_over,
-        extend_run(&mut input, f, &mut out),
-    ) {
-        let chunk = ChunkSize::Auto { per_item_ns };
-        let registry = Arc::clone(&registry);
-        let mut feeder = Feeder::new(RawOp { f }, slots, registry, &mut input, chunk, true);
-        let Some(cheap_ns) = run_window(&mut feeder, &mut IntoVec(&mut out), ITEM_HAND_BACK_NS)
-        else {
+    loop {
+        let mut stopped = None;
+        let run = watched_run(
+            active.as_ref(),
+            &mut stopped,
+            extend_run(&mut input, f, &mut out),
+        );
+        let sampled = map_while_cheap(&mut probe, &mut hand_over, run);
+        if let Some(stopped) = stopped {
+            watch::unwind_after_dropping(stopped, (input, out));
+        }
+        let Some(per_item_ns) = sampled else {
             break;
         };
-        (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
+        let chunk = ChunkSize::Auto { per_item_ns };
+        let (registry, watch) = (Arc::clone(&registry), active.clone());
+        let mut feeder = Feeder::new(RawOp { f }, slots, registry, &mut input, chunk, true, watch);
+        match run_window(&mut feeder, &mut IntoVec(&mut out), ITEM_HAND_BACK_NS) {
+            Ok(Some(cheap_ns)) => {
+                (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
+            }
+            Ok(None) => break,
+            Err(stopped) => {
+                drop(feeder);
+                watch::unwind_after_dropping(stopped, (input, out));
+            }
+        }
     }
     out
 }
@@ -349,15 +440,18 @@ where
     E: Send,
     F: Fn(I::Item) -> Result<R, E> + Sync,
 {
-    let mut input = items.into_iter();
+    let active = Active::current();
+    let mut input = start_watched(active.as_ref(), items.into_iter());
+    let mut out = Vec::with_capacity(exact_len(&input));
     let mut collect = UntilErr {
-        out: &mut Vec::with_capacity(exact_len(&input)),
+        out: &mut out,
         error: None,
     };
     let slots = window_size(&registry);
     let (mut probe, mut hand_over) = (CostProbe::new(), HandOver::new());
     loop {
-        let sampled = map_while_cheap(&mut probe, &mut hand_over, |batch| {
+        let mut stopped = None;
+        let run = watched_run(active.as_ref(), &mut stopped, |batch| {
             let mut mapped = 0;
             for item in input.by_ref().take(batch) {
                 mapped += 1;
@@ -367,20 +461,33 @@ where
             }
             (mapped, mapped == batch)
         });
+        let sampled = map_while_cheap(&mut probe, &mut hand_over, run);
+        if let Some(stopped) = stopped {
+            let UntilErr { error, .. } = collect;
+            watch::unwind_after_dropping(stopped, (input, error, out));
+        }
         let Some(per_item_ns) = sampled else {
             break;
         };
         let (op, registry) = (RawTryOp(RawOp { f }), Arc::clone(&registry));
         let chunk = ChunkSize::Auto { per_item_ns };
-        let mut feeder = Feeder::new(op, slots, registry, &mut input, chunk, true);
-        let Some(cheap_ns) = run_window(&mut feeder, &mut collect, ITEM_HAND_BACK_NS) else {
-            break;
-        };
-        (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
+        let watch = active.clone();
+        let mut feeder = Feeder::new(op, slots, registry, &mut input, chunk, true, watch);
+        match run_window(&mut feeder, &mut collect, ITEM_HAND_BACK_NS) {
+            Ok(Some(cheap_ns)) => {
+                (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
+            }
+            Ok(None) => break,
+            Err(stopped) => {
+                drop(feeder);
+                let UntilErr { error, .. } = collect;
+                watch::unwind_after_dropping(stopped, (input, error, out));
+            }
+        }
     }
     match collect.error {
         Some(error) => Err(error),
-        None => Ok(std::mem::take(collect.out)),
+        None => Ok(out),
     }
 }
 
@@ -585,8 +692,10 @@ mod test {
         let registry = Arc::clone(pool.registry());
         let f = |x: u64| x * 2;
         let chunk = ChunkSize::Fixed(10);
-        let mut feeder = Feeder::new(RawOp { f: &f }, 4, registry, &mut input, chunk, true);
-        let cheap = run_window(&mut feeder, &mut IntoVec(&mut out), f64::INFINITY);
+        let op = RawOp { f: &f };
+        let mut feeder = Feeder::new(op, 4, registry, &mut input, chunk, true, None);
+        let cheap = run_window(&mut feeder, &mut IntoVec(&mut out), f64::INFINITY)
+            .expect("no watch, no stop");
         drop(feeder);
         (out, cheap, input.next())
     }

@@ -20,7 +20,7 @@ mod test;
 mod window;
 
 pub use ext::{IntoParMap, MinLen, ParChunks, ParChunksMut, ParMap, ParSlice};
-pub use imap::{Imap, ImapUnordered, imap, imap_unordered};
+pub use imap::{Imap, ImapUnordered, UntilStopped, imap, imap_unordered};
 pub use iter::{map, map_chunked, try_map};
 
 /// The panic message of every chunked call given a chunk size of 0 (thread and process

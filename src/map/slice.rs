@@ -38,6 +38,19 @@
 //! or past it; items left of a failure still run, so the failure reported (the error
 //! returned, or the panic re-raised) is the first in input order.
 //!
+//! # Watches
+//!
+//! A call captures the watch in force when it starts (see `watch.rs`), checks it before
+//! its first item and adds its length to the progress total. The caller checks it after
+//! each sample window; a piece checks the token after every batch and the deadline only
+//! where its [`Pace`] reads the clock anyway (the clock's lap is taken off the time left,
+//! and `Instant` is read only once that says the deadline is near), and counts progress
+//! at those reads every [`PROGRESS_EVERY_NS`] of work, never per item ([`Watched`]). A
+//! piece that sees a stop records it and lowers [`StopAt`] to 0, so every piece stops at
+//! its next batch; the caller then drops the partial results (each exactly once, as after
+//! a panic) and unwinds with the stop. Unwatched calls pay one thread-local read (one
+//! relaxed load while no watch exists).
+//!
 //! # Where results go
 //!
 //! Each piece writes its results straight into their final place in the output vector: no
@@ -50,10 +63,12 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use super::sample::{CostProbe, Stopwatch};
 
 use crate::pool::{Panic, catch, current_registry, join, on_worker};
+use crate::watch::{self, Active, StopCell, Stopped};
 
 /// Below this much estimated remaining work (ns) the caller finishes alone. Handing work to
 /// the pool costs ~1 µs if a worker is awake and 20–50 µs if it must be woken; 30 µs of work
@@ -537,6 +552,12 @@ pub(crate) trait Consumer<I>: Sync {
     ) -> Self::Out;
     /// The out of `left` followed by `right`.
     fn merge(&self, left: Self::Out, right: Self::Out) -> Self::Out;
+    /// Whether `out` carries a panic a batch caught (the `try_` operations keep panics as
+    /// failures): the caller re-raises it, even if the watch stopped the call too, as a
+    /// panic unwinds the other operations whatever the watch says.
+    fn holds_panic(_out: &Self::Out) -> bool {
+        false
+    }
 }
 
 /// Consumes one batch on this thread; a panic in it tells the other pieces to stop.
@@ -571,6 +592,123 @@ struct Ctx<'c, C> {
     min_len: usize,
     /// Where the call stops.
     stop: StopAt,
+    /// The watch the call captured when it started.
+    watch: Option<Active>,
+    /// Why the watch stopped the call, if it did.
+    stopped: StopCell,
+}
+
+impl<C> Ctx<'_, C> {
+    /// Stops every piece of the call at its next batch, for `stopped`.
+    #[cold]
+    fn stop_for(&self, stopped: Stopped) {
+        self.stopped.record(stopped);
+        self.stop.store(0, Ordering::Relaxed);
+    }
+}
+
+/// How much work (ns) a piece does between two additions to its watch's progress. An
+/// addition is one relaxed `fetch_add` on a line every worker writes: ~100 ns when it
+/// must move between cores, so every 2 µs batch would cost up to 5%, and every clock
+/// read (~16 µs) still ~0.6%; every 100 µs it is ~0.1%, while a progress bar redraws
+/// ~15 times a second, 600 times less often.
+const PROGRESS_EVERY_NS: f64 = 100_000.0;
+
+/// A [`Pace`] lap (the time between two of its clock reads, [`BATCHES_PER_READ`] batches)
+/// longer than this means coarse items: the deadline is then checked after every batch,
+/// not only on laps, so it is overrun by about one item instead of eight. One clock read
+/// (~25 ns) per batch is then under 0.2% of the work; a lap this long overruns a deadline
+/// by 0.1 ms at most.
+const COARSE_LAP_NS: f64 = 100_000.0;
+
+/// A piece's share of its call's watch: the items done since progress was last counted,
+/// and the time left to the deadline by the piece's own clock reads.
+struct Watched<'c> {
+    active: &'c Active,
+    /// Items done and not yet added to the progress.
+    pending: u64,
+    /// Work (ns) since the pending items started to pile up, by the [`Pace`] laps.
+    pending_ns: f64,
+    /// Nanoseconds to the deadline at the last `Instant` read, less the [`Pace`] laps
+    /// since (infinite without a deadline).
+    left_ns: f64,
+    /// Whether to check the deadline after every batch: there is one and the items are
+    /// coarse (the last lap took over [`COARSE_LAP_NS`]; before the first lap, the piece
+    /// starts at one item per batch).
+    every_batch: bool,
+}
+
+impl<'c> Watched<'c> {
+    fn new(active: &'c Active, interval: usize) -> Self {
+        Watched {
+            active,
+            pending: 0,
+            pending_ns: 0.0,
+            left_ns: time_left_ns(active),
+            every_batch: interval == 1 && active.deadline().is_some(),
+        }
+    }
+
+    /// A batch of `items` is done; `lap_ns` is the time the piece's pace measured if it
+    /// read the clock after this batch. The token is checked every batch (a load); the
+    /// deadline only on a lap, and the progress counted on the lap that completes
+    /// [`PROGRESS_EVERY_NS`] (and when the piece ends). Over coarse items the deadline is
+    /// checked after every batch (see [`COARSE_LAP_NS`]).
+    #[inline]
+    fn batch_done(&mut self, items: usize, lap_ns: Option<f64>) -> Result<(), Stopped> {
+        self.pending += items as u64;
+        self.active.check_token()?;
+        if self.every_batch && lap_ns.is_none() {
+            // One clock read; `left_ns` goes on counting down by the laps.
+            return self.active.check();
+        }
+        if let Some(lap_ns) = lap_ns {
+            self.every_batch = lap_ns > COARSE_LAP_NS && self.left_ns.is_finite();
+            self.pending_ns += lap_ns;
+            if self.pending_ns >= PROGRESS_EVERY_NS {
+                self.flush();
+            }
+            self.left_ns -= lap_ns;
+            if self.left_ns <= 0.0 {
+                return self.deadline_near();
+            }
+        }
+        Ok(())
+    }
+
+    /// The laps say the deadline passed: ask `Instant` (the laps' clock is calibrated to
+    /// ~1%), and go on with what it says is left.
+    #[cold]
+    fn deadline_near(&mut self) -> Result<(), Stopped> {
+        self.active.check()?;
+        self.left_ns = time_left_ns(self.active);
+        Ok(())
+    }
+
+    /// Adds the pending items to the progress.
+    fn flush(&mut self) {
+        if self.pending > 0 {
+            self.active.add(self.pending);
+            self.pending = 0;
+        }
+        self.pending_ns = 0.0;
+    }
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Nanoseconds from now to `active`'s deadline (infinite without one): one `Instant` read
+/// when it has a deadline.
+fn time_left_ns(active: &Active) -> f64 {
+    active.deadline().map_or(f64::INFINITY, |deadline| {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .as_nanos() as f64
+    })
 }
 
 /// Whether the current worker should split its piece: some worker is idle and the last
@@ -608,19 +746,23 @@ impl Pace {
         }
     }
 
-    /// A batch of `items` is done; every [`BATCHES_PER_READ`] batches, re-estimate.
+    /// A batch of `items` is done; every [`BATCHES_PER_READ`] batches, re-estimate. Returns
+    /// the time since the last clock read when it read the clock (for [`Watched`]).
     #[inline]
-    fn batch_done(&mut self, items: usize) {
+    fn batch_done(&mut self, items: usize) -> Option<f64> {
         self.counted += items;
         if self.counted >= self.interval.saturating_mul(BATCHES_PER_READ) {
-            self.measure();
+            return Some(self.measure());
         }
+        None
     }
 
-    fn measure(&mut self) {
-        let per_item_ns = self.watch.lap_ns() / self.counted as f64;
+    fn measure(&mut self) -> f64 {
+        let lap_ns = self.watch.lap_ns();
+        let per_item_ns = lap_ns / self.counted as f64;
         self.interval = interval_for(per_item_ns);
         self.counted = 0;
+        lap_ns
     }
 }
 
@@ -643,6 +785,10 @@ where
     let mut out = consumer.empty(&place);
     let mut state = None;
     let mut pace = Pace::new(interval);
+    let mut watched = ctx
+        .watch
+        .as_ref()
+        .map(|active| Watched::new(active, interval));
     while source.len() > 0 {
         if ctx.stop.load(Ordering::Relaxed) <= start {
             // A panic, or a failure left of here: the rest of `source` is dropped
@@ -651,8 +797,10 @@ where
         }
         // `len / 2 >= min_len` is `len >= 2 * min_len`, without overflow for a huge `min_len`.
         if source.len() / 2 >= ctx.min_len && peers_want_work() {
-            // Each half makes its own state: this piece's is not needed any more.
+            // Each half makes its own state and counts its own progress: this piece's are
+            // not needed any more.
             drop(state);
+            drop(watched);
             let mid = source.len() / 2;
             let (left, right) = source.split_at(mid);
             let (left_place, right_place) = C::split_place(place, mid);
@@ -670,7 +818,12 @@ where
         let batch = run_batch(consumer, &mut state, (head, head_place), start, &ctx.stop);
         start += take;
         out = consumer.merge(out, batch);
-        pace.batch_done(take);
+        let lap_ns = pace.batch_done(take);
+        if let Some(watched) = &mut watched {
+            if let Err(stopped) = watched.batch_done(take, lap_ns) {
+                ctx.stop_for(stopped);
+            }
+        }
     }
     out
 }
@@ -684,7 +837,21 @@ where
     C: Consumer<S::Item>,
 {
     let min_len = min_len.max(1);
-    let stop = StopAt::new(GO_ON);
+    let ctx = Ctx {
+        consumer,
+        min_len,
+        stop: StopAt::new(GO_ON),
+        watch: Active::current(),
+        stopped: StopCell::default(),
+    };
+    if let Some(active) = &ctx.watch {
+        if let Err(stopped) = active.check() {
+            drop(source);
+            watch::unwind(stopped);
+        }
+        active.expect(Some(source.len() as u64));
+    }
+    let stop = &ctx.stop;
     let mut start = 0;
     let mut state = None;
     let mut out = Some(consumer.empty(&place));
@@ -693,6 +860,8 @@ where
     // 1. Sampling on this thread, window by window, until the input is done (or failed) or
     //    the rest is estimated to be worth parallel work.
     let mut probe = CostProbe::new();
+    // The items already added to the progress.
+    let mut counted = 0;
     let per_item_ns = loop {
         let window = probe.window(|batch| {
             let (source, place) = rest.take().expect("the rest is put back after every batch");
@@ -705,7 +874,7 @@ where
             let (head_place, tail_place) = C::split_place(place, take);
             let more = tail.len() > 0;
             rest = Some((tail, tail_place));
-            let batch_out = run_batch(consumer, &mut state, (head, head_place), start, &stop);
+            let batch_out = run_batch(consumer, &mut state, (head, head_place), start, stop);
             start += take;
             let so_far = out.take().expect("the out is put back after every batch");
             out = Some(consumer.merge(so_far, batch_out));
@@ -714,6 +883,20 @@ where
             (take, more && stop.load(Ordering::Relaxed) > start)
         });
         let remaining = rest.as_ref().map_or(0, |(source, _)| source.len());
+        if let Some(active) = &ctx.watch {
+            active.add((start - counted) as u64);
+            counted = start;
+            if let Err(stopped) = active.check() {
+                let out = out.expect("the out is put back after every batch");
+                if C::holds_panic(&out) {
+                    // A batch panicked: its panic wins (the caller re-raises it).
+                    return out;
+                }
+                // The rest is dropped unconsumed, and the results so far with `out`.
+                drop((rest, out));
+                watch::unwind(stopped);
+            }
+        }
         match window {
             Some(per_item_ns)
                 if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64
@@ -730,21 +913,32 @@ where
 
     // 2. The rest, on the pool.
     let registry = current_registry();
-    let tail = if registry.num_threads() == 1 && !on_worker() {
+    let alone = registry.num_threads() == 1 && !on_worker();
+    let tail = if alone && ctx.watch.is_none() {
         // One worker would only take the work off this thread, not share it.
-        run_batch(consumer, &mut state, (rest, place), start, &stop)
+        run_batch(consumer, &mut state, (rest, place), start, stop)
     } else {
         // The pool's pieces make their own state; the caller's is done.
         drop(state);
         let interval = interval_for(per_item_ns);
-        let ctx = Ctx {
-            consumer,
-            min_len,
-            stop,
-        };
-        registry.in_worker(|_| split_on_demand(rest, place, start, interval, &ctx))
+        if alone {
+            // Watched: in batches on this thread, which check the watch between them.
+            split_on_demand(rest, place, start, interval, &ctx)
+        } else {
+            registry.in_worker(|_| split_on_demand(rest, place, start, interval, &ctx))
+        }
     };
-    consumer.merge(out, tail)
+    let out = consumer.merge(out, tail);
+    match ctx.stopped.get() {
+        // A batch's panic wins over the stop: the caller re-raises it.
+        Some(stopped) if !C::holds_panic(&out) => {
+            // The partial results go with `out`, each exactly once (see "Where results go").
+            drop(out);
+            watch::unwind(stopped);
+        }
+        _ => {}
+    }
+    out
 }
 
 impl<R> Dst<R> {
@@ -942,6 +1136,9 @@ where
         let mut left = left?;
         left.append(right?);
         Ok(left)
+    }
+    fn holds_panic(out: &Self::Out) -> bool {
+        matches!(out, Err(Failure::Panic(_)))
     }
 }
 

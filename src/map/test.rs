@@ -34,7 +34,7 @@ fn loom_window_runs_every_chunk_once() {
     model.preemption_bound = Some(3);
     model.check(|| {
         const CHUNKS: u32 = 3;
-        let (window, mut free) = Window::new(MapOp(times_ten as fn(u32) -> u32), 2);
+        let (window, mut free) = Window::new(MapOp(times_ten as fn(u32) -> u32), 2, None);
         submit(&window, free.pop().unwrap(), 0);
         submit(&window, free.pop().unwrap(), 1);
         let drainer = {
@@ -81,7 +81,7 @@ fn loom_window_drainer_retires_and_feeder_sleeps() {
     let mut model = loom::model::Builder::new();
     model.preemption_bound = Some(2);
     model.check(|| {
-        let (window, mut free) = Window::new(MapOp(times_ten as fn(u32) -> u32), 2);
+        let (window, mut free) = Window::new(MapOp(times_ten as fn(u32) -> u32), 2, None);
         submit(&window, free.pop().unwrap(), 0);
         window.drainer_spawned();
         let drainer = {

@@ -77,6 +77,15 @@
 //! `stop_seq` is the lowest sequence number after which chunks are skipped (their input is
 //! dropped, not mapped): `usize::MAX` normally, lowered by a failing `try_map` item, and 0
 //! after a panic or when the feeder gives up (an `imap` dropped early).
+//!
+//! # Watches
+//!
+//! The window carries the watch its call captured (see `watch.rs`): every chunk runs under
+//! it, wherever it runs, and first checks it (a chunk is ~50 µs of work, so a token load and
+//! a clock read per chunk cost nothing measurable). A chunk that finds the watch stopped
+//! records why in `stopped` and is skipped like one past `stop_seq`, its input dropped
+//! unmapped. The feeder checks the watch and `stopped` each time it takes a chunk's results
+//! ([`Feeder::stopped`]), and counts each chunk's items into the progress as it takes them.
 
 use std::cell::UnsafeCell;
 use std::sync::Arc;
@@ -86,6 +95,7 @@ use crossbeam_utils::CachePadded;
 use super::sample::Stopwatch;
 use crate::pool::{Panic, Registry, SPIN_HINT_ROUNDS, Wait, WaitLatch, catch, snooze};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
+use crate::watch::{Active, StopCell, Stopped};
 
 /// What a window applies to each item.
 pub(crate) trait ChunkOp<T>: Send + Sync {
@@ -169,6 +179,10 @@ pub(crate) struct Window<T, Op: ChunkOp<T>> {
     stop_seq: AtomicUsize,
     /// The feeder's latch while it sleeps waiting for a completion.
     feeder_latch: Mutex<Option<Arc<WaitLatch>>>,
+    /// The watch the call captured: every chunk runs under it (see "Watches").
+    watch: Option<Active>,
+    /// Why a chunk found the watch stopped, if one did.
+    stopped: StopCell,
 }
 
 // SAFETY: slot data is only touched through the slot's token, which one thread holds at a
@@ -182,9 +196,9 @@ const SLEEPING: usize = 1;
 const ONE_COMPLETION: usize = 2;
 
 impl<T, Op: ChunkOp<T>> Window<T, Op> {
-    /// A window of `window` empty slots, and the tokens of all of them (they start free,
-    /// with the feeder).
-    pub(crate) fn new(op: Op, window: usize) -> (Arc<Self>, Vec<SlotToken>) {
+    /// A window of `window` empty slots whose chunks run under `watch`, and the tokens of
+    /// all of them (they start free, with the feeder).
+    pub(crate) fn new(op: Op, window: usize, watch: Option<Active>) -> (Arc<Self>, Vec<SlotToken>) {
         assert!(window > 0);
         let slots = (0..window)
             .map(|seq| Slot {
@@ -210,6 +224,8 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
             signal: CachePadded::new(AtomicUsize::new(0)),
             stop_seq: AtomicUsize::new(usize::MAX),
             feeder_latch: Mutex::new(None),
+            watch,
+            stopped: StopCell::default(),
         });
         let tokens = (0..window).rev().map(|index| this.mint(index)).collect();
         (this, tokens)
@@ -319,8 +335,9 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
     /// Runs a claimed chunk and publishes its completion. User code (the op, and the items'
     /// and results' `Drop`) runs under `catch`: a panic becomes the chunk's outcome.
     pub(crate) fn run(&self, mut token: SlotToken) {
+        let _entered = Active::enter(self.watch.clone());
         let data = self.data(&mut token);
-        if data.seq > self.stop_seq.load(Ordering::Relaxed) {
+        if data.seq > self.stop_seq.load(Ordering::Relaxed) || self.watch_stops() {
             data.outcome = match drop_all_caught(&mut data.input) {
                 None => Outcome::Skipped,
                 Some(payload) => Outcome::Panicked(payload),
@@ -360,6 +377,22 @@ impl<T, Op: ChunkOp<T>> Window<T, Op> {
             data.run_ns = watch.elapsed_ns();
         }
         self.complete(token);
+    }
+
+    /// Whether the watch stopped the call (recorded for the feeder): a chunk about to run
+    /// is skipped then.
+    fn watch_stops(&self) -> bool {
+        let Some(watch) = &self.watch else {
+            return false;
+        };
+        match watch.check() {
+            Ok(()) => false,
+            Err(stopped) => {
+                self.stopped.record(stopped);
+                self.stop_after(0);
+                true
+            }
+        }
     }
 
     fn complete(&self, token: SlotToken) {
@@ -622,8 +655,9 @@ where
         input: I,
         chunk: ChunkSize,
         wait_on_drop: bool,
+        watch: Option<Active>,
     ) -> Self {
-        let (window, free) = Window::new(op, slots);
+        let (window, free) = Window::new(op, slots, watch);
         // The feeder runs chunks too (while it waits): with it, as many threads as the pool
         // has work on chunks.
         let max_drainers = registry.num_threads().saturating_sub(1).max(1);
@@ -730,6 +764,9 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
             *outstanding -= 1;
             let data = window.data(&mut token);
             chunk.observe(data.output.len(), data.run_ns);
+            if let Some(watch) = &window.watch {
+                watch.add(data.output.len() as u64);
+            }
             Some(token)
         })
     }
@@ -811,6 +848,20 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
         }
     }
 
+    /// Whether the call's watch stopped it: a chunk found it so, or the feeder does now
+    /// (a token load, and a clock read if there is a deadline). Once stopped, later chunks
+    /// are skipped; the caller then [cancels](Feeder::cancel_and_wait) or drops the feeder.
+    pub(crate) fn stopped(&self) -> Option<Stopped> {
+        let watch = self.window.watch.as_ref()?;
+        if let Some(stopped) = self.window.stopped.get() {
+            return Some(stopped);
+        }
+        let stopped = watch.check().err()?;
+        self.window.stopped.record(stopped);
+        self.window.stop_after(0);
+        Some(stopped)
+    }
+
     /// Gives back the completed chunks waiting for their turn, dropping their results.
     fn release_pending(&mut self) {
         for index in 0..self.pending.len() {
@@ -824,11 +875,27 @@ impl<I: Iterator, Op: ChunkOp<I::Item>> Feeder<I, Op> {
     /// has come back (running chunks cannot be interrupted), with its results dropped, and
     /// the completed chunks waiting for their turn dropped too.
     pub(crate) fn cancel_and_wait(&mut self) {
+        drop(self.cancel_and_take_panic());
+    }
+
+    /// [`cancel_and_wait`](Feeder::cancel_and_wait), returning the panic of the first chunk
+    /// that came back panicked meanwhile: a call its watch stopped re-raises it, as a panic
+    /// wins over a stop.
+    pub(crate) fn cancel_and_take_panic(&mut self) -> Option<Panic> {
         self.window.stop_after(0);
         self.pulling = Pulling::Closed;
         self.release_pending();
-        while let Some(token) = self.next_completed() {
+        let mut panic = None;
+        while let Some(mut token) = self.next_completed() {
+            let (_, outcome, _) = self.slot(&mut token);
+            if panic.is_none() && matches!(outcome, Outcome::Panicked(_)) {
+                let Outcome::Panicked(payload) = std::mem::take(outcome) else {
+                    unreachable!("matched just above")
+                };
+                panic = Some(payload);
+            }
             self.release(token);
         }
+        panic
     }
 }

@@ -6,6 +6,7 @@ use std::any::Any;
 use std::fmt;
 
 use super::job::panic_message;
+use crate::watch::Stopped;
 
 /// Why a [`ThreadPool`](crate::ThreadPool) could not be built.
 ///
@@ -256,6 +257,8 @@ enum TaskErrorKind {
     Cancelled,
     Timeout,
     Taken,
+    /// The [`Watch`](crate::Watch) the task was submitted in stopped it.
+    Stopped(Stopped),
 }
 
 impl TaskError {
@@ -280,6 +283,12 @@ impl TaskError {
         }
     }
 
+    pub(crate) fn stopped(stopped: Stopped) -> Self {
+        TaskError {
+            kind: TaskErrorKind::Stopped(stopped),
+        }
+    }
+
     pub(crate) fn timeout() -> Self {
         TaskError {
             kind: TaskErrorKind::Timeout,
@@ -299,19 +308,64 @@ impl TaskError {
         matches!(self.kind, TaskErrorKind::Panic { .. })
     }
 
-    /// The task was cancelled before it started ([`Task::cancel`](crate::Task::cancel) or
-    /// [`ThreadPool::terminate`](crate::ThreadPool::terminate)).
+    /// The task was cancelled: before it started ([`Task::cancel`](crate::Task::cancel) or
+    /// [`ThreadPool::terminate`](crate::ThreadPool::terminate)), or by the
+    /// [`CancelToken`](crate::CancelToken) of the [`Watch`](crate::Watch) it was submitted
+    /// in (before it started, or by stopping a call in it).
     ///
     /// # Examples
     ///
     /// ```
+    /// use parpool::{CancelToken, Watch};
+    ///
     /// let pool = parpool::ThreadPool::new(1)?;
     /// pool.terminate(); // from now on, submitted tasks are cancelled
     /// assert!(pool.submit(|| 1).get().unwrap_err().is_cancelled());
+    ///
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// let token = CancelToken::new();
+    /// let (release, gate) = std::sync::mpsc::channel::<()>();
+    /// let blocker = pool.submit(move || gate.recv().unwrap());
+    /// let watched = Watch::new().cancel_token(&token).run(|| pool.submit(|| 1)).unwrap();
+    /// token.cancel(); // before the watched task starts: it never runs
+    /// release.send(()).unwrap();
+    /// blocker.get().unwrap();
+    /// assert!(watched.get().unwrap_err().is_cancelled());
     /// # Ok::<(), parpool::ThreadPoolBuildError>(())
     /// ```
     pub fn is_cancelled(&self) -> bool {
-        matches!(self.kind, TaskErrorKind::Cancelled)
+        match self.kind {
+            TaskErrorKind::Cancelled => true,
+            TaskErrorKind::Stopped(stopped) => stopped.is_cancelled(),
+            _ => false,
+        }
+    }
+
+    /// The deadline of the [`Watch`](crate::Watch) the task was submitted in passed: before
+    /// it started (it never ran), or while a call in it ran (that call stopped).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::Watch;
+    /// use std::time::Duration;
+    ///
+    /// let pool = parpool::ThreadPool::new(1)?;
+    /// let (release, gate) = std::sync::mpsc::channel::<()>();
+    /// let blocker = pool.submit(move || gate.recv().unwrap());
+    /// let watched = Watch::new()
+    ///     .timeout(Duration::from_millis(10))
+    ///     .run(|| pool.submit(|| 1))
+    ///     .unwrap();
+    /// std::thread::sleep(Duration::from_millis(20)); // the deadline passes while it waits
+    /// release.send(()).unwrap();
+    /// blocker.get().unwrap();
+    /// let error = watched.get().unwrap_err();
+    /// assert!(error.is_deadline() && !error.is_cancelled());
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn is_deadline(&self) -> bool {
+        matches!(self.kind, TaskErrorKind::Stopped(stopped) if stopped.is_deadline())
     }
 
     /// A timed wait ended before the task finished; the task itself goes on.
@@ -420,6 +474,9 @@ impl fmt::Debug for TaskError {
             TaskErrorKind::Cancelled => f.write_str("TaskError::Cancelled"),
             TaskErrorKind::Timeout => f.write_str("TaskError::Timeout"),
             TaskErrorKind::Taken => f.write_str("TaskError::Taken"),
+            TaskErrorKind::Stopped(stopped) => {
+                f.debug_tuple("TaskError::Stopped").field(stopped).finish()
+            }
         }
     }
 }
@@ -434,6 +491,7 @@ impl fmt::Display for TaskError {
             TaskErrorKind::Cancelled => f.write_str("task was cancelled before it started"),
             TaskErrorKind::Timeout => f.write_str("timed out waiting for the task"),
             TaskErrorKind::Taken => f.write_str("the task's outcome was taken already"),
+            TaskErrorKind::Stopped(stopped) => write!(f, "task was stopped: {stopped}"),
         }
     }
 }

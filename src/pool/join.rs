@@ -22,7 +22,9 @@ use super::registry::{Frame, WorkerThread};
 /// # Panics
 ///
 /// Both closures always run to completion. If either panics, `join` panics with that
-/// payload once both are done; if both panic, with `a`'s.
+/// payload once both are done; if both panic, with `a`'s. Inside a
+/// [`Watch`](crate::Watch), a panic wins over a stop: if `a` was stopped and `b` panicked,
+/// `join` panics with `b`'s payload.
 ///
 /// # Examples
 ///
@@ -141,14 +143,28 @@ where
             worker.take_back(&job_b_ref, &job_b.latch.core)
         }
     };
-    if run_here {
-        let _ = catch(job_b.take_func());
+    let outcome_b = if run_here {
+        catch(job_b.take_func())
     } else {
-        // The thief's outcome (possibly its panic, whose `Drop` is user code too) is
-        // dropped: `a`'s panic wins.
         // SAFETY: `take_back` returned false only once the latch was set.
-        let outcome = unsafe { job_b.take_outcome() };
-        let _ = catch(move || drop(outcome));
-    }
+        unsafe { job_b.take_outcome() }
+    };
+    // `a`'s panic wins, unless it is only a watch's stop and `b` really panicked: a panic
+    // is never hidden behind a stop. The loser (whose `Drop` is user code) is dropped.
+    let payload = match outcome_b {
+        Err(panic_b) if is_stop(&payload) && !is_stop(&panic_b) => {
+            let _ = catch(move || drop(payload));
+            panic_b
+        }
+        outcome_b => {
+            let _ = catch(move || drop(outcome_b));
+            payload
+        }
+    };
     std::panic::resume_unwind(payload)
+}
+
+/// Whether `payload` is a watch's stop unwinding to its `run`, not a panic.
+fn is_stop(payload: &Panic) -> bool {
+    crate::watch::stopped_by(payload.as_ref()).is_some()
 }

@@ -333,6 +333,12 @@ impl ThreadPool {
                 return;
             }
             let Err(payload) = catch(f) else { return };
+            if crate::watch::stopped_by(payload.as_ref()).is_some() {
+                // A watched call in `f` was stopped: not a panic, and nobody waits to be
+                // told (no handle).
+                let _ = catch(move || drop(payload));
+                return;
+            }
             match handler {
                 Some(handler) => {
                     let abort = AbortIfPanic;
@@ -603,7 +609,9 @@ impl ThreadPoolBuilder {
     /// (rayon's `panic_handler`), on the worker that ran it. Without one, a spawned closure's
     /// panic is reported like a thread's: the panic hook prints it (to stderr, by default)
     /// when it happens, and the worker goes on. Panics in tasks never reach the handler: they
-    /// are the task's outcome.
+    /// are the task's outcome. Nor does a spawned closure's call stopped by the
+    /// [`Watch`](crate::Watch) it was spawned in: a stop is not a panic, and it just ends
+    /// the closure.
     ///
     /// # Panics
     ///

@@ -4,7 +4,8 @@
 //! one per spawned job). `scope` returns only when the count reaches zero, running other
 //! jobs (its own spawns first: they sit on top of its deque) while it waits, so borrowed
 //! data outlives every job that uses it. The first panic of the body or of any job is kept
-//! and re-raised once everything has finished; later ones are dropped.
+//! and re-raised once everything has finished; later ones are dropped, except that a panic
+//! replaces a watch's stop kept before it (a stop never hides a panic).
 //!
 //! # Spawning from outside the pool
 //!
@@ -30,6 +31,7 @@ use super::job::{HeapJob, JobRef, Panic, catch};
 use super::latch::{CountLatch, Latch};
 use super::registry::{ForkedJobs, Registry, WorkerThread, pop};
 use crate::sync::{Mutex, lock};
+use crate::watch::stopped_by;
 
 /// A scope in which [`spawn`](Scope::spawn)ed jobs may borrow data that outlives the
 /// scope; created by [`scope`] or [`ThreadPool::scope`].
@@ -71,7 +73,8 @@ pub struct Scope<'scope> {
 /// # Panics
 ///
 /// If `op` or any spawned job panics, `scope` panics with the first payload, after every
-/// job has finished.
+/// job has finished. Inside a [`Watch`](crate::Watch), a panic wins over a stop: the block
+/// is stopped only if nothing in the scope panicked.
 ///
 /// # Examples
 ///
@@ -170,12 +173,26 @@ impl<'scope> Scope<'scope> {
         self.latch.poke();
     }
 
-    /// Runs `f`, recording its panic (the first one wins) instead of unwinding.
+    /// Runs `f`, recording its panic (the first one wins, but a panic wins over a watch's
+    /// stop: a panic is never hidden behind a stop) instead of unwinding.
     fn run<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
         match catch(f) {
             Ok(value) => Some(value),
             Err(payload) => {
-                lock(&self.panic).get_or_insert(payload);
+                let is_stop = |payload: &Panic| stopped_by(payload.as_ref()).is_some();
+                let mut recorded = lock(&self.panic);
+                let replace = match &*recorded {
+                    None => true,
+                    Some(first) => is_stop(first) && !is_stop(&payload),
+                };
+                let loser = if replace {
+                    recorded.replace(payload)
+                } else {
+                    Some(payload)
+                };
+                drop(recorded);
+                // Its `Drop` is user code: caught, and outside the lock.
+                let _ = catch(move || drop(loser));
                 None
             }
         }

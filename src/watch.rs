@@ -1,0 +1,782 @@
+//! Watching a block of work: a cancellation token, a deadline and a progress count that apply
+//! to every map, task and process job started inside [`Watch::run`].
+//!
+//! # Why a block, not an argument per call
+//!
+//! A long job is rarely one map: it is a pipeline of maps, reductions and tasks. A watch
+//! applies to all of them at once, with the signatures users already know: `par_map` still
+//! returns a `Vec`, `pool.map` still takes items and a function. What `run` adds is one
+//! `Result`: `Err(Stopped)` when the token was cancelled or the deadline passed, saying which.
+//!
+//! # The protocol
+//!
+//! - **One active watch per thread.** `run` installs its watch in a thread-local for the
+//!   duration of the block and restores the one before it on the way out (also when the block
+//!   unwinds). A `run` inside a `run` is stopped by either's token or deadline, and reports
+//!   progress to both.
+//! - **A call captures the watch when it starts** ([`Active::current`]) and carries it to
+//!   wherever its work runs: every job of a map, a submitted task and the jobs it starts run
+//!   under the watch of the call that made them ([`Active::enter`]), and a worker that runs
+//!   an unrelated job while it waits runs it under that job's watch, not its own.
+//! - **Stopping.** Work is checked between batches, so a stop takes effect within about one
+//!   batch's time; the items not yet processed are dropped, each exactly once. A call that
+//!   returns a plain value (`par_map`, `map`, the kit) then unwinds the *calling* thread
+//!   with a private payload that `run` turns into `Err(Stopped)`, as salsa's `Cancelled`
+//!   does; no worker unwinds. A call that already returns a `Result` (a task's `get`, the
+//!   process pool's maps) reports the stop through its own error instead.
+//! - **Progress** is counted per batch, never per item, into the watch's [`Progress`].
+//!
+//! # What each call does (thread pool)
+//!
+//! - `par_map` and the rest of the kit, `map`, `map_chunked`, `try_map`: checked before
+//!   the first item and between batches (the token every batch; the deadline where the
+//!   engine reads the clock anyway, about every 16 µs of work, and after every batch of
+//!   items coarse enough that those reads are over 100 µs apart); stopped, they drop their
+//!   unprocessed items and partial results and unwind to `run`. The `try_` operations
+//!   unwind too: their error type is the closure's.
+//! - `imap` and `imap_unordered` capture the watch where the iterator is *made*, and
+//!   check it each time a chunk's results arrive; stopped, `next()` unwinds to `run`.
+//!   An iterator consumed outside any `run` has nowhere to unwind to: its
+//!   `until_stopped()` yields the stop once as an item, then ends.
+//! - `submit`: the task carries the watch. Stopped before it starts, its closure is
+//!   dropped unrun; stopped while a call in it runs, that call unwinds inside the task.
+//!   Either way `get` returns a `TaskError` with `is_cancelled()` or `is_deadline()`.
+//! - `join`, `scope`, `install` and `spawn` are not stopped themselves but carry the
+//!   watch into their jobs: a stop in a job reaches `run` through their join point
+//!   (`spawn` has none: a stop just ends its closure).
+//! - A map's length joins the progress total when it starts (a map nested in another
+//!   map's closure joins when it starts, so the total grows as the work unfolds).
+//!
+//! An unwatched call pays one thread-local read when it starts, and each job one more;
+//! while no watch exists in the process, one relaxed load instead. A `join` job borrows
+//! its owner's watch (the owner waits for it) rather than counting a reference.
+//!
+//! Unwinding needs `panic = "unwind"` (the default): under `panic = "abort"` a stop inside a
+//! call that returns a plain value aborts the process.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A cloneable flag that stops the work of every [`Watch`] it is given to.
+///
+/// Clones share one flag: cancel any of them from any thread, and every block watched by it
+/// stops within about one batch's time.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::CancelToken;
+///
+/// let token = CancelToken::new();
+/// let other = token.clone();
+/// assert!(!token.is_cancelled());
+/// other.cancel();
+/// assert!(token.is_cancelled());
+/// ```
+#[derive(Clone, Default)]
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+}
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(!parpool::CancelToken::new().is_cancelled());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels the token and every clone of it. Cancelling twice is the same as once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let token = CancelToken::new();
+    /// token.cancel();
+    /// let stopped = Watch::new().cancel_token(&token).run(|| 1).unwrap_err();
+    /// assert!(stopped.is_cancelled());
+    /// ```
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Release);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called on this token or a clone of it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let token = parpool::CancelToken::new();
+    /// token.cancel();
+    /// assert!(token.is_cancelled());
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+/// A count of items done, out of a total where the total is known, shared by every clone.
+///
+/// Give it to a [`Watch`]: every map in the watched block adds its length to the total when
+/// it starts (the total becomes unknown if one map's length is unknown) and its items to the
+/// count as batches finish. Read it from any thread.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::prelude::*;
+/// use parpool::{Progress, Watch};
+///
+/// let progress = Progress::new();
+/// let squares = Watch::new()
+///     .progress(&progress)
+///     .run(|| (0..1000u64).par_map(|i| i * i))
+///     .unwrap();
+/// assert_eq!(squares.len(), 1000);
+/// assert_eq!(progress.done(), 1000);
+/// assert_eq!(progress.total(), Some(1000));
+/// ```
+#[derive(Clone, Default)]
+pub struct Progress {
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    done: AtomicU64,
+    /// The sum of the known totals.
+    total: AtomicU64,
+    /// Set once a map of unknown length joined: from then on the total is unknown.
+    total_unknown: AtomicBool,
+}
+
+impl Progress {
+    /// A count at zero, of a total of zero.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let progress = parpool::Progress::new();
+    /// assert_eq!(progress.done(), 0);
+    /// assert_eq!(progress.total(), Some(0));
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The items done so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{Progress, ThreadPool, Watch};
+    ///
+    /// let pool = ThreadPool::new(2)?;
+    /// let progress = Progress::new();
+    /// Watch::new().progress(&progress).run(|| pool.map(0..50u32, |x| x + 1)).unwrap();
+    /// assert_eq!(progress.done(), 50);
+    /// # Ok::<(), parpool::ThreadPoolBuildError>(())
+    /// ```
+    pub fn done(&self) -> u64 {
+        self.counts.done.load(Ordering::Relaxed)
+    }
+
+    /// The items expected, or `None` when a map of unknown length joined.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::prelude::*;
+    /// use parpool::{Progress, Watch};
+    ///
+    /// let progress = Progress::new();
+    /// Watch::new().progress(&progress).run(|| [1, 2, 3].par_map(|x| x * 2)).unwrap();
+    /// assert_eq!(progress.total(), Some(3));
+    /// ```
+    pub fn total(&self) -> Option<u64> {
+        if self.counts.total_unknown.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(self.counts.total.load(Ordering::Relaxed))
+        }
+    }
+
+    /// Adds a map's length to the total (`None`: the length is unknown).
+    fn expect(&self, items: Option<u64>) {
+        match items {
+            Some(items) => {
+                self.counts.total.fetch_add(items, Ordering::Relaxed);
+            }
+            None => self.counts.total_unknown.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Counts `items` more done: called once per batch, never per item.
+    fn add(&self, items: u64) {
+        self.counts.done.fetch_add(items, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Progress")
+            .field("done", &self.done())
+            .field("total", &self.total())
+            .finish()
+    }
+}
+
+/// What stops the work of a block, and where its progress goes: a [`CancelToken`], a
+/// deadline and a [`Progress`], each optional. [`run`](Self::run) applies them to every map,
+/// task and process job started in the block (see "What is watched").
+///
+/// # What is watched (thread pool)
+///
+/// Every call started inside `run`, on whatever thread its work runs: maps nested in a
+/// map's closure, tasks and the jobs of `join` and `scope` are watched too.
+///
+/// - `par_map` and the rest of the [`ParMap`](crate::ParMap) kit, [`map`](crate::map),
+///   [`map_chunked`](crate::map_chunked), [`try_map`](crate::try_map) (and the
+///   [`ThreadPool`](crate::ThreadPool) methods): checked between batches, so a stop takes
+///   effect within about one batch's time; the items not yet processed are dropped, each
+///   exactly once, never processed, and so are the results so far; the call then unwinds
+///   to `run`, which returns [`Stopped`]. The `try_` operations stop the same way.
+/// - [`imap`](crate::imap) and [`imap_unordered`](crate::imap_unordered): watched by the
+///   watch in force where the iterator is *made*; see [`Imap`](crate::Imap) and
+///   [`Imap::until_stopped`](crate::Imap::until_stopped).
+/// - [`submit`](crate::ThreadPool::submit): the task carries the watch; a stop is reported
+///   by [`Task::get`](crate::Task::get) as a [`TaskError`](crate::TaskError) with
+///   `is_cancelled()` or `is_deadline()`.
+/// - Progress: each map adds its length to the total when it starts (none if unknown) and
+///   its items to the count as batches finish.
+///
+/// Stopping unwinds the calling thread with a private payload, so it needs
+/// `panic = "unwind"` (the default). The pool stays usable after a stop.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::prelude::*;
+/// use parpool::{CancelToken, Watch};
+/// use std::time::Duration;
+///
+/// let token = CancelToken::new();
+/// let watch = Watch::new().cancel_token(&token).timeout(Duration::from_secs(60));
+///
+/// // Nothing stops it: the block's value comes back.
+/// let v = watch.run(|| (0..100u32).par_map(|x| x + 1)).unwrap();
+/// assert_eq!(v[99], 100);
+///
+/// // Cancelled from inside (any thread may cancel): the map stops and `run` says why.
+/// let stopped = watch
+///     .run(|| {
+///         (0..1_000_000u32).par_map(|x| {
+///             if x == 10 {
+///                 token.cancel();
+///             }
+///             x
+///         })
+///     })
+///     .unwrap_err();
+/// assert!(stopped.is_cancelled());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Watch {
+    cancel: Option<CancelToken>,
+    deadline: Option<Instant>,
+    progress: Option<Progress>,
+}
+
+impl Watch {
+    /// A watch that stops nothing and counts nothing, until told to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(parpool::Watch::new().run(|| 7).unwrap(), 7);
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stops the block when `token` (or a clone of it) is cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let token = CancelToken::new();
+    /// let watch = Watch::new().cancel_token(&token);
+    /// assert!(watch.run(|| ()).is_ok());
+    /// token.cancel();
+    /// assert!(watch.run(|| ()).unwrap_err().is_cancelled());
+    /// ```
+    pub fn cancel_token(mut self, token: &CancelToken) -> Self {
+        self.cancel = Some(token.clone());
+        self
+    }
+
+    /// Stops the block once `at` has passed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::Watch;
+    /// use std::time::Instant;
+    ///
+    /// let past = Watch::new().deadline(Instant::now());
+    /// assert!(past.run(|| ()).unwrap_err().is_deadline());
+    /// ```
+    pub fn deadline(mut self, at: Instant) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
+    /// Stops the block once `after` has passed from now (this call, not the start of `run`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::Watch;
+    /// use std::time::Duration;
+    ///
+    /// let watch = Watch::new().timeout(Duration::from_secs(3600));
+    /// assert_eq!(watch.run(|| 1 + 1).unwrap(), 2);
+    /// ```
+    pub fn timeout(self, after: Duration) -> Self {
+        self.deadline(Instant::now() + after)
+    }
+
+    /// Counts the items of every map in the block into `progress`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::prelude::*;
+    /// use parpool::{Progress, Watch};
+    ///
+    /// let progress = Progress::new();
+    /// let watch = Watch::new().progress(&progress);
+    /// watch.run(|| (0..10u8).par_map(|x| x)).unwrap();
+    /// watch.run(|| (0..5u8).par_map(|x| x)).unwrap();
+    /// assert_eq!((progress.done(), progress.total()), (15, Some(15)));
+    /// ```
+    pub fn progress(mut self, progress: &Progress) -> Self {
+        self.progress = Some(progress.clone());
+        self
+    }
+
+    /// Runs `block` under this watch, and returns its value, or why it was stopped.
+    ///
+    /// A block that was stopped may have left what it mutated part-way, as after an early
+    /// return; what the stopped calls had not yet processed was dropped, never processed.
+    /// Panics in the block are not caught: they continue to unwind past `run`.
+    ///
+    /// # Errors
+    ///
+    /// [`Stopped`] when the token was cancelled or the deadline passed, checked before the
+    /// block starts and by every call in it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let token = CancelToken::new();
+    /// assert_eq!(Watch::new().cancel_token(&token).run(|| "done").unwrap(), "done");
+    /// ```
+    pub fn run<T>(&self, block: impl FnOnce() -> T) -> Result<T, Stopped> {
+        let active = Active::nested_in(Active::current(), self);
+        active.check()?;
+        let _entered = Active::enter(Some(active));
+        match panic::catch_unwind(AssertUnwindSafe(block)) {
+            Ok(value) => Ok(value),
+            Err(payload) => match payload.downcast::<StopSignal>() {
+                Ok(signal) => Err(signal.0),
+                Err(payload) => panic::resume_unwind(payload),
+            },
+        }
+    }
+}
+
+/// Why a watched block stopped: its [`CancelToken`] was cancelled or its deadline passed.
+///
+/// # Examples
+///
+/// ```
+/// use parpool::Watch;
+/// use std::time::Instant;
+///
+/// let stopped = Watch::new().deadline(Instant::now()).run(|| ()).unwrap_err();
+/// assert!(stopped.is_deadline() && !stopped.is_cancelled());
+/// assert_eq!(stopped.to_string(), "the watch's deadline passed");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    reason: Reason,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reason {
+    Cancelled,
+    Deadline,
+}
+
+impl Stopped {
+    /// The watch's [`CancelToken`] was cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{CancelToken, Watch};
+    ///
+    /// let token = CancelToken::new();
+    /// token.cancel();
+    /// assert!(Watch::new().cancel_token(&token).run(|| ()).unwrap_err().is_cancelled());
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.reason == Reason::Cancelled
+    }
+
+    /// The watch's deadline passed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::Watch;
+    /// use std::time::Instant;
+    ///
+    /// assert!(Watch::new().deadline(Instant::now()).run(|| ()).unwrap_err().is_deadline());
+    /// ```
+    pub fn is_deadline(&self) -> bool {
+        self.reason == Reason::Deadline
+    }
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.reason {
+            Reason::Cancelled => "the watch's cancel token was cancelled",
+            Reason::Deadline => "the watch's deadline passed",
+        })
+    }
+}
+
+impl fmt::Debug for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stopped")
+            .field("reason", &self.reason)
+            .finish()
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// The payload a stopped call unwinds the calling thread with, up to its [`Watch::run`].
+struct StopSignal(Stopped);
+
+/// The watch in force: the conditions of every `run` enclosing a call, merged when the
+/// innermost began, shared by the call's jobs wherever they run.
+#[derive(Clone)]
+pub(crate) struct Active {
+    inner: Arc<Merged>,
+}
+
+struct Merged {
+    /// The tokens of every enclosing `run` (usually one).
+    tokens: Vec<CancelToken>,
+    /// The earliest of their deadlines.
+    deadline: Option<Instant>,
+    /// The progress counts of every enclosing `run` (usually one, often none).
+    progress: Vec<Progress>,
+}
+
+/// How many [`Merged`] exist in the process. While none does, no thread has a watch (a
+/// watch in force holds one), so [`Active::current`] and [`Active::enter`] with none skip
+/// the thread-local: a program that never watches pays one relaxed load per call and per
+/// job (every `join` captures, so this is on the hottest path of the pool).
+///
+/// Relaxed is enough: a thread that has a watch made it (program order) or got it with a
+/// job, whose hand-over orders the increment before; and the count cannot fall to 0 while
+/// that watch lives.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    /// The watch in force on this thread: set by `run` and by jobs that carry one. Not
+    /// counted: whoever installs a watch keeps it alive for as long as it is installed (an
+    /// [`Entered`] that owns it, or the frame of a `join` job's owner, see [`Borrowed`]).
+    static CURRENT: Cell<Option<NonNull<Merged>>> = const { Cell::new(None) };
+}
+
+/// The watch in force where a `join` job was made, carried without touching its reference
+/// count: a `join` happens at every level of a recursion, and an `Arc` clone and drop per
+/// `join` on a count every worker shares made `fib(30)` with a `join` at every level 4×
+/// slower inside a `run` (12 ms against 50 ms). Valid while the job's owner waits for it
+/// (see [`Active::enter_borrowed`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Borrowed(NonNull<Merged>);
+
+// SAFETY: a `Borrowed` is a pointer to a `Merged`, which is `Send` and `Sync` (tokens, a
+// deadline, progress counts); it is dereferenced only while the watch is alive.
+unsafe impl Send for Borrowed {}
+// SAFETY: as above; sharing it only shares the pointer value.
+unsafe impl Sync for Borrowed {}
+
+impl Active {
+    /// The watch in force on this thread, if any: a call captures it when it starts.
+    #[inline]
+    pub(crate) fn current() -> Option<Active> {
+        if LIVE.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Self::current_cold()
+    }
+
+    /// [`Active::current`] once some watch exists: out of line, so that the hot paths it
+    /// is inlined into stay small.
+    #[cold]
+    #[inline(never)]
+    fn current_cold() -> Option<Active> {
+        let pointer = CURRENT.with(Cell::get)?;
+        // SAFETY: the watch `CURRENT` points at is alive while installed (see `CURRENT`),
+        // and it is owned by an `Arc`: one more reference to it is a new `Arc`.
+        let inner = unsafe {
+            Arc::increment_strong_count(pointer.as_ptr());
+            Arc::from_raw(pointer.as_ptr())
+        };
+        Some(Active { inner })
+    }
+
+    /// The watch in force on this thread, borrowed, for a `join` job (see [`Borrowed`]).
+    #[inline]
+    pub(crate) fn borrow_current() -> Option<Borrowed> {
+        if LIVE.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        CURRENT.with(Cell::get).map(Borrowed)
+    }
+
+    /// Installs `active` (or none) as this thread's watch until the guard drops, which
+    /// restores the one before: how a job runs under the watch of the call that made it.
+    #[inline]
+    pub(crate) fn enter(active: Option<Active>) -> Entered {
+        if active.is_none() && LIVE.load(Ordering::Relaxed) == 0 {
+            // No watch exists: this thread has none to replace.
+            return Entered {
+                previous: None,
+                _owned: None,
+            };
+        }
+        Self::enter_cold(active)
+    }
+
+    /// [`Active::enter`] once some watch exists (out of line, as `current_cold`).
+    #[cold]
+    #[inline(never)]
+    fn enter_cold(active: Option<Active>) -> Entered {
+        let pointer = active.as_ref().map(|active| NonNull::from(&*active.inner));
+        Entered {
+            previous: Some(CURRENT.with(|current| current.replace(pointer))),
+            _owned: active,
+        }
+    }
+
+    /// Installs a borrowed watch (or none) until the guard drops, as [`Active::enter`].
+    ///
+    /// # Safety
+    ///
+    /// The watch must stay alive until the guard drops. It does for a `join` job's
+    /// [`Borrowed`] while the job runs: its owner installed the watch in a frame that does
+    /// not return before the job has finished (the owner waits for it), and the owner's
+    /// installation keeps the watch alive (owned by an [`Entered`], or itself borrowed by
+    /// the same rule from a frame further out).
+    #[inline]
+    pub(crate) unsafe fn enter_borrowed(borrowed: Option<Borrowed>) -> Entered {
+        if borrowed.is_none() && LIVE.load(Ordering::Relaxed) == 0 {
+            return Entered {
+                previous: None,
+                _owned: None,
+            };
+        }
+        let pointer = borrowed.map(|borrowed| borrowed.0);
+        Entered {
+            previous: Some(CURRENT.with(|current| current.replace(pointer))),
+            _owned: None,
+        }
+    }
+
+    /// `watch`'s conditions added to those of `outer`.
+    fn nested_in(outer: Option<Active>, watch: &Watch) -> Active {
+        let (mut tokens, outer_deadline, mut progress) = match outer {
+            Some(outer) => (
+                outer.inner.tokens.clone(),
+                outer.inner.deadline,
+                outer.inner.progress.clone(),
+            ),
+            None => (Vec::new(), None, Vec::new()),
+        };
+        tokens.extend(watch.cancel.iter().cloned());
+        progress.extend(watch.progress.iter().cloned());
+        let deadline = match (outer_deadline, watch.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        LIVE.fetch_add(1, Ordering::Relaxed);
+        Active {
+            inner: Arc::new(Merged {
+                tokens,
+                deadline,
+                progress,
+            }),
+        }
+    }
+
+    /// Whether the work must stop: a token cancelled (checked first, it costs a load) or the
+    /// deadline passed (this reads the clock).
+    pub(crate) fn check(&self) -> Result<(), Stopped> {
+        self.check_token()?;
+        match self.inner.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(Stopped {
+                reason: Reason::Deadline,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a token was cancelled: a load per token and no clock read, cheap enough for
+    /// every batch (the deadline is checked where the engine reads the clock anyway).
+    #[inline]
+    pub(crate) fn check_token(&self) -> Result<(), Stopped> {
+        if self.inner.tokens.iter().any(CancelToken::is_cancelled) {
+            return Err(Stopped {
+                reason: Reason::Cancelled,
+            });
+        }
+        Ok(())
+    }
+
+    /// The earliest deadline of the enclosing `run`s, if any.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.inner.deadline
+    }
+
+    /// A call of `items` items (`None`: unknown) starts: add them to every progress total.
+    pub(crate) fn expect(&self, items: Option<u64>) {
+        for progress in &self.inner.progress {
+            progress.expect(items);
+        }
+    }
+
+    /// `items` more items are done: called once per batch.
+    pub(crate) fn add(&self, items: u64) {
+        for progress in &self.inner.progress {
+            progress.add(items);
+        }
+    }
+}
+
+/// Restores the thread's previous watch when dropped (see [`Active::enter`]), then drops
+/// the watch it installed, if it owns it: the thread-local never points at a freed watch.
+pub(crate) struct Entered {
+    /// The watch to restore; `None` when `enter` left the thread-local alone.
+    previous: Option<Option<NonNull<Merged>>>,
+    /// The installed watch, kept alive while installed (none when borrowed).
+    _owned: Option<Active>,
+}
+
+impl Drop for Entered {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            CURRENT.with(|current| current.set(previous));
+        }
+    }
+}
+
+/// Ends a call that returns a plain value and was stopped: unwinds the calling thread to
+/// its [`Watch::run`], which returns `Err(stopped)`.
+pub(crate) fn unwind(stopped: Stopped) -> ! {
+    panic::resume_unwind(stop_payload(stopped))
+}
+
+/// [`unwind`], after dropping `held` (the input and results a stopped call still holds):
+/// dropped here, not by the unwind, so that a `Drop` that panics raises a plain panic
+/// (which wins over the stop) instead of aborting the process as a panic during an
+/// unwind does.
+pub(crate) fn unwind_after_dropping<T>(stopped: Stopped, held: T) -> ! {
+    drop(held);
+    unwind(stopped)
+}
+
+/// The payload [`unwind`] raises, for a caller that reports a stop through a caught
+/// outcome instead of unwinding (a task stopped before it started).
+pub(crate) fn stop_payload(stopped: Stopped) -> Box<dyn Any + Send> {
+    Box::new(StopSignal(stopped))
+}
+
+/// The stop a caught payload carries, if it is [`unwind`]'s and not a user panic: how a
+/// task's `get` tells a stopped body from a panicking one.
+pub(crate) fn stopped_by(payload: &(dyn Any + Send)) -> Option<Stopped> {
+    payload.downcast_ref::<StopSignal>().map(|signal| signal.0)
+}
+
+/// Where the pieces of one call record that its watch stopped it: the first reason seen,
+/// read by the calling thread once the pieces are done. One byte, written at most a few
+/// times per call (by each piece that sees the stop), so Relaxed: the pieces' hand-back
+/// (`join`, the window's rings) orders it before the caller reads it.
+#[derive(Debug, Default)]
+pub(crate) struct StopCell(AtomicU8);
+
+/// [`StopCell`] values: nothing stopped the call yet, or why it stopped.
+const NOT_STOPPED: u8 = 0;
+const STOPPED_CANCELLED: u8 = 1;
+const STOPPED_DEADLINE: u8 = 2;
+
+impl StopCell {
+    /// Records `stopped` unless a reason was recorded first.
+    pub(crate) fn record(&self, stopped: Stopped) {
+        let value = match stopped.reason {
+            Reason::Cancelled => STOPPED_CANCELLED,
+            Reason::Deadline => STOPPED_DEADLINE,
+        };
+        let _ = self
+            .0
+            .compare_exchange(NOT_STOPPED, value, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The first recorded reason, if the call was stopped.
+    pub(crate) fn get(&self) -> Option<Stopped> {
+        let reason = match self.0.load(Ordering::Relaxed) {
+            STOPPED_CANCELLED => Reason::Cancelled,
+            STOPPED_DEADLINE => Reason::Deadline,
+            _ => return None,
+        };
+        Some(Stopped { reason })
+    }
+}

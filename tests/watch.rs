@@ -1,0 +1,887 @@
+//! Watches on the thread side: cancellation, deadlines and progress for the kit, the
+//! iterator maps, `imap` and tasks.
+//!
+//! Every scenario could hang if a stop were lost, so each runs in a child process (this test
+//! binary re-executed on the ignored `child` test) under a time bound: a broken stop fails
+//! its own test instead of stalling the suite.
+
+#[path = "common/child.rs"]
+mod child;
+
+use std::hint::black_box;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parpool::prelude::*;
+use parpool::{CancelToken, Progress, Stopped, Watch};
+
+/// Declares the scenarios: [`SCENARIOS`] for the child side, and one `#[test]` each (in
+/// `bounded`) that runs it in a child process.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        /// The scenarios, by name.
+        const SCENARIOS: &[(&str, fn())] = &[$((stringify!($name), $name)),*];
+
+        mod bounded {
+            $(
+                #[test]
+                fn $name() {
+                    super::in_child(stringify!($name));
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    cancel_inside_into_par_map,
+    cancel_inside_pool_map,
+    cancel_inside_imap,
+    cancel_every_kit_op,
+    cancel_from_another_thread,
+    deadline_stops_maps,
+    nested_runs,
+    nested_maps_are_watched,
+    stolen_job_does_not_inherit,
+    scope_and_join_carry_the_watch,
+    spawn_ends_a_stopped_closure_quietly,
+    submit_reports_stops,
+    imap_until_stopped,
+    imap_outside_run_panics_clearly,
+    panic_inside_run_is_not_swallowed,
+    progress_counts_every_map,
+    stress_random_cancels,
+);
+
+/// The child side: runs the scenario named in the environment.
+#[test]
+#[ignore = "runs only as a child process of the tests in `bounded`"]
+fn child() {
+    let name = std::env::var(child::SCENARIO).expect("a scenario name");
+    let (_, scenario) = SCENARIOS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .unwrap_or_else(|| panic!("unknown scenario {name}"));
+    scenario();
+}
+
+/// Runs `scenario` in a child process, failing if it fails or runs past the bound.
+fn in_child(scenario: &str) {
+    let outcome = child::run_child(scenario, &[], &[], Duration::from_secs(120));
+    assert!(
+        outcome.success,
+        "scenario {scenario} failed (timed out: {}):\n{}",
+        outcome.timed_out, outcome.output
+    );
+}
+
+/// About `n` × 5 ns of work the optimiser cannot remove.
+fn spin(n: u64) -> u64 {
+    (0..n).fold(0u64, |acc, i| {
+        black_box(acc.wrapping_mul(31).wrapping_add(i))
+    })
+}
+
+/// What happened to the items and results of one call.
+#[derive(Default, Debug)]
+struct Counts {
+    created: AtomicUsize,
+    /// Items passed to the closure.
+    mapped: AtomicUsize,
+    /// Items the closure started after the token was cancelled.
+    mapped_after_stop: AtomicUsize,
+    dropped_mapped: AtomicUsize,
+    dropped_unmapped: AtomicUsize,
+    results_made: AtomicUsize,
+    results_dropped: AtomicUsize,
+}
+
+impl Counts {
+    fn get(counter: &AtomicUsize) -> usize {
+        counter.load(Ordering::SeqCst)
+    }
+
+    /// Waits (within the child's bound) until every item was mapped or dropped and every
+    /// result made was dropped: a stopped `imap` does not wait for its running chunks,
+    /// which finish, and drop their items and results, in the background.
+    fn settle(&self, total: usize) {
+        let get = Self::get;
+        while get(&self.mapped) + get(&self.dropped_unmapped) < total
+            || get(&self.results_dropped) < get(&self.results_made)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Every item dropped exactly once, mapped or not, and every result made dropped
+    /// exactly once (the results of a stopped call are never handed out).
+    fn assert_exactly_once(&self, total: usize) {
+        let get = Self::get;
+        assert_eq!(get(&self.created), total);
+        assert_eq!(
+            get(&self.mapped) + get(&self.dropped_unmapped),
+            total,
+            "processed + dropped unprocessed != total: {self:?}"
+        );
+        assert_eq!(get(&self.dropped_mapped), get(&self.mapped), "{self:?}");
+        assert_eq!(
+            get(&self.results_dropped),
+            get(&self.results_made),
+            "{self:?}"
+        );
+    }
+}
+
+/// An owned input item that reports whether it was dropped mapped or not.
+struct Item {
+    counts: Arc<Counts>,
+    mapped: bool,
+    value: u64,
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        let counter = if self.mapped {
+            &self.counts.dropped_mapped
+        } else {
+            &self.counts.dropped_unmapped
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A result that counts its drop.
+struct Out {
+    counts: Arc<Counts>,
+    value: u64,
+}
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        self.counts.results_dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn items(counts: &Arc<Counts>, n: usize) -> Vec<Item> {
+    (0..n as u64)
+        .map(|value| {
+            counts.created.fetch_add(1, Ordering::SeqCst);
+            Item {
+                counts: Arc::clone(counts),
+                mapped: false,
+                value,
+            }
+        })
+        .collect()
+}
+
+/// The closure under test: maps `item` (about 1 µs), cancelling `token` at the
+/// `cancel_at`-th item.
+fn map_item(mut item: Item, token: &CancelToken, cancel_at: usize) -> Out {
+    let counts = Arc::clone(&item.counts);
+    if token.is_cancelled() {
+        counts.mapped_after_stop.fetch_add(1, Ordering::SeqCst);
+    }
+    item.mapped = true;
+    if counts.mapped.fetch_add(1, Ordering::SeqCst) == cancel_at {
+        token.cancel();
+    }
+    counts.results_made.fetch_add(1, Ordering::SeqCst);
+    Out {
+        counts,
+        value: spin(200) ^ item.value,
+    }
+}
+
+/// `map` run on `n` items with a cancel at item `cancel_at`, from inside: stopped,
+/// every item and result dropped exactly once, and few items mapped after the stop.
+fn cancel_inside(n: usize, map: impl FnOnce(Vec<Item>, &CancelToken) -> Vec<Out>) {
+    cancel_inside_then(n, map, false);
+}
+
+/// [`cancel_inside`], for a map that leaves its running chunks to finish in the
+/// `background` (`imap`) or one that waits for them.
+fn cancel_inside_then(
+    n: usize,
+    map: impl FnOnce(Vec<Item>, &CancelToken) -> Vec<Out>,
+    background: bool,
+) {
+    let counts = Arc::new(Counts::default());
+    let input = items(&counts, n);
+    let token = CancelToken::new();
+    let outcome = Watch::new().cancel_token(&token).run(|| map(input, &token));
+    let stopped = outcome.map(|out| out.len()).unwrap_err();
+    assert!(stopped.is_cancelled() && !stopped.is_deadline());
+    if background {
+        counts.settle(n);
+    }
+    counts.assert_exactly_once(n);
+    let mapped = Counts::get(&counts.mapped);
+    assert!(mapped < n, "the map ran to the end: {counts:?}");
+    // A stop takes effect between batches: what runs after it is at most a few batches
+    // per thread (a batch is at most 4096 items), never the rest of the input.
+    assert!(
+        Counts::get(&counts.mapped_after_stop) <= 4 * 4096,
+        "{counts:?}"
+    );
+}
+
+const ITEMS: usize = 200_000;
+
+fn cancel_inside_into_par_map() {
+    cancel_inside(ITEMS, |input, token| {
+        input.into_par_map(|item| map_item(item, token, 1000))
+    });
+    // Cancelled while the caller still samples: the same guarantees.
+    cancel_inside(ITEMS, |input, token| {
+        input.into_par_map(|item| map_item(item, token, 0))
+    });
+}
+
+fn cancel_inside_pool_map() {
+    let pool = ThreadPool::new(2).unwrap();
+    cancel_inside(ITEMS, |input, token| {
+        pool.map(input, |item| map_item(item, token, 1000))
+    });
+    cancel_inside(ITEMS, |input, token| {
+        pool.map_chunked(input, 64, |item| map_item(item, token, 1000))
+    });
+    cancel_inside(ITEMS, |input, token| {
+        pool.try_map(input, |item| Ok::<_, ()>(map_item(item, token, 1000)))
+            .unwrap()
+    });
+    // The pool goes on serving after the stops.
+    assert_eq!(pool.map(0..1000u32, |x| x + 1)[999], 1000);
+}
+
+fn cancel_inside_imap() {
+    let pool = ThreadPool::new(2).unwrap();
+    for ordered in [true, false] {
+        let map = |input, token: &CancelToken| {
+            let token = token.clone();
+            let f = move |item| map_item(item, &token, 1000);
+            if ordered {
+                pool.imap(input, f).collect()
+            } else {
+                pool.imap_unordered(input, f).collect()
+            }
+        };
+        cancel_inside_then(ITEMS, map, true);
+    }
+    assert_eq!(pool.imap(0..100u32, |x| x).count(), 100);
+}
+
+/// The closure a kit operation is given in [`cancel_every_kit_op`].
+type ItemFn<'a> = &'a (dyn Fn(&u64) -> u64 + Sync);
+
+/// A kit operation run over the data with the closure.
+type KitOp = fn(&[u64], ItemFn<'_>);
+
+/// Every operation of the kit stops on a cancel from inside and reports it.
+fn cancel_every_kit_op() {
+    let data: Vec<u64> = (0..ITEMS as u64).collect();
+    let ops: &[(&str, KitOp)] = &[
+        ("par_map", |d, f| {
+            black_box(d.par_map(f));
+        }),
+        ("par_map_into", |d, f| d.par_map_into(f, &mut Vec::new())),
+        ("par_for_each", |d, f| {
+            d.par_for_each(|x| {
+                black_box(f(x));
+            })
+        }),
+        ("par_map_init", |d, f| {
+            black_box(d.par_map_init(|| 1u64, |k, x| f(x) + *k));
+        }),
+        ("par_for_each_init", |d, f| {
+            d.par_for_each_init(|| 0u64, |k, x| *k ^= f(x))
+        }),
+        ("par_sum", |d, f| {
+            black_box(d.par_sum::<u64, _>(|x| f(x) & 1));
+        }),
+        ("par_min", |d, f| {
+            black_box(d.par_min(f));
+        }),
+        ("par_max", |d, f| {
+            black_box(d.par_max(f));
+        }),
+        ("par_map_reduce", |d, f| {
+            black_box(d.par_map_reduce(f, || 0, |a, b| a ^ b));
+        }),
+        ("try_par_map", |d, f| {
+            let _ = black_box(d.try_par_map(|x| Ok::<_, ()>(f(x))));
+        }),
+        ("try_par_for_each", |d, f| {
+            let _ = black_box(d.try_par_for_each(|x| {
+                black_box(f(x));
+                Ok::<_, ()>(())
+            }));
+        }),
+        ("par_chunks", |d, f| {
+            black_box(d.par_chunks(4).map(|c| f(&c[0])));
+        }),
+        ("par_for_each_mut", |d, f| {
+            d.to_vec().par_for_each_mut(|x| *x = f(x))
+        }),
+        ("into_par_map", |d, f| {
+            black_box(d.to_vec().into_par_map(|x| f(&x)));
+        }),
+        ("range par_map", |d, f| {
+            drop((0..d.len() as u64).par_map(|x| f(&x)))
+        }),
+        ("map", |d, f| {
+            black_box(parpool::map(d, f));
+        }),
+        ("map_chunked", |d, f| {
+            black_box(parpool::map_chunked(d, 8, f));
+        }),
+        ("try_map", |d, f| {
+            let _ = black_box(parpool::try_map(d, |x| Ok::<_, ()>(f(x))));
+        }),
+    ];
+    for (name, op) in ops {
+        let token = CancelToken::new();
+        let seen = AtomicUsize::new(0);
+        let f = |x: &u64| {
+            if seen.fetch_add(1, Ordering::Relaxed) == 1000 {
+                token.cancel();
+            }
+            spin(100) ^ x
+        };
+        let stopped = Watch::new()
+            .cancel_token(&token)
+            .run(|| op(&data, &f))
+            .expect_err(name);
+        assert!(stopped.is_cancelled(), "{name}");
+        assert!(
+            seen.load(Ordering::Relaxed) < ITEMS,
+            "{name} ran to the end"
+        );
+    }
+}
+
+/// A token cancelled by another thread stops a map that is running.
+fn cancel_from_another_thread() {
+    let pool = ThreadPool::new(2).unwrap();
+    let counts = Arc::new(Counts::default());
+    let input = items(&counts, ITEMS);
+    let token = CancelToken::new();
+    let canceller = {
+        let (token, counts) = (token.clone(), Arc::clone(&counts));
+        std::thread::spawn(move || {
+            while counts.mapped.load(Ordering::SeqCst) < 5000 {
+                std::thread::yield_now();
+            }
+            token.cancel();
+        })
+    };
+    let never = CancelToken::new();
+    let stopped = Watch::new()
+        .cancel_token(&token)
+        .run(|| pool.install(|| input.into_par_map(|item| map_item(item, &never, usize::MAX))))
+        .map(|out| out.len())
+        .unwrap_err();
+    canceller.join().unwrap();
+    assert!(stopped.is_cancelled());
+    counts.assert_exactly_once(ITEMS);
+    assert!(Counts::get(&counts.mapped) < ITEMS);
+}
+
+/// A deadline stops every kind of map, and says so.
+fn deadline_stops_maps() {
+    let pool = ThreadPool::new(2).unwrap();
+    // Each map would take seconds; the deadline is 20 ms away.
+    let slow = |x: u64| spin(2000) ^ x;
+    let runs: [(&str, &dyn Fn()); 4] = [
+        ("par_map", &|| drop((0..2_000_000u64).par_map(slow))),
+        ("pool.map", &|| {
+            black_box(pool.map(0..2_000_000u64, slow));
+        }),
+        ("imap", &|| {
+            black_box(pool.imap(0..2_000_000u64, slow).count());
+        }),
+        ("one-thread par_map", &|| {
+            let one = ThreadPool::new(1).unwrap();
+            {
+                black_box(one.install(|| (0..2_000_000u64).par_map(slow)));
+            }
+        }),
+    ];
+    for (name, run) in runs {
+        let stopped = Watch::new()
+            .timeout(Duration::from_millis(20))
+            .run(run)
+            .expect_err(name);
+        assert!(stopped.is_deadline() && !stopped.is_cancelled(), "{name}");
+    }
+    // A deadline in the past stops the block before it starts.
+    let ran = AtomicUsize::new(0);
+    let stopped = Watch::new()
+        .deadline(Instant::now())
+        .run(|| ran.fetch_add(1, Ordering::SeqCst))
+        .unwrap_err();
+    assert!(stopped.is_deadline());
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+}
+
+/// A run inside a run: stopped by either's token, the innermost run reports the stop, and
+/// progress goes to both.
+fn nested_runs() {
+    let (outer_token, inner_token) = (CancelToken::new(), CancelToken::new());
+    let (outer_progress, inner_progress) = (Progress::new(), Progress::new());
+    let outer = Watch::new()
+        .cancel_token(&outer_token)
+        .progress(&outer_progress);
+    let inner = Watch::new()
+        .cancel_token(&inner_token)
+        .progress(&inner_progress);
+    let result = outer.run(|| {
+        let first = inner.run(|| (0..1000u64).par_map(|x| x + 1)).unwrap();
+        assert_eq!(first.len(), 1000);
+        // The inner token stops the inner block only.
+        inner_token.cancel();
+        assert!(
+            inner
+                .run(|| (0..1000u64).par_map(|x| x))
+                .unwrap_err()
+                .is_cancelled()
+        );
+        // The outer block goes on.
+        let second = (0..500u64).par_map(|x| x * 2);
+        // The outer token stops a map inside a fresh inner run, which reports it first.
+        let fresh = Watch::new();
+        let stopped = fresh
+            .run(|| {
+                (0..ITEMS as u64).par_map(|x| {
+                    if x == 100 {
+                        outer_token.cancel();
+                    }
+                    spin(100) ^ x
+                })
+            })
+            .unwrap_err();
+        assert!(stopped.is_cancelled());
+        second.len()
+    });
+    assert_eq!(result.unwrap(), 500);
+    assert_eq!(inner_progress.done(), 1000);
+    assert_eq!(inner_progress.total(), Some(1000));
+    assert_eq!(outer_progress.total(), Some(1000 + 500 + ITEMS as u64));
+    assert!(outer_progress.done() >= 1500 && outer_progress.done() < 1500 + ITEMS as u64);
+}
+
+/// Maps started inside a map's closure, on workers, are watched too: a cancel stops them,
+/// and their items count into the progress.
+fn nested_maps_are_watched() {
+    let progress = Progress::new();
+    let sums = Watch::new()
+        .progress(&progress)
+        .run(|| (0..20u64).par_map(|i| (0..1000u64).par_map(|j| spin(50) ^ (i + j)).len()))
+        .unwrap();
+    assert_eq!(sums, vec![1000; 20]);
+    assert_eq!(progress.total(), Some(20 + 20 * 1000));
+    assert_eq!(progress.done(), 20 + 20 * 1000);
+
+    let token = CancelToken::new();
+    let inner_started = AtomicUsize::new(0);
+    let stopped = Watch::new()
+        .cancel_token(&token)
+        .run(|| {
+            (0..64u64).par_map(|i| {
+                inner_started.fetch_add(1, Ordering::SeqCst);
+                (0..100_000u64)
+                    .par_map(|j| {
+                        if i == 0 && j == 10 {
+                            token.cancel();
+                        }
+                        spin(20) ^ j
+                    })
+                    .len()
+            })
+        })
+        .unwrap_err();
+    assert!(stopped.is_cancelled());
+    assert!(inner_started.load(Ordering::SeqCst) < 64);
+}
+
+/// A worker that waits inside a watched call and runs an unrelated job meanwhile runs it
+/// under that job's watch (none), not the waiting frame's.
+fn stolen_job_does_not_inherit() {
+    let pool = ThreadPool::new(1).unwrap();
+    let token = CancelToken::new();
+    let progress = Progress::new();
+    let unrelated_len = pool.install(|| {
+        // Submitted outside the run: no watch. It waits on this worker's own deque.
+        let unrelated = pool.submit(|| (0..100_000u64).par_map(|x| spin(5) ^ x).len());
+        Watch::new()
+            .cancel_token(&token)
+            .progress(&progress)
+            .run(|| {
+                token.cancel();
+                // The worker waits here by running its other jobs: `unrelated` among them.
+                unrelated.get()
+            })
+            .unwrap()
+    });
+    assert_eq!(unrelated_len.unwrap(), 100_000);
+    assert_eq!(progress.done(), 0);
+    assert_eq!(progress.total(), Some(0));
+}
+
+/// `scope` spawns and `join` halves run under the watch of their caller: a stop in them
+/// reaches the run.
+fn scope_and_join_carry_the_watch() {
+    let pool = ThreadPool::new(2).unwrap();
+    let token = CancelToken::new();
+    let watch = Watch::new().cancel_token(&token);
+    let stopped = watch
+        .run(|| {
+            pool.scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|_| {
+                        token.cancel();
+                        drop((0..ITEMS as u64).par_map(|x| spin(50) ^ x));
+                    });
+                }
+            })
+        })
+        .unwrap_err();
+    assert!(stopped.is_cancelled());
+
+    let token = CancelToken::new();
+    let stopped = Watch::new()
+        .cancel_token(&token)
+        .run(|| {
+            pool.join(
+                || drop((0..1000u64).par_map(|x| x)),
+                || {
+                    token.cancel();
+                    drop((0..ITEMS as u64).par_map(|x| spin(50) ^ x));
+                },
+            )
+        })
+        .unwrap_err();
+    assert!(stopped.is_cancelled());
+    assert_eq!(pool.join(|| 1, || 2), (1, 2));
+}
+
+/// A closure given to `spawn` inside a run runs under its watch; a stop ends it without
+/// reaching the panic handler.
+fn spawn_ends_a_stopped_closure_quietly() {
+    let (report, handled) = std::sync::mpsc::channel();
+    let report = std::sync::Mutex::new(report);
+    // One worker: the handler calls happen in the order the closures end.
+    let pool = ThreadPool::builder()
+        .num_threads(1)
+        .panic_handler(move |payload| {
+            let message = payload.downcast_ref::<&str>().map(|s| s.to_string());
+            report.lock().unwrap().send(message).unwrap();
+        })
+        .build()
+        .unwrap();
+    let token = CancelToken::new();
+    Watch::new()
+        .cancel_token(&token)
+        .run(|| {
+            let token = token.clone();
+            pool.spawn(move || {
+                let mapped = (0..ITEMS as u64).par_map(|x| {
+                    if x == 10 {
+                        token.cancel();
+                    }
+                    spin(50) ^ x
+                });
+                unreachable!("the map was stopped, yet returned {} results", mapped.len());
+            });
+        })
+        .unwrap();
+    pool.spawn(|| panic!("a real panic"));
+    // Had the stop reached the handler, its report would come first.
+    assert_eq!(handled.recv().unwrap().as_deref(), Some("a real panic"));
+    assert!(token.is_cancelled());
+}
+
+/// Drops its counter once.
+struct Capture(Arc<AtomicUsize>);
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A task carries its watch: stopped before it starts, it is dropped unrun; its stopped
+/// map is an error, not a panic.
+fn submit_reports_stops() {
+    let pool = ThreadPool::new(1).unwrap();
+    for deadline in [false, true] {
+        let token = CancelToken::new();
+        let watch = if deadline {
+            Watch::new().timeout(Duration::from_millis(10))
+        } else {
+            Watch::new().cancel_token(&token)
+        };
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let blocker = pool.submit(move || gate.recv().unwrap());
+        let (ran, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let capture = Capture(Arc::clone(&dropped));
+        let ran_in_task = Arc::clone(&ran);
+        let task = watch
+            .run(|| {
+                pool.submit(move || {
+                    let _capture = capture;
+                    ran_in_task.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .unwrap();
+        token.cancel();
+        std::thread::sleep(Duration::from_millis(20));
+        release.send(()).unwrap();
+        blocker.get().unwrap();
+        let error = task.get().unwrap_err();
+        assert_eq!(error.is_deadline(), deadline, "{error}");
+        assert_eq!(error.is_cancelled(), !deadline, "{error}");
+        assert!(!error.is_panic());
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "a stopped task ran");
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            1,
+            "its closure dropped once"
+        );
+    }
+
+    // Stopped while it runs: the map in it stops, and the task reports the stop.
+    let token = CancelToken::new();
+    let task = Watch::new()
+        .cancel_token(&token)
+        .run(|| {
+            let token = token.clone();
+            pool.submit(move || {
+                (0..ITEMS as u64)
+                    .par_map(|x| {
+                        if x == 10 {
+                            token.cancel();
+                        }
+                        spin(50) ^ x
+                    })
+                    .len()
+            })
+        })
+        .unwrap();
+    let error = task.get().unwrap_err();
+    assert!(error.is_cancelled() && !error.is_panic(), "{error}");
+    assert!(error.to_string().contains("stopped"), "{error}");
+    assert_eq!(pool.submit(|| 3).get().unwrap(), 3);
+}
+
+/// `until_stopped` yields the stop once, then ends; plain `next()` inside the run unwinds
+/// to it.
+fn imap_until_stopped() {
+    let pool = ThreadPool::new(2).unwrap();
+    for ordered in [true, false] {
+        let token = CancelToken::new();
+        let counts = Arc::new(Counts::default());
+        let input = items(&counts, ITEMS);
+        let never = CancelToken::new();
+        let f = move |item| map_item(item, &never, usize::MAX);
+        let results: Vec<Result<Out, Stopped>> = Watch::new()
+            .cancel_token(&token)
+            .run(|| {
+                let mut yielded = 0;
+                let inner: Box<dyn Iterator<Item = Result<Out, Stopped>>> = if ordered {
+                    Box::new(pool.imap(input, f).until_stopped())
+                } else {
+                    Box::new(pool.imap_unordered(input, f).until_stopped())
+                };
+                inner
+                    .inspect(|_| {
+                        yielded += 1;
+                        if yielded == 5000 {
+                            token.cancel();
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap();
+        let stops = results.iter().filter(|r| r.is_err()).count();
+        assert_eq!(stops, 1);
+        assert!(
+            results.last().unwrap().as_ref().is_err(),
+            "the stop ends it"
+        );
+        assert!(results.len() < ITEMS);
+        if ordered {
+            for (i, result) in results.iter().enumerate().filter(|(_, r)| r.is_ok()) {
+                assert_eq!(result.as_ref().ok().unwrap().value, spin(200) ^ i as u64);
+            }
+        }
+        drop(results);
+        counts.settle(ITEMS);
+        counts.assert_exactly_once(ITEMS);
+    }
+    // Consumed outside its run, after the deadline: the stop once, then the end.
+    let mut late = Watch::new()
+        .timeout(Duration::from_millis(10))
+        .run(|| pool.imap(0..ITEMS as u64, |x| x).until_stopped())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(late.next().unwrap().unwrap_err().is_deadline());
+    assert!(late.next().is_none());
+    assert!(late.next().is_none());
+}
+
+/// Plain `next()` on a stopped imap outside any run panics with a message saying what to
+/// do instead.
+fn imap_outside_run_panics_clearly() {
+    let pool = ThreadPool::new(2).unwrap();
+    let mut escaped = Watch::new()
+        .timeout(Duration::from_millis(10))
+        .run(|| pool.imap(0..ITEMS as u64, |x| x))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let payload = panic::catch_unwind(AssertUnwindSafe(|| escaped.next())).unwrap_err();
+    let message = payload
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    assert!(message.contains("until_stopped"), "{message}");
+    assert!(message.contains("deadline"), "{message}");
+    // An imap made outside any run is never stopped.
+    assert_eq!(pool.imap(0..10u8, |x| x).count(), 10);
+}
+
+/// A user panic inside a run unwinds past it unchanged, and the pool keeps serving.
+fn panic_inside_run_is_not_swallowed() {
+    let pool = ThreadPool::new(2).unwrap();
+    let token = CancelToken::new();
+    let payload = panic::catch_unwind(AssertUnwindSafe(|| {
+        Watch::new().cancel_token(&token).run(|| {
+            pool.install(|| {
+                (0..ITEMS as u64).par_map(|x| {
+                    if x == 500 {
+                        panic!("boom at {x}");
+                    }
+                    x
+                })
+            })
+        })
+    }))
+    .unwrap_err();
+    assert_eq!(payload.downcast_ref::<String>().unwrap(), "boom at 500");
+    // A panic after a cancel is still a panic, not a stop.
+    let payload = panic::catch_unwind(AssertUnwindSafe(|| {
+        Watch::new().cancel_token(&token).run(|| {
+            token.cancel();
+            panic!("after cancel");
+        })
+    }))
+    .unwrap_err();
+    assert_eq!(*payload.downcast_ref::<&str>().unwrap(), "after cancel");
+    assert_eq!(pool.install(|| (0..100u32).par_map(|x| x).len()), 100);
+}
+
+/// Every map counts its items once, out of its length where known.
+fn progress_counts_every_map() {
+    let pool = ThreadPool::new(2).unwrap();
+    let progress = Progress::new();
+    let watch = Watch::new().progress(&progress);
+    let n = 100_000u64;
+    let expect = |done: u64, total: Option<u64>| {
+        assert_eq!((progress.done(), progress.total()), (done, total));
+    };
+    watch.run(|| (0..n).par_map(|x| spin(20) ^ x)).unwrap();
+    expect(n, Some(n));
+    watch
+        .run(|| {
+            (0..n).par_for_each(|x| {
+                black_box(spin(20) ^ x);
+            })
+        })
+        .unwrap();
+    expect(2 * n, Some(2 * n));
+    watch.run(|| pool.map(0..n, |x| spin(20) ^ x)).unwrap();
+    expect(3 * n, Some(3 * n));
+    watch
+        .run(|| pool.imap(0..n, |x| spin(20) ^ x).count())
+        .unwrap();
+    expect(4 * n, Some(4 * n));
+    // Cheap items that stay on the caller count too.
+    watch.run(|| pool.map(0..n, |x| x)).unwrap();
+    expect(5 * n, Some(5 * n));
+    // An input of unknown length makes the total unknown.
+    let text = "1\n2\n3\n".repeat(1000);
+    watch
+        .run(|| pool.map(text.lines(), |s| s.parse::<u8>().unwrap()))
+        .unwrap();
+    assert_eq!(progress.done(), 5 * n + 3000);
+    assert_eq!(progress.total(), None);
+}
+
+/// Hundreds of rounds of cancels at random moments, from another thread, on each kind of
+/// map: every round either finishes whole or stops, and every item and result is dropped
+/// exactly once either way.
+fn stress_random_cancels() {
+    let pool = ThreadPool::new(2).unwrap();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let n = 5000;
+    // Cancel anywhere from before the start to well after the end of a round.
+    let whole = {
+        let counts = Arc::new(Counts::default());
+        let input = items(&counts, n);
+        let never = CancelToken::new();
+        let start = Instant::now();
+        drop(pool.map(input, |item| map_item(item, &never, usize::MAX)));
+        start.elapsed().as_micros().max(1) as u64
+    };
+    let (mut stopped_rounds, mut whole_rounds) = (0, 0);
+    for round in 0..300 {
+        let counts = Arc::new(Counts::default());
+        let input = items(&counts, n);
+        let token = CancelToken::new();
+        let delay = Duration::from_micros(next() % (2 * whole));
+        let canceller = {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                token.cancel();
+            })
+        };
+        let never = CancelToken::new();
+        let f = |item| map_item(item, &never, usize::MAX);
+        let outcome = Watch::new().cancel_token(&token).run(|| match round % 4 {
+            0 => pool.install(|| input.into_par_map(f)),
+            1 => pool.map(input, f),
+            2 => {
+                let never = never.clone();
+                pool.imap(input, move |item| map_item(item, &never, usize::MAX))
+                    .collect()
+            }
+            _ => parpool::map_chunked(input, 16, f),
+        });
+        match outcome {
+            Ok(results) => {
+                assert_eq!(results.len(), n);
+                whole_rounds += 1;
+            }
+            Err(stopped) => {
+                assert!(stopped.is_cancelled());
+                stopped_rounds += 1;
+            }
+        }
+        canceller.join().unwrap();
+        if round % 4 == 2 {
+            counts.settle(n);
+        }
+        counts.assert_exactly_once(n);
+    }
+    assert!(stopped_rounds > 0, "no round was stopped");
+    eprintln!("{stopped_rounds} rounds stopped, {whole_rounds} whole");
+    assert_eq!(pool.map(0..10u8, |x| x).len(), 10);
+}
