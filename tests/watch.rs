@@ -48,6 +48,7 @@ scenarios!(
     scope_and_join_carry_the_watch,
     spawn_ends_a_stopped_closure_quietly,
     submit_reports_stops,
+    task_run_inline_checks_its_watch,
     imap_until_stopped,
     imap_outside_run_panics_clearly,
     panic_inside_run_is_not_swallowed,
@@ -673,6 +674,46 @@ fn submit_reports_stops() {
     let error = task.get().unwrap_err();
     assert!(error.is_cancelled() && !error.is_panic(), "{error}");
     assert!(error.to_string().contains("stopped"), "{error}");
+    assert_eq!(pool.submit(|| 3).get().unwrap(), 3);
+}
+
+/// A task that a waiter beyond the nesting limit (16 waits deep) claims and runs inline is
+/// checked against its watch first, as a worker checks it: once the watch is cancelled, the
+/// next task down the recursion is dropped unrun and its `get` reports the stop.
+fn task_run_inline_checks_its_watch() {
+    /// Level `level` of a recursion of tasks, each waiting for the next; cancels the watch at
+    /// `CANCEL_AT`. Returns the deepest level reached, or where the recursion was stopped.
+    fn descend(level: u32, ran: Arc<AtomicUsize>, token: CancelToken) -> Result<u32, String> {
+        const CANCEL_AT: u32 = 20;
+        ran.fetch_add(1, Ordering::SeqCst);
+        if level == CANCEL_AT {
+            token.cancel();
+        }
+        if level == 30 {
+            return Ok(level);
+        }
+        let (ran, next_token) = (Arc::clone(&ran), token.clone());
+        match parpool::submit(move || descend(level + 1, ran, next_token)).get() {
+            Ok(inner) => inner,
+            Err(error) if error.is_cancelled() && !error.is_panic() => {
+                Err(format!("stopped below {level}"))
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    let pool = ThreadPool::new(1).unwrap();
+    let (ran, token) = (Arc::new(AtomicUsize::new(0)), CancelToken::new());
+    let reached = Watch::new()
+        .cancel_token(&token)
+        .run(|| pool.install(|| descend(0, Arc::clone(&ran), token.clone())))
+        .unwrap();
+    assert_eq!(reached, Err("stopped below 20".to_owned()));
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        21,
+        "levels 0 to 20 ran, none below"
+    );
     assert_eq!(pool.submit(|| 3).get().unwrap(), 3);
 }
 
