@@ -41,9 +41,10 @@ use super::task::{Batch, Outcome, Reply, Sink};
 use super::wire;
 use super::worker::{self, Trampoline};
 use super::{ProcessPool, call_for, encode_argument};
-use crate::ProcessError;
 use crate::map::ZERO_CHUNK_SIZE;
 use crate::shm::segment::{self, Segment};
+use crate::watch::Active;
+use crate::{ProcessError, Stopped};
 
 /// Chunks in flight per worker process. A worker may hold up to 64 one-item jobs (the credit
 /// window) and the caller decodes results while more wait; 128 per process keeps both
@@ -73,8 +74,19 @@ struct Encoded {
 /// Encoded chunks, or (item count, error) for a chunk that did not encode.
 type Chunks<'a> = Box<dyn Iterator<Item = Result<Encoded, (usize, ProcessError)>> + 'a>;
 
-/// Makes the call and the chunk source once the chunking is known.
-type Start<'a> = Box<dyn FnOnce(Chunking, usize) -> Result<(Call, Chunks<'a>), ProcessError> + 'a>;
+/// Makes the call, the chunk source and the number of items (where the input's `size_hint`
+/// is exact) once the chunking is known.
+type Start<'a> =
+    Box<dyn FnOnce(Chunking, usize) -> Result<(Call, Chunks<'a>, Option<u64>), ProcessError> + 'a>;
+
+/// What [`Stream::next_chunk`] found.
+enum Next {
+    /// A chunk finished: its index, its item count and its outcome.
+    Chunk(usize, usize, Outcome),
+    /// The call's watch stopped it; every job of the call is settled (see
+    /// [`Stream::stop`]).
+    Stopped(ProcessError),
+}
 
 /// A stream of chunk outcomes: the part `Imap` and `ImapUnordered` share.
 struct Stream<'a> {
@@ -96,6 +108,11 @@ struct Stream<'a> {
     /// Chunks that failed before they reached the pool.
     failed: VecDeque<(usize, usize, Outcome)>,
     exhausted: bool,
+    /// The watch in force when the call was made: it counts the call's progress and may
+    /// stop it.
+    watch: Option<Active>,
+    /// The watch stopped the call, which then yielded its error: nothing more comes.
+    ended: bool,
 }
 
 impl<'a> Stream<'a> {
@@ -114,6 +131,8 @@ impl<'a> Stream<'a> {
             counts: HashMap::new(),
             failed: VecDeque::new(),
             exhausted: false,
+            watch: Active::current(),
+            ended: false,
         }
     }
 
@@ -138,15 +157,21 @@ impl<'a> Stream<'a> {
     /// Pulls and submits chunks until the window is full or the input ends.
     fn refill(&mut self) {
         if let Some(start) = self.start.take() {
-            match start(self.chunking, self.pool.processes()) {
-                Ok((call, chunks)) => {
+            let (expected, failure) = match start(self.chunking, self.pool.processes()) {
+                Ok((call, chunks, items)) => {
                     self.call = Some(call);
                     self.chunks = Some(chunks);
+                    (items, None)
                 }
-                Err(e) => {
-                    self.failed.push_back((0, 1, Err(e)));
-                    self.exhausted = true;
-                }
+                // The call fails as one item.
+                Err(e) => (Some(1), Some(e)),
+            };
+            if let Some(watch) = &self.watch {
+                watch.expect(expected);
+            }
+            if let Some(e) = failure {
+                self.failed.push_back((0, 1, Err(e)));
+                self.exhausted = true;
             }
         }
         // Top up once half the window is free, so chunks go to the pool in batches (one
@@ -180,6 +205,7 @@ impl<'a> Stream<'a> {
                             payload: encoded.bytes,
                             segments: encoded.segments,
                             sink: Sink::Batch(Arc::clone(&self.batch), index),
+                            watch: self.watch.clone(),
                         });
                     }
                 }
@@ -202,20 +228,69 @@ impl<'a> Stream<'a> {
         }
     }
 
-    /// The next finished chunk: (index, items, outcome). `None` when the input is done and
-    /// every chunk was taken.
-    fn next_chunk(&mut self) -> Option<(usize, usize, Outcome)> {
+    /// The next finished chunk, or the stop of the call's watch. `None` when the input is
+    /// done and every chunk was taken, or after the stop.
+    ///
+    /// The watch is looked at once per chunk, here and while waiting for one: a stop takes
+    /// effect within about one chunk's time.
+    fn next_chunk(&mut self) -> Option<Next> {
+        if self.ended {
+            return None;
+        }
+        if let Some(stopped) = self.watch.as_ref().and_then(|watch| watch.check().err()) {
+            return Some(self.stop(stopped));
+        }
         self.refill();
-        if let Some(failed) = self.failed.pop_front() {
-            return Some(failed);
+        if let Some((index, items, outcome)) = self.failed.pop_front() {
+            self.count(items);
+            return Some(Next::Chunk(index, items, outcome));
         }
         if self.in_flight == 0 {
             return None;
         }
-        let (index, outcome) = self.batch.take(&mut self.taken);
+        let (index, outcome) = match self.batch.take(&mut self.taken, self.watch.as_ref()) {
+            Ok(taken) => taken,
+            Err(stopped) => return Some(self.stop(stopped)),
+        };
         self.in_flight -= 1;
         let items = self.counts.remove(&index).unwrap_or(1);
-        Some((index, items, outcome))
+        if let Some(stopped) = outcome.as_ref().err().and_then(ProcessError::stop) {
+            // The pool saw the stop first and dropped this chunk.
+            return Some(self.stop(stopped));
+        }
+        self.count(items);
+        Some(Next::Chunk(index, items, outcome))
+    }
+
+    /// Counts `items` done in the watch's progress.
+    fn count(&self, items: usize) {
+        if let Some(watch) = &self.watch {
+            watch.add(items as u64);
+        }
+    }
+
+    /// Ends the call for `stopped`: the input is dropped with the items not pulled yet (each
+    /// once, here), the chunks not sent are dropped by the pool and never run, and the
+    /// chunks already sent are waited for, as they finish or as their workers are killed
+    /// (`kill_on_stop`), their results discarded; so when the call returns its error,
+    /// nothing of it runs any more. See `supervisor/stop.rs` for the pool's side.
+    fn stop(&mut self, stopped: Stopped) -> Next {
+        self.ended = true;
+        self.exhausted = true;
+        self.start = None;
+        self.chunks = None;
+        self.failed.clear();
+        if self.in_flight > 0 {
+            self.pool.shared().stop_watched();
+            while self.in_flight > 0 {
+                // Every submitted chunk completes exactly once: with its outcome, or with
+                // the stop when it was dropped or its worker killed.
+                let _ = self.batch.take(&mut self.taken, None);
+                self.in_flight -= 1;
+            }
+            self.counts.clear();
+        }
+        Next::Stopped(ProcessError::stopped(stopped))
     }
 
     /// Turns a chunk outcome into one result per item.
@@ -289,7 +364,11 @@ where
             chunk
         };
         let call = call_for(f, trampoline)?;
-        Ok((call, chunk_source(items, chunking, processes)))
+        let len = match items.size_hint() {
+            (low, Some(high)) if low == high => u64::try_from(low).ok(),
+            _ => None,
+        };
+        Ok((call, chunk_source(items, chunking, processes), len))
     })
 }
 
@@ -474,8 +553,13 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
                 continue;
             }
             match self.stream.next_chunk() {
-                Some((index, items, outcome)) => {
+                Some(Next::Chunk(index, items, outcome)) => {
                     self.early.insert(index, (items, outcome));
+                }
+                Some(Next::Stopped(e)) => {
+                    // The error once, then the end: nothing is left to yield.
+                    self.early.clear();
+                    return Some(Err(e));
                 }
                 None => {
                     // Every chunk arrived; take any left in order (none are missing unless a
@@ -563,8 +647,13 @@ impl<R: DeserializeOwned> Iterator for ImapUnordered<'_, R> {
             if let Some(result) = self.ready.pop_front() {
                 return Some(result);
             }
-            let (_, items, outcome) = self.stream.next_chunk()?;
-            self.stream.unpack(items, outcome, &mut self.ready);
+            match self.stream.next_chunk()? {
+                Next::Chunk(_, items, outcome) => {
+                    self.stream.unpack(items, outcome, &mut self.ready);
+                }
+                // The error once, then the end.
+                Next::Stopped(e) => return Some(Err(e)),
+            }
         }
     }
 }
@@ -665,6 +754,8 @@ impl ProcessPool {
             match result {
                 Ok(value) if first_error.is_none() => out.push(value),
                 Ok(_) => {}
+                // A stop ends the call: its error wins over an earlier item's failure.
+                Err(e) if e.stop().is_some() => return Err(e),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }

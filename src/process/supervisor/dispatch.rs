@@ -113,6 +113,12 @@ impl State {
                 self.queue.pop_front();
                 continue;
             }
+            if let Some(stopped) = job.spec.stopped() {
+                // Never sent (see `stop`).
+                let job = self.queue.pop_front().expect("front exists");
+                job.spec.sink.complete(Err(ProcessError::stopped(stopped)));
+                continue;
+            }
             let Some(slot) = self.pick(credit, &open, &batches) else {
                 break;
             };

@@ -14,7 +14,8 @@
 //!   start and their backoff;
 //! - [`sizing`]: **elastic sizing**, when a worker is spawned and when one retires for
 //!   idleness, and why no job is lost;
-//! - [`shutdown`]: the steps of close and terminate.
+//! - [`shutdown`]: the steps of close and terminate;
+//! - [`stop`]: what a stopped [`Watch`](crate::Watch) does to the jobs of its calls.
 //!
 //! # Threads
 //!
@@ -41,6 +42,7 @@ mod lifecycle;
 mod shutdown;
 mod sizing;
 mod state;
+mod stop;
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -54,8 +56,10 @@ use super::bootstrap;
 use super::task::Sink;
 use super::wire;
 use crate::ProcessError;
+use crate::Stopped;
 use crate::shm::segment::{Holder, Segment, SegmentId};
 use crate::sync::lock;
+use crate::watch::Active;
 use conn::{Source, Token};
 use state::{Job, Phase, State, Worker};
 
@@ -98,6 +102,8 @@ pub(crate) struct Config {
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) initializer: Option<fn()>,
     pub(crate) startup_timeout: Duration,
+    /// When a call's watch stops it, kill the workers running its jobs (else they finish).
+    pub(crate) kill_on_stop: bool,
 }
 
 /// A job as submitted: what to run, its encoded argument, and where its outcome goes.
@@ -108,6 +114,16 @@ pub(crate) struct JobSpec {
     /// Shared-memory segments the argument names; kept alive until the job is answered.
     pub(crate) segments: Vec<Arc<Segment>>,
     pub(crate) sink: Sink,
+    /// The watch of the call that submitted the job: once it stops, the job is never sent
+    /// (see `stop_watched`).
+    pub(crate) watch: Option<Active>,
+}
+
+impl JobSpec {
+    /// Why the job's watch stopped it, if it did.
+    fn stopped(&self) -> Option<Stopped> {
+        self.watch.as_ref().and_then(|watch| watch.check().err())
+    }
 }
 
 /// The state shared by the pool handle, submitting threads and the supervisor thread.
@@ -305,9 +321,25 @@ impl Shared {
             return; // the supervisor (or another waiter) is at it
         };
         state.take_ring(slot, &mut Vec::new(), self);
-        let timer_started = state.dispatch(self, Instant::now());
+        let now = Instant::now();
+        // A result taken here may have brought a stopped call's job to the front.
+        state.kill_stopped(self, now);
+        let timer_started = state.dispatch(self, now);
         drop(state);
         if timer_started {
+            self.wake();
+        }
+    }
+
+    /// A call saw its watch stop: settle the queued jobs of every stopped call now (each
+    /// completes once, with the stop, and is never sent) and, if the pool kills on stop,
+    /// kill the workers running such jobs (see `State::kill_stopped`).
+    pub(crate) fn stop_watched(&self) {
+        let mut state = self.lock();
+        state.drop_stopped();
+        if state.kill_stopped(self, Instant::now()) {
+            drop(state);
+            // The supervisor reaps the killed workers and spawns their replacements.
             self.wake();
         }
     }

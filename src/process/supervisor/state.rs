@@ -125,6 +125,9 @@ pub(super) enum Ending {
     Violation(String),
     /// Killed by `terminate` or by a failed build.
     Terminated,
+    /// Killed: its front job belongs to a call whose watch stopped, and the pool kills on
+    /// stop (see `stop`).
+    Stopped(crate::Stopped),
     /// It failed to start; the message says why (`None`: its exit status does).
     StartFailed(Option<String>),
 }
