@@ -246,7 +246,10 @@ impl Progress {
     /// maps. Keep it short (a draw, a channel send): a count whose thread finds the callback
     /// busy on another thread skips the call rather than wait. The final call runs on the
     /// thread that called [`Watch::run`], before `run` returns. Calls never overlap. The
-    /// callback runs outside every watch: a map it starts is not watched, nor counted.
+    /// callback runs outside every watch: a map it starts is not watched, nor counted; a
+    /// block it runs that counts into this same progress makes no nested call (but it must
+    /// not wait for *another* thread's block that counts into it, whose final call waits
+    /// for this one to return).
     ///
     /// **Panics.** A panic in the callback is caught (the panic hook reports it on stderr as
     /// usual) and the callback is not called again; the maps and the counts go on unharmed.
