@@ -158,3 +158,37 @@ fn a_callback_that_counts_into_its_own_progress_neither_recurses_nor_deadlocks()
     assert_eq!(progress.done(), 3);
     slot.lock().unwrap().take();
 }
+
+#[cfg(feature = "indicatif")]
+#[test]
+fn a_bar_follows_the_counts_and_finishes_with_the_block() {
+    let bar = indicatif::ProgressBar::hidden();
+    let progress = Progress::with_bar(bar.clone());
+    Watch::new()
+        .progress(&progress)
+        .run(|| {
+            let active = Active::current().unwrap();
+            active.expect(Some(500));
+            active.add(200);
+            assert_eq!((bar.position(), bar.length()), (200, Some(500)));
+            active.add(300);
+        })
+        .unwrap();
+    assert_eq!((bar.position(), bar.length()), (500, Some(500)));
+    assert!(bar.is_finished());
+    // An unknown total leaves the bar without a length.
+    let bar = indicatif::ProgressBar::hidden();
+    let progress = Progress::with_bar(bar.clone());
+    Watch::new()
+        .progress(&progress)
+        .run(|| Active::current().unwrap().expect(None))
+        .unwrap();
+    assert_eq!(bar.length(), None);
+    // The ready-made bar draws nowhere here (the test's stderr is not a terminal).
+    let progress = Progress::bar();
+    Watch::new()
+        .progress(&progress)
+        .run(|| Active::current().unwrap().add(1))
+        .unwrap();
+    assert_eq!(progress.done(), 1);
+}
