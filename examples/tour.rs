@@ -244,8 +244,9 @@ fn main() {
         counter.load()
     );
 
-    // 5b. A long process map, watched: a progress bar; then a deadline stops one part-way,
-    // the jobs not sent are dropped, and the pool serves on.
+    // 5b. A long process map, watched: a progress bar; then a deadline stops one part-way
+    // (chunks of 10 jobs: it returns once the chunks already sent are done), the chunks not
+    // sent are dropped, and the pool serves on.
     let long = jobs * 10;
     let progress = progress();
     let watch = Watch::new().progress(&progress);
@@ -265,10 +266,8 @@ fn main() {
     let watch = Watch::new().progress(&progress).timeout(deadline);
     let stopped = watch
         .run(|| {
-            procs.map(
-                (0..long * 100).map(|block| (block, counter.clone())),
-                longest_chain,
-            )
+            let inputs = (0..long * 100).map(|block| (block, counter.clone()));
+            procs.map_chunked(inputs, 10, longest_chain)
         })
         .expect("the process map reports the stop itself")
         .expect_err("the deadline stops the map");
