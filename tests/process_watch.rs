@@ -244,7 +244,7 @@ fn imap_error_once_then_end() {
                     };
                     let mut iter = iter;
                     let mut results = Vec::new();
-                    while let Some(result) = iter.next() {
+                    for result in iter.by_ref() {
                         let ok = result.is_ok();
                         results.push(result);
                         if ok && results.len() == 20 && !deadline {
