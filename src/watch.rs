@@ -781,13 +781,19 @@ impl Active {
     /// Whether the work must stop: a token cancelled (checked first, it costs a load) or the
     /// deadline passed (this reads the clock).
     pub(crate) fn check(&self) -> Result<(), Stopped> {
+        self.check_with(Instant::now)
+    }
+
+    /// [`check`](Self::check), reading the clock through `now` (only when there is a
+    /// deadline).
+    fn check_with(&self, now: impl FnOnce() -> Instant) -> Result<(), Stopped> {
         if self.inner.tokens.iter().any(CancelToken::is_cancelled) {
             return Err(Stopped {
                 reason: Reason::Cancelled,
             });
         }
         match self.inner.deadline {
-            Some(deadline) if Instant::now() >= deadline => Err(Stopped {
+            Some(deadline) if now() >= deadline => Err(Stopped {
                 reason: Reason::Deadline,
             }),
             _ => Ok(()),
@@ -844,6 +850,12 @@ impl Active {
     /// then, and the supervisor by then when it must kill the jobs of a stopped call.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.inner.deadline
+    }
+
+    /// [`check`](Self::check) against a clock reading the caller made already: the
+    /// supervisor reads the clock once per pass, then checks every job it moves.
+    pub(crate) fn check_at(&self, now: Instant) -> Result<(), Stopped> {
+        self.check_with(|| now)
     }
 }
 

@@ -117,13 +117,14 @@ struct Stream<'a> {
 
 impl<'a> Stream<'a> {
     fn new(pool: &'a ProcessPool, chunking: Chunking, start: Start<'a>) -> Self {
+        let watch = Active::current();
         Self {
             pool,
             chunking,
             start: Some(start),
             call: None,
             chunks: None,
-            batch: Arc::new(Batch::new()),
+            batch: Arc::new(Batch::new(watch.clone())),
             window: WINDOW_PER_PROCESS * pool.processes(),
             pulled: 0,
             in_flight: 0,
@@ -131,7 +132,7 @@ impl<'a> Stream<'a> {
             counts: HashMap::new(),
             failed: VecDeque::new(),
             exhausted: false,
-            watch: Active::current(),
+            watch,
             ended: false,
         }
     }
@@ -154,8 +155,13 @@ impl<'a> Stream<'a> {
         self.chunking == Chunking::One
     }
 
-    /// Pulls and submits chunks until the window is full or the input ends.
-    fn refill(&mut self) {
+    /// Pulls and submits chunks until the window is full or the input ends. Returns the
+    /// stop instead, pulling nothing, when the call's watch stopped (looked at once per
+    /// round of pulls).
+    fn refill(&mut self) -> Result<(), Stopped> {
+        if self.start.is_some() {
+            self.check()?;
+        }
         if let Some(start) = self.start.take() {
             let (expected, failure) = match start(self.chunking, self.pool.processes()) {
                 Ok((call, chunks, items)) => {
@@ -177,11 +183,12 @@ impl<'a> Stream<'a> {
         // Top up once half the window is free, so chunks go to the pool in batches (one
         // lock and one round of sends per batch).
         if self.in_flight > 0 && self.in_flight + self.failed.len() > self.window / 2 {
-            return;
+            return Ok(());
         }
         while !self.exhausted && self.in_flight + self.failed.len() < self.window {
+            self.check()?;
             let (Some(call), Some(chunks)) = (self.call, self.chunks.as_mut()) else {
-                return;
+                return Ok(());
             };
             let room = self.window - self.in_flight - self.failed.len();
             let mut specs = Vec::new();
@@ -205,7 +212,6 @@ impl<'a> Stream<'a> {
                             payload: encoded.bytes,
                             segments: encoded.segments,
                             sink: Sink::Batch(Arc::clone(&self.batch), index),
-                            watch: self.watch.clone(),
                         });
                     }
                 }
@@ -226,21 +232,26 @@ impl<'a> Stream<'a> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Whether the call's watch stopped it.
+    fn check(&self) -> Result<(), Stopped> {
+        self.watch.as_ref().map_or(Ok(()), Active::check)
     }
 
     /// The next finished chunk, or the stop of the call's watch. `None` when the input is
     /// done and every chunk was taken, or after the stop.
     ///
-    /// The watch is looked at once per chunk, here and while waiting for one: a stop takes
-    /// effect within about one chunk's time.
+    /// The watch is looked at once per chunk taken (and while waiting for one) and once per
+    /// round of pulls: a stop takes effect within about one chunk's time.
     fn next_chunk(&mut self) -> Option<Next> {
         if self.ended {
             return None;
         }
-        if let Some(stopped) = self.watch.as_ref().and_then(|watch| watch.check().err()) {
+        if let Err(stopped) = self.refill() {
             return Some(self.stop(stopped));
         }
-        self.refill();
         if let Some((index, items, outcome)) = self.failed.pop_front() {
             self.count(items);
             return Some(Next::Chunk(index, items, outcome));
@@ -248,7 +259,7 @@ impl<'a> Stream<'a> {
         if self.in_flight == 0 {
             return None;
         }
-        let (index, outcome) = match self.batch.take(&mut self.taken, self.watch.as_ref()) {
+        let (index, outcome) = match self.batch.take(&mut self.taken, true) {
             Ok(taken) => taken,
             Err(stopped) => return Some(self.stop(stopped)),
         };
@@ -285,7 +296,7 @@ impl<'a> Stream<'a> {
             while self.in_flight > 0 {
                 // Every submitted chunk completes exactly once: with its outcome, or with
                 // the stop when it was dropped or its worker killed.
-                let _ = self.batch.take(&mut self.taken, None);
+                let _ = self.batch.take(&mut self.taken, false);
                 self.in_flight -= 1;
             }
             self.counts.clear();

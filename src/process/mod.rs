@@ -339,15 +339,14 @@ impl ProcessPool {
         }
         let call = call_for(f as usize, worker::call_one::<A, R> as Trampoline)?;
         let (payload, segments) = encode_argument(&arg)?;
-        let slot = Arc::new(TaskSlot::new());
+        let slot = Arc::new(TaskSlot::new(watch));
         self.shared.submit([JobSpec {
             call,
             payload,
             segments,
             sink: Sink::Task(Arc::clone(&slot)),
-            watch: watch.clone(),
         }])?;
-        Ok(ProcessTask::new(slot, &self.shared, watch))
+        Ok(ProcessTask::new(slot, &self.shared))
     }
 
     /// Stops accepting jobs. Queued and running jobs still finish; the workers exit once the

@@ -83,9 +83,9 @@ impl Reply {
     }
 }
 
-/// Spins, yielding between checks, until `done()` or `limit` passed. Returns `done()`.
-pub(crate) fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
+/// Spins, yielding between checks, until `done()` or `limit` passed since `start` (a clock
+/// reading the caller makes, and may use for more). Returns `done()`.
+pub(crate) fn spin_until(start: Instant, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     loop {
         if done() {
             return true;
@@ -103,6 +103,9 @@ pub(crate) fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> boo
 #[derive(Debug)]
 pub(crate) struct TaskSlot {
     completion: Completion<Outcome>,
+    /// The watch the job was submitted under: the pool never sends the job once it
+    /// stopped, and a wait looks at it.
+    watch: Option<Active>,
     /// The pool slot of the worker the job was sent to, and that worker's result ring: a
     /// waiter checks the ring without the pool's lock while it spins, and takes the result
     /// through the pool once one is there. Cleared when the job completes.
@@ -110,9 +113,10 @@ pub(crate) struct TaskSlot {
 }
 
 impl TaskSlot {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(watch: Option<Active>) -> Self {
         Self {
             completion: Completion::new(),
+            watch,
             sent: Mutex::new(None),
         }
     }
@@ -154,16 +158,26 @@ pub(crate) struct Batch {
     completed: AtomicUsize,
     /// The iterator was dropped: queued chunks are discarded instead of sent.
     abandoned: AtomicBool,
+    /// The watch of the call: the pool never sends a chunk once it stopped. Kept here, once
+    /// per call, rather than in each chunk's `JobSpec`: a chunk's sink already shares the
+    /// batch, so being watched adds nothing to the per-chunk reference counting.
+    watch: Option<Active>,
 }
 
 impl Batch {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(watch: Option<Active>) -> Self {
         Self {
             done: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
             completed: AtomicUsize::new(0),
             abandoned: AtomicBool::new(false),
+            watch,
         }
+    }
+
+    /// The watch of the call.
+    pub(crate) fn watch(&self) -> Option<&Active> {
+        self.watch.as_ref()
     }
 
     fn complete(&self, index: usize, outcome: Outcome) {
@@ -182,15 +196,24 @@ impl Batch {
     }
 
     /// Waits for the next completed chunk. `taken` counts the chunks taken so far (the
-    /// caller's counter, used to spin without the lock). Under a `watch`, the wait also
-    /// ends when the watch stops (looked at every [`STOP_POLL`] and at its deadline).
+    /// caller's counter, used to spin without the lock). With `watched`, returns the stop
+    /// instead once the call's watch stopped: looked at first (against the clock reading
+    /// the spin makes anyway, so a watched chunk costs no extra clock read), then every
+    /// [`STOP_POLL`] and at the watch's deadline while it blocks.
     pub(crate) fn take(
         &self,
         taken: &mut usize,
-        watch: Option<&Active>,
+        watched: bool,
     ) -> Result<(usize, Outcome), Stopped> {
+        let watch = self.watch.as_ref().filter(|_| watched);
+        let now = Instant::now();
+        if let Some(watch) = watch {
+            watch.check_at(now)?;
+        }
         // Acquire: pairs with the Release increment in `complete`.
-        spin_until(SPIN, || self.completed.load(Ordering::Acquire) > *taken);
+        spin_until(now, SPIN, || {
+            self.completed.load(Ordering::Acquire) > *taken
+        });
         let mut done = lock(&self.done);
         loop {
             if let Some(next) = done.pop_front() {
@@ -225,6 +248,14 @@ pub(crate) enum Sink {
 }
 
 impl Sink {
+    /// The watch of the call that submitted the job.
+    pub(crate) fn watch(&self) -> Option<&Active> {
+        match self {
+            Sink::Task(slot) => slot.watch.as_ref(),
+            Sink::Batch(batch, _) => batch.watch(),
+        }
+    }
+
     /// Claims the job for sending; `false` when nobody wants its outcome any more.
     pub(crate) fn start(&self) -> bool {
         match self {
@@ -291,17 +322,14 @@ pub struct ProcessTask<R> {
     /// The pool, to poll its result rings; weak, so a handle that outlives its pool does not
     /// keep the pool's descriptors open.
     shared: Weak<Shared>,
-    /// The watch the job was submitted under: a wait looks at it.
-    watch: Option<Active>,
     _result: PhantomData<fn() -> R>,
 }
 
 impl<R> ProcessTask<R> {
-    pub(crate) fn new(slot: Arc<TaskSlot>, shared: &Arc<Shared>, watch: Option<Active>) -> Self {
+    pub(crate) fn new(slot: Arc<TaskSlot>, shared: &Arc<Shared>) -> Self {
         Self {
             slot,
             shared: Arc::downgrade(shared),
-            watch,
             _result: PhantomData,
         }
     }
@@ -314,11 +342,12 @@ impl<R> ProcessTask<R> {
             return true;
         }
         let shared = self.shared.upgrade();
+        let now = Instant::now();
         let spin = match deadline {
-            Some(d) => SPIN.min(d.saturating_duration_since(Instant::now())),
+            Some(d) => SPIN.min(d.saturating_duration_since(now)),
             None => SPIN,
         };
-        let finished = spin_until(spin, || {
+        let finished = spin_until(now, spin, || {
             if !completion.is_finished()
                 && let (Some(shared), Some(worker)) = (&shared, self.slot.ring_pending())
             {
@@ -329,7 +358,7 @@ impl<R> ProcessTask<R> {
         if finished {
             return true;
         }
-        let Some(watch) = &self.watch else {
+        let Some(watch) = &self.slot.watch else {
             return completion.wait_cold(deadline);
         };
         // Watched: wake to look at the watch; once it stopped, have the pool settle the job

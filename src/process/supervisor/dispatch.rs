@@ -113,7 +113,7 @@ impl State {
                 self.queue.pop_front();
                 continue;
             }
-            if let Some(stopped) = job.spec.stopped() {
+            if let Some(stopped) = job.spec.stopped(now) {
                 // Never sent (see `stop`).
                 let job = self.queue.pop_front().expect("front exists");
                 job.spec.sink.complete(Err(ProcessError::stopped(stopped)));

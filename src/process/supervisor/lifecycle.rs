@@ -463,7 +463,7 @@ impl State {
             }
             Worker::Ready { mut conn, jobs } => {
                 let status = conn.reap(&shared.epoll);
-                self.settle(&conn, jobs, Ending::Lost, status, shared);
+                self.settle(&conn, jobs, Ending::Lost, status, shared, now);
             }
             Worker::Exiting {
                 mut conn,
@@ -472,7 +472,7 @@ impl State {
                 ..
             } => {
                 let status = conn.reap(&shared.epoll);
-                self.settle(&conn, jobs, why, status, shared);
+                self.settle(&conn, jobs, why, status, shared, now);
             }
             other @ (Worker::Dead { .. } | Worker::Spawning) => self.slots[slot] = other,
         }
@@ -487,6 +487,7 @@ impl State {
         why: Ending,
         status: ExitStatus,
         shared: &Shared,
+        now: Instant,
     ) {
         let terminating = self.phase == Phase::Terminating;
         let pid = conn.pid();
@@ -539,7 +540,7 @@ impl State {
         while let Some(job) = jobs.inflight.pop_back() {
             if terminating {
                 job.spec.sink.complete(Err(ProcessError::closed()));
-            } else if let Some(stopped) = job.spec.stopped() {
+            } else if let Some(stopped) = job.spec.stopped(now) {
                 // It never started, and its call stopped: it is never sent (see `stop`).
                 job.spec.sink.complete(Err(ProcessError::stopped(stopped)));
             } else {

@@ -59,7 +59,6 @@ use crate::ProcessError;
 use crate::Stopped;
 use crate::shm::segment::{Holder, Segment, SegmentId};
 use crate::sync::lock;
-use crate::watch::Active;
 use conn::{Source, Token};
 use state::{Job, Phase, State, Worker};
 
@@ -113,16 +112,15 @@ pub(crate) struct JobSpec {
     pub(crate) payload: Vec<u8>,
     /// Shared-memory segments the argument names; kept alive until the job is answered.
     pub(crate) segments: Vec<Arc<Segment>>,
+    /// Where the outcome goes; it also holds the watch of the call that submitted the job
+    /// (see `stop`).
     pub(crate) sink: Sink,
-    /// The watch of the call that submitted the job: once it stops, the job is never sent
-    /// (see `stop_watched`).
-    pub(crate) watch: Option<Active>,
 }
 
 impl JobSpec {
-    /// Why the job's watch stopped it, if it did.
-    fn stopped(&self) -> Option<Stopped> {
-        self.watch.as_ref().and_then(|watch| watch.check().err())
+    /// Why the job's watch stopped it by `now`, if it did.
+    fn stopped(&self, now: Instant) -> Option<Stopped> {
+        self.sink.watch()?.check_at(now).err()
     }
 }
 
@@ -336,8 +334,9 @@ impl Shared {
     /// kill the workers running such jobs (see `State::kill_stopped`).
     pub(crate) fn stop_watched(&self) {
         let mut state = self.lock();
-        state.drop_stopped();
-        if state.kill_stopped(self, Instant::now()) {
+        let now = Instant::now();
+        state.drop_stopped(now);
+        if state.kill_stopped(self, now) {
             drop(state);
             // The supervisor reaps the killed workers and spawns their replacements.
             self.wake();

@@ -1,7 +1,7 @@
 //! What a stopped [`Watch`](crate::Watch) does to the jobs of its calls: the process side
 //! of `crate::watch`.
 //!
-//! Every job carries the watch of the call that submitted it (`JobSpec::watch`), and is
+//! Every job carries the watch of the call that submitted it (in its sink), and is
 //! stopped once that watch is (its token cancelled, or its deadline passed). Then:
 //!
 //! - **A queued job is never sent.** [`State::dispatch`] completes each stopped job it meets
@@ -42,10 +42,10 @@ use crate::ProcessError;
 
 impl State {
     /// Completes every queued job whose watch stopped with the stop (they are never sent).
-    pub(super) fn drop_stopped(&mut self) {
+    pub(super) fn drop_stopped(&mut self, now: Instant) {
         let queue = std::mem::take(&mut self.queue);
         for job in queue {
-            match job.spec.stopped() {
+            match job.spec.stopped(now) {
                 Some(stopped) => job.spec.sink.complete(Err(ProcessError::stopped(stopped))),
                 None => self.queue.push_back(job),
             }
@@ -63,7 +63,7 @@ impl State {
             let Worker::Ready { jobs, .. } = &self.slots[slot] else {
                 continue;
             };
-            let Some(stopped) = jobs.inflight.front().and_then(|job| job.spec.stopped()) else {
+            let Some(stopped) = jobs.inflight.front().and_then(|job| job.spec.stopped(now)) else {
                 continue;
             };
             self.exit(slot, Ending::Stopped(stopped), true, shared, now);
@@ -81,9 +81,7 @@ impl State {
         self.slots
             .iter()
             .filter_map(|worker| match worker {
-                Worker::Ready { jobs, .. } => {
-                    jobs.inflight.front()?.spec.watch.as_ref()?.deadline()
-                }
+                Worker::Ready { jobs, .. } => jobs.inflight.front()?.spec.sink.watch()?.deadline(),
                 _ => None,
             })
             .min()
