@@ -436,6 +436,96 @@ fn callback_rate_is_bounded() {
     assert_eq!(progress.done(), 100);
 }
 
+/// The job of the storm: counts its run, then fails as its index says (1 in 16 aborts its
+/// worker, 1 in 16 panics) or takes its time.
+fn stormy(item: Item) -> usize {
+    item.runs.lock().unwrap()[item.i] += 1;
+    match item.i % 16 {
+        3 => std::process::abort(),
+        7 => panic!("job {} fails", item.i),
+        _ => std::thread::sleep(Duration::from_millis(item.ms)),
+    }
+    item.i
+}
+
+/// Many rounds of a map (of each kind) cancelled or stopped by a deadline at scattered
+/// moments, with crashing and panicking jobs, on pools that let running jobs finish and
+/// pools that kill them: every round no item ran twice, nothing ran after the return, every
+/// item was dropped once, and the pool served the next round.
+fn stop_storm() {
+    let pools = [
+        ProcessPool::new(3).unwrap(),
+        ProcessPool::builder()
+            .processes(3)
+            .kill_on_stop(true)
+            .build()
+            .unwrap(),
+        ProcessPool::builder()
+            .elastic(1, 3)
+            .kill_on_stop(true)
+            .idle_timeout(Duration::from_millis(20))
+            .build()
+            .unwrap(),
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut stops = 0;
+    for round in 0..24 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let pool = &pools[round % pools.len()];
+        const N: usize = 120;
+        let runs = Array::<u32>::zeroed(N).unwrap();
+        let token = CancelToken::new();
+        let after = Duration::from_millis(seed % 40);
+        let mut watch = Watch::new().cancel_token(&token);
+        if round % 2 == 0 {
+            watch = watch.timeout(after);
+        } else {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                token.cancel();
+            });
+        }
+        DROPS.store(0, Ordering::Relaxed);
+        let kind = (seed >> 8) % 4;
+        let stopped = watch
+            .run(|| match kind {
+                0 => pool.map_chunked(items(N, &runs, 2), 1, stormy).map(|_| ()),
+                1 => pool.map_chunked(items(N, &runs, 2), 4, stormy).map(|_| ()),
+                2 => {
+                    let mut iter = pool.imap(items(N, &runs, 2), stormy);
+                    let last = iter.by_ref().last();
+                    assert!(iter.next().is_none());
+                    last.map_or(Ok(()), |r| r.map(|_| ()))
+                }
+                _ => {
+                    let mut errors = pool
+                        .imap_unordered(items(N, &runs, 2), stormy)
+                        .filter_map(Result::err)
+                        .filter(|e| e.is_cancelled() || e.is_deadline());
+                    let first = errors.next();
+                    assert!(errors.next().is_none(), "one stop error");
+                    first.map_or(Ok(()), Err)
+                }
+            })
+            .unwrap();
+        if let Err(e) = &stopped {
+            assert!(
+                e.is_cancelled() || e.is_deadline() || e.is_panic() || e.is_crash(),
+                "round {round}: {e}"
+            );
+            stops += usize::from(e.is_cancelled() || e.is_deadline());
+        }
+        ran_once_and_settled(&runs);
+        assert_eq!(DROPS.load(Ordering::Relaxed), N, "round {round}");
+        assert_eq!(pool.map(0..6u64, square).unwrap()[5], 25, "round {round}");
+    }
+    // Every round takes 80 ms or more of sleeping jobs and stops within 40 ms.
+    assert!(stops >= 20, "{stops} of 24 rounds were stopped");
+}
+
 #[test]
 #[ignore = "runs only as a child of the tests below"]
 fn child() {
@@ -447,6 +537,7 @@ fn child() {
         Ok("submit") => submit_under_a_watch(),
         Ok("progress-counts") => progress_counts_every_item(),
         Ok("callback-rate") => callback_rate_is_bounded(),
+        Ok("stop-storm") => stop_storm(),
         other => panic!("unknown scenario {other:?}"),
     }
 }
@@ -493,4 +584,9 @@ fn progress_counts_every_item_of_every_process_map() {
 #[test]
 fn progress_callback_rate_is_bounded_and_a_panicking_one_is_dropped() {
     run("callback-rate");
+}
+
+#[test]
+fn stop_storm_with_crashes_runs_nothing_twice_and_nothing_after_the_return() {
+    run("stop-storm");
 }
