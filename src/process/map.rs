@@ -26,6 +26,16 @@
 //! chunk of `k` items yields its error `k` times), so the results of the other items are
 //! there to take. `map` runs every item and then returns either all results or the first
 //! error in input order.
+//!
+//! # Under a watch
+//!
+//! A call captures the [`Watch`](crate::Watch) in force when it is made. Its items count
+//! into the watch's progress as their chunks come back (the total, where the input's
+//! `size_hint` is exact, when the first item is pulled). Once the watch stops, the call
+//! pulls nothing more, the chunks not sent are never sent, the chunks sent are waited for
+//! (finished, or killed under `kill_on_stop`) with their results discarded, and the call
+//! ends with the stop as its error: `map` returns it (before any item's own failure), an
+//! `imap` yields it once and then ends. See [`Stream::stop`] and `supervisor/stop.rs`.
 
 use std::any::type_name;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -689,9 +699,20 @@ impl ProcessPool {
     /// complete, and `map` then returns the first error in input order. To see the result of
     /// each item, iterate [`imap`](Self::imap) instead.
     ///
+    /// **Under a [`Watch`](crate::Watch)** (inside [`Watch::run`](crate::Watch::run)), the
+    /// items count into its progress as their chunks come back, and a cancel or a deadline
+    /// stops the map within about one chunk's time (a waiting caller looks at the token
+    /// every 10 ms): no more items are pulled, the chunks not yet sent to a worker are never
+    /// sent, and every item not sent is dropped once, here; the chunks already sent finish
+    /// (or their workers are killed, if the pool
+    /// [kills on stop](crate::ProcessPoolBuilder::kill_on_stop)) before `map` returns, so
+    /// nothing of the map runs after it returned. The pool serves on.
+    ///
     /// # Errors
     ///
-    /// The first failed item's error (see [`ProcessError`]); the pool is closed.
+    /// The first failed item's error (see [`ProcessError`]); the pool is closed. Under a
+    /// watch that stopped, the stop ([`is_cancelled`](ProcessError::is_cancelled),
+    /// [`is_deadline`](ProcessError::is_deadline)), whatever else failed.
     ///
     /// # Examples
     ///
@@ -781,7 +802,9 @@ impl ProcessPool {
     /// A lazy, ordered [`map`](Self::map): yields a `Result` per item, in input order, with a
     /// bounded number of items in flight. One item per job unless
     /// [`chunk_size`](Imap::chunk_size) says otherwise. Errors (a closed pool, a function
-    /// outside the executable) come as items too.
+    /// outside the executable) come as items too. Under a [`Watch`](crate::Watch) it counts
+    /// progress and stops as [`map`](Self::map) does, and then yields the stop's error once
+    /// and ends.
     ///
     /// # Examples
     ///
@@ -810,7 +833,8 @@ impl ProcessPool {
 
     /// A lazy `map` that yields a `Result` per item in completion order, with a bounded
     /// number of items in flight (Python's `imap_unordered`). One item per job unless
-    /// [`chunk_size`](ImapUnordered::chunk_size) says otherwise.
+    /// [`chunk_size`](ImapUnordered::chunk_size) says otherwise. Under a
+    /// [`Watch`](crate::Watch) it behaves as [`imap`](Self::imap) does.
     ///
     /// # Examples
     ///

@@ -21,6 +21,11 @@
 //! - a worker that cannot start makes `new`/`build` fail within a startup timeout; on a
 //!   running pool the pool retries with a backoff, fails the waiting jobs with the cause
 //!   after a few attempts in a row, and serves again once a worker starts;
+//! - inside [`Watch::run`](crate::Watch::run), maps count their items into the watch's
+//!   progress, and a cancel or deadline stops maps and submitted jobs: what was not sent
+//!   to a worker never runs, and the call reports the stop in its error
+//!   ([`ProcessError::is_cancelled`], [`ProcessError::is_deadline`]); jobs already running
+//!   finish, or are killed with [`kill_on_stop`](ProcessPoolBuilder::kill_on_stop);
 //! - processes a job forks stay in its worker's process group, which is killed when the
 //!   worker ends (a crash, a timeout, `terminate`, the pool's shutdown, or the parent's
 //!   death; a process that leaves the group, by `setsid` say, escapes).
