@@ -334,6 +334,56 @@ fn submit_under_a_watch() {
     }
 }
 
+/// Under `kill_on_stop`, a submitted job that runs is killed when a waiting `get` sees the
+/// cancel, and, with nobody waiting, when its watch's deadline passes (the supervisor wakes
+/// for it); the pool serves on, with no crash counted.
+fn submit_kill_on_stop() {
+    let pool = ProcessPool::builder()
+        .processes(1)
+        .kill_on_stop(true)
+        .build()
+        .unwrap();
+    let wait_for = |flag: &Value<u32>| {
+        while flag.load() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // A waiting `get` sees the cancel.
+    let (started, finished) = (Value::new(0u32).unwrap(), Value::new(0u32).unwrap());
+    let token = CancelToken::new();
+    let job = (started.clone(), finished.clone(), 60_000);
+    let result = Watch::new()
+        .cancel_token(&token)
+        .run(|| {
+            let task = pool.submit(marked, job).unwrap();
+            wait_for(&started);
+            let canceller = token.clone();
+            std::thread::spawn(move || canceller.cancel());
+            task.get()
+        })
+        .unwrap();
+    assert!(result.unwrap_err().is_cancelled());
+    assert_eq!(pool.submit(square, 4).unwrap().get().unwrap(), 16);
+    assert_eq!(finished.load(), 0);
+    // Nobody waits: the deadline alone kills it.
+    let (started, finished) = (Value::new(0u32).unwrap(), Value::new(0u32).unwrap());
+    let pid = pool.pids()[0];
+    let task = Watch::new()
+        .timeout(Duration::from_millis(100))
+        .run(|| pool.submit(marked, (started.clone(), finished.clone(), 60_000)))
+        .unwrap()
+        .unwrap();
+    wait_for(&started);
+    while pool.pids().contains(&pid) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(task.get().unwrap_err().is_deadline());
+    assert_eq!(pool.submit(square, 5).unwrap().get().unwrap(), 25);
+    assert_eq!(finished.load(), 0);
+    let counters = pool.counters();
+    assert_eq!((counters.spawned, counters.crashed), (3, 0), "{counters:?}");
+}
+
 /// Progress counts every item of `map`, `map_chunked`, `imap` and `imap_unordered`, with a
 /// known total (an exact `size_hint`) or an unknown one, into nested watches too.
 fn progress_counts_every_item() {
@@ -535,6 +585,7 @@ fn child() {
         Ok("finish-or-kill") => running_jobs_finish_or_are_killed(),
         Ok("imap-error-once") => imap_error_once_then_end(),
         Ok("submit") => submit_under_a_watch(),
+        Ok("submit-kill") => submit_kill_on_stop(),
         Ok("progress-counts") => progress_counts_every_item(),
         Ok("callback-rate") => callback_rate_is_bounded(),
         Ok("stop-storm") => stop_storm(),
@@ -574,6 +625,11 @@ fn stopped_imap_yields_the_error_once_then_ends() {
 #[test]
 fn submit_under_a_watch_drops_queued_jobs() {
     run("submit");
+}
+
+#[test]
+fn submit_under_kill_on_stop_kills_on_cancel_and_on_a_deadline_nobody_waits_for() {
+    run("submit-kill");
 }
 
 #[test]

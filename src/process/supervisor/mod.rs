@@ -303,9 +303,9 @@ impl Shared {
         let grow = !state.queue.is_empty() && state.wants_growth(now);
         drop(state);
         if timer_started || grow {
-            // A job started on an idle worker under a task timeout: the supervisor must
-            // recompute its epoll timeout. Or jobs wait and the pool may grow: the
-            // supervisor spawns (see `sizing`).
+            // A job started on an idle worker under a task timeout (or a watch deadline the
+            // pool kills at): the supervisor must recompute its epoll timeout. Or jobs wait
+            // and the pool may grow: the supervisor spawns (see `sizing`).
             self.wake();
         }
         Ok(())
@@ -320,11 +320,13 @@ impl Shared {
         };
         state.take_ring(slot, &mut Vec::new(), self);
         let now = Instant::now();
-        // A result taken here may have brought a stopped call's job to the front.
+        // A result taken here may have brought a stopped call's job to the front (killed
+        // now), or one whose watch has an earlier deadline than the supervisor sleeps until
+        // (it must recompute its sleep).
         state.kill_stopped(self, now);
         let timer_started = state.dispatch(self, now);
         drop(state);
-        if timer_started {
+        if timer_started || self.config.kill_on_stop {
             self.wake();
         }
     }
