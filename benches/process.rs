@@ -11,7 +11,12 @@
 //!   pool of 1 to 8 workers (starting each time from 1 worker) against a fixed pool of 8,
 //!   and, timed once in the same run, a fixed pool of 1; and, after each elastic burst, the
 //!   time until the pool is back at 1 worker (against its idle timeout). Sleeping jobs keep
-//!   these figures meaningful on a loaded machine: they need a worker each, not a core.
+//!   these figures meaningful on a loaded machine: they need a worker each, not a core;
+//! - `watch`: a `map` of [`WATCH_N`] one-item jobs of a few nanoseconds, plain, then inside
+//!   `Watch::run` with a progress, a cancel token and a deadline (a token load and a clock
+//!   read per chunk and per dispatched job, a progress count per chunk), then with a progress
+//!   callback too: the process side's cost of being watched. Its summary compares medians
+//!   of interleaved rounds, so that the drift of a loaded machine hits every case alike.
 //!
 //! The summary at the end prints each median and its ratio to the baseline.
 //!
@@ -27,7 +32,7 @@ use std::time::{Duration, Instant};
 use common::{baseline_value, median_ns, python_baseline};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use parpool::ProcessPool;
+use parpool::{CancelToken, ProcessPool, Progress, Watch};
 
 /// Items of the one-item-per-job map (the Python baseline uses the same count).
 const ONE_ITEM_N: u64 = 20_000;
@@ -260,7 +265,69 @@ fn elastic(c: &mut Criterion) -> (Duration, Vec<Duration>) {
     (started.elapsed(), shrinks)
 }
 
-fn summary(python: Option<&[(String, f64)]>, fixed_1: Duration, mut shrinks: Vec<Duration>) {
+/// Jobs in a `map` of the `watch` group: one item each, so every job pays the per-chunk
+/// costs of a watch.
+const WATCH_N: u64 = 10_000;
+
+/// The `watch` group; returns the medians of [`WATCH_ROUNDS`] interleaved rounds of each
+/// case (plain, watched, watched with a callback), which a loaded machine's drift hits
+/// alike, unlike criterion's one case after the other.
+fn watch(c: &mut Criterion) -> [Duration; 3] {
+    let mut group = c.benchmark_group("watch");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(WATCH_N));
+    let pool = ProcessPool::new(2).unwrap();
+    let map = || pool.map_chunked(0..WATCH_N, 1, square).unwrap();
+    let token = CancelToken::new();
+    let progress = Progress::new();
+    let watched = Watch::new()
+        .cancel_token(&token)
+        .progress(&progress)
+        .timeout(Duration::from_secs(3600));
+    let observed = Progress::with_callback(Duration::from_millis(50), |update| {
+        black_box(update);
+    });
+    let with_callback = watched.clone().progress(&observed);
+    group.bench_function("plain", |b| b.iter(map));
+    group.bench_function("watched", |b| b.iter(|| watched.run(map).unwrap()));
+    group.bench_function("watched_with_callback", |b| {
+        b.iter(|| with_callback.run(map).unwrap())
+    });
+    group.finish();
+    let cases: [&dyn Fn(); 3] = [
+        &|| {
+            black_box(map());
+        },
+        &|| {
+            black_box(watched.run(map).unwrap());
+        },
+        &|| {
+            black_box(with_callback.run(map).unwrap());
+        },
+    ];
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..WATCH_ROUNDS {
+        for (case, times) in cases.iter().zip(&mut times) {
+            let start = Instant::now();
+            case();
+            times.push(start.elapsed());
+        }
+    }
+    times.map(|mut t| {
+        t.sort();
+        t[t.len() / 2]
+    })
+}
+
+/// Interleaved rounds of the `watch` group's cases for its summary.
+const WATCH_ROUNDS: usize = 40;
+
+fn summary(
+    python: Option<&[(String, f64)]>,
+    fixed_1: Duration,
+    mut shrinks: Vec<Duration>,
+    watch: [Duration; 3],
+) {
     let py = |key: &str| baseline_value(python, key);
     println!("\n== process pool summary (medians of this run) ==");
     let floor = median_ns("round_trip/socketpair_ping_pong");
@@ -329,6 +396,17 @@ fn summary(python: Option<&[(String, f64)]>, fixed_1: Duration, mut shrinks: Vec
             fixed_1 / fixed_8
         );
     }
+    let [plain, watched, with_callback] = watch;
+    for (case, time) in [
+        ("watched", watched),
+        ("watched with a callback", with_callback),
+    ] {
+        println!(
+            "map of {WATCH_N} one-item jobs, {case}: {time:.2?}, plain {plain:.2?}: {:.3}× plain \
+             (medians of {WATCH_ROUNDS} interleaved rounds)",
+            time.as_secs_f64() / plain.as_secs_f64()
+        );
+    }
     shrinks.sort();
     if let (Some(median), Some(max)) = (shrinks.get(shrinks.len() / 2), shrinks.last()) {
         println!(
@@ -348,8 +426,9 @@ fn main() {
     map_one_item_per_job(&mut c);
     map_auto_chunks(&mut c);
     crash(&mut c);
+    let watched = watch(&mut c);
     let (fixed_1, shrinks) = elastic(&mut c);
     c.final_summary();
-    summary(python.as_deref(), fixed_1, shrinks);
+    summary(python.as_deref(), fixed_1, shrinks, watched);
     println!("(benchmarks took {:.0?})", started.elapsed());
 }

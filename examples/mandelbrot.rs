@@ -7,11 +7,16 @@
 //! Rows near the set's interior cost hundreds of times more than rows outside it: the
 //! skewed load that a static split handles badly and `par_map`'s splitting on demand
 //! balances.
+//!
+//! With `--features indicatif` the parallel render draws a progress bar on standard error
+//! (a `Progress` given to a `Watch`; nothing is drawn when standard error is not a
+//! terminal).
 
 use std::io::Write;
 use std::time::Instant;
 
 use parpool::prelude::*;
+use parpool::{Progress, Watch};
 
 struct Options {
     width: usize,
@@ -68,14 +73,26 @@ fn render_row(y: usize, options: &Options) -> Vec<u8> {
     (0..options.width).map(|x| pixel(x, y, options)).collect()
 }
 
+/// A progress bar on standard error with the `indicatif` feature, a plain count without.
+fn progress() -> Progress {
+    #[cfg(feature = "indicatif")]
+    let progress = Progress::bar();
+    #[cfg(not(feature = "indicatif"))]
+    let progress = Progress::new();
+    progress
+}
+
 fn main() -> Result<(), String> {
     let options = parse_options()?;
     let pool = ThreadPool::new(options.threads).map_err(|e| e.to_string())?;
     let single = ThreadPool::new(1).map_err(|e| e.to_string())?;
 
     let start = Instant::now();
-    let rows: Vec<Vec<u8>> =
-        pool.install(|| (0..options.height).par_map(|y| render_row(y, &options)));
+    let progress = progress();
+    let watch = Watch::new().progress(&progress);
+    let rows: Vec<Vec<u8>> = pool
+        .install(|| watch.run(|| (0..options.height).par_map(|y| render_row(y, &options))))
+        .map_err(|stopped| stopped.to_string())?;
     let parallel = start.elapsed();
 
     let start = Instant::now();

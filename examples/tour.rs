@@ -1,14 +1,17 @@
 //! A tour of parpool, measured: `par_map` over 10M items, `imap_unordered` over a plain
 //! iterator, fork-join with `join`, tasks with `submit` + `as_completed`, and a process-pool
 //! `map` whose jobs count themselves in a shared-memory counter, each beside sequential code
-//! (and rayon where it has an equivalent), ending with a table of speed-ups. Run with `cargo run --release --example tour`; `PARPOOL_TOUR_SCALE=small` makes
-//! a quick run.
+//! (and rayon where it has an equivalent), ending with a table of speed-ups; then a long
+//! process map watched by a progress bar (`--features indicatif`; a plain count without),
+//! and one stopped by a deadline. Run with `cargo run --release --example tour`;
+//! `PARPOOL_TOUR_SCALE=small` makes a quick run.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use parpool::prelude::*;
 use parpool::shm::Value;
+use parpool::{Progress, Watch};
 use rayon::prelude::*;
 
 /// Problem sizes: the full tour, or a quick one for CI.
@@ -128,6 +131,16 @@ fn fib_rayon(n: u64) -> u64 {
     a + b
 }
 
+/// A progress bar on standard error with the `indicatif` feature (drawn only when standard
+/// error is a terminal), a plain count without.
+fn progress() -> Progress {
+    #[cfg(feature = "indicatif")]
+    let progress = Progress::bar();
+    #[cfg(not(feature = "indicatif"))]
+    let progress = Progress::new();
+    progress
+}
+
 fn main() {
     let scale = Scale::from_env();
     let pool = ThreadPool::global();
@@ -229,6 +242,43 @@ fn main() {
         procs.processes(),
         procs.pids(),
         counter.load()
+    );
+
+    // 5b. A long process map, watched: a progress bar; then a deadline stops one part-way
+    // (chunks of 10 jobs: it returns once the chunks already sent are done), the chunks not
+    // sent are dropped, and the pool serves on.
+    let long = jobs * 10;
+    let progress = progress();
+    let watch = Watch::new().progress(&progress);
+    let chains = watch
+        .run(|| {
+            procs.map(
+                (0..long).map(|block| (block, counter.clone())),
+                longest_chain,
+            )
+        })
+        .expect("nothing stops this block")
+        .expect("process map");
+    assert_eq!(chains.len() as u64, long);
+    assert_eq!((progress.done(), progress.total()), (long, Some(long)));
+    let progress = Progress::new();
+    let deadline = Duration::from_millis(20);
+    let watch = Watch::new().progress(&progress).timeout(deadline);
+    let stopped = watch
+        .run(|| {
+            let inputs = (0..long * 100).map(|block| (block, counter.clone()));
+            procs.map_chunked(inputs, 10, longest_chain)
+        })
+        .expect("the process map reports the stop itself")
+        .expect_err("the deadline stops the map");
+    assert!(stopped.is_deadline());
+    let again = procs.map([(7, counter.clone())], longest_chain);
+    assert_eq!(again.expect("the pool serves on"), [longest_chain_in(7)]);
+    println!(
+        "watched process map: {long} jobs counted by a progress bar; a deadline of {deadline:?} \
+         stopped a map of {} jobs after {} ({stopped})\n",
+        long * 100,
+        progress.done()
     );
 
     // 6. submit + as_completed: results arrive in completion order.

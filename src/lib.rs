@@ -75,7 +75,7 @@ pub use process::{ProcessError, ProcessPool, ProcessPoolBuilder};
 pub use shm::ShmError;
 pub use task::{Task, submit};
 pub use wait::{AsCompleted, Awaitable, ReturnWhen, as_completed, wait};
-pub use watch::{CancelToken, Progress, Stopped, Watch};
+pub use watch::{CancelToken, Progress, ProgressUpdate, Stopped, Watch};
 
 /// The names most programs need: `use parpool::prelude::*;`.
 ///

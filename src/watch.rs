@@ -59,8 +59,8 @@ use std::cell::Cell;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 /// A cloneable flag that stops the work of every [`Watch`] it is given to.
@@ -134,11 +134,13 @@ impl fmt::Debug for CancelToken {
     }
 }
 
-/// A count of items done, out of a total where the total is known, shared by every clone.
+/// A count of items done, out of a total where the total is known, shared by every clone;
+/// optionally observed through a callback, or (feature `indicatif`) drawn as a progress bar.
 ///
 /// Give it to a [`Watch`]: every map in the watched block adds its length to the total when
 /// it starts (the total becomes unknown if one map's length is unknown) and its items to the
-/// count as batches finish. Read it from any thread.
+/// count as batches finish. Read it from any thread, or observe it with
+/// [`with_callback`](Self::with_callback).
 ///
 /// # Examples
 ///
@@ -167,7 +169,84 @@ struct Counts {
     total: AtomicU64,
     /// Set once a map of unknown length joined: from then on the total is unknown.
     total_unknown: AtomicBool,
+    /// The callback, if the progress was made with one: fixed at construction, so a count
+    /// without one costs one branch.
+    observer: Option<Observer>,
 }
+
+/// What a progress callback is told: the counts when it was called, and whether a watched
+/// block that counts into the progress just ended (see [`Progress::with_callback`]).
+///
+/// # Examples
+///
+/// ```
+/// use parpool::{Progress, Watch};
+/// use std::sync::mpsc;
+/// use std::time::Duration;
+///
+/// let (send, updates) = mpsc::channel();
+/// let progress = Progress::with_callback(Duration::from_millis(100), move |update| {
+///     send.send(update).unwrap();
+/// });
+/// Watch::new().progress(&progress).run(|| ()).unwrap();
+/// let last = updates.try_iter().last().unwrap();
+/// assert!(last.finished);
+/// assert_eq!((last.done, last.total), (0, Some(0)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProgressUpdate {
+    /// The items done so far ([`Progress::done`]).
+    pub done: u64,
+    /// The items expected, where known ([`Progress::total`]).
+    pub total: Option<u64>,
+    /// A [`Watch::run`] that counts into this progress ended (returned, was stopped, or
+    /// unwound): the counts are final for that block. A progress given to several blocks
+    /// gets one such call at the end of each.
+    pub finished: bool,
+}
+
+/// The callback of a [`Progress`] and its rate limit.
+///
+/// # Protocol
+///
+/// A count ([`Progress::add`]) reads the clock and, once `next_due` has passed, moves
+/// `next_due` one interval on with a compare-exchange: one counting thread per interval
+/// wins the right to call. The winner calls only if it also gets the callback's lock with
+/// `try_lock`: a count never blocks behind a slow callback, it skips the call instead. The
+/// final call at the end of a `run` takes the lock (waiting for a periodic call under way),
+/// so the last call a block makes always carries its final counts. A thread inside the
+/// callback makes no nested call (`IN_CALLBACK`), so a callback that counts into its own
+/// progress neither recurses nor deadlocks.
+///
+/// All atomics here are `Relaxed`: `next_due` only elects a caller, and the counts a call
+/// reports are whatever the counting threads published so far; the mutex orders the calls.
+struct Observer {
+    /// The least time between two periodic calls, in nanoseconds.
+    every: u64,
+    /// The origin of `next_due`.
+    epoch: Instant,
+    /// Nanoseconds after `epoch` before which no periodic call starts.
+    next_due: AtomicU64,
+    callback: Mutex<Callback>,
+}
+
+/// A progress callback, until it panics.
+enum Callback {
+    Live(Box<dyn FnMut(ProgressUpdate) + Send>),
+    /// It panicked once: it is not called again.
+    Panicked,
+}
+
+thread_local! {
+    /// Whether this thread is running a progress callback (see [`Observer`]).
+    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How often, at most, the bar of [`Progress::bar`] is redrawn through its callback:
+/// indicatif redraws a bar at most 20 times a second, so 50 ms loses nothing it would show.
+#[cfg(feature = "indicatif")]
+const BAR_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Progress {
     /// A count at zero, of a total of zero.
@@ -181,6 +260,119 @@ impl Progress {
     /// ```
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A count at zero that calls `callback` with its counts as work goes: at most once per
+    /// `every` while items are counted, and once more, with
+    /// [`finished`](ProgressUpdate::finished) set, when each watched block that counts into
+    /// it ends. A zero `every` calls on every count, which is still once per batch of items,
+    /// never once per item.
+    ///
+    /// **Where it runs.** A periodic call runs on the thread that counted the batch: a
+    /// thread-pool worker for the thread-side maps, the calling thread for the process pool's
+    /// maps. Keep it short (a draw, a channel send): a count whose thread finds the callback
+    /// busy on another thread skips the call rather than wait. The final call runs on the
+    /// thread that called [`Watch::run`], before `run` returns. Calls never overlap. The
+    /// callback runs outside every watch: a map it starts is not watched, nor counted; a
+    /// block it runs that counts into this same progress makes no nested call (but it must
+    /// not wait for *another* thread's block that counts into it, whose final call waits
+    /// for this one to return).
+    ///
+    /// **Panics.** A panic in the callback is caught (the panic hook reports it on stderr as
+    /// usual) and the callback is not called again; the maps and the counts go on unharmed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::prelude::*;
+    /// use parpool::{Progress, Watch};
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let progress = Progress::with_callback(Duration::from_millis(100), move |update| {
+    ///     log.lock().unwrap().push(update);
+    /// });
+    /// Watch::new().progress(&progress).run(|| (0..10_000u64).par_map(|x| x + 1)).unwrap();
+    /// let seen = seen.lock().unwrap();
+    /// let last = seen.last().unwrap();
+    /// assert!(last.finished);
+    /// assert_eq!((last.done, last.total), (10_000, Some(10_000)));
+    /// ```
+    pub fn with_callback(
+        every: Duration,
+        callback: impl FnMut(ProgressUpdate) + Send + 'static,
+    ) -> Self {
+        Self {
+            counts: Arc::new(Counts {
+                observer: Some(Observer {
+                    every: u64::try_from(every.as_nanos()).unwrap_or(u64::MAX),
+                    epoch: Instant::now(),
+                    next_due: AtomicU64::new(0),
+                    callback: Mutex::new(Callback::Live(Box::new(callback))),
+                }),
+                ..Counts::default()
+            }),
+        }
+    }
+
+    /// A count drawn as a progress bar on standard error: the number done, the total where
+    /// known, the elapsed time and an estimate of the time left, redrawn at most 20 times a
+    /// second and finished when the watched block ends. Like every indicatif bar it draws
+    /// nothing when standard error is not a terminal, so logs and CI output stay clean.
+    /// [`with_bar`](Self::with_bar) takes a bar you styled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::prelude::*;
+    /// use parpool::{Progress, Watch};
+    ///
+    /// let progress = Progress::bar();
+    /// let v = Watch::new().progress(&progress).run(|| (0..1000u32).par_map(|x| x * 2)).unwrap();
+    /// assert_eq!(v[999], 1998);
+    /// assert_eq!(progress.done(), 1000);
+    /// ```
+    #[cfg(feature = "indicatif")]
+    pub fn bar() -> Self {
+        let style = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} ({eta} left)",
+        )
+        .expect("the template parses");
+        Self::with_bar(indicatif::ProgressBar::new(0).with_style(style))
+    }
+
+    /// A count drawn on `bar`, an indicatif progress bar styled as you like: its length
+    /// follows [`total`](Self::total) (none while the total is unknown), its position
+    /// [`done`](Self::done), and it is finished when a watched block that counts into it
+    /// ends.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::prelude::*;
+    /// use parpool::{Progress, Watch};
+    /// use indicatif::ProgressBar;
+    ///
+    /// let bar = ProgressBar::hidden();
+    /// let progress = Progress::with_bar(bar.clone());
+    /// Watch::new().progress(&progress).run(|| (0..500u32).par_map(|x| x)).unwrap();
+    /// assert_eq!((bar.position(), bar.length()), (500, Some(500)));
+    /// assert!(bar.is_finished());
+    /// ```
+    #[cfg(feature = "indicatif")]
+    pub fn with_bar(bar: indicatif::ProgressBar) -> Self {
+        Self::with_callback(BAR_INTERVAL, move |update| {
+            match update.total {
+                Some(total) => bar.set_length(total),
+                None => bar.unset_length(),
+            }
+            bar.set_position(update.done);
+            if update.finished {
+                bar.finish();
+            }
+        })
     }
 
     /// The items done so far.
@@ -230,9 +422,77 @@ impl Progress {
         }
     }
 
-    /// Counts `items` more done: called once per batch, never per item.
+    /// Counts `items` more done: called once per batch, never per item. Calls the callback
+    /// when one is due (see [`Observer`]).
     fn add(&self, items: u64) {
         self.counts.done.fetch_add(items, Ordering::Relaxed);
+        if let Some(observer) = &self.counts.observer {
+            if observer.due() {
+                self.call(observer, false);
+            }
+        }
+    }
+
+    /// The final call of a block that counted into this progress.
+    fn finish(&self) {
+        if let Some(observer) = &self.counts.observer {
+            self.call(observer, true);
+        }
+    }
+
+    /// Calls the callback with the current counts; a periodic call (`!finished`) skips it
+    /// when another thread is in it.
+    fn call(&self, observer: &Observer, finished: bool) {
+        if IN_CALLBACK.with(Cell::get) {
+            return;
+        }
+        let mut callback = if finished {
+            observer
+                .callback
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        } else {
+            match observer.callback.try_lock() {
+                Ok(callback) => callback,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            }
+        };
+        let Callback::Live(f) = &mut *callback else {
+            return;
+        };
+        let update = ProgressUpdate {
+            done: self.done(),
+            total: self.total(),
+            finished,
+        };
+        IN_CALLBACK.with(|flag| flag.set(true));
+        let unwatched = Active::enter(None);
+        let result = panic::catch_unwind(AssertUnwindSafe(|| f(update)));
+        drop(unwatched);
+        IN_CALLBACK.with(|flag| flag.set(false));
+        if result.is_err() {
+            *callback = Callback::Panicked;
+        }
+    }
+}
+
+impl Observer {
+    /// Whether this thread may make the periodic call now: the interval since the last one
+    /// passed, and this thread won the compare-exchange that starts the next interval.
+    fn due(&self) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let due = self.next_due.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .next_due
+                .compare_exchange(
+                    due,
+                    now.saturating_add(self.every),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 }
 
@@ -241,6 +501,7 @@ impl fmt::Debug for Progress {
         f.debug_struct("Progress")
             .field("done", &self.done())
             .field("total", &self.total())
+            .field("callback", &self.counts.observer.is_some())
             .finish()
     }
 }
@@ -406,6 +667,8 @@ impl Watch {
     /// assert_eq!(Watch::new().cancel_token(&token).run(|| "done").unwrap(), "done");
     /// ```
     pub fn run<T>(&self, block: impl FnOnce() -> T) -> Result<T, Stopped> {
+        // Dropped last, however `run` ends: the progress callback's final call.
+        let _finish = Finish(self.progress.as_ref());
         let active = Active::nested_in(Active::current(), self);
         active.check()?;
         let _entered = Active::enter(Some(active));
@@ -415,6 +678,17 @@ impl Watch {
                 Ok(signal) => Err(signal.0),
                 Err(payload) => panic::resume_unwind(payload),
             },
+        }
+    }
+}
+
+/// Makes a progress's final call when a [`Watch::run`] ends, however it ends.
+struct Finish<'a>(Option<&'a Progress>);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        if let Some(progress) = self.0 {
+            progress.finish();
         }
     }
 }
@@ -660,9 +934,15 @@ impl Active {
     /// Whether the work must stop: a token cancelled (checked first, it costs a load) or the
     /// deadline passed (this reads the clock).
     pub(crate) fn check(&self) -> Result<(), Stopped> {
+        self.check_with(Instant::now)
+    }
+
+    /// [`check`](Self::check), reading the clock through `now` (only when there is a
+    /// deadline).
+    fn check_with(&self, now: impl FnOnce() -> Instant) -> Result<(), Stopped> {
         self.check_token()?;
         match self.inner.deadline {
-            Some(deadline) if Instant::now() >= deadline => Err(Stopped {
+            Some(deadline) if now() >= deadline => Err(Stopped {
                 reason: Reason::Deadline,
             }),
             _ => Ok(()),
@@ -681,7 +961,9 @@ impl Active {
         Ok(())
     }
 
-    /// The earliest deadline of the enclosing `run`s, if any.
+    /// The earliest deadline of the enclosing `run`s, if any: the engine counts down to it
+    /// with its own clock reads, a thread that waits on process jobs wakes by then, and the
+    /// supervisor by then when it must kill the jobs of a stopped call.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.inner.deadline
     }
@@ -780,3 +1062,26 @@ impl StopCell {
         Some(Stopped { reason })
     }
 }
+
+impl fmt::Debug for Active {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Active")
+            .field("tokens", &self.inner.tokens)
+            .field("deadline", &self.inner.deadline)
+            .field("progress", &self.inner.progress)
+            .finish()
+    }
+}
+
+/// What the process pool needs beyond the calls every map makes.
+#[cfg(all(feature = "process", target_os = "linux"))]
+impl Active {
+    /// [`check`](Self::check) against a clock reading the caller made already: the
+    /// supervisor reads the clock once per pass, then checks every job it moves.
+    pub(crate) fn check_at(&self, now: Instant) -> Result<(), Stopped> {
+        self.check_with(|| now)
+    }
+}
+
+#[cfg(test)]
+mod test;

@@ -22,6 +22,7 @@ use std::time::Duration;
 /// | a worker could not start (within the startup timeout) | [`is_startup`](Self::is_startup), [`is_initializer_failure`](Self::is_initializer_failure), [`os_error`](Self::os_error) |
 /// | the pool was closed or terminated | [`is_closed`](Self::is_closed) |
 /// | the job was cancelled before it started | [`is_cancelled`](Self::is_cancelled) |
+/// | the [`Watch`](crate::Watch) the call ran under was cancelled, or its deadline passed | [`is_cancelled`](Self::is_cancelled), [`is_deadline`](Self::is_deadline) |
 /// | a bad argument: 0 processes, a chunk size of 0, a function outside the executable | [`is_invalid_argument`](Self::is_invalid_argument), [`argument`](Self::argument) |
 ///
 /// [`pid`](Self::pid) names the worker process involved, when there was one.
@@ -103,6 +104,8 @@ enum ProcessErrorKind {
     },
     Closed,
     Cancelled,
+    /// The call's watch stopped it.
+    Stopped(crate::Stopped),
     WaitTimeout,
     Taken,
     Panic {
@@ -184,6 +187,18 @@ impl ProcessError {
         Self::new(ProcessErrorKind::Cancelled)
     }
 
+    pub(crate) fn stopped(stopped: crate::Stopped) -> Self {
+        Self::new(ProcessErrorKind::Stopped(stopped))
+    }
+
+    /// Why the call's watch stopped it, if that is this error.
+    pub(crate) fn stop(&self) -> Option<crate::Stopped> {
+        match &*self.kind {
+            ProcessErrorKind::Stopped(stopped) => Some(*stopped),
+            _ => None,
+        }
+    }
+
     pub(crate) fn wait_timeout() -> Self {
         Self::new(ProcessErrorKind::WaitTimeout)
     }
@@ -252,6 +267,7 @@ impl ProcessError {
             },
             K::Closed => K::Closed,
             K::Cancelled => K::Cancelled,
+            K::Stopped(stopped) => K::Stopped(*stopped),
             K::WaitTimeout => K::WaitTimeout,
             K::Taken => K::Taken,
             K::Panic { message, pid } => K::Panic {
@@ -704,7 +720,10 @@ impl ProcessError {
         matches!(*self.kind, ProcessErrorKind::Closed)
     }
 
-    /// The job was cancelled (with `cancel`) before it started.
+    /// The job was cancelled (with [`ProcessTask::cancel`](crate::process::ProcessTask::cancel))
+    /// before it started, or the [`CancelToken`](crate::CancelToken) of the
+    /// [`Watch`](crate::Watch) the call ran under was cancelled (see
+    /// [`ProcessPool::map`](crate::ProcessPool::map) for what a stop does to a call).
     ///
     /// # Examples
     ///
@@ -730,7 +749,38 @@ impl ProcessError {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_cancelled(&self) -> bool {
-        matches!(*self.kind, ProcessErrorKind::Cancelled)
+        match &*self.kind {
+            ProcessErrorKind::Cancelled => true,
+            ProcessErrorKind::Stopped(stopped) => stopped.is_cancelled(),
+            _ => false,
+        }
+    }
+
+    /// The deadline of the [`Watch`](crate::Watch) the call ran under passed (see
+    /// [`ProcessPool::map`](crate::ProcessPool::map) for what a stop does to a call). Not to
+    /// be confused with [`is_task_timeout`](Self::is_task_timeout), the pool's limit on one
+    /// job, nor with [`is_timeout`](Self::is_timeout), a wait that gave up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{ProcessPool, Watch};
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let procs = ProcessPool::new(2)?;
+    /// let watch = Watch::new().timeout(Duration::from_millis(100));
+    /// let err = watch.run(|| procs.map(vec![20; 1000], nap)).unwrap().unwrap_err();
+    /// assert!(err.is_deadline() && !err.is_cancelled());
+    /// assert_eq!(procs.map([1, 2], nap)?, [1, 2]); // the pool serves on
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn is_deadline(&self) -> bool {
+        matches!(&*self.kind, ProcessErrorKind::Stopped(stopped) if stopped.is_deadline())
     }
 
     /// An earlier [`ProcessTask::get_timeout`](crate::process::ProcessTask::get_timeout)
@@ -819,6 +869,7 @@ impl fmt::Display for ProcessError {
             }
             ProcessErrorKind::Closed => f.write_str("the process pool is closed"),
             ProcessErrorKind::Cancelled => f.write_str("the job was cancelled before it started"),
+            ProcessErrorKind::Stopped(stopped) => write!(f, "the call was stopped: {stopped}"),
             ProcessErrorKind::WaitTimeout => {
                 f.write_str("the job has not finished yet (the wait timed out)")
             }

@@ -26,6 +26,16 @@
 //! chunk of `k` items yields its error `k` times), so the results of the other items are
 //! there to take. `map` runs every item and then returns either all results or the first
 //! error in input order.
+//!
+//! # Under a watch
+//!
+//! A call captures the [`Watch`](crate::Watch) in force when it is made. Its items count
+//! into the watch's progress as their chunks come back (the total, where the input's
+//! `size_hint` is exact, when the first item is pulled). Once the watch stops, the call
+//! pulls nothing more, the chunks not sent are never sent, the chunks sent are waited for
+//! (finished, or killed under `kill_on_stop`) with their results discarded, and the call
+//! ends with the stop as its error: `map` returns it (before any item's own failure), an
+//! `imap` yields it once and then ends. See [`Stream::stop`] and `supervisor/stop.rs`.
 
 use std::any::type_name;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -41,9 +51,10 @@ use super::task::{Batch, Outcome, Reply, Sink};
 use super::wire;
 use super::worker::{self, Trampoline};
 use super::{ProcessPool, call_for, encode_argument};
-use crate::ProcessError;
 use crate::map::ZERO_CHUNK_SIZE;
 use crate::shm::segment::{self, Segment};
+use crate::watch::Active;
+use crate::{ProcessError, Stopped};
 
 /// Chunks in flight per worker process. A worker may hold up to 64 one-item jobs (the credit
 /// window) and the caller decodes results while more wait; 128 per process keeps both
@@ -73,8 +84,19 @@ struct Encoded {
 /// Encoded chunks, or (item count, error) for a chunk that did not encode.
 type Chunks<'a> = Box<dyn Iterator<Item = Result<Encoded, (usize, ProcessError)>> + 'a>;
 
-/// Makes the call and the chunk source once the chunking is known.
-type Start<'a> = Box<dyn FnOnce(Chunking, usize) -> Result<(Call, Chunks<'a>), ProcessError> + 'a>;
+/// Makes the call, the chunk source and the number of items (where the input's `size_hint`
+/// is exact) once the chunking is known.
+type Start<'a> =
+    Box<dyn FnOnce(Chunking, usize) -> Result<(Call, Chunks<'a>, Option<u64>), ProcessError> + 'a>;
+
+/// What [`Stream::next_chunk`] found.
+enum Next {
+    /// A chunk finished: its index, its item count and its outcome.
+    Chunk(usize, usize, Outcome),
+    /// The call's watch stopped it; every job of the call is settled (see
+    /// [`Stream::stop`]).
+    Stopped(ProcessError),
+}
 
 /// A stream of chunk outcomes: the part `Imap` and `ImapUnordered` share.
 struct Stream<'a> {
@@ -96,17 +118,23 @@ struct Stream<'a> {
     /// Chunks that failed before they reached the pool.
     failed: VecDeque<(usize, usize, Outcome)>,
     exhausted: bool,
+    /// The watch in force when the call was made: it counts the call's progress and may
+    /// stop it.
+    watch: Option<Active>,
+    /// The watch stopped the call, which then yielded its error: nothing more comes.
+    ended: bool,
 }
 
 impl<'a> Stream<'a> {
     fn new(pool: &'a ProcessPool, chunking: Chunking, start: Start<'a>) -> Self {
+        let watch = Active::current();
         Self {
             pool,
             chunking,
             start: Some(start),
             call: None,
             chunks: None,
-            batch: Arc::new(Batch::new()),
+            batch: Arc::new(Batch::new(watch.clone())),
             window: WINDOW_PER_PROCESS * pool.processes(),
             pulled: 0,
             in_flight: 0,
@@ -114,6 +142,8 @@ impl<'a> Stream<'a> {
             counts: HashMap::new(),
             failed: VecDeque::new(),
             exhausted: false,
+            watch,
+            ended: false,
         }
     }
 
@@ -135,28 +165,40 @@ impl<'a> Stream<'a> {
         self.chunking == Chunking::One
     }
 
-    /// Pulls and submits chunks until the window is full or the input ends.
-    fn refill(&mut self) {
+    /// Pulls and submits chunks until the window is full or the input ends. Returns the
+    /// stop instead, pulling nothing, when the call's watch stopped (looked at once per
+    /// round of pulls).
+    fn refill(&mut self) -> Result<(), Stopped> {
+        if self.start.is_some() {
+            self.check()?;
+        }
         if let Some(start) = self.start.take() {
-            match start(self.chunking, self.pool.processes()) {
-                Ok((call, chunks)) => {
+            let (expected, failure) = match start(self.chunking, self.pool.processes()) {
+                Ok((call, chunks, items)) => {
                     self.call = Some(call);
                     self.chunks = Some(chunks);
+                    (items, None)
                 }
-                Err(e) => {
-                    self.failed.push_back((0, 1, Err(e)));
-                    self.exhausted = true;
-                }
+                // The call fails as one item.
+                Err(e) => (Some(1), Some(e)),
+            };
+            if let Some(watch) = &self.watch {
+                watch.expect(expected);
+            }
+            if let Some(e) = failure {
+                self.failed.push_back((0, 1, Err(e)));
+                self.exhausted = true;
             }
         }
         // Top up once half the window is free, so chunks go to the pool in batches (one
         // lock and one round of sends per batch).
         if self.in_flight > 0 && self.in_flight + self.failed.len() > self.window / 2 {
-            return;
+            return Ok(());
         }
         while !self.exhausted && self.in_flight + self.failed.len() < self.window {
+            self.check()?;
             let (Some(call), Some(chunks)) = (self.call, self.chunks.as_mut()) else {
-                return;
+                return Ok(());
             };
             let room = self.window - self.in_flight - self.failed.len();
             let mut specs = Vec::new();
@@ -200,22 +242,76 @@ impl<'a> Stream<'a> {
                 }
             }
         }
+        Ok(())
     }
 
-    /// The next finished chunk: (index, items, outcome). `None` when the input is done and
-    /// every chunk was taken.
-    fn next_chunk(&mut self) -> Option<(usize, usize, Outcome)> {
-        self.refill();
-        if let Some(failed) = self.failed.pop_front() {
-            return Some(failed);
+    /// Whether the call's watch stopped it.
+    fn check(&self) -> Result<(), Stopped> {
+        self.watch.as_ref().map_or(Ok(()), Active::check)
+    }
+
+    /// The next finished chunk, or the stop of the call's watch. `None` when the input is
+    /// done and every chunk was taken, or after the stop.
+    ///
+    /// The watch is looked at once per chunk taken (and while waiting for one) and once per
+    /// round of pulls: a stop takes effect within about one chunk's time.
+    fn next_chunk(&mut self) -> Option<Next> {
+        if self.ended {
+            return None;
+        }
+        if let Err(stopped) = self.refill() {
+            return Some(self.stop(stopped));
+        }
+        if let Some((index, items, outcome)) = self.failed.pop_front() {
+            self.count(items);
+            return Some(Next::Chunk(index, items, outcome));
         }
         if self.in_flight == 0 {
             return None;
         }
-        let (index, outcome) = self.batch.take(&mut self.taken);
+        let (index, outcome) = match self.batch.take(&mut self.taken, true) {
+            Ok(taken) => taken,
+            Err(stopped) => return Some(self.stop(stopped)),
+        };
         self.in_flight -= 1;
         let items = self.counts.remove(&index).unwrap_or(1);
-        Some((index, items, outcome))
+        if let Some(stopped) = outcome.as_ref().err().and_then(ProcessError::stop) {
+            // The pool saw the stop first and dropped this chunk.
+            return Some(self.stop(stopped));
+        }
+        self.count(items);
+        Some(Next::Chunk(index, items, outcome))
+    }
+
+    /// Counts `items` done in the watch's progress.
+    fn count(&self, items: usize) {
+        if let Some(watch) = &self.watch {
+            watch.add(items as u64);
+        }
+    }
+
+    /// Ends the call for `stopped`: the input is dropped with the items not pulled yet (each
+    /// once, here), the chunks not sent are dropped by the pool and never run, and the
+    /// chunks already sent are waited for, as they finish or as their workers are killed
+    /// (`kill_on_stop`), their results discarded; so when the call returns its error,
+    /// nothing of it runs any more. See `supervisor/stop.rs` for the pool's side.
+    fn stop(&mut self, stopped: Stopped) -> Next {
+        self.ended = true;
+        self.exhausted = true;
+        self.start = None;
+        self.chunks = None;
+        self.failed.clear();
+        if self.in_flight > 0 {
+            self.pool.shared().stop_watched();
+            while self.in_flight > 0 {
+                // Every submitted chunk completes exactly once: with its outcome, or with
+                // the stop when it was dropped or its worker killed.
+                let _ = self.batch.take(&mut self.taken, false);
+                self.in_flight -= 1;
+            }
+            self.counts.clear();
+        }
+        Next::Stopped(ProcessError::stopped(stopped))
     }
 
     /// Turns a chunk outcome into one result per item.
@@ -289,7 +385,11 @@ where
             chunk
         };
         let call = call_for(f, trampoline)?;
-        Ok((call, chunk_source(items, chunking, processes)))
+        let len = match items.size_hint() {
+            (low, Some(high)) if low == high => u64::try_from(low).ok(),
+            _ => None,
+        };
+        Ok((call, chunk_source(items, chunking, processes), len))
     })
 }
 
@@ -474,8 +574,13 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
                 continue;
             }
             match self.stream.next_chunk() {
-                Some((index, items, outcome)) => {
+                Some(Next::Chunk(index, items, outcome)) => {
                     self.early.insert(index, (items, outcome));
+                }
+                Some(Next::Stopped(e)) => {
+                    // The error once, then the end: nothing is left to yield.
+                    self.early.clear();
+                    return Some(Err(e));
                 }
                 None => {
                     // Every chunk arrived; take any left in order (none are missing unless a
@@ -563,8 +668,13 @@ impl<R: DeserializeOwned> Iterator for ImapUnordered<'_, R> {
             if let Some(result) = self.ready.pop_front() {
                 return Some(result);
             }
-            let (_, items, outcome) = self.stream.next_chunk()?;
-            self.stream.unpack(items, outcome, &mut self.ready);
+            match self.stream.next_chunk()? {
+                Next::Chunk(_, items, outcome) => {
+                    self.stream.unpack(items, outcome, &mut self.ready);
+                }
+                // The error once, then the end.
+                Next::Stopped(e) => return Some(Err(e)),
+            }
         }
     }
 }
@@ -589,9 +699,20 @@ impl ProcessPool {
     /// complete, and `map` then returns the first error in input order. To see the result of
     /// each item, iterate [`imap`](Self::imap) instead.
     ///
+    /// **Under a [`Watch`](crate::Watch)** (inside [`Watch::run`](crate::Watch::run)), the
+    /// items count into its progress as their chunks come back, and a cancel or a deadline
+    /// stops the map within about one chunk's time (a waiting caller looks at the token
+    /// every 10 ms): no more items are pulled, the chunks not yet sent to a worker are never
+    /// sent, and every item not sent is dropped once, here; the chunks already sent finish
+    /// (or their workers are killed, if the pool
+    /// [kills on stop](crate::ProcessPoolBuilder::kill_on_stop)) before `map` returns, so
+    /// nothing of the map runs after it returned. The pool serves on.
+    ///
     /// # Errors
     ///
-    /// The first failed item's error (see [`ProcessError`]); the pool is closed.
+    /// The first failed item's error (see [`ProcessError`]); the pool is closed. Under a
+    /// watch that stopped, the stop ([`is_cancelled`](ProcessError::is_cancelled),
+    /// [`is_deadline`](ProcessError::is_deadline)), whatever else failed.
     ///
     /// # Examples
     ///
@@ -665,6 +786,8 @@ impl ProcessPool {
             match result {
                 Ok(value) if first_error.is_none() => out.push(value),
                 Ok(_) => {}
+                // A stop ends the call: its error wins over an earlier item's failure.
+                Err(e) if e.stop().is_some() => return Err(e),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -679,7 +802,9 @@ impl ProcessPool {
     /// A lazy, ordered [`map`](Self::map): yields a `Result` per item, in input order, with a
     /// bounded number of items in flight. One item per job unless
     /// [`chunk_size`](Imap::chunk_size) says otherwise. Errors (a closed pool, a function
-    /// outside the executable) come as items too.
+    /// outside the executable) come as items too. Under a [`Watch`](crate::Watch) it counts
+    /// progress and stops as [`map`](Self::map) does, and then yields the stop's error once
+    /// and ends.
     ///
     /// # Examples
     ///
@@ -708,7 +833,8 @@ impl ProcessPool {
 
     /// A lazy `map` that yields a `Result` per item in completion order, with a bounded
     /// number of items in flight (Python's `imap_unordered`). One item per job unless
-    /// [`chunk_size`](ImapUnordered::chunk_size) says otherwise.
+    /// [`chunk_size`](ImapUnordered::chunk_size) says otherwise. Under a
+    /// [`Watch`](crate::Watch) it behaves as [`imap`](Self::imap) does.
     ///
     /// # Examples
     ///

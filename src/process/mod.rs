@@ -21,6 +21,11 @@
 //! - a worker that cannot start makes `new`/`build` fail within a startup timeout; on a
 //!   running pool the pool retries with a backoff, fails the waiting jobs with the cause
 //!   after a few attempts in a row, and serves again once a worker starts;
+//! - inside [`Watch::run`](crate::Watch::run), maps count their items into the watch's
+//!   progress, and a cancel or deadline stops maps and submitted jobs: what was not sent
+//!   to a worker never runs, and the call reports the stop in its error
+//!   ([`ProcessError::is_cancelled`], [`ProcessError::is_deadline`]); jobs already running
+//!   finish, or are killed with [`kill_on_stop`](ProcessPoolBuilder::kill_on_stop);
 //! - processes a job forks stay in its worker's process group, which is killed when the
 //!   worker ends (a crash, a timeout, `terminate`, the pool's shutdown, or the parent's
 //!   death; a process that leaves the group, by `setsid` say, escapes).
@@ -113,6 +118,7 @@ pub use map::{Imap, ImapUnordered};
 pub use task::ProcessTask;
 
 use crate::shm::segment::{self, Segment};
+use crate::watch::Active;
 use supervisor::{Call, Config, JobSpec, Shared};
 use task::{Sink, TaskSlot};
 use worker::Trampoline;
@@ -280,9 +286,19 @@ impl ProcessPool {
 
     /// Submits one job: `f(arg)` in a worker. Returns a handle to wait for its result.
     ///
+    /// Inside [`Watch::run`](crate::Watch::run) the job is watched: once the watch stops it
+    /// (its token cancelled, or its deadline passed), the job is never sent if it was not
+    /// yet, and its handle reports the stop
+    /// ([`is_cancelled`](ProcessError::is_cancelled), [`is_deadline`](ProcessError::is_deadline));
+    /// a job already sent runs to the end and delivers its result, unless the pool
+    /// [kills on stop](ProcessPoolBuilder::kill_on_stop). A waiting `get` sees the stop
+    /// within 10 ms. A submitted job is not counted in the watch's
+    /// progress, which counts the items of maps.
+    ///
     /// # Errors
     ///
-    /// The pool is closed or terminated ([`is_closed`](ProcessError::is_closed)); `arg` does
+    /// The watch stopped already ([`is_cancelled`](ProcessError::is_cancelled),
+    /// [`is_deadline`](ProcessError::is_deadline)); the pool is closed or terminated ([`is_closed`](ProcessError::is_closed)); `arg` does
     /// not serialise ([`is_serialization`](ProcessError::is_serialization)); `f` is not in the
     /// main executable ([`is_invalid_argument`](ProcessError::is_invalid_argument)); no worker
     /// could start several times in a row ([`is_startup`](ProcessError::is_startup); the
@@ -297,6 +313,24 @@ impl ProcessPool {
     /// let procs = ProcessPool::new(1)?;
     /// let task = procs.submit(|s: String| s.len(), "four".to_string())?;
     /// assert_eq!(task.get()?, 4);
+    ///
+    /// // Under a watch: a job queued behind a long one (on a fresh pool of one worker, which
+    /// // sends one job at a time) is dropped when the token is cancelled, and never runs.
+    /// use parpool::{CancelToken, Watch};
+    /// let procs = ProcessPool::new(1)?;
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(std::time::Duration::from_millis(ms));
+    ///     ms
+    /// }
+    /// let token = CancelToken::new();
+    /// let (long, queued) = Watch::new().cancel_token(&token).run(|| {
+    ///     let long = procs.submit(nap, 300)?;
+    ///     let queued = procs.submit(nap, 1)?;
+    ///     token.cancel();
+    ///     Ok::<_, parpool::ProcessError>((long, queued.get()))
+    /// }).unwrap()?;
+    /// assert!(queued.unwrap_err().is_cancelled());
+    /// assert_eq!(long.get()?, 300); // it was running: it finished
     /// # Ok::<(), parpool::ProcessError>(())
     /// ```
     pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<ProcessTask<R>, ProcessError>
@@ -304,9 +338,13 @@ impl ProcessPool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
+        let watch = Active::current();
+        if let Some(stopped) = watch.as_ref().and_then(|watch| watch.check().err()) {
+            return Err(ProcessError::stopped(stopped));
+        }
         let call = call_for(f as usize, worker::call_one::<A, R> as Trampoline)?;
         let (payload, segments) = encode_argument(&arg)?;
-        let slot = Arc::new(TaskSlot::new());
+        let slot = Arc::new(TaskSlot::new(watch));
         self.shared.submit([JobSpec {
             call,
             payload,
@@ -525,6 +563,7 @@ impl Default for ProcessPoolBuilder {
                 task_timeout: None,
                 initializer: None,
                 startup_timeout: supervisor::DEFAULT_STARTUP_TIMEOUT,
+                kill_on_stop: false,
             },
         }
     }
@@ -700,6 +739,44 @@ impl ProcessPoolBuilder {
     /// ```
     pub fn initializer(mut self, initializer: fn()) -> Self {
         self.config.initializer = Some(initializer);
+        self
+    }
+
+    /// What happens to the jobs already running when a [`Watch`](crate::Watch) stops the
+    /// call they belong to: `false` (the default) lets them run to the end, and the call
+    /// returns once they did (about one job's time); `true` kills the workers running them,
+    /// as a [`task_timeout`](Self::task_timeout) does, and the call returns once they are
+    /// reaped (milliseconds). The jobs a stopped call had not sent are never sent, either
+    /// way. A killed worker is replaced; it does not count as crashed.
+    ///
+    /// Kill when a job may run much longer than you are willing to wait after a cancel or a
+    /// deadline; let them finish when a job must not be interrupted (it writes a file, say).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parpool::{ProcessPool, Watch};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let procs = ProcessPool::builder().processes(1).kill_on_stop(true).build()?;
+    /// let pid = procs.pids()[0];
+    /// let start = Instant::now();
+    /// let watch = Watch::new().timeout(Duration::from_millis(100));
+    /// let err = watch.run(|| procs.map([60_000], nap)).unwrap().unwrap_err();
+    /// assert!(err.is_deadline());
+    /// assert!(start.elapsed() < Duration::from_secs(30)); // not the minute the job wanted
+    /// assert_eq!(procs.map([1], nap)?, [1]); // a new worker took the slot
+    /// assert_ne!(procs.pids(), [pid]);
+    /// assert_eq!(procs.counters().crashed, 0);
+    /// # Ok::<(), parpool::ProcessError>(())
+    /// ```
+    pub fn kill_on_stop(mut self, kill: bool) -> Self {
+        self.config.kill_on_stop = kill;
         self
     }
 

@@ -89,7 +89,8 @@ impl State {
     }
 
     /// Sends queued jobs to workers with credit. Returns whether a job started on an idle
-    /// worker under a task timeout (the supervisor must then recompute its timeout).
+    /// worker under a task timeout, or under a watch with a deadline in a pool that kills on
+    /// stop (the supervisor must then recompute its timeout).
     ///
     /// A worker is topped up only once it is down to half its credit, so the jobs go out in
     /// batches of about half the credit, one `sendmsg` per batch, while the worker still has
@@ -111,6 +112,12 @@ impl State {
         while let Some(job) = self.queue.front() {
             if job.spec.sink.is_dead() {
                 self.queue.pop_front();
+                continue;
+            }
+            if let Some(stopped) = job.spec.stopped(now) {
+                // Never sent (see `stop`).
+                let job = self.queue.pop_front().expect("front exists");
+                job.spec.sink.complete(Err(ProcessError::stopped(stopped)));
                 continue;
             }
             let Some(slot) = self.pick(credit, &open, &batches) else {
@@ -139,8 +146,8 @@ impl State {
     }
 
     /// Sends `batch` to a ready worker in one `sendmsg` (queueing what the socket does not
-    /// take) and records the jobs as sent. Returns whether a timed job started on an idle
-    /// worker.
+    /// take) and records the jobs as sent. Returns whether a timed job (see `dispatch`)
+    /// started on an idle worker.
     ///
     /// When the send fails the worker is dying (it closed its end): the batch never reached
     /// it and goes back to the front of the queue, and the worker becomes `Exiting` with
@@ -182,7 +189,17 @@ impl State {
             if was_idle {
                 jobs.front_since = now;
             }
-            return was_idle && shared.config.task_timeout.is_some();
+            // A new front job with a deadline of its own (a task timeout, or its watch's
+            // under `kill_on_stop`): the supervisor must recompute its sleep.
+            let front_timed = shared.config.task_timeout.is_some()
+                || (shared.config.kill_on_stop
+                    && jobs.inflight.front().is_some_and(|job| {
+                        job.spec
+                            .sink
+                            .watch()
+                            .is_some_and(|w| w.deadline().is_some())
+                    }));
+            return was_idle && front_timed;
         }
         for job in batch.into_iter().rev() {
             job.spec.sink.requeue();

@@ -368,8 +368,12 @@ impl State {
     /// Kills workers past a deadline (startup, exit grace, task timeout); returns the next
     /// deadline, retries of failed starts included.
     pub(super) fn check_deadlines(&mut self, shared: &Shared, now: Instant) -> Option<Instant> {
+        self.kill_stopped(shared, now);
         let mut next: Option<Instant> = self.retire_idle(shared, now);
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(deadline) = self.stop_deadline(shared) {
+            earliest(deadline);
+        }
         let timeout = shared.config.task_timeout;
         for slot in 0..self.slots.len() {
             let (deadline, why) = match &self.slots[slot] {
@@ -467,7 +471,7 @@ impl State {
             }
             Worker::Ready { mut conn, jobs } => {
                 let status = conn.reap(&shared.epoll);
-                self.settle(&conn, jobs, Ending::Lost, status, shared);
+                self.settle(&conn, jobs, Ending::Lost, status, shared, now);
             }
             Worker::Exiting {
                 mut conn,
@@ -476,7 +480,7 @@ impl State {
                 ..
             } => {
                 let status = conn.reap(&shared.epoll);
-                self.settle(&conn, jobs, why, status, shared);
+                self.settle(&conn, jobs, why, status, shared, now);
             }
             other @ (Worker::Dead { .. } | Worker::Spawning) => self.slots[slot] = other,
         }
@@ -491,6 +495,7 @@ impl State {
         why: Ending,
         status: ExitStatus,
         shared: &Shared,
+        now: Instant,
     ) {
         let terminating = self.phase == Phase::Terminating;
         let pid = conn.pid();
@@ -513,7 +518,7 @@ impl State {
         };
         let crashed = !terminating
             && match why {
-                Ending::Terminated => false,
+                Ending::Terminated | Ending::Stopped(_) => false,
                 Ending::Timeout | Ending::Violation(_) => true,
                 Ending::Retired | Ending::Idle | Ending::Lost | Ending::StartFailed(_) => {
                     running || status != ExitStatus::Code(0)
@@ -529,6 +534,7 @@ impl State {
             let error = match why {
                 _ if terminating => ProcessError::closed(),
                 Ending::Terminated => ProcessError::closed(),
+                Ending::Stopped(stopped) => ProcessError::stopped(stopped),
                 Ending::Timeout => {
                     ProcessError::task_timeout(pid, shared.config.task_timeout.unwrap_or_default())
                 }
@@ -542,6 +548,9 @@ impl State {
         while let Some(job) = jobs.inflight.pop_back() {
             if terminating {
                 job.spec.sink.complete(Err(ProcessError::closed()));
+            } else if let Some(stopped) = job.spec.stopped(now) {
+                // It never started, and its call stopped: it is never sent (see `stop`).
+                job.spec.sink.complete(Err(ProcessError::stopped(stopped)));
             } else {
                 job.spec.sink.requeue();
                 self.queue.push_front(job);

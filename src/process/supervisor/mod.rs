@@ -14,7 +14,8 @@
 //!   start and their backoff;
 //! - [`sizing`]: **elastic sizing**, when a worker is spawned and when one retires for
 //!   idleness, and why no job is lost;
-//! - [`shutdown`]: the steps of close and terminate.
+//! - [`shutdown`]: the steps of close and terminate;
+//! - [`stop`]: what a stopped [`Watch`](crate::Watch) does to the jobs of its calls.
 //!
 //! # Threads
 //!
@@ -41,6 +42,7 @@ mod lifecycle;
 mod shutdown;
 mod sizing;
 mod state;
+mod stop;
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -54,6 +56,7 @@ use super::bootstrap;
 use super::task::Sink;
 use super::wire;
 use crate::ProcessError;
+use crate::Stopped;
 use crate::shm::segment::{Holder, Segment, SegmentId};
 use crate::sync::lock;
 use conn::{Source, Token};
@@ -98,6 +101,8 @@ pub(crate) struct Config {
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) initializer: Option<fn()>,
     pub(crate) startup_timeout: Duration,
+    /// When a call's watch stops it, kill the workers running its jobs (else they finish).
+    pub(crate) kill_on_stop: bool,
 }
 
 /// A job as submitted: what to run, its encoded argument, and where its outcome goes.
@@ -107,7 +112,16 @@ pub(crate) struct JobSpec {
     pub(crate) payload: Vec<u8>,
     /// Shared-memory segments the argument names; kept alive until the job is answered.
     pub(crate) segments: Vec<Arc<Segment>>,
+    /// Where the outcome goes; it also holds the watch of the call that submitted the job
+    /// (see `stop`).
     pub(crate) sink: Sink,
+}
+
+impl JobSpec {
+    /// Why the job's watch stopped it by `now`, if it did.
+    fn stopped(&self, now: Instant) -> Option<Stopped> {
+        self.sink.watch()?.check_at(now).err()
+    }
 }
 
 /// The state shared by the pool handle, submitting threads and the supervisor thread.
@@ -294,9 +308,9 @@ impl Shared {
         let grow = !state.queue.is_empty() && state.wants_growth(now);
         drop(state);
         if timer_started || grow {
-            // A job started on an idle worker under a task timeout: the supervisor must
-            // recompute its epoll timeout. Or jobs wait and the pool may grow: the
-            // supervisor spawns (see `sizing`).
+            // A job started on an idle worker under a task timeout (or a watch deadline the
+            // pool kills at): the supervisor must recompute its epoll timeout. Or jobs wait
+            // and the pool may grow: the supervisor spawns (see `sizing`).
             self.wake();
         }
         Ok(())
@@ -310,9 +324,28 @@ impl Shared {
             return; // the supervisor (or another waiter) is at it
         };
         state.take_ring(slot, &mut Vec::new(), self);
-        let timer_started = state.dispatch(self, Instant::now());
+        let now = Instant::now();
+        // A result taken here may have brought a stopped call's job to the front (killed
+        // now), or one whose watch has an earlier deadline than the supervisor sleeps until
+        // (it must recompute its sleep).
+        state.kill_stopped(self, now);
+        let timer_started = state.dispatch(self, now);
         drop(state);
-        if timer_started {
+        if timer_started || self.config.kill_on_stop {
+            self.wake();
+        }
+    }
+
+    /// A call saw its watch stop: settle the queued jobs of every stopped call now (each
+    /// completes once, with the stop, and is never sent) and, if the pool kills on stop,
+    /// kill the workers running such jobs (see `State::kill_stopped`).
+    pub(crate) fn stop_watched(&self) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.drop_stopped(now);
+        if state.kill_stopped(self, now) {
+            drop(state);
+            // The supervisor reaps the killed workers and spawns their replacements.
             self.wake();
         }
     }

@@ -27,6 +27,8 @@
 //! - **finished**: its result (value or caught failure) was published, in the ring or as a
 //!   Result frame, and delivered to its sink.
 //! - **failed**: its worker died while running it; the failure names what ended the worker.
+//! - **stopped**: the watch of its call stopped while it was queued (or back in the queue):
+//!   it completes with the stop and is never sent (see `stop`).
 //!
 //! # Invariants
 //!
@@ -125,6 +127,9 @@ pub(super) enum Ending {
     Violation(String),
     /// Killed by `terminate` or by a failed build.
     Terminated,
+    /// Killed: its front job belongs to a call whose watch stopped, and the pool kills on
+    /// stop (see `stop`).
+    Stopped(crate::Stopped),
     /// It failed to start; the error says why (`None`: its exit status does).
     StartFailed(Option<ProcessError>),
 }

@@ -1,0 +1,89 @@
+//! What a stopped [`Watch`](crate::Watch) does to the jobs of its calls: the process side
+//! of `crate::watch`.
+//!
+//! Every job carries the watch of the call that submitted it (in its sink), and is
+//! stopped once that watch is (its token cancelled, or its deadline passed). Then:
+//!
+//! - **A queued job is never sent.** [`State::dispatch`] completes each stopped job it meets
+//!   with the stop instead of sending it; [`State::drop_stopped`], which a call runs as soon
+//!   as it sees its watch stop (`Shared::stop_watched`), does so for the whole queue at once;
+//!   and a job that goes back to the queue because its worker died before running it is
+//!   settled the same way (`lifecycle`'s `settle`).
+//! - **A sent job** (a worker has it, running or waiting in its socket: the pool cannot take
+//!   it back) **runs to the end** and delivers its outcome, by default. With
+//!   `kill_on_stop`, a ready worker whose front job (the running one, or the next) is stopped
+//!   is killed instead ([`State::kill_stopped`]); the job fails with the stop, the worker's
+//!   other jobs go back to the queue as after any death (those of stopped calls complete
+//!   with the stop there), and the pool spawns a replacement, as after a task timeout. A
+//!   stopped job that waits in a worker behind another call's running job is killed only
+//!   once it reaches the front: killing earlier would fail the other call's job. A kill on
+//!   stop is not a crash: [`WorkerCounters::crashed`](crate::process::WorkerCounters) does
+//!   not count it.
+//!
+//! **Exactly once.** A job is in one place at a time, the queue or one worker's in-flight
+//! list (invariant 1 of the job lifecycle in `state`); each step above takes it out of that
+//! place under the state lock before it completes the job's sink, and a killed worker's
+//! jobs are settled by `settle` as after any death. So every job of a stopped call
+//! completes exactly once: with its outcome if it ran, with the stop if it did not or was
+//! killed.
+//!
+//! **When.** The check runs wherever jobs move (dispatch, a result, a death), in every pass
+//! of the supervisor (kills), and when the call that waits on the jobs sees the stop: such
+//! a call wakes at its watch's deadline and looks at its token at least every
+//! `task::STOP_POLL`. Under `kill_on_stop` the supervisor also
+//! sleeps no later than the deadline of any running job's watch, so a deadline kills its
+//! jobs even when nobody waits on them.
+
+use std::time::Instant;
+
+use super::Shared;
+use super::state::{Ending, State, Worker};
+use crate::ProcessError;
+
+impl State {
+    /// Completes every queued job whose watch stopped with the stop (they are never sent).
+    pub(super) fn drop_stopped(&mut self, now: Instant) {
+        let queue = std::mem::take(&mut self.queue);
+        for job in queue {
+            match job.spec.stopped(now) {
+                Some(stopped) => job.spec.sink.complete(Err(ProcessError::stopped(stopped))),
+                None => self.queue.push_back(job),
+            }
+        }
+    }
+
+    /// Under `kill_on_stop`, kills each ready worker whose front job's watch stopped.
+    /// Returns whether it killed one.
+    pub(super) fn kill_stopped(&mut self, shared: &Shared, now: Instant) -> bool {
+        if !shared.config.kill_on_stop {
+            return false;
+        }
+        let mut killed = false;
+        for slot in 0..self.slots.len() {
+            let Worker::Ready { jobs, .. } = &self.slots[slot] else {
+                continue;
+            };
+            let Some(stopped) = jobs.inflight.front().and_then(|job| job.spec.stopped(now)) else {
+                continue;
+            };
+            self.exit(slot, Ending::Stopped(stopped), true, shared, now);
+            killed = true;
+        }
+        killed
+    }
+
+    /// Under `kill_on_stop`, the earliest deadline of a ready worker's front job's watch:
+    /// the supervisor wakes by then to kill it.
+    pub(super) fn stop_deadline(&self, shared: &Shared) -> Option<Instant> {
+        if !shared.config.kill_on_stop {
+            return None;
+        }
+        self.slots
+            .iter()
+            .filter_map(|worker| match worker {
+                Worker::Ready { jobs, .. } => jobs.inflight.front()?.spec.sink.watch()?.deadline(),
+                _ => None,
+            })
+            .min()
+    }
+}
