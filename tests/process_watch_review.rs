@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use parpool::shm::Array;
+use parpool::shm::{Array, Value};
 use parpool::{CancelToken, ProcessPool, Watch};
 
 /// A job that counts its run in shared memory, then sleeps `us` microseconds.
@@ -92,11 +92,108 @@ fn bystanders_survive_kills() {
     assert_eq!(pool.map(0..4u64, tiny).unwrap(), vec![1, 2, 3, 4]);
 }
 
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// CPU time this thread used so far.
+fn thread_cpu() -> Duration {
+    // SAFETY: `getrusage` writes into the zeroed `rusage` it is given, nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+/// A thread that waits under a watch (token and a far deadline) for a 1 s process job,
+/// through `map` and through `submit` + `get`, sleeps: it uses a small part of the CPU
+/// time a busy loop would (the 10 ms token poll costs about a thousandth of a core).
+fn waiting_under_a_watch_does_not_spin() {
+    let pool = ProcessPool::new(1).unwrap();
+    let token = CancelToken::new();
+    let watch = Watch::new()
+        .cancel_token(&token)
+        .timeout(Duration::from_secs(60));
+    for kind in ["map", "submit"] {
+        let cpu = thread_cpu();
+        let start = std::time::Instant::now();
+        let value = watch
+            .run(|| match kind {
+                "map" => pool.map([1000u64], nap).unwrap()[0],
+                _ => pool.submit(nap, 1000).unwrap().get().unwrap(),
+            })
+            .unwrap();
+        assert_eq!(value, 1000);
+        let (wall, cpu) = (start.elapsed(), thread_cpu() - cpu);
+        assert!(
+            cpu < wall / 5,
+            "{kind}: the waiting thread used {cpu:?} of CPU over {wall:?}"
+        );
+    }
+}
+
+/// Aborts its worker after `ms`, once `started` is set.
+fn abort_after((started, ms): (Value<u32>, u64)) -> usize {
+    started.store(1);
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::abort()
+}
+
+/// A cancelled call's jobs that wait in a worker behind its running job go back to the
+/// queue when that job crashes the worker after the cancel: they must complete with the
+/// stop there, never be sent to the replacement.
+fn jobs_requeued_after_a_crash_after_the_stop_never_run() {
+    let pool = ProcessPool::new(1).unwrap();
+    // Short jobs deepen the worker's credit, so the call's jobs all go to the worker.
+    assert_eq!(pool.map_chunked(0..2000u64, 1, tiny).unwrap().len(), 2000);
+    let runs = Array::<u32>::zeroed(8).unwrap();
+    let started = Value::new(0u32).unwrap();
+    let token = CancelToken::new();
+    let canceller = {
+        let (token, started) = (token.clone(), started.clone());
+        std::thread::spawn(move || {
+            while started.load() == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            token.cancel();
+        })
+    };
+    let result = Watch::new()
+        .cancel_token(&token)
+        .run(|| {
+            let crashing = pool.submit(abort_after, (started.clone(), 300)).unwrap();
+            let rest: Vec<_> = (0..8)
+                .map(|i| pool.submit(counted, (runs.clone(), i, 1)).unwrap())
+                .collect();
+            let errors: Vec<_> = rest.into_iter().map(|task| task.get()).collect();
+            (crashing.get(), errors)
+        })
+        .unwrap();
+    canceller.join().unwrap();
+    assert!(result.0.is_err());
+    for error in &result.1 {
+        assert!(error.as_ref().is_err_and(|e| e.is_cancelled()), "{error:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        runs.to_vec().unwrap(),
+        vec![0; 8],
+        "a stopped call's job ran"
+    );
+    assert_eq!(pool.map(0..4u64, tiny).unwrap(), vec![1, 2, 3, 4]);
+}
+
 #[test]
 #[ignore = "runs only as a child of the tests below"]
 fn child() {
     match std::env::var(child::SCENARIO).as_deref() {
         Ok("bystanders") => bystanders_survive_kills(),
+        Ok("wait-cpu") => waiting_under_a_watch_does_not_spin(),
+        Ok("crash-after-stop") => jobs_requeued_after_a_crash_after_the_stop_never_run(),
         other => panic!("unknown scenario {other:?}"),
     }
 }
@@ -113,4 +210,14 @@ fn run(scenario: &str) {
 #[test]
 fn a_kill_on_stop_never_fails_another_calls_job() {
     run("bystanders");
+}
+
+#[test]
+fn a_thread_waiting_under_a_watch_sleeps() {
+    run("wait-cpu");
+}
+
+#[test]
+fn a_stopped_calls_jobs_requeued_after_a_crash_never_run() {
+    run("crash-after-stop");
 }
