@@ -187,11 +187,74 @@ fn jobs_requeued_after_a_crash_after_the_stop_never_run() {
     assert_eq!(pool.map(0..4u64, tiny).unwrap(), vec![1, 2, 3, 4]);
 }
 
+fn slow_start() {
+    std::thread::sleep(Duration::from_millis(400));
+}
+
+/// Under `kill_on_stop`, a call stopped (by cancel, then by deadline) while the pool's only
+/// worker is still starting (the replacement of a worker killed for a stop, in its 400 ms
+/// initializer) returns its stop without waiting for the worker, none of its jobs ever
+/// runs, and the pool then serves.
+fn stop_while_the_worker_starts() {
+    let pool = ProcessPool::builder()
+        .processes(1)
+        .kill_on_stop(true)
+        .initializer(slow_start)
+        .build()
+        .unwrap();
+    for by_deadline in [false, true] {
+        let token = CancelToken::new();
+        let canceller = {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                token.cancel();
+            })
+        };
+        let first = Watch::new()
+            .cancel_token(&token)
+            .run(|| pool.map([60_000u64], nap))
+            .unwrap();
+        canceller.join().unwrap();
+        assert!(first.unwrap_err().is_cancelled());
+        // The replacement is in its initializer now.
+        let runs = Array::<u32>::zeroed(16).unwrap();
+        let jobs: Vec<_> = (0..16).map(|i| (runs.clone(), i, 1)).collect();
+        let token = CancelToken::new();
+        let mut watch = Watch::new().cancel_token(&token);
+        if by_deadline {
+            watch = watch.timeout(Duration::from_millis(50));
+        } else {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                token.cancel();
+            });
+        }
+        let start = std::time::Instant::now();
+        let err = watch
+            .run(|| pool.map_chunked(jobs, 1, counted))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.is_cancelled() || err.is_deadline(), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_millis(350),
+            "the stopped call waited {:?} for the starting worker",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(runs.to_vec().unwrap(), vec![0; 16], "a stopped call's job ran");
+        assert_eq!(pool.map(0..4u64, tiny).unwrap(), vec![1, 2, 3, 4]);
+    }
+    assert_eq!(pool.counters().crashed, 0);
+}
+
 #[test]
 #[ignore = "runs only as a child of the tests below"]
 fn child() {
     match std::env::var(child::SCENARIO).as_deref() {
         Ok("bystanders") => bystanders_survive_kills(),
+        Ok("starting") => stop_while_the_worker_starts(),
         Ok("wait-cpu") => waiting_under_a_watch_does_not_spin(),
         Ok("crash-after-stop") => jobs_requeued_after_a_crash_after_the_stop_never_run(),
         other => panic!("unknown scenario {other:?}"),
@@ -220,4 +283,9 @@ fn a_thread_waiting_under_a_watch_sleeps() {
 #[test]
 fn a_stopped_calls_jobs_requeued_after_a_crash_never_run() {
     run("crash-after-stop");
+}
+
+#[test]
+fn a_call_stopped_while_its_worker_starts_returns_and_nothing_runs() {
+    run("starting");
 }
