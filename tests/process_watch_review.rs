@@ -243,9 +243,57 @@ fn stop_while_the_worker_starts() {
             start.elapsed()
         );
         std::thread::sleep(Duration::from_millis(600));
-        assert_eq!(runs.to_vec().unwrap(), vec![0; 16], "a stopped call's job ran");
+        assert_eq!(
+            runs.to_vec().unwrap(),
+            vec![0; 16],
+            "a stopped call's job ran"
+        );
         assert_eq!(pool.map(0..4u64, tiny).unwrap(), vec![1, 2, 3, 4]);
     }
+    assert_eq!(pool.counters().crashed, 0);
+}
+
+/// Marks `started`, then sleeps `ms` and marks `finished`.
+fn marked((started, finished, ms): (Value<u32>, Value<u32>, u64)) -> u64 {
+    started.store(1);
+    std::thread::sleep(Duration::from_millis(ms));
+    finished.store(1);
+    ms
+}
+
+/// Under `kill_on_stop`, a submitted job whose watch's token is cancelled while nobody
+/// waits on its handle (no `get`) is killed all the same, as `submit` documents ("a job
+/// already sent runs to the end [...] unless the pool kills on stop"), and its handle then
+/// reports the cancel.
+fn cancel_with_nobody_waiting_kills() {
+    let pool = ProcessPool::builder()
+        .processes(1)
+        .kill_on_stop(true)
+        .build()
+        .unwrap();
+    let (started, finished) = (Value::new(0u32).unwrap(), Value::new(0u32).unwrap());
+    let pid = pool.pids()[0];
+    let token = CancelToken::new();
+    let task = Watch::new()
+        .cancel_token(&token)
+        .run(|| pool.submit(marked, (started.clone(), finished.clone(), 60_000)))
+        .unwrap()
+        .unwrap();
+    while started.load() == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    token.cancel();
+    let start = std::time::Instant::now();
+    while pool.pids().contains(&pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the cancelled job's worker still runs 5 s after the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(task.get().unwrap_err().is_cancelled());
+    assert_eq!(finished.load(), 0);
+    assert_eq!(pool.map(0..4u64, tiny).unwrap(), vec![1, 2, 3, 4]);
     assert_eq!(pool.counters().crashed, 0);
 }
 
@@ -254,6 +302,7 @@ fn stop_while_the_worker_starts() {
 fn child() {
     match std::env::var(child::SCENARIO).as_deref() {
         Ok("bystanders") => bystanders_survive_kills(),
+        Ok("nobody-waits") => cancel_with_nobody_waiting_kills(),
         Ok("starting") => stop_while_the_worker_starts(),
         Ok("wait-cpu") => waiting_under_a_watch_does_not_spin(),
         Ok("crash-after-stop") => jobs_requeued_after_a_crash_after_the_stop_never_run(),
@@ -288,4 +337,9 @@ fn a_stopped_calls_jobs_requeued_after_a_crash_never_run() {
 #[test]
 fn a_call_stopped_while_its_worker_starts_returns_and_nothing_runs() {
     run("starting");
+}
+
+#[test]
+fn a_cancel_kills_under_kill_on_stop_with_nobody_waiting() {
+    run("nobody-waits");
 }

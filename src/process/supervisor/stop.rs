@@ -34,15 +34,19 @@
 //! **When.** The check runs wherever jobs move (dispatch, a result, a death), in every pass
 //! of the supervisor (kills), and when the call that waits on the jobs sees the stop: such
 //! a call wakes at its watch's deadline and looks at its token at least every
-//! `task::STOP_POLL`. Under `kill_on_stop` the supervisor also
-//! sleeps no later than the moment a worker's jobs will all have passed their watches'
-//! deadlines, so a deadline kills them even when nobody waits on them.
+//! `task::STOP_POLL`. Under `kill_on_stop` the supervisor also sleeps no later than the
+//! moment a worker's jobs will all have passed their watches' deadlines, and no longer than
+//! `STOP_POLL` while each of them may be stopped by a token (a token wakes nobody), so a
+//! deadline or a cancel kills them even when nobody waits on them. That poll costs a
+//! watched, killable pool about 100 wake-ups a second while such jobs run, as it costs a
+//! watched waiter.
 
 use std::time::Instant;
 
 use super::Shared;
 use super::state::{Ending, State, Worker};
 use crate::ProcessError;
+use crate::process::task::STOP_POLL;
 
 impl State {
     /// Completes every queued job whose watch stopped with the stop (they are never sent).
@@ -80,9 +84,10 @@ impl State {
         killed
     }
 
-    /// Under `kill_on_stop`, the earliest moment a ready worker's unanswered jobs will all
-    /// have stopped by their watches' deadlines: the supervisor wakes by then to kill it.
-    /// Past `kill_stopped` in the same pass, every such moment is in the future.
+    /// Under `kill_on_stop`, when the supervisor must next look at the jobs of a ready
+    /// worker whose unanswered jobs may all stop: the moment the last of them passes its
+    /// watch's deadline, or within `STOP_POLL` for a job a token may stop. Past
+    /// `kill_stopped` in the same pass, every such moment is in the future.
     pub(super) fn stop_deadline(&self, shared: &Shared, now: Instant) -> Option<Instant> {
         if !shared.config.kill_on_stop {
             return None;
@@ -98,8 +103,13 @@ impl State {
                     if job.spec.stopped(now).is_some() {
                         continue;
                     }
-                    let deadline = job.spec.sink.watch()?.deadline()?;
-                    all_stopped_at = Some(all_stopped_at.map_or(deadline, |at| at.max(deadline)));
+                    let watch = job.spec.sink.watch()?;
+                    let poll = watch.has_token().then(|| now + STOP_POLL);
+                    let look = match (watch.deadline(), poll) {
+                        (Some(deadline), Some(poll)) => deadline.min(poll),
+                        (deadline, poll) => deadline.or(poll)?,
+                    };
+                    all_stopped_at = Some(all_stopped_at.map_or(look, |at| at.max(look)));
                 }
                 all_stopped_at
             })
