@@ -8,12 +8,12 @@
 #[path = "common/child.rs"]
 mod child;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parpool::shm::{Array, Value};
-use parpool::{CancelToken, ProcessPool, Watch};
+use parpool::{CancelToken, ProcessPool, Progress, ProgressUpdate, Watch};
 
 /// A job that counts its run in shared memory, then sleeps `us` microseconds.
 fn counted((runs, i, us): (Array<u32>, usize, u64)) -> usize {
@@ -297,12 +297,57 @@ fn cancel_with_nobody_waiting_kills() {
     assert_eq!(pool.counters().crashed, 0);
 }
 
+/// A progress callback that runs a map on the same process pool, over a process map that a
+/// deadline stops: its own maps work (and are not counted), it gets exactly one final call,
+/// the last, and none after `run` returned; the count equals the items that came back.
+fn callback_into_the_pool_and_one_final_call() {
+    let pool = Arc::new(ProcessPool::new(2).unwrap());
+    let updates: Arc<Mutex<Vec<ProgressUpdate>>> = Arc::default();
+    let progress = {
+        let (pool, updates) = (Arc::clone(&pool), Arc::clone(&updates));
+        Progress::with_callback(Duration::ZERO, move |update| {
+            if !update.finished {
+                assert_eq!(pool.map(0..3u64, tiny).unwrap(), vec![1, 2, 3]);
+            }
+            updates.lock().unwrap().push(update);
+        })
+    };
+    let runs = Array::<u32>::zeroed(400).unwrap();
+    let jobs: Vec<_> = (0..400).map(|i| (runs.clone(), i, 2000)).collect();
+    let err = Watch::new()
+        .progress(&progress)
+        .timeout(Duration::from_millis(300))
+        .run(|| pool.map_chunked(jobs, 1, counted))
+        .unwrap()
+        .unwrap_err();
+    assert!(err.is_deadline(), "{err}");
+    let seen = updates.lock().unwrap().clone();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        updates.lock().unwrap().len(),
+        seen.len(),
+        "a call after run returned"
+    );
+    let finals = seen.iter().filter(|u| u.finished).count();
+    assert_eq!(finals, 1, "{seen:?}");
+    assert!(seen.last().unwrap().finished);
+    assert!(seen.len() > 1, "no periodic call: {seen:?}");
+    let ran = runs.to_vec().unwrap().iter().filter(|&&r| r == 1).count() as u64;
+    assert!(
+        progress.done() <= ran,
+        "{} done, {ran} ran",
+        progress.done()
+    );
+    assert_eq!(progress.total(), Some(400));
+}
+
 #[test]
 #[ignore = "runs only as a child of the tests below"]
 fn child() {
     match std::env::var(child::SCENARIO).as_deref() {
         Ok("bystanders") => bystanders_survive_kills(),
         Ok("nobody-waits") => cancel_with_nobody_waiting_kills(),
+        Ok("callback-into-pool") => callback_into_the_pool_and_one_final_call(),
         Ok("starting") => stop_while_the_worker_starts(),
         Ok("wait-cpu") => waiting_under_a_watch_does_not_spin(),
         Ok("crash-after-stop") => jobs_requeued_after_a_crash_after_the_stop_never_run(),
@@ -342,4 +387,9 @@ fn a_call_stopped_while_its_worker_starts_returns_and_nothing_runs() {
 #[test]
 fn a_cancel_kills_under_kill_on_stop_with_nobody_waiting() {
     run("nobody-waits");
+}
+
+#[test]
+fn a_progress_callback_may_use_the_pool_and_gets_one_final_call() {
+    run("callback-into-pool");
 }
