@@ -26,18 +26,19 @@ fn tiny(x: u64) -> u64 {
     x + 1
 }
 
-/// Under `kill_on_stop`, watched maps are cancelled over and over on a one-worker pool
-/// while another thread's unwatched jobs share the worker's pipeline. A kill for a stop
+/// Under `kill_on_stop`, watched maps are cancelled over and over on a one-worker pool (or
+/// an elastic pool of 1 to 2 that grows and retires as it goes) while another thread's
+/// unwatched jobs share the workers' pipelines. A kill for a stop
 /// must never fail, lose or rerun a bystander's job: every bystander job returns `Ok` and
 /// ran exactly once.
-fn bystanders_survive_kills() {
-    let pool = Arc::new(
-        ProcessPool::builder()
-            .processes(1)
-            .kill_on_stop(true)
-            .build()
-            .unwrap(),
-    );
+fn bystanders_survive_kills(elastic: bool) {
+    let builder = ProcessPool::builder().kill_on_stop(true);
+    let builder = if elastic {
+        builder.elastic(1, 2).idle_timeout(Duration::from_millis(5))
+    } else {
+        builder.processes(1)
+    };
+    let pool = Arc::new(builder.build().unwrap());
     const BYSTANDERS: usize = 3000;
     let runs = Array::<u32>::zeroed(BYSTANDERS).unwrap();
     let done = Arc::new(AtomicBool::new(false));
@@ -345,7 +346,8 @@ fn callback_into_the_pool_and_one_final_call() {
 #[ignore = "runs only as a child of the tests below"]
 fn child() {
     match std::env::var(child::SCENARIO).as_deref() {
-        Ok("bystanders") => bystanders_survive_kills(),
+        Ok("bystanders") => bystanders_survive_kills(false),
+        Ok("bystanders-elastic") => bystanders_survive_kills(true),
         Ok("nobody-waits") => cancel_with_nobody_waiting_kills(),
         Ok("callback-into-pool") => callback_into_the_pool_and_one_final_call(),
         Ok("starting") => stop_while_the_worker_starts(),
@@ -367,6 +369,11 @@ fn run(scenario: &str) {
 #[test]
 fn a_kill_on_stop_never_fails_another_calls_job() {
     run("bystanders");
+}
+
+#[test]
+fn a_kill_on_stop_never_fails_another_calls_job_on_an_elastic_pool() {
+    run("bystanders-elastic");
 }
 
 #[test]
