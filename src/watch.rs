@@ -1081,6 +1081,12 @@ impl Active {
     pub(crate) fn check_at(&self, now: Instant) -> Result<(), Stopped> {
         self.check_with(|| now)
     }
+
+    /// Whether a token may stop this watch: a token wakes nobody, so the supervisor of a
+    /// pool that kills on stop looks at it every `STOP_POLL` while such a job runs.
+    pub(crate) fn has_token(&self) -> bool {
+        !self.inner.tokens.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -747,7 +747,10 @@ impl ProcessPoolBuilder {
     /// returns once they did (about one job's time); `true` kills the workers running them,
     /// as a [`task_timeout`](Self::task_timeout) does, and the call returns once they are
     /// reaped (milliseconds). The jobs a stopped call had not sent are never sent, either
-    /// way. A killed worker is replaced; it does not count as crashed.
+    /// way. A killed worker is replaced; it does not count as crashed. A worker is killed
+    /// only when every job it holds belongs to a stopped call: one that also holds a job of
+    /// another call (short jobs pipelined behind the stopped one) lets them run, since a
+    /// kill could land in the other call's job.
     ///
     /// Kill when a job may run much longer than you are willing to wait after a cancel or a
     /// deadline; let them finish when a job must not be interrupted (it writes a file, say).

@@ -89,8 +89,8 @@ impl State {
     }
 
     /// Sends queued jobs to workers with credit. Returns whether a job started on an idle
-    /// worker under a task timeout, or under a watch with a deadline in a pool that kills on
-    /// stop (the supervisor must then recompute its timeout).
+    /// worker under a task timeout, or under a watch with a deadline or a token in a pool
+    /// that kills on stop (the supervisor must then recompute its timeout).
     ///
     /// A worker is topped up only once it is down to half its credit, so the jobs go out in
     /// batches of about half the credit, one `sendmsg` per batch, while the worker still has
@@ -190,14 +190,15 @@ impl State {
                 jobs.front_since = now;
             }
             // A new front job with a deadline of its own (a task timeout, or its watch's
-            // under `kill_on_stop`): the supervisor must recompute its sleep.
+            // deadline or token under `kill_on_stop`): the supervisor must recompute its
+            // sleep (see `stop`).
             let front_timed = shared.config.task_timeout.is_some()
                 || (shared.config.kill_on_stop
                     && jobs.inflight.front().is_some_and(|job| {
                         job.spec
                             .sink
                             .watch()
-                            .is_some_and(|w| w.deadline().is_some())
+                            .is_some_and(|w| w.deadline().is_some() || w.has_token())
                     }));
             return was_idle && front_timed;
         }

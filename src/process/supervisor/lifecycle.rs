@@ -371,7 +371,7 @@ impl State {
         self.kill_stopped(shared, now);
         let mut next: Option<Instant> = self.retire_idle(shared, now);
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        if let Some(deadline) = self.stop_deadline(shared) {
+        if let Some(deadline) = self.stop_deadline(shared, now) {
             earliest(deadline);
         }
         let timeout = shared.config.task_timeout;
