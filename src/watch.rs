@@ -278,6 +278,10 @@ impl Progress {
     /// not wait for *another* thread's block that counts into it, whose final call waits
     /// for this one to return).
     ///
+    /// **Lazy iterators.** An `imap` counts as it is consumed, so consume it inside the
+    /// block that made it: one consumed after its block ended counts after that block's
+    /// final call (a bar would show finished, then move on).
+    ///
     /// **Panics.** A panic in the callback is caught (the panic hook reports it on stderr as
     /// usual) and the callback is not called again; the maps and the counts go on unharmed.
     ///
