@@ -882,6 +882,7 @@ impl Active {
     #[inline(never)]
     fn enter_cold(active: Option<Active>) -> Entered {
         let pointer = active.as_ref().map(|active| NonNull::from(&*active.inner));
+        crate::pool::WorkerThread::before_watch_change();
         Entered {
             previous: Some(CURRENT.with(|current| current.replace(pointer))),
             _owned: active,
@@ -906,6 +907,7 @@ impl Active {
             };
         }
         let pointer = borrowed.map(|borrowed| borrowed.0);
+        crate::pool::WorkerThread::before_watch_change();
         Entered {
             previous: Some(CURRENT.with(|current| current.replace(pointer))),
             _owned: None,

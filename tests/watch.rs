@@ -11,7 +11,7 @@ mod child;
 use std::hint::black_box;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parpool::prelude::*;
@@ -46,6 +46,7 @@ scenarios!(
     nested_maps_are_watched,
     stolen_job_does_not_inherit,
     scope_and_join_carry_the_watch,
+    join_half_keeps_its_watch_across_a_nested_run,
     spawn_ends_a_stopped_closure_quietly,
     submit_reports_stops,
     task_run_inline_checks_its_watch,
@@ -575,6 +576,69 @@ fn scope_and_join_carry_the_watch() {
         .unwrap_err();
     assert!(stopped.is_cancelled());
     assert_eq!(pool.join(|| 1, || 2), (1, 2));
+}
+
+/// A `join`'s `b` half takes its watch when it is published, not when it is made: one
+/// made while no worker is idle and published from inside a nested run in `a` (by a wait
+/// there, while the other worker is idle) still runs under the `join`'s own watch, so its
+/// items count there and not in the nested run's progress.
+fn join_half_keeps_its_watch_across_a_nested_run() {
+    const B_ITEMS: usize = 1000;
+    const A_ITEMS: u64 = 100;
+    let pool = ThreadPool::new(2).unwrap();
+    for _ in 0..50 {
+        let outer = Progress::new();
+        let inner = Progress::new();
+        let go = AtomicBool::new(false);
+        let b_started = AtomicBool::new(false);
+        pool.join(
+            // Keeps the other worker busy while `b` is made, then lets it go idle.
+            || {
+                while !go.load(Ordering::SeqCst) {
+                    std::hint::spin_loop();
+                }
+            },
+            || {
+                // A worker publishes its first few joins after a steal: use them up, so
+                // that `b` stays private when made (the other worker is busy).
+                for _ in 0..16 {
+                    pool.join(|| (), || ());
+                }
+                let (_, b_len) = Watch::new()
+                    .progress(&outer)
+                    .run(|| {
+                        pool.join(
+                            || {
+                                Watch::new()
+                                    .progress(&inner)
+                                    .run(|| {
+                                        go.store(true, Ordering::SeqCst);
+                                        // The scope's wait publishes `b`; the other worker
+                                        // steals it while this one runs the spawn.
+                                        pool.scope(|s| {
+                                            s.spawn(|_| {
+                                                while !b_started.load(Ordering::SeqCst) {
+                                                    std::hint::spin_loop();
+                                                }
+                                            });
+                                        });
+                                        drop((0..A_ITEMS).par_map(|x| x));
+                                    })
+                                    .unwrap()
+                            },
+                            || {
+                                b_started.store(true, Ordering::SeqCst);
+                                (0..B_ITEMS as u64).par_map(|x| x).len()
+                            },
+                        )
+                    })
+                    .unwrap();
+                assert_eq!(b_len, B_ITEMS);
+            },
+        );
+        assert_eq!(inner.done(), A_ITEMS, "b ran under a's nested watch");
+        assert_eq!(outer.done(), A_ITEMS + B_ITEMS as u64);
+    }
 }
 
 /// A closure given to `spawn` inside a run runs under its watch; a stop ends it without

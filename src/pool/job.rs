@@ -28,6 +28,7 @@
 
 use std::any::Any;
 use std::cell::UnsafeCell;
+use std::mem::MaybeUninit;
 use std::panic::{self, AssertUnwindSafe};
 
 use super::latch::Latch;
@@ -120,6 +121,24 @@ impl JobRef {
         unsafe { (self.execute_fn)(self.pointer) }
     }
 
+    /// Writes the watch of a `join` frame's job as it is published (see
+    /// [`StackJob::new_frame`]).
+    ///
+    /// # Safety
+    ///
+    /// `self` points at a live [`StackJob`] that no other thread can reach yet.
+    #[inline]
+    pub(crate) unsafe fn set_frame_watch(&self, watch: Option<Borrowed>) {
+        // SAFETY: a `StackJob` is `repr(C)` with this cell first, the job is alive and
+        // unshared (the caller's contract), and the cell permits writes through `&`.
+        unsafe {
+            let cell = &*self
+                .pointer
+                .cast::<UnsafeCell<MaybeUninit<Option<Borrowed>>>>();
+            cell.get().write(MaybeUninit::new(watch));
+        }
+    }
+
     /// A second handle to the same job, used when one copy sits in a private frame list
     /// and the other is published to a deque. Only one of the two may ever be executed.
     #[inline]
@@ -133,16 +152,23 @@ impl JobRef {
 
 /// A job stored in the stack frame of the thread that waits for it (the `b` half of a
 /// `join`). Its latch is set once the result is written.
+///
+/// `repr(C)` with the watch first: a worker publishing a `join` frame writes the watch
+/// through the type-erased [`JobRef`] (see [`JobRef::set_frame_watch`]).
+#[repr(C)]
 pub(crate) struct StackJob<L: Latch, F, R> {
+    /// The watch of the thread that made the job, borrowed (the owner waits for the job):
+    /// entered by whichever thread executes it. Written when the job is made
+    /// ([`StackJob::new`]), or, for a `join` frame ([`StackJob::new_frame`]), when the
+    /// frame is published: uninitialised until then, and only a published job is executed.
+    watch: UnsafeCell<MaybeUninit<Option<Borrowed>>>,
     pub(crate) latch: L,
     func: UnsafeCell<Option<F>>,
     result: UnsafeCell<Option<Outcome<R>>>,
-    /// The watch of the thread that made the job, borrowed (the owner waits for the job):
-    /// entered by whichever thread executes it.
-    watch: Option<Borrowed>,
 }
 
 impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
+    /// A job that captures the current watch now (a job injected from outside a pool).
     #[inline]
     pub(crate) fn new(func: F, latch: L) -> Self {
         // Read before the job is built: read inside the struct expression, the job was
@@ -151,10 +177,24 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> StackJob<L, F, R> {
         // slower (12 ms against 31 ms, measured twenty times each, interleaved).
         let watch = Active::borrow_current();
         StackJob {
+            watch: UnsafeCell::new(MaybeUninit::new(watch)),
             latch,
             func: UnsafeCell::new(Some(func)),
             result: UnsafeCell::new(None),
-            watch,
+        }
+    }
+
+    /// A `join` frame's job: its watch is written when the frame is published
+    /// ([`JobRef::set_frame_watch`]), so a `join` whose `b` runs inline (the common case)
+    /// reads and stores no watch at all (fib(25) with a `join` at every level on one
+    /// thread: 8.28 M instructions capturing at construction, callgrind).
+    #[inline]
+    pub(crate) fn new_frame(func: F, latch: L) -> Self {
+        StackJob {
+            watch: UnsafeCell::new(MaybeUninit::uninit()),
+            latch,
+            func: UnsafeCell::new(Some(func)),
+            result: UnsafeCell::new(None),
         }
     }
 
@@ -214,10 +254,14 @@ impl<L: Latch, F: FnOnce() -> R + Send, R: Send> Job for StackJob<L, F, R> {
         // SAFETY: the job is executed once; the owner does not touch `func` or `result`
         // while the job is published and not yet finished.
         let func = unsafe { (*this.func.get()).take() }.expect("join job executed twice");
+        // SAFETY: the watch was written when the job was made or, for a `join` frame, when
+        // it was published (a frame job is executed only once published; the owner takes
+        // a private one back with `take_func`).
+        let watch = unsafe { (*this.watch.get()).assume_init() };
         // SAFETY: the job's owner made it under this watch and waits for the job (its
         // latch, set below after the guard is dropped), in the frame where the watch is
         // installed or one inside it: the watch outlives this run.
-        let entered = unsafe { Active::enter_borrowed(this.watch) };
+        let entered = unsafe { Active::enter_borrowed(watch) };
         // SAFETY: as above; nothing else reads `result` before the latch is set.
         unsafe { *this.result.get() = Some(catch(func)) };
         drop(entered);

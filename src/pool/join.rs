@@ -84,7 +84,7 @@ where
     // closure and the result slot empty (run inline, taken back, or the thief's outcome
     // taken; `resolve_after_panic` does the same when `a` panics), so there is nothing to
     // drop.
-    let job_b = ManuallyDrop::new(StackJob::new(b, SpinLatch::new(worker)));
+    let job_b = ManuallyDrop::new(StackJob::new_frame(b, SpinLatch::new(worker)));
     // SAFETY: `job_b` lives in this frame, and the frame is not left (normally, or by the
     // unwind resumed below) before `job_b` has run or has been taken back.
     let frame = worker.push_frame(unsafe { job_b.as_job_ref() });

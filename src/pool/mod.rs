@@ -18,7 +18,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use registry::WorkerThread;
+pub(crate) use registry::WorkerThread;
 
 mod backoff;
 mod completion;

@@ -45,6 +45,7 @@ use super::latch::{CoreLatch, Wait, WaitLatch};
 use super::sleep::Sleep;
 use super::{ThreadHandler, ThreadPoolBuildError, ThreadPoolBuilder};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
+use crate::watch::Active;
 
 /// The first joins of each job a worker takes on publish their `b` half at once instead of
 /// waiting for an idle worker to show up. They are the top of the job's divide-and-conquer
@@ -522,8 +523,23 @@ impl WorkerThread {
         let frames = unsafe { &*self.frames.get() };
         let published = self.published.get();
         if let Some(frame) = frames.get(published) {
+            // The thread's watch now is the one the frame was pushed under: a change of
+            // watch publishes every private frame first (`before_watch_change`).
+            // SAFETY: every frame is a `join`'s `StackJob`, alive while listed, and private
+            // until the push below.
+            unsafe { frame.set_frame_watch(Active::borrow_current()) };
             self.published.set(published + 1);
             self.push(frame.duplicate());
+        }
+    }
+
+    /// This thread's watch is about to change: on a worker, publish every private frame
+    /// while the watch they were pushed under is still in force, as a frame's job takes
+    /// its watch when published (see [`StackJob::new_frame`]). Only called once some watch
+    /// exists.
+    pub(crate) fn before_watch_change() {
+        if let Some(worker) = WorkerThread::current() {
+            worker.publish_all_frames();
         }
     }
 
