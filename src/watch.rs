@@ -48,8 +48,8 @@
 //!   map's closure joins when it starts, so the total grows as the work unfolds).
 //!
 //! An unwatched call pays one thread-local read when it starts, and each job one more;
-//! while no watch exists in the process, one relaxed load instead (a `join` job: the
-//! thread-local read, which is cheaper than the load's branch). A `join` job borrows
+//! while no watch exists in the process, one relaxed load instead. A `join` reads the
+//! watch only if its `b` half is published (see `StackJob::new_frame`), and borrows
 //! its owner's watch (the owner waits for it) rather than counting a reference.
 //!
 //! Unwinding needs `panic = "unwind"` (the default): under `panic = "abort"` a stop inside a

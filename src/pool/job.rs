@@ -16,7 +16,9 @@
 //! that job's watch (or none), never under the waiting frame's. A heap job owns its watch
 //! (an `Arc`: it may outlive the call that made it); a `join` job borrows it (its owner
 //! waits for it), so a `join` touches no reference count. While no watch exists anywhere
-//! the capture is one relaxed load (for a `join`, one thread-local read).
+//! the capture is one relaxed load; a `join` captures only when its `b` half is published
+//! (a worker whose watch changes publishes its private frames first, see
+//! `WorkerThread::before_watch_change`).
 //!
 //! # Panic policy
 //!
