@@ -72,7 +72,12 @@ where
 }
 
 /// `join` on the given worker (the current thread's).
-#[inline]
+///
+/// Always inlined into `join` (and `join_cold`): left to the optimiser, `join` was inlined
+/// into the caller instead and this became the recursive function, taking the worker as an
+/// argument and moving it between registers: fib(25) with a `join` at every level on one
+/// thread ran 7.93 M instructions against 7.68 M inlined (callgrind).
+#[inline(always)]
 pub(crate) fn join_in_worker<A, B, RA, RB>(worker: &WorkerThread, a: A, b: B) -> (RA, RB)
 where
     A: FnOnce() -> RA + Send,
