@@ -90,9 +90,10 @@ where
     // taken; `resolve_after_panic` does the same when `a` panics), so there is nothing to
     // drop.
     let job_b = ManuallyDrop::new(StackJob::new_frame(b, SpinLatch::new(worker)));
-    // SAFETY: `job_b` lives in this frame, and the frame is not left (normally, or by the
-    // unwind resumed below) before `job_b` has run or has been taken back.
-    let frame = worker.push_frame(unsafe { job_b.as_job_ref() });
+    // SAFETY: `job_b` is a `new_frame` job that lives in this frame, and the frame is not
+    // left (normally, or by the unwind resumed below) before `job_b` has run or has been
+    // taken back.
+    let frame = unsafe { worker.push_frame(job_b.as_job_ref()) };
     // `a`'s panic is caught, not left to unwind through this frame: resolving `b` may run
     // other jobs (while `b`'s thief finishes), and no unrelated job may run while this
     // thread unwinds (it would see `thread::panicking()`, and a lock it held at a panic of

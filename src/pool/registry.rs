@@ -491,8 +491,13 @@ impl WorkerThread {
     }
 
     /// Records the `b` half of a `join`; returns its frame index for [`Self::pop_frame`].
+    ///
+    /// # Safety
+    ///
+    /// `job` comes from a [`StackJob::new_frame`] job kept alive until its frame is popped:
+    /// publishing it writes its watch through the pointer.
     #[inline]
-    pub(crate) fn push_frame(&self, job: JobRef) -> usize {
+    pub(crate) unsafe fn push_frame(&self, job: JobRef) -> usize {
         // SAFETY: the frame list is only touched by this thread, and no reference to it
         // outlives a single method call.
         let frames = unsafe { &mut *self.frames.get() };
