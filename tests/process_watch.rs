@@ -10,6 +10,10 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/cpu.rs"]
+mod cpu;
+
+use cpu::thread_cpu;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -656,18 +660,6 @@ fn bystanders_survive_kills(elastic: bool) {
         failures.first()
     );
     assert_eq!(pool.map(0..4u64, tiny).unwrap(), vec![1, 2, 3, 4]);
-}
-
-/// CPU time this thread used so far.
-fn thread_cpu() -> Duration {
-    // SAFETY: `getrusage` writes into the zeroed `rusage` it is given, nothing else.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
-        usage
-    };
-    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
 /// A thread that waits under a watch (token and a far deadline) for a 1 s process job,

@@ -7,6 +7,10 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/cpu.rs"]
+mod cpu;
+
+use cpu::thread_cpu;
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -294,17 +298,6 @@ fn timeouts_are_honoured() {
     assert!(start.elapsed() >= Duration::from_millis(30));
     // A huge timeout is "forever", not an overflow.
     assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 1);
-}
-
-/// CPU time this thread has used.
-fn thread_cpu() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec; the clock exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// A getter waiting on an empty queue and a putter waiting on a full one sleep in the

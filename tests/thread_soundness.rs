@@ -11,6 +11,10 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/cpu.rs"]
+mod cpu;
+
+use cpu::thread_cpu;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -636,13 +640,6 @@ fn a_deep_scope_runs_jobs_spawned_from_outside_the_pool() {
     assert_child_passes("deep-scope-off-pool-spawn");
 }
 
-/// The CPU time this thread has run, from the kernel's scheduler statistics.
-fn thread_cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
-    let nanos = stat.split_whitespace().next().unwrap().parse().unwrap();
-    Duration::from_nanos(nanos)
-}
-
 /// Review R3, the other half: a scope's wait beyond the nesting limit that has nothing of
 /// its own to run sleeps (it must not spin: the reviewer's fix yielded in a loop), and a
 /// job spawned into the scope from outside the pool while it sleeps wakes it. Worker W0 is
@@ -666,7 +663,7 @@ fn deep_scope_woken_by_off_pool_spawn() {
     pool.install(|| {
         nest_scopes(30, &|s| {
             let waiter = thread::current().id();
-            let before = thread_cpu_time();
+            let before = thread_cpu();
             let waited = &waited;
             let (started_tx, started) = std::sync::mpsc::channel::<()>();
             let (done_tx, done) = std::sync::mpsc::channel::<()>();
@@ -676,7 +673,7 @@ fn deep_scope_woken_by_off_pool_spawn() {
                     t.spawn(|| {
                         thread::sleep(Duration::from_millis(300));
                         s.spawn(move |_| {
-                            let cpu = thread_cpu_time() - before;
+                            let cpu = thread_cpu() - before;
                             let on_waiter = thread::current().id() == waiter;
                             *waited.lock().unwrap() = Some((cpu, on_waiter));
                             done_tx.send(()).unwrap();
