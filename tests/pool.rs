@@ -214,6 +214,103 @@ fn panic_deep_inside_nested_joins() {
     assert_all_workers_serve(&pool);
 }
 
+/// Runs `f` as the `a` half of `levels` nested `join`s. A worker keeps only a few of its
+/// `join` halves as frames that others may take; deeper `join`s (as `f`'s, under 16 levels
+/// on a one-thread pool) run their halves as plain calls.
+fn nested<R: Send>(levels: u32, f: impl FnOnce() -> R + Send) -> R {
+    if levels == 0 {
+        f()
+    } else {
+        join(|| nested(levels - 1, f), || ()).0
+    }
+}
+
+#[test]
+fn panic_in_a_deep_join_propagates_after_both_halves_ran() {
+    let pool = ThreadPool::new(1).unwrap();
+    for levels in [0, 16] {
+        let b_ran = AtomicUsize::new(0);
+        let message = panic_message(|| {
+            pool.install(|| {
+                nested(levels, || {
+                    join(
+                        || panic!("left half"),
+                        || b_ran.fetch_add(1, Ordering::SeqCst),
+                    )
+                })
+            });
+        });
+        assert_eq!(message, "left half", "{levels} levels");
+        assert_eq!(
+            b_ran.load(Ordering::SeqCst),
+            1,
+            "{levels} levels: b ran once"
+        );
+        let message = panic_message(|| {
+            pool.install(|| nested(levels, || join(|| 1, || -> u32 { panic!("right half") })));
+        });
+        assert_eq!(message, "right half", "{levels} levels");
+        let message = panic_message(|| {
+            pool.install(|| {
+                nested(levels, || {
+                    join(
+                        || -> u32 { panic!("first") },
+                        || -> u32 { panic!("second") },
+                    )
+                })
+            });
+        });
+        assert_eq!(message, "first", "{levels} levels: a's panic wins");
+        assert_eq!(pool.install(|| nested(levels, || fib(20))), 6765);
+    }
+}
+
+/// A worker deep in a recursion, whose `join`s run as plain calls because it already holds
+/// its few private frames, still serves an idle worker: at its next `join` it publishes
+/// its oldest private frame. Here the worker loops on tiny `join`s at the bottom of a
+/// spine of 32 levels until another worker has run one of the spine's `b` halves that were
+/// kept private (the first 4 joins of a job are published at once and do not count).
+#[test]
+fn a_deep_worker_hands_its_oldest_private_frame_to_an_idle_one() {
+    const SPINE: usize = 32;
+    const EAGER: usize = 4;
+    fn spine(depth: usize, ran_on: &[AtomicUsize; SPINE], taken: &AtomicUsize) {
+        if depth == SPINE {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while taken.load(Ordering::SeqCst) == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no private frame was handed to the idle worker in 60 s"
+                );
+                join(|| (), || ());
+            }
+            return;
+        }
+        let me = parpool::current_thread_index().unwrap();
+        join(
+            || spine(depth + 1, ran_on, taken),
+            || {
+                let here = parpool::current_thread_index().unwrap();
+                ran_on[depth].store(here + 1, Ordering::SeqCst);
+                if here != me && depth >= EAGER {
+                    taken.fetch_add(1, Ordering::SeqCst);
+                }
+            },
+        );
+    }
+    let pool = ThreadPool::new(2).unwrap();
+    for _ in 0..20 {
+        let ran_on = [const { AtomicUsize::new(0) }; SPINE];
+        let taken = AtomicUsize::new(0);
+        pool.install(|| spine(0, &ran_on, &taken));
+        assert!(taken.load(Ordering::SeqCst) > 0);
+        assert!(
+            ran_on.iter().all(|slot| slot.load(Ordering::SeqCst) > 0),
+            "every b half ran"
+        );
+    }
+}
+
 #[test]
 fn panicking_jobs_leave_a_pool_of_two_serving() {
     let pool = ThreadPool::new(2).unwrap();

@@ -1,18 +1,20 @@
 //! `join`: run two closures, potentially in parallel.
 //!
-//! Inside a worker, `a` runs right away on the current thread while `b` waits in the
-//! worker's private frame list (see "Private join frames" in `registry.rs`), from where it is
+//! Inside a worker, a `join` deep in a recursion is two plain calls: the worker already
+//! holds a few older halves that others may take, and records nothing (see "Inline joins"
+//! in `registry.rs`). Otherwise `a` runs right away on the current thread while `b` waits
+//! in the worker's private frame list (see "Private join frames" there), from where it is
 //! published to the worker's deque if another worker could take it. When `a` returns, `b`
-//! either never left (run inline: the common case, costing little more than a function
-//! call), is still in the deque (taken back and run inline), or was stolen: then the worker
-//! runs other jobs, or sleeps, until the thief sets `b`'s latch.
+//! either never left (run inline), is still in the deque (taken back and run inline), or
+//! was stolen: then the worker runs other jobs, or sleeps, until the thief sets `b`'s
+//! latch.
 //!
 //! Called from outside a pool, `join` injects itself into the global pool and waits.
 
 use super::ThreadPool;
 use std::mem::ManuallyDrop;
 
-use super::job::{Panic, StackJob, catch, resume};
+use super::job::{Outcome, Panic, StackJob, catch, resume};
 use super::latch::SpinLatch;
 use super::registry::{Frame, WorkerThread};
 
@@ -85,6 +87,26 @@ where
     RA: Send,
     RB: Send,
 {
+    if worker.wants_frame() {
+        join_framed(worker, a, b)
+    } else {
+        join_inline(a, b)
+    }
+}
+
+/// `join` with `b` recorded as a frame that another worker may take.
+///
+/// Never inlined: only the oldest few `join`s of a worker's stack come here (see
+/// [`WorkerThread::wants_frame`]), and kept apart from the inline path it leaves that path
+/// a small function that saves and restores fewer registers.
+#[inline(never)]
+fn join_framed<A, B, RA, RB>(worker: &WorkerThread, a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
     // No drop glue on the fast path: every way out of this function leaves both the
     // closure and the result slot empty (run inline, taken back, or the thief's outcome
     // taken; `resolve_after_panic` does the same when `a` panics), so there is nothing to
@@ -107,6 +129,22 @@ where
         Frame::Published => take_back_or_wait(worker, &*job_b),
     };
     (result_a, result_b)
+}
+
+/// `join` as two plain calls: `a`, then `b`, on this thread; nothing is recorded, so
+/// nothing can be taken by another worker.
+#[inline(always)]
+fn join_inline<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA,
+    B: FnOnce() -> RB,
+{
+    // `a`'s panic is caught so that `b` runs on a thread in its normal state (as when `b`
+    // is a frame: see `join_in_worker`).
+    match catch(a) {
+        Ok(result_a) => (result_a, b()),
+        Err(payload) => resume_winner(payload, catch(b)),
+    }
 }
 
 /// `b` was published: run it here if it is still in our deque, else wait for its thief.
@@ -155,6 +193,13 @@ where
         // SAFETY: `take_back` returned false only once the latch was set.
         unsafe { job_b.take_outcome() }
     };
+    resume_winner(payload, outcome_b)
+}
+
+/// Resumes the panic of a `join` whose `a` half panicked with `payload` once `b` is done
+/// with `outcome_b`.
+#[cold]
+fn resume_winner<RB>(payload: Panic, outcome_b: Outcome<RB>) -> ! {
     // `a`'s panic wins, unless it is only a watch's stop and `b` really panicked: a panic
     // is never hidden behind a stop. The loser (whose `Drop` is user code) is dropped.
     let payload = match outcome_b {

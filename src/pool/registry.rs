@@ -12,10 +12,23 @@
 //!   worker takes on (the top of its divide-and-conquer tree), and after that only when
 //!   another worker is idle, oldest frame first. A `join` that nobody needs to share
 //!   therefore costs a `Vec` push and pop and one relaxed load, not a deque push with its
-//!   fences: fine-grained divide and conquer (a `join` at every level of `fib`) runs near
-//!   sequential speed, and an idle worker still gets the largest piece of work there is. A worker that has to wait (for a stolen half, a scope, a task)
-//!   publishes all of its private frames first, so no work is ever hidden from idle workers
-//!   while its owner is blocked.
+//!   fences. A worker that has to wait (for a stolen half, a scope, a task) publishes all of
+//!   its private frames first, so no work is ever hidden from idle workers while its owner
+//!   is blocked.
+//! - **Inline joins.** A worker keeps at most [`PRIVATE_FRAMES`] private frames. A `join`
+//!   made while it holds that many records nothing: it runs `a` and then `b` as plain calls,
+//!   after a thread-local read, a compare of two counters and the idle check. The frames it
+//!   holds are older, hence in a divide-and-conquer tree larger, than anything the new
+//!   `join` could offer. The idle check still runs at every `join`: when another worker is
+//!   idle, the oldest private frame is published and the `join` at hand takes the freed
+//!   place, so the private frames stay the oldest unshared halves of the worker's current
+//!   path (chili keeps the top three of its job queue in the same way, and shares them on a
+//!   heartbeat instead). fib(25) with a `join` at every level costs 40 instructions per
+//!   `join` on one thread (callgrind) against 60 when every `join` made a frame, and 19
+//!   for plain recursion. The cost: a `b` half made while four older ones are private never
+//!   moves to another worker, only the `join`s inside it can; a tree whose upper halves are
+//!   small and whose large halves lie deeper shares less than it would with a frame per
+//!   `join`.
 //!
 //! Published frames always form a prefix of the frame list (oldest first), which keeps the
 //! deque's order consistent with the stack: when a `join` returns from `a`, its frame is the
@@ -55,6 +68,14 @@ use crate::watch::Active;
 /// run inline starts its own joins at its parent's depth, so fib(30) published ~3000 frames
 /// per run for 5–7 steals; with a per-job budget of 4 it publishes ~4 per steal.)
 const EAGER_JOINS: u32 = 4;
+
+/// How many private (unpublished) join frames a worker keeps; a `join` made while it holds
+/// this many runs its halves as plain calls (see "Inline joins" in the module docs). The
+/// count barely changes the cost of a `join` (only the top levels of a path make frames);
+/// it is how many halves an idle worker can be handed, oldest first, before the busy one
+/// reaches its next `join`. As many as the eager joins of a job, so a thief that takes the
+/// oldest of them finds the next ones ready.
+const PRIVATE_FRAMES: usize = 4;
 
 /// How many deques a search round looks at before the last one (which looks at all).
 ///
@@ -488,6 +509,30 @@ impl WorkerThread {
     #[inline]
     pub(crate) fn peers_want_work(&self) -> bool {
         self.registry.sleep.has_idle_workers() && self.deque.is_empty()
+    }
+
+    /// Whether a new `join` records its `b` half as a frame (true) or runs both halves as
+    /// plain calls (false): the worker already holds [`PRIVATE_FRAMES`] private frames,
+    /// which are older, hence at least as large, as anything this `join` could offer. An
+    /// idle worker is served first: the oldest private frame is published, and this `join`
+    /// takes the freed place.
+    #[inline]
+    pub(crate) fn wants_frame(&self) -> bool {
+        // SAFETY: as in `push_frame`.
+        let len = unsafe { (*self.frames.get()).len() };
+        len - self.published.get() < PRIVATE_FRAMES
+            || (self.registry.sleep.has_idle_workers() && self.frame_for_idle())
+    }
+
+    /// [`Self::wants_frame`] with every private place taken and a worker idle: publish the
+    /// oldest private frame (unless the deque still holds work for the idle worker), and
+    /// say whether that freed a place.
+    #[cold]
+    fn frame_for_idle(&self) -> bool {
+        self.publish_for_idle();
+        // SAFETY: as in `push_frame`.
+        let len = unsafe { (*self.frames.get()).len() };
+        len - self.published.get() < PRIVATE_FRAMES
     }
 
     /// Records the `b` half of a `join`; returns its frame index for [`Self::pop_frame`].
