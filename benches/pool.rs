@@ -3,7 +3,7 @@
 //!
 //! - `submit_get/warm`: one `submit` + `get` round trip while the pool is busy-warm.
 //! - `submit_get/asleep`: the same after a 5 ms pause, so the workers have gone to sleep.
-//! - `fib_join`: fib(30) with a `join` at every level on 2 threads, against plain recursion.
+//! - fib(30) with a `join` at every level is in `benches/map.rs`, group `shapes` (`fib_30`).
 //!
 //! Run with `cargo bench --bench pool`; quote the medians and the ratios within a group.
 
@@ -16,7 +16,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 const THREADS: usize = 2;
 const ASLEEP_GAP: Duration = Duration::from_millis(5);
-const FIB_N: u64 = 30;
 
 fn parpool_pool() -> parpool::ThreadPool {
     parpool::ThreadPool::new(THREADS).unwrap()
@@ -105,46 +104,6 @@ fn submit_get(c: &mut Criterion) {
     group.finish();
 }
 
-fn fib_sequential(n: u64) -> u64 {
-    if n < 2 {
-        n
-    } else {
-        fib_sequential(n - 1) + fib_sequential(n - 2)
-    }
-}
-
-fn fib_parpool(n: u64) -> u64 {
-    if n < 2 {
-        return n;
-    }
-    let (a, b) = parpool::join(|| fib_parpool(n - 1), || fib_parpool(n - 2));
-    a + b
-}
-
-fn fib_rayon(n: u64) -> u64 {
-    if n < 2 {
-        return n;
-    }
-    let (a, b) = rayon::join(|| fib_rayon(n - 1), || fib_rayon(n - 2));
-    a + b
-}
-
-fn fib_join(c: &mut Criterion) {
-    let pool = parpool_pool();
-    let rayon = rayon_pool();
-    let mut group = c.benchmark_group("fib_join");
-    group.bench_function("sequential", |b| {
-        b.iter(|| fib_sequential(black_box(FIB_N)))
-    });
-    group.bench_function("parpool", |b| {
-        b.iter(|| pool.install(|| fib_parpool(black_box(FIB_N))))
-    });
-    group.bench_function("rayon", |b| {
-        b.iter(|| rayon.install(|| fib_rayon(black_box(FIB_N))))
-    });
-    group.finish();
-}
-
 /// Starting and stopping a pool of many threads, beside rayon: startup was quadratic in the
 /// thread count (every starting worker searched every deque for 32 rounds).
 fn pool_build(c: &mut Criterion) {
@@ -167,5 +126,5 @@ fn pool_build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, submit_get, fib_join, pool_build);
+criterion_group!(benches, submit_get, pool_build);
 criterion_main!(benches);
