@@ -1201,7 +1201,12 @@ where
 fn output_places<R>(out: &mut Vec<R>, n: usize) -> Dst<R> {
     out.clear();
     if out.capacity() < n {
-        out.reserve(n);
+        // A fresh buffer, not a grown one: nothing in `out` is kept, so growing it would
+        // only copy the old buffer, and `reserve`'s general growth path costs ~70
+        // instructions more than an allocation (callgrind, issue 11: a tenth of what a
+        // 1k-item `par_map` added to its loop). The old buffer goes first.
+        *out = Vec::new();
+        *out = Vec::with_capacity(n);
         advise_huge_pages(out.as_mut_ptr(), n);
     }
     Dst {
