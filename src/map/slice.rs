@@ -1032,12 +1032,14 @@ where
         _peers: Peers,
     ) -> Written<R> {
         let mut written = Written::empty(place.ptr);
-        for item in items.take(place.len) {
+        // One counter for both the items and the places where the iterator allows it
+        // (`zip` over a slice's items and a range is indexed): `take` kept two.
+        for (offset, item) in (0..place.len).zip(items) {
             let value = (self.f)(state, item);
-            // SAFETY: `written.len < place.len` (`take`), and this batch alone owns its
+            // SAFETY: `offset < place.len` (the range), and this batch alone owns its
             // places, each visited once.
-            unsafe { place.write(written.len, value) };
-            written.len += 1;
+            unsafe { place.write(offset, value) };
+            written.len = offset + 1;
         }
         written
     }
@@ -1153,16 +1155,17 @@ where
         }
         let look = peers == Peers::Running;
         let outcome = catch(|| {
-            for item in items.take(place.len) {
+            for (offset, item) in (0..place.len).zip(items) {
                 if look && stop.load(Ordering::Relaxed) <= index {
                     break;
                 }
                 match (self.f)(state, item) {
-                    // SAFETY: as in `MapConsumer::consume`.
-                    Ok(value) => unsafe { place.write(written.len, value) },
+                    // SAFETY: `offset < place.len` (the range), and this batch alone owns
+                    // its places, each visited once.
+                    Ok(value) => unsafe { place.write(offset, value) },
                     Err(error) => return Some(error),
                 }
-                written.len += 1;
+                written.len = offset + 1;
                 index += 1;
             }
             None
