@@ -211,9 +211,11 @@ fn small_inputs_for_every_operation() {
 #[test]
 fn try_stops_at_the_first_error_and_starts_nothing_after_it() {
     // One thread: the caller and the single worker never run at once, so the items tried
-    // are exactly those up to the failure.
+    // are exactly those up to the failure. Failures inside the caller's sampling too (its
+    // first batches are 1 and 32 items, which look at the stop index once each), at and
+    // around their edges.
     let one = pool(1);
-    for k in [0usize, 1, 999, 50_000] {
+    for k in [0usize, 1, 2, 32, 33, 34, 999, 50_000] {
         let calls = AtomicUsize::new(0);
         let result = one.install(|| {
             (0..100_000usize).try_par_for_each(|i| {

@@ -566,6 +566,26 @@ fn destructors_run_exactly_once() {
 }
 
 #[test]
+fn par_map_into_reuses_a_large_enough_buffer_and_replaces_a_small_one() {
+    let live = Arc::new(AtomicIsize::new(0));
+    let pool = pool(2);
+    let data: Vec<u64> = (0..3000).collect();
+    // Too small: the old results are dropped, once, and every new one is in place.
+    let mut out: Vec<Tracked> = (0..10).map(|i| Tracked::new(&live, 100 + i)).collect();
+    pool.install(|| data.par_map_into(|&x| Tracked::new(&live, 2 * x), &mut out));
+    assert_eq!(live.load(Ordering::SeqCst), 3000);
+    assert!(out.iter().enumerate().all(|(i, t)| t.value == 2 * i as u64));
+    // Large enough: the same allocation, its old results dropped once.
+    let buffer = out.as_ptr();
+    pool.install(|| data[..1000].par_map_into(|&x| Tracked::new(&live, x + 1), &mut out));
+    assert_eq!(out.as_ptr(), buffer, "the buffer was reused");
+    assert_eq!(live.load(Ordering::SeqCst), 1000);
+    assert!(out.iter().enumerate().all(|(i, t)| t.value == i as u64 + 1));
+    drop(out);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
 #[should_panic(expected = "chunk size must be at least 1")]
 fn map_chunked_rejects_zero() {
     pool(1).map_chunked(0..10, 0, |x| x);

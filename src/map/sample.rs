@@ -3,7 +3,9 @@
 //!
 //! Sampling reads the clock a few times per call, and for a small map those reads are most
 //! of the overhead: `Instant::now` costs ~24 ns on the reference machine, the x86-64
-//! time-stamp counter ~10 ns. On x86-64 the stopwatch reads the TSC, converted with a
+//! time-stamp counter ~10 ns there but 20–30 ns on the 2-core VM of issue 11, where the
+//! three reads of a 1k-item `par_map` were 60–90 ns of the ~130 ns it added to a ~450 ns
+//! loop (the same build with the reads stubbed out: 1.10–1.15× the loop; issue 11 note). On x86-64 the stopwatch reads the TSC, converted with a
 //! rate calibrated once per process against `Instant` over [`CALIBRATION`] (~1% accurate,
 //! plenty for choosing batch and leaf sizes). Elsewhere, or if the calibration looks wrong
 //! (a TSC that is not constant-rate), it falls back to `Instant`. A wrong reading can only
@@ -144,13 +146,17 @@ fn calibrate() -> Option<f64> {
 /// parallelising: 1k trivial items (~0.2–2 µs) finish inside one window.
 pub(crate) const SAMPLE_NS: f64 = 4_000.0;
 
+/// How much a window's next batch may grow: to at most this many times the items the window
+/// has done (see [`CostProbe`]).
+const GROWTH: usize = 32;
+
 /// Maps items on the calling thread one sample window ([`SAMPLE_NS`]) at a time, measuring
 /// what they cost.
 ///
 /// Within a window, each batch is sized to fill what is left of the window at the cost
-/// measured so far, but to at most 32 times the items done: cheap items need only a few
-/// clock reads, and a skewed input (cheap items first, expensive ones later) overshoots a
-/// window by a bounded factor instead of being mapped whole on one thread.
+/// measured so far, but to at most [`GROWTH`] times the items done: cheap items need only a
+/// few clock reads, and a skewed input (cheap items first, expensive ones later) overshoots
+/// a window by a bounded factor instead of being mapped whole on one thread.
 #[derive(Debug)]
 pub(crate) struct CostProbe {
     batch: usize,
@@ -182,13 +188,22 @@ impl CostProbe {
             }
             done += mapped;
             let elapsed = watch.elapsed_ns();
-            let per_item_ns = elapsed.max(1.0) / done.max(1) as f64;
             if elapsed >= SAMPLE_NS {
+                let per_item_ns = elapsed.max(1.0) / done.max(1) as f64;
                 self.batch = quarter_window(per_item_ns);
                 return Some(per_item_ns);
             }
-            let fill = (SAMPLE_NS - elapsed) / per_item_ns;
-            self.batch = (fill as usize).clamp(1, done.max(1).saturating_mul(32));
+            // What is left of the window at the cost so far, `left / (elapsed / done)` items,
+            // but at most `GROWTH` times the items done. Cheap items reach that bound with
+            // room to spare, which a comparison tells without the two divisions (~30
+            // cycles on the path to the next batch).
+            let most = done.max(1).saturating_mul(GROWTH);
+            let left = SAMPLE_NS - elapsed;
+            self.batch = if left >= elapsed.max(1.0) * GROWTH as f64 {
+                most
+            } else {
+                ((left * done.max(1) as f64 / elapsed.max(1.0)) as usize).clamp(1, most)
+            };
         }
     }
 }
