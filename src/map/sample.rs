@@ -5,11 +5,12 @@
 //! of the overhead: `Instant::now` costs ~24 ns on the reference machine, the x86-64
 //! time-stamp counter ~10 ns there but 20–30 ns on the 2-core VM of issue 11, where the
 //! three reads of a 1k-item `par_map` were 60–90 ns of the ~130 ns it added to a ~450 ns
-//! loop (the same build with the reads stubbed out: 1.10–1.15× the loop; issue 11 note). On x86-64 the stopwatch reads the TSC, converted with a
-//! rate calibrated once per process against `Instant` over [`CALIBRATION`] (~1% accurate,
-//! plenty for choosing batch and leaf sizes). Elsewhere, or if the calibration looks wrong
-//! (a TSC that is not constant-rate), it falls back to `Instant`. A wrong reading can only
-//! make a split decision worse, never a result wrong.
+//! loop (the same build with the reads stubbed out: 1.10–1.15× the loop). On x86-64 the
+//! stopwatch reads the TSC, converted with a rate calibrated once per process against
+//! `Instant` over [`CALIBRATION`] (~1% accurate, plenty for choosing batch and leaf sizes).
+//! Elsewhere, or if the calibration looks wrong (a TSC that is not constant-rate), it falls
+//! back to `Instant`. A wrong reading can only make a split decision worse, never a result
+//! wrong.
 
 use std::sync::OnceLock;
 use std::time::Instant;
