@@ -475,3 +475,210 @@ fn terminate_drops_queued_spawned_closures_unrun() {
     drop(pool);
     assert_eq!(ran.load(Ordering::SeqCst), 0);
 }
+
+// The adversarial review of inline joins (a worker keeps at most 4 private `join` frames;
+// deeper `join`s run as two plain calls). Scenarios that could hang or abort run in a
+// child process under a time bound (this test binary re-executed on the ignored `child`).
+
+#[path = "common/child.rs"]
+mod child;
+
+/// The child side: runs the scenario named in the environment.
+#[test]
+#[ignore = "runs only as a child process of the bounded tests below"]
+fn child() {
+    let name = std::env::var(child::SCENARIO).expect("a scenario name");
+    let (_, scenario) = CHILD_SCENARIOS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .unwrap_or_else(|| panic!("unknown scenario {name}"));
+    scenario();
+}
+
+/// The scenarios that run in a child process, by name.
+const CHILD_SCENARIOS: &[(&str, fn())] = &[("random_join_trees", random_join_trees)];
+
+/// Runs `scenario` in a child process, failing if it fails or runs past `bound`.
+fn in_child(scenario: &str, bound: std::time::Duration) {
+    let outcome = child::run_child(scenario, &[], &[], bound);
+    assert!(
+        outcome.success,
+        "scenario {scenario} failed (timed out: {}):\n{}",
+        outcome.timed_out, outcome.output
+    );
+}
+
+/// xorshift64*, for reproducible random shapes.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) % n
+    }
+}
+
+/// What a leaf of a random `join` tree does.
+#[derive(Clone, Copy, Debug)]
+enum Leaf {
+    Value(u64),
+    /// `panic_any(LeafPanic(id))`.
+    Panic,
+    /// Cancels the watch's token and calls a map, which unwinds with the watch's stop.
+    Stop,
+}
+
+/// A leaf's panic payload: the leaf's id.
+#[derive(Debug, PartialEq)]
+struct LeafPanic(usize);
+
+enum Tree {
+    Leaf { id: usize, leaf: Leaf, spin: u64 },
+    Join(Box<Tree>, Box<Tree>),
+}
+
+/// How a tree (or a subtree) ends.
+#[derive(Debug, PartialEq)]
+enum Ends {
+    Value(u64),
+    Panic(usize),
+    Stop,
+}
+
+impl Tree {
+    /// A random tree of at most `budget` leaves: random splits, left-deep and right-deep
+    /// spines. `bad`: the chance (per 1000) that a leaf panics or stops.
+    fn random(rng: &mut Rng, budget: usize, bad: u64, next_id: &mut usize) -> Tree {
+        if budget <= 1 || rng.below(8) == 0 {
+            let id = *next_id;
+            *next_id += 1;
+            let leaf = match rng.below(1000) {
+                roll if roll < bad / 2 => Leaf::Panic,
+                roll if roll < bad => Leaf::Stop,
+                _ => Leaf::Value(rng.below(1000)),
+            };
+            let spin = if rng.below(4) == 0 {
+                rng.below(2000)
+            } else {
+                0
+            };
+            return Tree::Leaf { id, leaf, spin };
+        }
+        match rng.below(4) {
+            // A spine: a long chain of joins whose other halves are single leaves.
+            0 | 1 => {
+                let left_deep = rng.below(2) == 0;
+                let mut spine = Tree::random(rng, budget / 2, bad, next_id);
+                for _ in 0..rng.below(40).min(budget as u64 / 2) {
+                    let leaf = Tree::random(rng, 1, bad, next_id);
+                    spine = if left_deep {
+                        Tree::Join(Box::new(spine), Box::new(leaf))
+                    } else {
+                        Tree::Join(Box::new(leaf), Box::new(spine))
+                    };
+                }
+                spine
+            }
+            _ => {
+                let left = 1 + rng.below(budget as u64 - 1) as usize;
+                let a = Tree::random(rng, left, bad, next_id);
+                let b = Tree::random(rng, budget - left, bad, next_id);
+                Tree::Join(Box::new(a), Box::new(b))
+            }
+        }
+    }
+
+    /// How the tree ends by `join`'s rules: both halves always run; `a`'s panic wins,
+    /// unless it is a stop and `b` panicked.
+    fn expected(&self) -> Ends {
+        match self {
+            Tree::Leaf { leaf, id, .. } => match leaf {
+                Leaf::Value(value) => Ends::Value(*value),
+                Leaf::Panic => Ends::Panic(*id),
+                Leaf::Stop => Ends::Stop,
+            },
+            Tree::Join(a, b) => match (a.expected(), b.expected()) {
+                (Ends::Value(x), Ends::Value(y)) => Ends::Value(x + y),
+                (Ends::Value(_), ends) | (Ends::Stop, ends @ Ends::Panic(_)) => ends,
+                (ends, _) => ends,
+            },
+        }
+    }
+
+    /// Runs the tree with a `join` at every inner node, counting each leaf's runs.
+    fn run(&self, runs: &[AtomicUsize], token: &parpool::CancelToken) -> u64 {
+        match self {
+            Tree::Leaf { id, leaf, spin } => {
+                runs[*id].fetch_add(1, Ordering::SeqCst);
+                for i in 0..*spin {
+                    std::hint::black_box(i);
+                }
+                match *leaf {
+                    Leaf::Value(value) => value,
+                    Leaf::Panic => std::panic::panic_any(LeafPanic(*id)),
+                    Leaf::Stop => {
+                        use parpool::prelude::*;
+                        token.cancel();
+                        std::hint::black_box((0..100u64).par_map(|x| x + 1));
+                        unreachable!("a map in a cancelled watch returned");
+                    }
+                }
+            }
+            Tree::Join(a, b) => {
+                let (x, y) = join(|| a.run(runs, token), || b.run(runs, token));
+                x + y
+            }
+        }
+    }
+}
+
+/// Thousands of random trees (unbalanced, left- and right-deep spines, leaves that panic
+/// or are stopped by a watch) on pools of 1, 2 and 16 threads: every leaf runs exactly
+/// once, and the tree ends as `join`'s rules say, whether a `join` made a frame or ran
+/// inline, and whether its `b` half was stolen.
+fn random_join_trees() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for threads in [1, 2, 16] {
+        let pool = ThreadPool::new(threads).unwrap();
+        for round in 0..4000 {
+            let bad = [0, 0, 3, 20, 200][round % 5];
+            let mut leaves = 0;
+            let budget = 1 + rng.below(300) as usize;
+            let tree = Tree::random(&mut rng, budget, bad, &mut leaves);
+            let runs: Vec<AtomicUsize> = (0..leaves).map(|_| AtomicUsize::new(0)).collect();
+            let token = parpool::CancelToken::new();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                parpool::Watch::new()
+                    .cancel_token(&token)
+                    .run(|| pool.install(|| tree.run(&runs, &token)))
+            }));
+            let ends = match outcome {
+                Ok(Ok(value)) => Ends::Value(value),
+                Ok(Err(stopped)) => {
+                    assert!(stopped.is_cancelled());
+                    Ends::Stop
+                }
+                Err(payload) => match payload.downcast::<LeafPanic>() {
+                    Ok(leaf) => Ends::Panic(leaf.0),
+                    Err(other) => panic!("round {round}: a foreign panic {other:?}"),
+                },
+            };
+            assert_eq!(ends, tree.expected(), "{threads} threads, round {round}");
+            for (id, count) in runs.iter().enumerate() {
+                assert_eq!(
+                    count.load(Ordering::SeqCst),
+                    1,
+                    "{threads} threads, round {round}: leaf {id} ran once"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn random_join_trees_end_as_join_says() {
+    in_child("random_join_trees", std::time::Duration::from_secs(300));
+}
