@@ -6,6 +6,9 @@ use std::sync::{Arc, Barrier};
 
 mod common;
 use common::panic_message;
+#[path = "common/nested.rs"]
+mod nested;
+use nested::nested;
 use parpool::{ThreadPool, join, scope};
 
 fn fib(n: u64) -> u64 {
@@ -212,17 +215,6 @@ fn panic_deep_inside_nested_joins() {
         );
     }
     assert_all_workers_serve(&pool);
-}
-
-/// Runs `f` as the `a` half of `levels` nested `join`s. A worker keeps only a few of its
-/// `join` halves as frames that others may take; deeper `join`s (as `f`'s, under 16 levels
-/// on a one-thread pool) run their halves as plain calls.
-fn nested<R: Send>(levels: u32, f: impl FnOnce() -> R + Send) -> R {
-    if levels == 0 {
-        f()
-    } else {
-        join(|| nested(levels - 1, f), || ()).0
-    }
 }
 
 #[test]
@@ -496,7 +488,10 @@ fn child() {
 }
 
 /// The scenarios that run in a child process, by name.
-const CHILD_SCENARIOS: &[(&str, fn())] = &[("random_join_trees", random_join_trees)];
+const CHILD_SCENARIOS: &[(&str, fn())] = &[
+    ("random_join_trees", random_join_trees),
+    ("result_of_a_panics_in_drop", result_of_a_panics_in_drop),
+];
 
 /// Runs `scenario` in a child process, failing if it fails or runs past `bound`.
 fn in_child(scenario: &str, bound: std::time::Duration) {
@@ -681,4 +676,59 @@ fn random_join_trees() {
 #[test]
 fn random_join_trees_end_as_join_says() {
     in_child("random_join_trees", std::time::Duration::from_secs(300));
+}
+
+/// A result whose `Drop` panics.
+struct PanicsInDrop;
+
+impl Drop for PanicsInDrop {
+    fn drop(&mut self) {
+        panic!("drop of a's result");
+    }
+}
+
+/// `b` panics after `a` returned a value whose `Drop` panics: `b`'s panic reaches the
+/// caller, and the process does not abort (dropping `a`'s result while `b`'s panic
+/// unwinds would), whether `b` ran as a private frame, inline below the private frames,
+/// or on another worker.
+fn result_of_a_panics_in_drop() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let pool = ThreadPool::new(1).unwrap();
+    for levels in [0, 16] {
+        let message = panic_message(|| {
+            pool.install(|| nested(levels, || join(|| PanicsInDrop, || panic!("b"))));
+        });
+        assert_eq!(message, "b", "{levels} levels");
+    }
+    // `b` stolen: `a` returns only once `b` runs on the other worker.
+    let pool = ThreadPool::new(2).unwrap();
+    for _ in 0..20 {
+        let b_started = std::sync::atomic::AtomicBool::new(false);
+        let message = panic_message(|| {
+            pool.install(|| {
+                join(
+                    || {
+                        while !b_started.load(Ordering::SeqCst) {
+                            std::hint::spin_loop();
+                        }
+                        PanicsInDrop
+                    },
+                    || {
+                        b_started.store(true, Ordering::SeqCst);
+                        panic!("stolen b")
+                    },
+                )
+            });
+        });
+        assert_eq!(message, "stolen b");
+    }
+    assert_all_workers_serve(&pool);
+}
+
+#[test]
+fn a_result_that_panics_in_drop_does_not_abort_a_join_whose_b_panicked() {
+    in_child(
+        "result_of_a_panics_in_drop",
+        std::time::Duration::from_secs(120),
+    );
 }

@@ -7,6 +7,8 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/nested.rs"]
+mod nested;
 
 use std::hint::black_box;
 use std::panic::{self, AssertUnwindSafe};
@@ -64,6 +66,8 @@ scenarios!(
     stress_random_cancels_one_and_many_threads,
     panic_handler_sees_no_stops,
     cancel_from_another_thread_stops_within_a_batch,
+    // Found by the adversarial review of inline joins.
+    join_loser_drop_panics_during_a_stop,
 );
 
 /// The child side: runs the scenario named in the environment.
@@ -1464,4 +1468,57 @@ fn cancel_from_another_thread_stops_within_a_batch() {
             "{name}: {worst} items started after the cancel"
         );
     }
+}
+
+/// A `join` result whose `Drop` panics.
+struct PanicsInDrop(&'static str);
+
+impl Drop for PanicsInDrop {
+    fn drop(&mut self) {
+        panic!("{}", self.0);
+    }
+}
+
+/// One half of a `join` is stopped while the other returned a value whose `Drop` panics
+/// (the loser, dropped by the `join`): that panic reaches the caller (a panic is never
+/// hidden behind a stop), and the process does not abort (dropping `a`'s result while
+/// `b`'s stop unwinds would). Whether the `join` made a frame (0 levels deep) or ran as
+/// two plain calls (16 levels deep, on one thread).
+fn join_loser_drop_panics_during_a_stop() {
+    let pool = ThreadPool::new(1).unwrap();
+    let stop_here = |token: &CancelToken| {
+        token.cancel();
+        black_box((0..1000u64).par_map(|x| x + 1));
+    };
+    for levels in [0, 16] {
+        let token = CancelToken::new();
+        let message = panic_of("b stopped", || {
+            Watch::new().cancel_token(&token).run(|| {
+                pool.install(|| {
+                    nested::nested(levels, || {
+                        drop(parpool::join(
+                            || PanicsInDrop("drop of a's result"),
+                            || stop_here(&token),
+                        ));
+                    });
+                })
+            })
+        });
+        assert_eq!(message, "drop of a's result", "{levels} levels, b stopped");
+        let token = CancelToken::new();
+        let message = panic_of("a stopped", || {
+            Watch::new().cancel_token(&token).run(|| {
+                pool.install(|| {
+                    nested::nested(levels, || {
+                        drop(parpool::join(
+                            || stop_here(&token),
+                            || PanicsInDrop("drop of b's result"),
+                        ));
+                    });
+                })
+            })
+        });
+        assert_eq!(message, "drop of b's result", "{levels} levels, a stopped");
+    }
+    assert_eq!(pool.map(0..100u32, |x| x * 2)[99], 198);
 }
