@@ -21,6 +21,10 @@ use super::registry::{Frame, WorkerThread};
 /// Runs `a` and `b`, potentially in parallel, on the current pool (the pool whose worker
 /// calls it, else the global pool), and returns both results.
 ///
+/// They may as well run one after the other on the calling thread: deep in a recursion
+/// (below a worker's first few `join`s) `b` always starts only once `a` has returned. So
+/// `a` must never wait for something that only `b` does; it would wait forever.
+///
 /// # Panics
 ///
 /// Both closures always run to completion. If either panics, `join` panics with that

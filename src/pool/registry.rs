@@ -13,8 +13,10 @@
 //!   another worker is idle, oldest frame first. A `join` that nobody needs to share
 //!   therefore costs a `Vec` push and pop and one relaxed load, not a deque push with its
 //!   fences. A worker that has to wait (for a stolen half, a scope, a task) publishes all of
-//!   its private frames first, so no work is ever hidden from idle workers while its owner
-//!   is blocked.
+//!   its private frames first, so that while it is blocked every frame it holds can be
+//!   taken (by an idle worker, or by the waiting worker itself, which runs its own deque
+//!   first). The `b` halves of the inline joins on its stack (below) are no frames: they
+//!   stay hidden until their `a` returns.
 //! - **Inline joins.** A worker keeps at most [`PRIVATE_FRAMES`] private frames. A `join`
 //!   made while it holds that many records nothing: it runs `a` and then `b` as plain calls,
 //!   after a thread-local read, a compare of two counters and the idle check. The frames it
@@ -28,7 +30,11 @@
 //!   for plain recursion. The cost: a `b` half made while four older ones are private never
 //!   moves to another worker, only the `join`s inside it can; a tree whose upper halves are
 //!   small and whose large halves lie deeper shares less than it would with a frame per
-//!   `join`.
+//!   `join`. Nor can a wait inside `a` hand such a `b` to anyone: a `join` whose `a` waits
+//!   for something only its `b` does (an `install` into another pool that waits for it,
+//!   say) hangs when it runs inline, where a frame's `b` is published by the wait and run
+//!   (`a_join_whose_a_waits_for_its_own_b_finishes`, ignored, in `tests/pool.rs`). The
+//!   docs of `join` forbid that.
 //!
 //! Published frames always form a prefix of the frame list (oldest first), which keeps the
 //! deque's order consistent with the stack: when a `join` returns from `a`, its frame is the
