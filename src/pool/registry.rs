@@ -824,7 +824,119 @@ impl WorkerThread {
 #[cfg(all(test, not(parpool_loom)))]
 mod test {
     use super::super::ThreadPool;
-    use crate::sync::Ordering;
+    use super::{PRIVATE_FRAMES, WorkerThread};
+    use crate::sync::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// The most private frames [`check_frames`] saw on a worker.
+    static MOST_PRIVATE: AtomicUsize = AtomicUsize::new(0);
+
+    /// The frame list of the current worker, if any, is as "Private join frames" says: its
+    /// published frames are a prefix of it, and at most [`PRIVATE_FRAMES`] are private.
+    /// Returns the list's length.
+    fn check_frames() -> usize {
+        let Some(worker) = WorkerThread::current() else {
+            return 0;
+        };
+        // SAFETY: this thread's own list, not borrowed across the call.
+        let len = unsafe { (*worker.frames.get()).len() };
+        let published = worker.published.get();
+        assert!(
+            published <= len,
+            "{published} frames published out of {len}"
+        );
+        assert!(
+            len - published <= PRIVATE_FRAMES,
+            "{} private frames",
+            len - published
+        );
+        MOST_PRIVATE.fetch_max(len - published, Ordering::Relaxed);
+        len
+    }
+
+    /// xorshift64*, for reproducible random shapes.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32
+    }
+
+    /// A random recursion of `join`s with the things that publish frames or start jobs
+    /// in between (a `scope` and its spawns, a task's `get`, an `install` into another
+    /// pool, a nested watch); checks the frame list at every step. Returns how many leaves
+    /// it ran. Inside `other` it only joins: a job of `other` that waited for `pool` could
+    /// deadlock a `pool` worker that waits for `other` beyond the nesting limit.
+    fn walk(pool: &Arc<ThreadPool>, other: Option<&ThreadPool>, seed: u64, depth: u32) -> u64 {
+        let mut state = seed | 1;
+        let before = check_frames();
+        let leaves = match next(&mut state) % 16 {
+            _ if depth == 0 => 1,
+            0 if other.is_some() => {
+                let spawned = AtomicUsize::new(0);
+                let here = pool.scope(|s| {
+                    s.spawn(|_| {
+                        let leaves = walk(pool, other, seed ^ 0x55, depth - 1);
+                        spawned.fetch_add(leaves as usize, Ordering::Relaxed);
+                    });
+                    walk(pool, other, seed ^ 0xAA, depth - 1)
+                });
+                here + spawned.load(Ordering::Relaxed) as u64
+            }
+            1 if other.is_some() => {
+                let task_seed = next(&mut state);
+                let task = {
+                    let for_task = Arc::clone(pool);
+                    pool.submit(move || walk(&for_task, None, task_seed, depth - 1))
+                };
+                walk(pool, other, next(&mut state), depth - 1) + task.get().unwrap()
+            }
+            2 => match other {
+                Some(other) => other.install(|| walk(pool, None, next(&mut state), depth - 1)),
+                None => walk(pool, other, next(&mut state), depth - 1),
+            },
+            3 => crate::Watch::new()
+                .run(|| walk(pool, other, next(&mut state), depth - 1))
+                .unwrap(),
+            _ => {
+                let (left, right) = (next(&mut state), next(&mut state));
+                // Spines: one half a single leaf.
+                let (left_depth, right_depth) = match right % 3 {
+                    0 => (depth - 1, 0),
+                    1 => (0, depth - 1),
+                    _ => (depth - 1, depth - 1),
+                };
+                let (a, b) = crate::join(
+                    || walk(pool, other, left, left_depth),
+                    || walk(pool, other, right, right_depth),
+                );
+                a + b
+            }
+        };
+        assert_eq!(check_frames(), before, "the frames made below were popped");
+        leaves
+    }
+
+    /// Random recursions on pools of 1, 2 and 4 threads (another pool's install in
+    /// between): the frame list keeps its invariants at every step, and is empty again
+    /// when a job ends.
+    #[test]
+    fn frame_list_keeps_its_invariants() {
+        for threads in [1, 2, 4] {
+            let pool = Arc::new(ThreadPool::new(threads).unwrap());
+            let other = ThreadPool::new(2).unwrap();
+            for round in 0..100u64 {
+                let seed = round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let leaves = pool.install(|| {
+                    assert_eq!(check_frames(), 0);
+                    walk(&pool, Some(&other), seed, 24)
+                });
+                assert!(leaves > 0);
+            }
+        }
+        // The recursions went deep enough for `join`s to run inline.
+        assert_eq!(MOST_PRIVATE.load(Ordering::Relaxed), PRIVATE_FRAMES);
+    }
 
     /// Starting a pool of `n` workers (every one idle from the start) must not make each
     /// search all `n` deques: before, every worker probed every other deque in each of its
