@@ -68,6 +68,7 @@ scenarios!(
     cancel_from_another_thread_stops_within_a_batch,
     // Found by the adversarial review of inline joins.
     join_loser_drop_panics_during_a_stop,
+    inline_joins_keep_their_watches,
 );
 
 /// The child side: runs the scenario named in the environment.
@@ -1521,4 +1522,94 @@ fn join_loser_drop_panics_during_a_stop() {
         assert_eq!(message, "drop of b's result", "{levels} levels, a stopped");
     }
     assert_eq!(pool.map(0..100u32, |x| x * 2)[99], 198);
+}
+
+/// A `join` run as two plain calls (16 levels deep) whose `a` enters a nested run (which
+/// publishes the worker's private frames under the outer watch): `a`'s maps count in both
+/// watches, `b`'s only in the outer one, and a stop of the nested run's token ends that run
+/// alone, while one of the outer token inside the nested run stops `b` too. Whether the
+/// `join` ran inline or made a frame, on one thread and on two.
+fn inline_joins_keep_their_watches() {
+    const A: u64 = 300;
+    const B: u64 = 500;
+    for threads in [1, 2] {
+        let pool = ThreadPool::new(threads).unwrap();
+        for levels in [0, 16] {
+            for round in 0..20 {
+                let context = format!("{threads} threads, {levels} levels, round {round}");
+                let (outer, inner) = (Progress::new(), Progress::new());
+                let (outer_token, inner_token) = (CancelToken::new(), CancelToken::new());
+                // 0: nothing stopped; 1: the nested run's token; 2: the outer token.
+                let cancel = round % 3;
+                let mut nested_run = None;
+                let outcome = Watch::new()
+                    .progress(&outer)
+                    .cancel_token(&outer_token)
+                    .run(|| {
+                        pool.install(|| {
+                            nested::nested(levels, || {
+                                parpool::join(
+                                    || {
+                                        let ran = Watch::new()
+                                            .progress(&inner)
+                                            .cancel_token(&inner_token)
+                                            .run(|| {
+                                                let (x, y) = parpool::join(
+                                                    || (0..A).par_map(|x| x).len(),
+                                                    || (0..A).par_map(|x| x).len(),
+                                                );
+                                                match cancel {
+                                                    1 => inner_token.cancel(),
+                                                    2 => outer_token.cancel(),
+                                                    _ => {}
+                                                }
+                                                black_box((0..A).par_map(|x| x));
+                                                x + y
+                                            });
+                                        nested_run = Some(ran);
+                                    },
+                                    || (0..B).par_map(|x| x).len(),
+                                )
+                            })
+                        })
+                    });
+                let nested_run = nested_run.expect("a ran");
+                match cancel {
+                    0 => {
+                        assert_eq!(nested_run, Ok(2 * A as usize), "{context}");
+                        assert_eq!(outcome.map(|(_, b)| b), Ok(B as usize), "{context}");
+                        assert_eq!(inner.done(), 3 * A, "{context}");
+                        assert_eq!(outer.done(), 3 * A + B, "{context}");
+                    }
+                    1 => {
+                        assert!(nested_run.unwrap_err().is_cancelled(), "{context}");
+                        assert_eq!(outcome.map(|(_, b)| b), Ok(B as usize), "{context}");
+                        assert_eq!(inner.done(), 2 * A, "{context}");
+                        assert_eq!(outer.done(), 2 * A + B, "{context}");
+                    }
+                    _ => {
+                        assert!(nested_run.unwrap_err().is_cancelled(), "{context}");
+                        assert_eq!(inner.done(), 2 * A, "{context}");
+                        // `b` runs after `a` on one thread, so it is stopped before it
+                        // counts anything; on two it may have run (even to its end)
+                        // before the cancel.
+                        let done = outer.done();
+                        match outcome {
+                            Err(stopped) => {
+                                assert!(stopped.is_cancelled(), "{context}");
+                                assert!((2 * A..=2 * A + B).contains(&done), "{context}: {done}");
+                            }
+                            Ok((_, b)) => {
+                                assert!(threads > 1, "{context}: b was not stopped");
+                                assert_eq!((b, done), (B as usize, 2 * A + B), "{context}");
+                            }
+                        }
+                        if threads == 1 {
+                            assert_eq!(done, 2 * A, "{context}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
