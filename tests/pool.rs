@@ -496,6 +496,10 @@ const CHILD_SCENARIOS: &[(&str, fn())] = &[
         "cross_pool_cycle_deep_in_waits",
         cross_pool_cycle_deep_in_waits,
     ),
+    (
+        "random_join_trees_deep_in_waits",
+        random_join_trees_deep_in_waits,
+    ),
 ];
 
 /// Runs `scenario` in a child process, failing if it fails or runs past `bound`.
@@ -818,5 +822,46 @@ fn a_cross_pool_cycle_deep_in_waits_finishes() {
     in_child(
         "cross_pool_cycle_deep_in_waits",
         std::time::Duration::from_secs(30),
+    );
+}
+
+/// Random `join` trees (with panics) run under 20 nested `scope` waits, where a wait for
+/// a stolen `b` half runs only its own deque and then sleeps on its latch: every leaf runs
+/// once and the tree ends as `join`'s rules say, on one thread and on two.
+fn random_join_trees_deep_in_waits() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for threads in [1, 2] {
+        let pool = ThreadPool::new(threads).unwrap();
+        for round in 0..1500 {
+            let mut leaves = 0;
+            let budget = 1 + rng.below(300) as usize;
+            let tree = Tree::random(&mut rng, budget, [0, 20][round % 2], &mut leaves);
+            let runs: Vec<AtomicUsize> = (0..leaves).map(|_| AtomicUsize::new(0)).collect();
+            let token = parpool::CancelToken::new();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                parpool::Watch::new()
+                    .cancel_token(&token)
+                    .run(|| pool.install(|| under_waits(&pool, 20, || tree.run(&runs, &token))))
+            }));
+            let ends = match outcome {
+                Ok(Ok(value)) => Ends::Value(value),
+                Ok(Err(_)) => Ends::Stop,
+                Err(payload) => Ends::Panic(payload.downcast::<LeafPanic>().unwrap().0),
+            };
+            assert_eq!(ends, tree.expected(), "{threads} threads, round {round}");
+            assert!(
+                runs.iter().all(|count| count.load(Ordering::SeqCst) == 1),
+                "{threads} threads, round {round}: every leaf ran once"
+            );
+        }
+    }
+}
+
+#[test]
+fn random_join_trees_deep_in_waits_end_as_join_says() {
+    in_child(
+        "random_join_trees_deep_in_waits",
+        std::time::Duration::from_secs(300),
     );
 }
