@@ -23,9 +23,11 @@
 //!   holds are older, hence in a divide-and-conquer tree larger, than anything the new
 //!   `join` could offer. The idle check still runs at every `join`: when another worker is
 //!   idle, the oldest private frame is published and the `join` at hand takes the freed
-//!   place, so the private frames stay the oldest unshared halves of the worker's current
-//!   path (chili keeps the top three of its job queue in the same way, and shares them on a
-//!   heartbeat instead). fib(25) with a `join` at every level costs 40 instructions per
+//!   place (chili keeps the top three of its job queue in the same way, and shares them on
+//!   a heartbeat instead). The freed place goes to that `join`, not to the older inline
+//!   joins between the frames and it, whose `b` halves were never recorded: once the four
+//!   frames a worker held when it went inline have been handed out, idle workers get the
+//!   halves of the `join`s it makes next, deeper (smaller) than those hidden above them. fib(25) with a `join` at every level costs 40 instructions per
 //!   `join` on one thread (callgrind) against 60 when every `join` made a frame, and 19
 //!   for plain recursion. The cost: a `b` half made while four older ones are private never
 //!   moves to another worker, only the `join`s inside it can; a tree whose upper halves are
@@ -519,9 +521,9 @@ impl WorkerThread {
 
     /// Whether a new `join` records its `b` half as a frame (true) or runs both halves as
     /// plain calls (false): the worker already holds [`PRIVATE_FRAMES`] private frames,
-    /// which are older, hence at least as large, as anything this `join` could offer. An
-    /// idle worker is served first: the oldest private frame is published, and this `join`
-    /// takes the freed place.
+    /// which are older, hence in a balanced tree larger, than anything this `join` could
+    /// offer. An idle worker is served first: the oldest private frame is published, and
+    /// this `join` takes the freed place.
     #[inline]
     pub(crate) fn wants_frame(&self) -> bool {
         // SAFETY: as in `push_frame`.
