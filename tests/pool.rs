@@ -500,6 +500,7 @@ const CHILD_SCENARIOS: &[(&str, fn())] = &[
         "random_join_trees_deep_in_waits",
         random_join_trees_deep_in_waits,
     ),
+    ("scope_value_panics_in_drop", scope_value_panics_in_drop),
 ];
 
 /// Runs `scenario` in a child process, failing if it fails or runs past `bound`.
@@ -863,5 +864,31 @@ fn random_join_trees_deep_in_waits_end_as_join_says() {
     in_child(
         "random_join_trees_deep_in_waits",
         std::time::Duration::from_secs(300),
+    );
+}
+
+/// A `scope`'s spawned job panics after the body returned a value whose `Drop` panics:
+/// the spawn's panic reaches the caller, and the process does not abort (dropping the
+/// value while that panic unwinds would).
+fn scope_value_panics_in_drop() {
+    std::panic::set_hook(Box::new(|_| {}));
+    for threads in [1, 2] {
+        let pool = ThreadPool::new(threads).unwrap();
+        let message = panic_message(|| {
+            pool.scope(|s| {
+                s.spawn(|_| panic!("spawned job"));
+                PanicsInDrop
+            });
+        });
+        assert_eq!(message, "spawned job", "{threads} threads");
+        assert_all_workers_serve(&pool);
+    }
+}
+
+#[test]
+fn a_scope_value_that_panics_in_drop_does_not_abort_a_scope_whose_spawn_panicked() {
+    in_child(
+        "scope_value_panics_in_drop",
+        std::time::Duration::from_secs(60),
     );
 }

@@ -69,6 +69,7 @@ scenarios!(
     // Found by the adversarial review of inline joins.
     join_loser_drop_panics_during_a_stop,
     inline_joins_keep_their_watches,
+    scope_value_drop_panics_during_a_stop,
 );
 
 /// The child side: runs the scenario named in the environment.
@@ -1611,5 +1612,27 @@ fn inline_joins_keep_their_watches() {
                 }
             }
         }
+    }
+}
+
+/// A `scope`'s spawned job is stopped after the body returned a value whose `Drop`
+/// panics: that panic reaches the caller (a panic is never hidden behind a stop), and the
+/// process does not abort (dropping the value while the stop unwinds would).
+fn scope_value_drop_panics_during_a_stop() {
+    for threads in [1, 2] {
+        let pool = ThreadPool::new(threads).unwrap();
+        let token = CancelToken::new();
+        let message = panic_of("scope", || {
+            Watch::new().cancel_token(&token).run(|| {
+                drop(pool.scope(|s| {
+                    s.spawn(|_| {
+                        token.cancel();
+                        black_box((0..1000u64).par_map(|x| x + 1));
+                    });
+                    PanicsInDrop("drop of the body's value")
+                }));
+            })
+        });
+        assert_eq!(message, "drop of the body's value", "{threads} threads");
     }
 }
