@@ -14,7 +14,7 @@
 use super::ThreadPool;
 use std::mem::ManuallyDrop;
 
-use super::job::{Outcome, Panic, StackJob, catch};
+use super::job::{Outcome, Panic, StackJob, catch, resume_winner};
 use super::latch::SpinLatch;
 use super::registry::{Frame, WorkerThread};
 
@@ -225,32 +225,4 @@ where
         unsafe { job_b.take_outcome() }
     };
     resume_winner(payload, outcome_b)
-}
-
-/// Resumes the panic of a `join` one of whose halves panicked with `payload` once the other
-/// is done with `other`: `b`'s outcome when `a` panicked, `a`'s result when `b` did.
-#[cold]
-fn resume_winner<R>(payload: Panic, other: Outcome<R>) -> ! {
-    // The other half's result is dropped here, not by the unwind, so that a panic in its
-    // `Drop` (user code) counts as that half's panic instead of aborting the process.
-    let other = other.and_then(|result| catch(move || drop(result)));
-    // `a`'s panic wins (if only `b` panicked, `b`'s), unless it is only a watch's stop and
-    // the other half really panicked: a panic is never hidden behind a stop. The loser
-    // (whose `Drop` is user code) is dropped.
-    let payload = match other {
-        Err(panic) if is_stop(&payload) && !is_stop(&panic) => {
-            let _ = catch(move || drop(payload));
-            panic
-        }
-        other => {
-            let _ = catch(move || drop(other));
-            payload
-        }
-    };
-    std::panic::resume_unwind(payload)
-}
-
-/// Whether `payload` is a watch's stop unwinding to its `run`, not a panic.
-fn is_stop(payload: &Panic) -> bool {
-    crate::watch::stopped_by(payload.as_ref()).is_some()
 }
