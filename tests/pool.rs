@@ -517,6 +517,22 @@ fn in_child(scenario: &str, bound: std::time::Duration) {
 struct Rng(u64);
 
 impl Rng {
+    /// Seeded from `PARPOOL_TEST_SEED` if set, else from the clock; prints the seed, so
+    /// that a failure can be replayed.
+    fn from_env_or_clock() -> Rng {
+        let seed = std::env::var("PARPOOL_TEST_SEED")
+            .ok()
+            .map(|seed| seed.parse().expect("PARPOOL_TEST_SEED is a u64"))
+            .unwrap_or_else(|| {
+                let since_epoch = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                since_epoch.as_nanos() as u64
+            });
+        println!("PARPOOL_TEST_SEED={seed}");
+        Rng(seed | 1)
+    }
+
     fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -645,7 +661,7 @@ impl Tree {
 /// inline, and whether its `b` half was stolen.
 fn random_join_trees() {
     std::panic::set_hook(Box::new(|_| {}));
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::from_env_or_clock();
     for threads in [1, 2, 16] {
         let pool = ThreadPool::new(threads).unwrap();
         for round in 0..4000 {
@@ -831,7 +847,7 @@ fn a_cross_pool_cycle_deep_in_waits_finishes() {
 /// once and the tree ends as `join`'s rules say, on one thread and on two.
 fn random_join_trees_deep_in_waits() {
     std::panic::set_hook(Box::new(|_| {}));
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = Rng::from_env_or_clock();
     for threads in [1, 2] {
         let pool = ThreadPool::new(threads).unwrap();
         for round in 0..1500 {
