@@ -31,8 +31,8 @@ use super::registry::{Frame, WorkerThread};
 /// payload once both are done; if both panic, with `a`'s. Inside a
 /// [`Watch`](crate::Watch), a panic wins over a stop: if `a` was stopped and `b` panicked,
 /// `join` panics with `b`'s payload. The result of the half that returned is dropped before
-/// `join` panics; a panic in its `Drop` counts as a panic of that half (it does not abort
-/// the process).
+/// `join` panics; a panic in its `Drop` does not abort the process, and is the payload
+/// only where the other half was merely stopped.
 ///
 /// # Examples
 ///

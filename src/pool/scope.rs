@@ -74,8 +74,8 @@ pub struct Scope<'scope> {
 /// If `op` or any spawned job panics, `scope` panics with the first payload, after every
 /// job has finished. Inside a [`Watch`](crate::Watch), a panic wins over a stop: the block
 /// is stopped only if nothing in the scope panicked. A value `op` returned is dropped
-/// before `scope` panics; a panic in its `Drop` counts as one of `op`'s (it does not abort
-/// the process).
+/// before `scope` panics; a panic in its `Drop` does not abort the process, and is the
+/// payload only where the scope was merely stopped.
 ///
 /// # Examples
 ///
