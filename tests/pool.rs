@@ -6,6 +6,9 @@ use std::sync::{Arc, Barrier};
 
 mod common;
 use common::panic_message;
+#[path = "common/nested.rs"]
+mod nested;
+use nested::nested;
 use parpool::{ThreadPool, join, scope};
 
 fn fib(n: u64) -> u64 {
@@ -212,17 +215,6 @@ fn panic_deep_inside_nested_joins() {
         );
     }
     assert_all_workers_serve(&pool);
-}
-
-/// Runs `f` as the `a` half of `levels` nested `join`s. A worker keeps only a few of its
-/// `join` halves as frames that others may take; deeper `join`s (as `f`'s, under 16 levels
-/// on a one-thread pool) run their halves as plain calls.
-fn nested<R: Send>(levels: u32, f: impl FnOnce() -> R + Send) -> R {
-    if levels == 0 {
-        f()
-    } else {
-        join(|| nested(levels - 1, f), || ()).0
-    }
 }
 
 #[test]
@@ -474,4 +466,445 @@ fn terminate_drops_queued_spawned_closures_unrun() {
     release.send(()).unwrap();
     drop(pool);
     assert_eq!(ran.load(Ordering::SeqCst), 0);
+}
+
+// The adversarial review of inline joins (a worker keeps at most 4 private `join` frames;
+// deeper `join`s run as two plain calls). Scenarios that could hang or abort run in a
+// child process under a time bound (this test binary re-executed on the ignored `child`).
+
+#[path = "common/child.rs"]
+mod child;
+
+/// The child side: runs the scenario named in the environment.
+#[test]
+#[ignore = "runs only as a child process of the bounded tests below"]
+fn child() {
+    let name = std::env::var(child::SCENARIO).expect("a scenario name");
+    let (_, scenario) = CHILD_SCENARIOS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .unwrap_or_else(|| panic!("unknown scenario {name}"));
+    scenario();
+}
+
+/// The scenarios that run in a child process, by name.
+const CHILD_SCENARIOS: &[(&str, fn())] = &[
+    ("random_join_trees", random_join_trees),
+    ("result_of_a_panics_in_drop", result_of_a_panics_in_drop),
+    ("a_waits_for_its_own_b", a_waits_for_its_own_b),
+    (
+        "cross_pool_cycle_deep_in_waits",
+        cross_pool_cycle_deep_in_waits,
+    ),
+    (
+        "random_join_trees_deep_in_waits",
+        random_join_trees_deep_in_waits,
+    ),
+    ("scope_value_panics_in_drop", scope_value_panics_in_drop),
+];
+
+/// Runs `scenario` in a child process, failing if it fails or runs past `bound`.
+fn in_child(scenario: &str, bound: std::time::Duration) {
+    let outcome = child::run_child(scenario, &[], &[], bound);
+    assert!(
+        outcome.success,
+        "scenario {scenario} failed (timed out: {}):\n{}",
+        outcome.timed_out, outcome.output
+    );
+}
+
+/// xorshift64*, for reproducible random shapes.
+struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `PARPOOL_TEST_SEED` if set, else from the clock; prints the seed, so
+    /// that a failure can be replayed.
+    fn from_env_or_clock() -> Rng {
+        let seed = std::env::var("PARPOOL_TEST_SEED")
+            .ok()
+            .map(|seed| seed.parse().expect("PARPOOL_TEST_SEED is a u64"))
+            .unwrap_or_else(|| {
+                let since_epoch = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                since_epoch.as_nanos() as u64
+            });
+        println!("PARPOOL_TEST_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) % n
+    }
+}
+
+/// What a leaf of a random `join` tree does.
+#[derive(Clone, Copy, Debug)]
+enum Leaf {
+    Value(u64),
+    /// `panic_any(LeafPanic(id))`.
+    Panic,
+    /// Cancels the watch's token and calls a map, which unwinds with the watch's stop.
+    Stop,
+}
+
+/// A leaf's panic payload: the leaf's id.
+#[derive(Debug, PartialEq)]
+struct LeafPanic(usize);
+
+enum Tree {
+    Leaf { id: usize, leaf: Leaf, spin: u64 },
+    Join(Box<Tree>, Box<Tree>),
+}
+
+/// How a tree (or a subtree) ends.
+#[derive(Debug, PartialEq)]
+enum Ends {
+    Value(u64),
+    Panic(usize),
+    Stop,
+}
+
+impl Tree {
+    /// A random tree of at most `budget` leaves: random splits, left-deep and right-deep
+    /// spines. `bad`: the chance (per 1000) that a leaf panics or stops.
+    fn random(rng: &mut Rng, budget: usize, bad: u64, next_id: &mut usize) -> Tree {
+        if budget <= 1 || rng.below(8) == 0 {
+            let id = *next_id;
+            *next_id += 1;
+            let leaf = match rng.below(1000) {
+                roll if roll < bad / 2 => Leaf::Panic,
+                roll if roll < bad => Leaf::Stop,
+                _ => Leaf::Value(rng.below(1000)),
+            };
+            let spin = if rng.below(4) == 0 {
+                rng.below(2000)
+            } else {
+                0
+            };
+            return Tree::Leaf { id, leaf, spin };
+        }
+        match rng.below(4) {
+            // A spine: a long chain of joins whose other halves are single leaves.
+            0 | 1 => {
+                let left_deep = rng.below(2) == 0;
+                let mut spine = Tree::random(rng, budget / 2, bad, next_id);
+                for _ in 0..rng.below(40).min(budget as u64 / 2) {
+                    let leaf = Tree::random(rng, 1, bad, next_id);
+                    spine = if left_deep {
+                        Tree::Join(Box::new(spine), Box::new(leaf))
+                    } else {
+                        Tree::Join(Box::new(leaf), Box::new(spine))
+                    };
+                }
+                spine
+            }
+            _ => {
+                let left = 1 + rng.below(budget as u64 - 1) as usize;
+                let a = Tree::random(rng, left, bad, next_id);
+                let b = Tree::random(rng, budget - left, bad, next_id);
+                Tree::Join(Box::new(a), Box::new(b))
+            }
+        }
+    }
+
+    /// How the tree ends by `join`'s rules: both halves always run; `a`'s panic wins,
+    /// unless it is a stop and `b` panicked.
+    fn expected(&self) -> Ends {
+        match self {
+            Tree::Leaf { leaf, id, .. } => match leaf {
+                Leaf::Value(value) => Ends::Value(*value),
+                Leaf::Panic => Ends::Panic(*id),
+                Leaf::Stop => Ends::Stop,
+            },
+            Tree::Join(a, b) => match (a.expected(), b.expected()) {
+                (Ends::Value(x), Ends::Value(y)) => Ends::Value(x + y),
+                (Ends::Value(_), ends) | (Ends::Stop, ends @ Ends::Panic(_)) => ends,
+                (ends, _) => ends,
+            },
+        }
+    }
+
+    /// Runs the tree with a `join` at every inner node, counting each leaf's runs.
+    fn run(&self, runs: &[AtomicUsize], token: &parpool::CancelToken) -> u64 {
+        match self {
+            Tree::Leaf { id, leaf, spin } => {
+                runs[*id].fetch_add(1, Ordering::SeqCst);
+                for i in 0..*spin {
+                    std::hint::black_box(i);
+                }
+                match *leaf {
+                    Leaf::Value(value) => value,
+                    Leaf::Panic => std::panic::panic_any(LeafPanic(*id)),
+                    Leaf::Stop => {
+                        use parpool::prelude::*;
+                        token.cancel();
+                        std::hint::black_box((0..100u64).par_map(|x| x + 1));
+                        unreachable!("a map in a cancelled watch returned");
+                    }
+                }
+            }
+            Tree::Join(a, b) => {
+                let (x, y) = join(|| a.run(runs, token), || b.run(runs, token));
+                x + y
+            }
+        }
+    }
+}
+
+/// Thousands of random trees (unbalanced, left- and right-deep spines, leaves that panic
+/// or are stopped by a watch) on pools of 1, 2 and 16 threads: every leaf runs exactly
+/// once, and the tree ends as `join`'s rules say, whether a `join` made a frame or ran
+/// inline, and whether its `b` half was stolen.
+fn random_join_trees() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut rng = Rng::from_env_or_clock();
+    for threads in [1, 2, 16] {
+        let pool = ThreadPool::new(threads).unwrap();
+        for round in 0..4000 {
+            let bad = [0, 0, 3, 20, 200][round % 5];
+            let mut leaves = 0;
+            let budget = 1 + rng.below(300) as usize;
+            let tree = Tree::random(&mut rng, budget, bad, &mut leaves);
+            let runs: Vec<AtomicUsize> = (0..leaves).map(|_| AtomicUsize::new(0)).collect();
+            let token = parpool::CancelToken::new();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                parpool::Watch::new()
+                    .cancel_token(&token)
+                    .run(|| pool.install(|| tree.run(&runs, &token)))
+            }));
+            let ends = match outcome {
+                Ok(Ok(value)) => Ends::Value(value),
+                Ok(Err(stopped)) => {
+                    assert!(stopped.is_cancelled());
+                    Ends::Stop
+                }
+                Err(payload) => match payload.downcast::<LeafPanic>() {
+                    Ok(leaf) => Ends::Panic(leaf.0),
+                    Err(other) => panic!("round {round}: a foreign panic {other:?}"),
+                },
+            };
+            assert_eq!(ends, tree.expected(), "{threads} threads, round {round}");
+            for (id, count) in runs.iter().enumerate() {
+                assert_eq!(
+                    count.load(Ordering::SeqCst),
+                    1,
+                    "{threads} threads, round {round}: leaf {id} ran once"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn random_join_trees_end_as_join_says() {
+    in_child("random_join_trees", std::time::Duration::from_secs(300));
+}
+
+/// A result whose `Drop` panics.
+struct PanicsInDrop;
+
+impl Drop for PanicsInDrop {
+    fn drop(&mut self) {
+        panic!("drop of a's result");
+    }
+}
+
+/// `b` panics after `a` returned a value whose `Drop` panics: `b`'s panic reaches the
+/// caller, and the process does not abort (dropping `a`'s result while `b`'s panic
+/// unwinds would), whether `b` ran as a private frame, inline below the private frames,
+/// or on another worker.
+fn result_of_a_panics_in_drop() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let pool = ThreadPool::new(1).unwrap();
+    for levels in [0, 16] {
+        let message = panic_message(|| {
+            pool.install(|| nested(levels, || join(|| PanicsInDrop, || panic!("b"))));
+        });
+        assert_eq!(message, "b", "{levels} levels");
+    }
+    // `b` stolen: `a` returns only once `b` runs on the other worker.
+    let pool = ThreadPool::new(2).unwrap();
+    for _ in 0..20 {
+        let b_started = std::sync::atomic::AtomicBool::new(false);
+        let message = panic_message(|| {
+            pool.install(|| {
+                join(
+                    || {
+                        while !b_started.load(Ordering::SeqCst) {
+                            std::hint::spin_loop();
+                        }
+                        PanicsInDrop
+                    },
+                    || {
+                        b_started.store(true, Ordering::SeqCst);
+                        panic!("stolen b")
+                    },
+                )
+            });
+        });
+        assert_eq!(message, "stolen b");
+    }
+    assert_all_workers_serve(&pool);
+}
+
+#[test]
+fn a_result_that_panics_in_drop_does_not_abort_a_join_whose_b_panicked() {
+    in_child(
+        "result_of_a_panics_in_drop",
+        std::time::Duration::from_secs(120),
+    );
+}
+
+/// `a` waits (in an `install` into another pool, a wait that runs its own pool's jobs
+/// meanwhile) for something only `b` does. A `join` that made a frame publishes `b` when
+/// its worker waits, so the waiting worker (or an idle one) runs it; a `join` run as two
+/// plain calls (8 or more levels deep on one thread) has recorded nothing, so `b` can
+/// only run after `a` returns: without the deadline below, it never would.
+fn a_waits_for_its_own_b() {
+    let pool = ThreadPool::new(1).unwrap();
+    let other = ThreadPool::new(1).unwrap();
+    for levels in [0, 16] {
+        let b_ran = std::sync::atomic::AtomicBool::new(false);
+        let ((), ()) = pool.install(|| {
+            nested(levels, || {
+                join(
+                    || {
+                        other.install(|| {
+                            let deadline =
+                                std::time::Instant::now() + std::time::Duration::from_secs(10);
+                            while !b_ran.load(Ordering::SeqCst)
+                                && std::time::Instant::now() < deadline
+                            {
+                                std::thread::yield_now();
+                            }
+                            assert!(
+                                b_ran.load(Ordering::SeqCst),
+                                "{levels} levels: b did not run while a waited for it"
+                            );
+                        });
+                    },
+                    || b_ran.store(true, Ordering::SeqCst),
+                )
+            })
+        });
+    }
+}
+
+#[test]
+#[ignore = "fails since inline joins (d78e611): a join deep in a recursion records nothing, \
+            so a wait in `a` cannot hand `b` to anyone; see /work/notes/review-join.md"]
+fn a_join_whose_a_waits_for_its_own_b_finishes() {
+    in_child("a_waits_for_its_own_b", std::time::Duration::from_secs(60));
+}
+
+/// Runs `f` on `pool`'s worker under `levels` nested waits: each level is a `scope`
+/// whose wait runs the next level's spawn.
+fn under_waits<R: Send>(pool: &ThreadPool, levels: u32, f: impl FnOnce() -> R + Send) -> R {
+    if levels == 0 {
+        return f();
+    }
+    let mut result = None;
+    pool.scope(|s| {
+        s.spawn(|_| result = Some(under_waits(pool, levels - 1, f)));
+    });
+    result.unwrap()
+}
+
+/// A worker of `pool` installs a job into `other` that waits for a task of `pool`:
+/// shallow, the installing worker runs `pool`'s jobs while it waits, the task among
+/// them. Beyond the nesting limit (16 waits) the installing worker blocks instead, and
+/// on a one-thread `pool` nobody is left to run the task.
+fn cross_pool_cycle_deep_in_waits() {
+    let pool = ThreadPool::new(1).unwrap();
+    let other = ThreadPool::new(1).unwrap();
+    for levels in [0, 8, 20] {
+        let value = pool.install(|| {
+            under_waits(&pool, levels, || {
+                other.install(|| pool.submit(|| 7).get().unwrap())
+            })
+        });
+        assert_eq!(value, 7, "{levels} levels");
+        println!("{levels} levels: done");
+    }
+}
+
+#[test]
+#[ignore = "hangs (not since inline joins: a limit of nested waits); see \
+            /work/notes/review-join.md"]
+fn a_cross_pool_cycle_deep_in_waits_finishes() {
+    in_child(
+        "cross_pool_cycle_deep_in_waits",
+        std::time::Duration::from_secs(30),
+    );
+}
+
+/// Random `join` trees (with panics) run under 20 nested `scope` waits, where a wait for
+/// a stolen `b` half runs only its own deque and then sleeps on its latch: every leaf runs
+/// once and the tree ends as `join`'s rules say, on one thread and on two.
+fn random_join_trees_deep_in_waits() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut rng = Rng::from_env_or_clock();
+    for threads in [1, 2] {
+        let pool = ThreadPool::new(threads).unwrap();
+        for round in 0..1500 {
+            let mut leaves = 0;
+            let budget = 1 + rng.below(300) as usize;
+            let tree = Tree::random(&mut rng, budget, [0, 20][round % 2], &mut leaves);
+            let runs: Vec<AtomicUsize> = (0..leaves).map(|_| AtomicUsize::new(0)).collect();
+            let token = parpool::CancelToken::new();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                parpool::Watch::new()
+                    .cancel_token(&token)
+                    .run(|| pool.install(|| under_waits(&pool, 20, || tree.run(&runs, &token))))
+            }));
+            let ends = match outcome {
+                Ok(Ok(value)) => Ends::Value(value),
+                Ok(Err(_)) => Ends::Stop,
+                Err(payload) => Ends::Panic(payload.downcast::<LeafPanic>().unwrap().0),
+            };
+            assert_eq!(ends, tree.expected(), "{threads} threads, round {round}");
+            assert!(
+                runs.iter().all(|count| count.load(Ordering::SeqCst) == 1),
+                "{threads} threads, round {round}: every leaf ran once"
+            );
+        }
+    }
+}
+
+#[test]
+fn random_join_trees_deep_in_waits_end_as_join_says() {
+    in_child(
+        "random_join_trees_deep_in_waits",
+        std::time::Duration::from_secs(300),
+    );
+}
+
+/// A `scope`'s spawned job panics after the body returned a value whose `Drop` panics:
+/// the spawn's panic reaches the caller, and the process does not abort (dropping the
+/// value while that panic unwinds would).
+fn scope_value_panics_in_drop() {
+    std::panic::set_hook(Box::new(|_| {}));
+    for threads in [1, 2] {
+        let pool = ThreadPool::new(threads).unwrap();
+        let message = panic_message(|| {
+            pool.scope(|s| {
+                s.spawn(|_| panic!("spawned job"));
+                PanicsInDrop
+            });
+        });
+        assert_eq!(message, "spawned job", "{threads} threads");
+        assert_all_workers_serve(&pool);
+    }
+}
+
+#[test]
+fn a_scope_value_that_panics_in_drop_does_not_abort_a_scope_whose_spawn_panicked() {
+    in_child(
+        "scope_value_panics_in_drop",
+        std::time::Duration::from_secs(60),
+    );
 }

@@ -7,6 +7,8 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/nested.rs"]
+mod nested;
 
 use std::hint::black_box;
 use std::panic::{self, AssertUnwindSafe};
@@ -64,6 +66,10 @@ scenarios!(
     stress_random_cancels_one_and_many_threads,
     panic_handler_sees_no_stops,
     cancel_from_another_thread_stops_within_a_batch,
+    // Found by the adversarial review of inline joins.
+    join_loser_drop_panics_during_a_stop,
+    inline_joins_keep_their_watches,
+    scope_value_drop_panics_during_a_stop,
 );
 
 /// The child side: runs the scenario named in the environment.
@@ -1463,5 +1469,170 @@ fn cancel_from_another_thread_stops_within_a_batch() {
             worst <= bound,
             "{name}: {worst} items started after the cancel"
         );
+    }
+}
+
+/// A `join` result whose `Drop` panics.
+struct PanicsInDrop(&'static str);
+
+impl Drop for PanicsInDrop {
+    fn drop(&mut self) {
+        panic!("{}", self.0);
+    }
+}
+
+/// One half of a `join` is stopped while the other returned a value whose `Drop` panics
+/// (the loser, dropped by the `join`): that panic reaches the caller (a panic is never
+/// hidden behind a stop), and the process does not abort (dropping `a`'s result while
+/// `b`'s stop unwinds would). Whether the `join` made a frame (0 levels deep) or ran as
+/// two plain calls (16 levels deep, on one thread).
+fn join_loser_drop_panics_during_a_stop() {
+    let pool = ThreadPool::new(1).unwrap();
+    let stop_here = |token: &CancelToken| {
+        token.cancel();
+        black_box((0..1000u64).par_map(|x| x + 1));
+    };
+    for levels in [0, 16] {
+        let token = CancelToken::new();
+        let message = panic_of("b stopped", || {
+            Watch::new().cancel_token(&token).run(|| {
+                pool.install(|| {
+                    nested::nested(levels, || {
+                        drop(parpool::join(
+                            || PanicsInDrop("drop of a's result"),
+                            || stop_here(&token),
+                        ));
+                    });
+                })
+            })
+        });
+        assert_eq!(message, "drop of a's result", "{levels} levels, b stopped");
+        let token = CancelToken::new();
+        let message = panic_of("a stopped", || {
+            Watch::new().cancel_token(&token).run(|| {
+                pool.install(|| {
+                    nested::nested(levels, || {
+                        drop(parpool::join(
+                            || stop_here(&token),
+                            || PanicsInDrop("drop of b's result"),
+                        ));
+                    });
+                })
+            })
+        });
+        assert_eq!(message, "drop of b's result", "{levels} levels, a stopped");
+    }
+    assert_eq!(pool.map(0..100u32, |x| x * 2)[99], 198);
+}
+
+/// A `join` run as two plain calls (16 levels deep) whose `a` enters a nested run (which
+/// publishes the worker's private frames under the outer watch): `a`'s maps count in both
+/// watches, `b`'s only in the outer one, and a stop of the nested run's token ends that run
+/// alone, while one of the outer token inside the nested run stops `b` too. Whether the
+/// `join` ran inline or made a frame, on one thread and on two.
+fn inline_joins_keep_their_watches() {
+    const A: u64 = 300;
+    const B: u64 = 500;
+    for threads in [1, 2] {
+        let pool = ThreadPool::new(threads).unwrap();
+        for levels in [0, 16] {
+            for round in 0..20 {
+                let context = format!("{threads} threads, {levels} levels, round {round}");
+                let (outer, inner) = (Progress::new(), Progress::new());
+                let (outer_token, inner_token) = (CancelToken::new(), CancelToken::new());
+                // 0: nothing stopped; 1: the nested run's token; 2: the outer token.
+                let cancel = round % 3;
+                let mut nested_run = None;
+                let outcome = Watch::new()
+                    .progress(&outer)
+                    .cancel_token(&outer_token)
+                    .run(|| {
+                        pool.install(|| {
+                            nested::nested(levels, || {
+                                parpool::join(
+                                    || {
+                                        let ran = Watch::new()
+                                            .progress(&inner)
+                                            .cancel_token(&inner_token)
+                                            .run(|| {
+                                                let (x, y) = parpool::join(
+                                                    || (0..A).par_map(|x| x).len(),
+                                                    || (0..A).par_map(|x| x).len(),
+                                                );
+                                                match cancel {
+                                                    1 => inner_token.cancel(),
+                                                    2 => outer_token.cancel(),
+                                                    _ => {}
+                                                }
+                                                black_box((0..A).par_map(|x| x));
+                                                x + y
+                                            });
+                                        nested_run = Some(ran);
+                                    },
+                                    || (0..B).par_map(|x| x).len(),
+                                )
+                            })
+                        })
+                    });
+                let nested_run = nested_run.expect("a ran");
+                match cancel {
+                    0 => {
+                        assert_eq!(nested_run, Ok(2 * A as usize), "{context}");
+                        assert_eq!(outcome.map(|(_, b)| b), Ok(B as usize), "{context}");
+                        assert_eq!(inner.done(), 3 * A, "{context}");
+                        assert_eq!(outer.done(), 3 * A + B, "{context}");
+                    }
+                    1 => {
+                        assert!(nested_run.unwrap_err().is_cancelled(), "{context}");
+                        assert_eq!(outcome.map(|(_, b)| b), Ok(B as usize), "{context}");
+                        assert_eq!(inner.done(), 2 * A, "{context}");
+                        assert_eq!(outer.done(), 2 * A + B, "{context}");
+                    }
+                    _ => {
+                        assert!(nested_run.unwrap_err().is_cancelled(), "{context}");
+                        assert_eq!(inner.done(), 2 * A, "{context}");
+                        // `b` runs after `a` on one thread, so it is stopped before it
+                        // counts anything; on two it may have run (even to its end)
+                        // before the cancel.
+                        let done = outer.done();
+                        match outcome {
+                            Err(stopped) => {
+                                assert!(stopped.is_cancelled(), "{context}");
+                                assert!((2 * A..=2 * A + B).contains(&done), "{context}: {done}");
+                            }
+                            Ok((_, b)) => {
+                                assert!(threads > 1, "{context}: b was not stopped");
+                                assert_eq!((b, done), (B as usize, 2 * A + B), "{context}");
+                            }
+                        }
+                        if threads == 1 {
+                            assert_eq!(done, 2 * A, "{context}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A `scope`'s spawned job is stopped after the body returned a value whose `Drop`
+/// panics: that panic reaches the caller (a panic is never hidden behind a stop), and the
+/// process does not abort (dropping the value while the stop unwinds would).
+fn scope_value_drop_panics_during_a_stop() {
+    for threads in [1, 2] {
+        let pool = ThreadPool::new(threads).unwrap();
+        let token = CancelToken::new();
+        let message = panic_of("scope", || {
+            Watch::new().cancel_token(&token).run(|| {
+                drop(pool.scope(|s| {
+                    s.spawn(|_| {
+                        token.cancel();
+                        black_box((0..1000u64).par_map(|x| x + 1));
+                    });
+                    PanicsInDrop("drop of the body's value")
+                }));
+            })
+        });
+        assert_eq!(message, "drop of the body's value", "{threads} threads");
     }
 }

@@ -312,6 +312,35 @@ impl<F: FnOnce() + Send> Job for HeapJob<F> {
 /// The payload of a caught panic, to re-raise with `resume_unwind`.
 pub(crate) type Panic = Box<dyn Any + Send>;
 
+/// Whether `payload` is a watch's stop unwinding to its `run`, not a panic.
+pub(crate) fn is_stop(payload: &Panic) -> bool {
+    crate::watch::stopped_by(payload.as_ref()).is_some()
+}
+
+/// Resumes `payload`, the panic of one part of a fork (a `join`'s half, a `scope`'s body
+/// or spawns), once the other part is done with `other`: `b`'s outcome when `a` panicked,
+/// `a`'s result when `b` did, the scope body's value when a spawn did.
+#[cold]
+pub(crate) fn resume_winner<R>(payload: Panic, other: Outcome<R>) -> ! {
+    // The other part's result is dropped here, not by the unwind, so that a panic in its
+    // `Drop` (user code) counts as that part's panic instead of aborting the process.
+    let other = other.and_then(|result| catch(move || drop(result)));
+    // `payload` wins, unless it is only a watch's stop and the other part really panicked:
+    // a panic is never hidden behind a stop. The loser (whose `Drop` is user code) is
+    // dropped.
+    let payload = match other {
+        Err(panic) if is_stop(&payload) && !is_stop(&panic) => {
+            let _ = catch(move || drop(payload));
+            panic
+        }
+        other => {
+            let _ = catch(move || drop(other));
+            payload
+        }
+    };
+    panic::resume_unwind(payload)
+}
+
 /// The message of a panic payload created by `panic!` with a literal or a format string.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
     payload

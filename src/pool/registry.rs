@@ -13,22 +13,30 @@
 //!   another worker is idle, oldest frame first. A `join` that nobody needs to share
 //!   therefore costs a `Vec` push and pop and one relaxed load, not a deque push with its
 //!   fences. A worker that has to wait (for a stolen half, a scope, a task) publishes all of
-//!   its private frames first, so no work is ever hidden from idle workers while its owner
-//!   is blocked.
+//!   its private frames first, so that while it is blocked every frame it holds can be
+//!   taken (by an idle worker, or by the waiting worker itself, which runs its own deque
+//!   first). The `b` halves of the inline joins on its stack (below) are no frames: they
+//!   stay hidden until their `a` returns.
 //! - **Inline joins.** A worker keeps at most [`PRIVATE_FRAMES`] private frames. A `join`
 //!   made while it holds that many records nothing: it runs `a` and then `b` as plain calls,
 //!   after a thread-local read, a compare of two counters and the idle check. The frames it
 //!   holds are older, hence in a divide-and-conquer tree larger, than anything the new
 //!   `join` could offer. The idle check still runs at every `join`: when another worker is
 //!   idle, the oldest private frame is published and the `join` at hand takes the freed
-//!   place, so the private frames stay the oldest unshared halves of the worker's current
-//!   path (chili keeps the top three of its job queue in the same way, and shares them on a
-//!   heartbeat instead). fib(25) with a `join` at every level costs 40 instructions per
+//!   place (chili keeps the top three of its job queue in the same way, and shares them on
+//!   a heartbeat instead). The freed place goes to that `join`, not to the older inline
+//!   joins between the frames and it, whose `b` halves were never recorded: once the four
+//!   frames a worker held when it went inline have been handed out, idle workers get the
+//!   halves of the `join`s it makes next, deeper (smaller) than those hidden above them. fib(25) with a `join` at every level costs 40 instructions per
 //!   `join` on one thread (callgrind) against 60 when every `join` made a frame, and 19
 //!   for plain recursion. The cost: a `b` half made while four older ones are private never
 //!   moves to another worker, only the `join`s inside it can; a tree whose upper halves are
 //!   small and whose large halves lie deeper shares less than it would with a frame per
-//!   `join`.
+//!   `join`. Nor can a wait inside `a` hand such a `b` to anyone: a `join` whose `a` waits
+//!   for something only its `b` does (an `install` into another pool that waits for it,
+//!   say) hangs when it runs inline, where a frame's `b` is published by the wait and run
+//!   (`a_join_whose_a_waits_for_its_own_b_finishes`, ignored, in `tests/pool.rs`). The
+//!   docs of `join` forbid that.
 //!
 //! Published frames always form a prefix of the frame list (oldest first), which keeps the
 //! deque's order consistent with the stack: when a `join` returns from `a`, its frame is the
@@ -513,9 +521,9 @@ impl WorkerThread {
 
     /// Whether a new `join` records its `b` half as a frame (true) or runs both halves as
     /// plain calls (false): the worker already holds [`PRIVATE_FRAMES`] private frames,
-    /// which are older, hence at least as large, as anything this `join` could offer. An
-    /// idle worker is served first: the oldest private frame is published, and this `join`
-    /// takes the freed place.
+    /// which are older, hence in a balanced tree larger, than anything this `join` could
+    /// offer. An idle worker is served first: the oldest private frame is published, and
+    /// this `join` takes the freed place.
     #[inline]
     pub(crate) fn wants_frame(&self) -> bool {
         // SAFETY: as in `push_frame`.
@@ -818,7 +826,119 @@ impl WorkerThread {
 #[cfg(all(test, not(parpool_loom)))]
 mod test {
     use super::super::ThreadPool;
-    use crate::sync::Ordering;
+    use super::{PRIVATE_FRAMES, WorkerThread};
+    use crate::sync::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// The most private frames [`check_frames`] saw on a worker.
+    static MOST_PRIVATE: AtomicUsize = AtomicUsize::new(0);
+
+    /// The frame list of the current worker, if any, is as "Private join frames" says: its
+    /// published frames are a prefix of it, and at most [`PRIVATE_FRAMES`] are private.
+    /// Returns the list's length.
+    fn check_frames() -> usize {
+        let Some(worker) = WorkerThread::current() else {
+            return 0;
+        };
+        // SAFETY: this thread's own list, not borrowed across the call.
+        let len = unsafe { (*worker.frames.get()).len() };
+        let published = worker.published.get();
+        assert!(
+            published <= len,
+            "{published} frames published out of {len}"
+        );
+        assert!(
+            len - published <= PRIVATE_FRAMES,
+            "{} private frames",
+            len - published
+        );
+        MOST_PRIVATE.fetch_max(len - published, Ordering::Relaxed);
+        len
+    }
+
+    /// xorshift64*, for reproducible random shapes.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32
+    }
+
+    /// A random recursion of `join`s with the things that publish frames or start jobs
+    /// in between (a `scope` and its spawns, a task's `get`, an `install` into another
+    /// pool, a nested watch); checks the frame list at every step. Returns how many leaves
+    /// it ran. Inside `other` it only joins: a job of `other` that waited for `pool` could
+    /// deadlock a `pool` worker that waits for `other` beyond the nesting limit.
+    fn walk(pool: &Arc<ThreadPool>, other: Option<&ThreadPool>, seed: u64, depth: u32) -> u64 {
+        let mut state = seed | 1;
+        let before = check_frames();
+        let leaves = match next(&mut state) % 16 {
+            _ if depth == 0 => 1,
+            0 if other.is_some() => {
+                let spawned = AtomicUsize::new(0);
+                let here = pool.scope(|s| {
+                    s.spawn(|_| {
+                        let leaves = walk(pool, other, seed ^ 0x55, depth - 1);
+                        spawned.fetch_add(leaves as usize, Ordering::Relaxed);
+                    });
+                    walk(pool, other, seed ^ 0xAA, depth - 1)
+                });
+                here + spawned.load(Ordering::Relaxed) as u64
+            }
+            1 if other.is_some() => {
+                let task_seed = next(&mut state);
+                let task = {
+                    let for_task = Arc::clone(pool);
+                    pool.submit(move || walk(&for_task, None, task_seed, depth - 1))
+                };
+                walk(pool, other, next(&mut state), depth - 1) + task.get().unwrap()
+            }
+            2 => match other {
+                Some(other) => other.install(|| walk(pool, None, next(&mut state), depth - 1)),
+                None => walk(pool, other, next(&mut state), depth - 1),
+            },
+            3 => crate::Watch::new()
+                .run(|| walk(pool, other, next(&mut state), depth - 1))
+                .unwrap(),
+            _ => {
+                let (left, right) = (next(&mut state), next(&mut state));
+                // Spines: one half a single leaf.
+                let (left_depth, right_depth) = match right % 3 {
+                    0 => (depth - 1, 0),
+                    1 => (0, depth - 1),
+                    _ => (depth - 1, depth - 1),
+                };
+                let (a, b) = crate::join(
+                    || walk(pool, other, left, left_depth),
+                    || walk(pool, other, right, right_depth),
+                );
+                a + b
+            }
+        };
+        assert_eq!(check_frames(), before, "the frames made below were popped");
+        leaves
+    }
+
+    /// Random recursions on pools of 1, 2 and 4 threads (another pool's install in
+    /// between): the frame list keeps its invariants at every step, and is empty again
+    /// when a job ends.
+    #[test]
+    fn frame_list_keeps_its_invariants() {
+        for threads in [1, 2, 4] {
+            let pool = Arc::new(ThreadPool::new(threads).unwrap());
+            let other = ThreadPool::new(2).unwrap();
+            for round in 0..100u64 {
+                let seed = round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let leaves = pool.install(|| {
+                    assert_eq!(check_frames(), 0);
+                    walk(&pool, Some(&other), seed, 24)
+                });
+                assert!(leaves > 0);
+            }
+        }
+        // The recursions went deep enough for `join`s to run inline.
+        assert_eq!(MOST_PRIVATE.load(Ordering::Relaxed), PRIVATE_FRAMES);
+    }
 
     /// Starting a pool of `n` workers (every one idle from the start) must not make each
     /// search all `n` deques: before, every worker probed every other deque in each of its

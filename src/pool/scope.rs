@@ -27,11 +27,10 @@ use std::sync::Arc;
 use crossbeam_deque::Injector;
 
 use super::ThreadPool;
-use super::job::{HeapJob, JobRef, Panic, catch};
+use super::job::{HeapJob, JobRef, Panic, catch, is_stop, resume_winner};
 use super::latch::{CountLatch, Latch};
 use super::registry::{ForkedJobs, Registry, WorkerThread, pop};
 use crate::sync::{Mutex, lock};
-use crate::watch::stopped_by;
 
 /// A scope in which [`spawn`](Scope::spawn)ed jobs may borrow data that outlives the
 /// scope; created by [`scope`] or [`ThreadPool::scope`].
@@ -74,7 +73,9 @@ pub struct Scope<'scope> {
 ///
 /// If `op` or any spawned job panics, `scope` panics with the first payload, after every
 /// job has finished. Inside a [`Watch`](crate::Watch), a panic wins over a stop: the block
-/// is stopped only if nothing in the scope panicked.
+/// is stopped only if nothing in the scope panicked. A value `op` returned is dropped
+/// before `scope` panics; a panic in its `Drop` does not abort the process, and is the
+/// payload only where the scope was merely stopped.
 ///
 /// # Examples
 ///
@@ -107,7 +108,9 @@ where
         scope.latch.wait(&scope.forked);
         let panic = lock(&scope.panic).take();
         match (panic, outcome) {
-            (Some(payload), _) => std::panic::resume_unwind(payload),
+            // The body's value is dropped before the unwind, not by it (see
+            // `resume_winner`).
+            (Some(payload), outcome) => resume_winner(payload, Ok(outcome)),
             (None, Some(value)) => value,
             (None, None) => unreachable!("a scope body panicked without recording it"),
         }
@@ -179,7 +182,6 @@ impl<'scope> Scope<'scope> {
         match catch(f) {
             Ok(value) => Some(value),
             Err(payload) => {
-                let is_stop = |payload: &Panic| stopped_by(payload.as_ref()).is_some();
                 let mut recorded = lock(&self.panic);
                 let replace = match &*recorded {
                     None => true,
