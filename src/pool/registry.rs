@@ -27,16 +27,15 @@
 //!   a heartbeat instead). The freed place goes to that `join`, not to the older inline
 //!   joins between the frames and it, whose `b` halves were never recorded: once the four
 //!   frames a worker held when it went inline have been handed out, idle workers get the
-//!   halves of the `join`s it makes next, deeper (smaller) than those hidden above them. fib(25) with a `join` at every level costs 40 instructions per
-//!   `join` on one thread (callgrind) against 60 when every `join` made a frame, and 19
-//!   for plain recursion. The cost: a `b` half made while four older ones are private never
-//!   moves to another worker, only the `join`s inside it can; a tree whose upper halves are
-//!   small and whose large halves lie deeper shares less than it would with a frame per
-//!   `join`. Nor can a wait inside `a` hand such a `b` to anyone: a `join` whose `a` waits
-//!   for something only its `b` does (an `install` into another pool that waits for it,
-//!   say) hangs when it runs inline, where a frame's `b` is published by the wait and run
-//!   (`a_join_whose_a_waits_for_its_own_b_finishes`, ignored, in `tests/pool.rs`). The
-//!   docs of `join` forbid that.
+//!   halves of the `join`s it makes next, deeper (smaller) than those hidden above them.
+//!   fib(25) with a `join` at every level costs 40 instructions per `join` on one thread
+//!   (callgrind) against 60 when every `join` made a frame, and 19 for plain recursion.
+//!   The cost: a `b` half made while four older ones are private never moves to another
+//!   worker, only the `join`s inside it can; a tree whose upper halves are small and whose
+//!   large halves lie deeper shares less than it would with a frame per `join`. Nor can a
+//!   wait inside `a` hand such a `b` to anyone: a `join` whose `a` waits for something
+//!   only its `b` does (an `install` into another pool that waits for it, say) hangs when
+//!   it runs inline. The docs of `join` forbid that, as rayon's do.
 //!
 //! Published frames always form a prefix of the frame list (oldest first), which keeps the
 //! deque's order consistent with the stack: when a `join` returns from `a`, its frame is the
