@@ -92,7 +92,6 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-use super::iter::Results;
 use super::sample::Stopwatch;
 use crate::pool::{Panic, Registry, SPIN_HINT_ROUNDS, Wait, WaitLatch, catch, snooze};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
@@ -693,7 +692,7 @@ where
             let data = self.window.data(token);
             // If `next()` panics here, the items pulled so far stay in this free slot until
             // `Drop` clears it.
-            data.input.map_batch(&mut self.input, &|item| item, size);
+            data.input.extend(self.input.by_ref().take(size));
             if data.input.len() < size {
                 self.pulling = Pulling::Closed;
                 if data.input.is_empty() {
