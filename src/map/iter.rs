@@ -8,9 +8,9 @@
 //! chunk that ran cheap hands the input back (see [`run_window`]): the feeder pauses, and
 //! the calling thread maps alone again until items prove expensive once more; the next
 //! hand-over then keeps one chunk per thread in flight until a chunk confirms that the
-//! items are expensive. The closure
-//! may borrow: the window only keeps a raw pointer to it, and the call does not return,
-//! normally or by unwinding, before every chunk has come back.
+//! items are expensive. The closure may borrow: the window only keeps a raw pointer to
+//! it, and the call does not return, normally or by unwinding, before every chunk has
+//! come back.
 //!
 //! A call captures the watch in force when it starts (see `watch.rs`): it checks it before
 //! the first item and before each sampling batch, counts the items it maps, and hands it to
