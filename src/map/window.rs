@@ -690,6 +690,7 @@ where
     }
 
     /// [`fill`](Feeder::fill), leaving at most `limit` chunks outstanding.
+    #[inline]
     pub(crate) fn fill_up_to(&mut self, limit: usize) {
         if self.window.stop_seq.load(Ordering::Relaxed) != usize::MAX {
             self.pulling = Pulling::Closed;
