@@ -532,6 +532,7 @@ fn fib_rayon(n: u64) -> u64 {
 /// | `coarse_1k_100us` | `par_map`, 1k items × ~100 µs |
 /// | `tiny_1k` | `par_map`, 1k trivial items (from outside any pool) |
 /// | `plain_iter_1m` | ordered `map` over an iterator without a size hint, 1M trivial |
+/// | `lines_1m` | ordered `map` over `str::lines()`, 1M short lines, `str::len` |
 /// | `fib_30` | fib(30) with a `join` at every level |
 fn shapes(c: &mut Criterion) {
     fn case<T: Send + Sync, R: Send>(
@@ -631,6 +632,27 @@ fn shapes(c: &mut Criterion) {
                     .par_bridge()
                     .map(|x| x * 2 + 1)
                     .collect::<Vec<u64>>()
+            })
+        })
+    });
+    // The optimiser sees through `plain`, and the calling thread's bounded batches
+    // vectorise it; `lines()` it cannot, and pulling a line costs more than mapping it.
+    let text: String = (0..1_000_000u64)
+        .map(|i| format!("{}\n", i * 7919 % 100_003))
+        .collect();
+    group.bench_function("lines_1m/sequential", |b| {
+        b.iter(|| text.lines().map(str::len).collect::<Vec<usize>>())
+    });
+    group.bench_function("lines_1m/parpool", |b| {
+        b.iter(|| pool.map(text.lines(), str::len))
+    });
+    group.bench_function("lines_1m/rayon", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                text.lines()
+                    .par_bridge()
+                    .map(str::len)
+                    .collect::<Vec<usize>>()
             })
         })
     });

@@ -470,6 +470,48 @@ fn panic_at_item_k_is_reraised_and_the_pool_keeps_serving() {
 }
 
 #[test]
+fn panic_in_next_is_reraised_and_every_item_and_result_is_dropped() {
+    // The input's `next()` panics at item k, while the calling thread maps alone (trivial
+    // items) or while it feeds the pool (the first 40 items sleep 50 µs: handed over at
+    // once), in the middle of a batch or a chunk: items pulled and results made so far are
+    // all dropped, once, and the pool keeps serving.
+    let live = Arc::new(AtomicIsize::new(0));
+    let pool = pool(2);
+    for (slow, k) in [
+        (0, 0),
+        (0, 1),
+        (0, 777),
+        (0, 20_000),
+        (40, 3),
+        (40, 100),
+        (40, 2_000),
+    ] {
+        let source = live.clone();
+        let mut next = 0;
+        let input = std::iter::from_fn(move || {
+            assert!(next != k, "boom in next at {k}");
+            next += 1;
+            Some(Tracked::new(&source, next - 1))
+        });
+        let message = panic_message(|| {
+            drop(pool.map(input, |t| {
+                if t.value < slow {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                Tracked::new(&t.live, t.value * 2)
+            }))
+        });
+        assert_eq!(message, format!("boom in next at {k}"));
+        assert_eq!(
+            live.load(Ordering::SeqCst),
+            0,
+            "{slow} slow items, panic at {k}"
+        );
+    }
+    assert_eq!(pool.map(0..3u64, |x| x + 1), [1, 2, 3]);
+}
+
+#[test]
 fn try_map_stops_pulling_after_the_first_error() {
     let pool = pool(2);
     let pulled = AtomicUsize::new(0);

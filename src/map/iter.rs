@@ -6,9 +6,11 @@
 //! `window.rs`): it pulls the input (so the iterator itself need not be `Send`), submits
 //! chunks, runs chunks itself while it waits, and appends the results in input order. A
 //! chunk that ran cheap hands the input back (see [`run_window`]): the feeder pauses, and
-//! the calling thread maps alone again until items prove expensive once more. The closure
-//! may borrow: the window only keeps a raw pointer to it, and the call does not return,
-//! normally or by unwinding, before every chunk has come back.
+//! the calling thread maps alone again until items prove expensive once more; the next
+//! hand-over then keeps one chunk per thread in flight until a chunk confirms that the
+//! items are expensive. The closure may borrow: the window only keeps a raw pointer to
+//! it, and the call does not return, normally or by unwinding, before every chunk has
+//! come back.
 //!
 //! A call captures the watch in force when it starts (see `watch.rs`): it checks it before
 //! the first item and before each sampling batch, counts the items it maps, and hands it to
@@ -82,10 +84,10 @@ pub(crate) const ITEM_HAND_BACK_NS: f64 = ITEM_PARALLEL_MIN_NS / 2.0;
 
 /// The longest run of expensive sample windows a hand-over may wait for (see
 /// [`HandOver::handed_back`]): 1024 windows, ~4 ms of the caller's own mapping. A false
-/// hand-over costs at most the chunks in flight when the first cheap chunk comes back
-/// (`WINDOW_PER_THREAD` chunks of `CHUNK_NS` per thread, ~0.2 ms each at worst), so
-/// with false hand-overs at most every ~4 ms they cost a few percent; and items that
-/// really became expensive reach the pool within that time.
+/// hand-over after a hand-back costs the chunks in flight when the first cheap chunk comes
+/// back (one chunk of `CHUNK_NS` per thread, see [`run_window`]), so with false hand-overs
+/// at most every ~4 ms they cost a few percent; and items that really became expensive
+/// reach the pool within that time.
 const MAX_HAND_OVER_STREAK: u32 = 1024;
 
 /// When the calling thread hands its items to the pool: once `needed` sample windows in a
@@ -165,7 +167,7 @@ where
     F: Fn(I::Item) -> R,
 {
     move |batch| {
-        let mapped = extend_batch(input, f, out, batch);
+        let mapped = out.map_batch(input, f, batch);
         (mapped, mapped == batch)
     }
 }
@@ -204,35 +206,82 @@ pub(crate) fn start_watched<I: Iterator>(watch: Option<&Active>, input: I) -> I 
     input
 }
 
-/// Maps up to `batch` items of `input` into `out`; returns how many. A function of its own
-/// (not inlined into the sampling loop) so that the compiler sees `input` and `out` as the
-/// unaliased references they are and keeps the iterator's state in registers: inlined
-/// through the closure, the loop ran ~1.5 times slower than a plain `collect`.
-#[inline(never)]
-fn extend_batch<I, R, F>(input: &mut I, f: &F, out: &mut impl Results<R>, batch: usize) -> usize
-where
-    I: Iterator,
-    F: Fn(I::Item) -> R,
-{
-    let before = out.count();
-    out.extend(input.by_ref().take(batch).map(f));
-    out.count() - before
-}
-
 /// Where [`extend_run`] puts results: a vector (`map`) or a queue (`imap`).
-pub(crate) trait Results<R>: Extend<R> {
-    fn count(&self) -> usize;
+///
+/// `map_batch` is a function of its own (not inlined into the sampling loop) so that the
+/// compiler sees `input` and the results as the unaliased references they are and keeps
+/// the iterator's state in registers: inlined through the closure, the loop ran ~1.5 times
+/// slower than a plain `collect`.
+pub(crate) trait Results<R> {
+    /// Maps up to `batch` items of `input` with `f` onto the end; returns how many (fewer
+    /// only if the input ended).
+    fn map_batch<I, F>(&mut self, input: &mut I, f: &F, batch: usize) -> usize
+    where
+        I: Iterator,
+        F: Fn(I::Item) -> R;
 }
 
 impl<R> Results<R> for Vec<R> {
-    fn count(&self) -> usize {
-        self.len()
+    /// Reserves room for the whole batch first and writes each result into it, so the
+    /// loop has one bound, the batch (which the iterator cannot give `collect`), and no
+    /// capacity check or length store per item. Callgrind, 1M trivial items from an
+    /// iterator without a size hint (issue 11): `Vec::extend` over `take(batch)` cost 16.4
+    /// instructions per item, where the whole sequential `collect` costs 11.5; this loop
+    /// costs 4.7 (over a counting `from_fn`, which the bounded loop vectorises), and 14.1
+    /// over an iterator the optimiser cannot see through (its `collect`: 14.5). The room
+    /// reserved past the input's end is at most one batch: what a sample window maps.
+    #[inline(never)]
+    fn map_batch<I, F>(&mut self, input: &mut I, f: &F, batch: usize) -> usize
+    where
+        I: Iterator,
+        F: Fn(I::Item) -> R,
+    {
+        self.reserve(batch);
+        let start = self.len();
+        let mut filled = FilledTo {
+            len: start,
+            vec: self,
+        };
+        for place in &mut filled.vec.spare_capacity_mut()[..batch] {
+            let Some(item) = input.next() else {
+                break;
+            };
+            place.write(f(item));
+            filled.len += 1;
+        }
+        filled.len - start
     }
 }
 
 impl<R> Results<R> for std::collections::VecDeque<R> {
-    fn count(&self) -> usize {
-        self.len()
+    #[inline(never)]
+    fn map_batch<I, F>(&mut self, input: &mut I, f: &F, batch: usize) -> usize
+    where
+        I: Iterator,
+        F: Fn(I::Item) -> R,
+    {
+        let before = self.len();
+        self.extend(input.by_ref().take(batch).map(f));
+        self.len() - before
+    }
+}
+
+/// A vector whose results up to `len` are written: its length is set to `len` when this
+/// is dropped, at the end of the batch or while a panic in `next()` or in the closure
+/// unwinds (the results already written are then dropped with the vector, none leaks).
+struct FilledTo<'a, R> {
+    vec: &'a mut Vec<R>,
+    /// The vector's length, plus the places after it written so far, in order.
+    len: usize,
+}
+
+impl<R> Drop for FilledTo<'_, R> {
+    fn drop(&mut self) {
+        // SAFETY: `len` starts at the vector's length and grows by one only after the next
+        // place of its spare capacity (index `len`, within the capacity reserved for the
+        // batch) was written; the vector was not touched otherwise meanwhile (it is
+        // borrowed by this guard). So the first `len` places are initialised.
+        unsafe { self.vec.set_len(self.len) };
     }
 }
 
@@ -263,12 +312,25 @@ trait Collect<O> {
 /// trivial items over costs more than mapping them (2.3 times the sequential time on 1M
 /// trivial items, issue 11).
 ///
+/// If the pool has handed these items back before (`doubted`), this hand-over is confirmed
+/// before it costs a whole window: until a chunk has come back measured at or above
+/// `hand_back_below_ns`, the feeder keeps one chunk per thread in flight, not the whole
+/// window, and a false hand-over maps those chunks through the pool instead of
+/// [`WINDOW_PER_THREAD`] times as many. Items whose pulling is what costs (a `lines()`
+/// over 1M short lines, issue 11: ~25 ns an item on the caller's path, 30–40 ns on the
+/// pool's) hand over again every few ms, each time with 15–120k items when the window
+/// filled at once: 1.1–1.3 times the sequential time, 1.05–1.1 with the confirmation (at
+/// load 3). A first hand-over fills the window at once: nothing says it is false yet, and
+/// with fewer chunks queued the feeder, which runs queued chunks while it waits, runs out
+/// of them whenever a worker holding the oldest chunk is descheduled.
+///
 /// If the call's watch stops it, returns why once no chunk runs any more (a chunk's panic
 /// wins over the stop: it is re-raised).
 fn run_window<I, Op>(
     feeder: &mut Feeder<I, Op>,
     collect: &mut impl Collect<Op::Output>,
     hand_back_below_ns: f64,
+    doubted: bool,
 ) -> Result<Option<f64>, Stopped>
 where
     I: Iterator,
@@ -276,11 +338,17 @@ where
     Op: ChunkOp<I::Item>,
 {
     let mut cheap = None;
+    let mut confirmed = !doubted;
     loop {
         // Checked before pulling more input (none is pulled after a stop) and after each
         // chunk arrives (no result that arrives after it is kept).
         if feeder.stopped().is_none() {
-            feeder.fill();
+            let limit = if confirmed {
+                usize::MAX
+            } else {
+                feeder.threads()
+            };
+            feeder.fill_up_to(limit);
         }
         let Some(mut token) = feeder.next_results(true) else {
             return match feeder.stopped() {
@@ -297,11 +365,13 @@ where
             return Err(stopped);
         }
         if cheap.is_none() {
-            cheap = feeder
-                .cost_per_item(&mut token)
-                .filter(|&ns| ns < hand_back_below_ns);
-            if cheap.is_some() {
-                feeder.pause();
+            match feeder.cost_per_item(&mut token) {
+                Some(ns) if ns < hand_back_below_ns => {
+                    cheap = Some(ns);
+                    feeder.pause();
+                }
+                Some(_) => confirmed = true,
+                None => {}
             }
         }
         let (output, _, _) = feeder.slot(&mut token);
@@ -392,7 +462,7 @@ where
             true,
             active,
         );
-        if let Err(stopped) = run_window(&mut feeder, &mut IntoVec(&mut out), 0.0) {
+        if let Err(stopped) = run_window(&mut feeder, &mut IntoVec(&mut out), 0.0, false) {
             // The input not yet pulled and the results so far are dropped before this unwinds.
             drop(feeder);
             watch::unwind_after_dropping(stopped, (input, out));
@@ -400,6 +470,7 @@ where
         return out;
     }
     let (mut probe, mut hand_over) = (CostProbe::new(), HandOver::new());
+    let mut doubted = false;
     loop {
         let mut stopped = None;
         let run = watched_run(
@@ -417,9 +488,15 @@ where
         let chunk = ChunkSize::Auto { per_item_ns };
         let (registry, watch) = (Arc::clone(&registry), active.clone());
         let mut feeder = Feeder::new(RawOp { f }, slots, registry, &mut input, chunk, true, watch);
-        match run_window(&mut feeder, &mut IntoVec(&mut out), ITEM_HAND_BACK_NS) {
+        match run_window(
+            &mut feeder,
+            &mut IntoVec(&mut out),
+            ITEM_HAND_BACK_NS,
+            doubted,
+        ) {
             Ok(Some(cheap_ns)) => {
                 (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
+                doubted = true;
             }
             Ok(None) => break,
             Err(stopped) => {
@@ -449,6 +526,7 @@ where
     };
     let slots = window_size(&registry);
     let (mut probe, mut hand_over) = (CostProbe::new(), HandOver::new());
+    let mut doubted = false;
     loop {
         let mut stopped = None;
         let run = watched_run(active.as_ref(), &mut stopped, |batch| {
@@ -473,9 +551,10 @@ where
         let chunk = ChunkSize::Auto { per_item_ns };
         let watch = active.clone();
         let mut feeder = Feeder::new(op, slots, registry, &mut input, chunk, true, watch);
-        match run_window(&mut feeder, &mut collect, ITEM_HAND_BACK_NS) {
+        match run_window(&mut feeder, &mut collect, ITEM_HAND_BACK_NS, doubted) {
             Ok(Some(cheap_ns)) => {
                 (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
+                doubted = true;
             }
             Ok(None) => break,
             Err(stopped) => {
@@ -654,6 +733,8 @@ where
 
 #[cfg(test)]
 mod test {
+    use std::time::{Duration, Instant};
+
     use super::*;
 
     #[test]
@@ -678,36 +759,158 @@ mod test {
         assert_eq!(waited + 1, MAX_HAND_OVER_STREAK as usize);
     }
 
-    /// Maps `0..` up to `end` (then `None`, then more items: not fused) in chunks of 10
-    /// through a window whose every chunk counts as cheap; returns the results, what the
-    /// window returned, and the next item the input gives.
-    fn pause_after_first_chunk(end: u64) -> (Vec<u64>, Option<f64>, Option<u64>) {
+    /// Counts the live values made by [`Live::new`].
+    struct Live<'a>(&'a std::cell::Cell<isize>, u64);
+
+    impl<'a> Live<'a> {
+        fn new(live: &'a std::cell::Cell<isize>, value: u64) -> Self {
+            live.set(live.get() + 1);
+            Live(live, value)
+        }
+    }
+
+    impl Drop for Live<'_> {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() - 1);
+        }
+    }
+
+    #[test]
+    fn map_batch_appends_at_most_a_batch_and_stops_at_the_first_none() {
+        // Not fused: after item 5 comes `None`, then more items, which the batch that met
+        // the end must not pull.
         let mut next = 0;
         let mut input = std::iter::from_fn(|| {
             next += 1;
-            (next - 1 != end).then_some(next - 1)
+            (next != 6).then_some(next)
         });
-        let mut out = Vec::new();
+        let mut out = vec![0];
+        assert_eq!(out.map_batch(&mut input, &|x| x * 10, 3), 3);
+        assert_eq!(out.map_batch(&mut input, &|x| x * 10, 0), 0);
+        assert_eq!(
+            out.map_batch(&mut input, &|x| x * 10, 3),
+            2,
+            "the input ended"
+        );
+        assert_eq!(out, [0, 10, 20, 30, 40, 50]);
+        assert_eq!(input.next(), Some(7), "nothing pulled after the `None`");
+        let mut units = Vec::new();
+        assert_eq!(units.map_batch(&mut (0..5), &|_| (), 8), 5);
+        assert_eq!(units.len(), 5);
+    }
+
+    #[test]
+    fn map_batch_keeps_and_later_drops_every_result_written_before_a_panic() {
+        let live = std::cell::Cell::new(0);
+        let make = |x| Live::new(&live, x);
+        // A panic in the closure at the 5th item, then in `next()` at the 5th item: the
+        // four results written before it are in the vector, and nothing leaks.
+        for in_next in [false, true] {
+            let mut out = vec![Live::new(&live, 100)];
+            let mut pulled = 0;
+            let input = std::iter::from_fn(|| {
+                pulled += 1;
+                assert!(!(in_next && pulled == 5), "boom in next");
+                Some(pulled)
+            });
+            let mut input = input.map(make);
+            let f = |item: Live<'_>| {
+                assert!(item.1 != 5, "boom in f");
+                Live::new(&live, item.1 * 2)
+            };
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                out.map_batch(&mut input, &f, 1000)
+            }));
+            assert!(unwound.is_err());
+            let values: Vec<u64> = out.iter().map(|item| item.1).collect();
+            assert_eq!(values, [100, 2, 4, 6, 8], "panic in next: {in_next}");
+            drop(out);
+            drop(input);
+            assert_eq!(live.get(), 0, "panic in next: {in_next}");
+        }
+    }
+
+    /// Takes `map` results into `out`, recording how many items were pulled and not yet
+    /// taken each time a chunk's results arrive.
+    struct InFlight<'a> {
+        out: Vec<u64>,
+        pulled: &'a std::cell::Cell<usize>,
+        in_flight: Vec<usize>,
+    }
+
+    impl Collect<u64> for InFlight<'_> {
+        fn push(&mut self, output: u64) -> bool {
+            self.out.push(output);
+            true
+        }
+
+        fn push_chunk(&mut self, chunk: &mut Vec<u64>) -> bool {
+            self.in_flight.push(self.pulled.get() - self.out.len());
+            self.out.append(chunk);
+            true
+        }
+    }
+
+    /// What [`run_window`] returned, and what the input and the results saw.
+    struct Windowed {
+        out: Vec<u64>,
+        cheap: Option<f64>,
+        /// Items pulled and not yet taken, as each chunk's results arrived.
+        in_flight: Vec<usize>,
+        /// The item the input gives after the map.
+        next: Option<u64>,
+    }
+
+    /// Maps `0..` up to `end` (then `None`, then more items: not fused) in chunks of 10
+    /// through a window of 4 slots on 2 threads, handing back below `hand_back_below_ns`
+    /// (`doubted`: the items were handed back before); each item takes at least `item`.
+    fn chunks_of_ten(end: u64, hand_back_below_ns: f64, doubted: bool, item: Duration) -> Windowed {
+        let pulled = std::cell::Cell::new(0);
+        let mut input = std::iter::from_fn(|| {
+            pulled.set(pulled.get() + 1);
+            (pulled.get() - 1 != end as usize).then_some(pulled.get() as u64 - 1)
+        });
+        let mut collect = InFlight {
+            out: Vec::new(),
+            pulled: &pulled,
+            in_flight: Vec::new(),
+        };
         let pool = ThreadPool::new(2).unwrap();
         let registry = Arc::clone(pool.registry());
-        let f = |x: u64| x * 2;
+        let f = |x: u64| {
+            let start = Instant::now();
+            while start.elapsed() < item {
+                std::hint::spin_loop();
+            }
+            x * 2
+        };
         let chunk = ChunkSize::Fixed(10);
         let op = RawOp { f: &f };
         let mut feeder = Feeder::new(op, 4, registry, &mut input, chunk, true, None);
-        let cheap = run_window(&mut feeder, &mut IntoVec(&mut out), f64::INFINITY)
+        let cheap = run_window(&mut feeder, &mut collect, hand_back_below_ns, doubted)
             .expect("no watch, no stop");
         drop(feeder);
-        (out, cheap, input.next())
+        Windowed {
+            out: collect.out,
+            cheap,
+            in_flight: collect.in_flight,
+            next: input.next(),
+        }
+    }
+
+    fn doubled(items: std::ops::Range<u64>) -> Vec<u64> {
+        items.map(|x| x * 2).collect()
     }
 
     #[test]
     fn a_paused_window_returns_every_chunk_in_flight_and_leaves_the_rest_of_the_input() {
         // A window of 4 slots is full after 40 items: the first chunk pauses it, the other
         // three still come back, in order, and the input resumes at item 40.
-        let (out, cheap, next) = pause_after_first_chunk(1_000);
-        assert_eq!(out, (0..40).map(|x| x * 2).collect::<Vec<_>>());
-        assert!(cheap.is_some());
-        assert_eq!(next, Some(40));
+        let run = chunks_of_ten(1_000, f64::INFINITY, false, Duration::ZERO);
+        assert_eq!(run.out, doubled(0..40));
+        assert!(run.cheap.is_some());
+        assert_eq!(run.in_flight, [40, 30, 20, 10]);
+        assert_eq!(run.next, Some(40));
     }
 
     #[test]
@@ -715,9 +918,27 @@ mod test {
         // The input ends inside the first window: every item comes back, the window says
         // the input is done, and the `next()` after the end is ours alone (item 26 of the
         // non-fused input, which the map never pulled).
-        let (out, cheap, next) = pause_after_first_chunk(25);
-        assert_eq!(out, (0..25).map(|x| x * 2).collect::<Vec<_>>());
-        assert_eq!(cheap, None);
-        assert_eq!(next, Some(26));
+        let run = chunks_of_ten(25, f64::INFINITY, false, Duration::ZERO);
+        assert_eq!(run.out, doubled(0..25));
+        assert_eq!(run.cheap, None);
+        assert_eq!(run.next, Some(26));
+    }
+
+    #[test]
+    fn a_doubted_hand_over_fills_the_window_only_once_a_chunk_measured_the_items_expensive() {
+        // Handed back before, and cheap again: one chunk per thread was in flight (20
+        // items), and the input resumes at item 20.
+        let run = chunks_of_ten(1_000, f64::INFINITY, true, Duration::ZERO);
+        assert_eq!(run.out, doubled(0..20));
+        assert!(run.cheap.is_some());
+        assert_eq!(run.in_flight, [20, 10]);
+        assert_eq!(run.next, Some(20));
+        // Handed back before, and expensive now: the first chunk arrives with 20 items
+        // pulled, and the window fills all 4 slots after it (chunk 1 and three more in
+        // flight when chunk 1 arrives).
+        let run = chunks_of_ten(100, 1e-3, true, Duration::from_micros(2));
+        assert_eq!(run.out, doubled(0..100));
+        assert_eq!(run.cheap, None);
+        assert_eq!(run.in_flight[..2], [20, 40]);
     }
 }

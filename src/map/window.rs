@@ -647,6 +647,11 @@ where
     I::Item: Send,
     Op: ChunkOp<I::Item>,
 {
+    /// How many threads run chunks: the drainers at most, and the feeder.
+    pub(crate) fn threads(&self) -> usize {
+        self.max_drainers + 1
+    }
+
     /// A feeder of a new window of `slots` chunks applying `op`.
     pub(crate) fn new(
         op: Op,
@@ -681,10 +686,16 @@ where
     /// Submits chunks while slots are free and input remains. Stops pulling input for good
     /// once a chunk stopped the map (`try_map`'s first error, a panic).
     pub(crate) fn fill(&mut self) {
+        self.fill_up_to(usize::MAX);
+    }
+
+    /// [`fill`](Feeder::fill), leaving at most `limit` chunks outstanding.
+    #[inline]
+    pub(crate) fn fill_up_to(&mut self, limit: usize) {
         if self.window.stop_seq.load(Ordering::Relaxed) != usize::MAX {
             self.pulling = Pulling::Closed;
         }
-        while self.pulling == Pulling::Open {
+        while self.pulling == Pulling::Open && self.outstanding < limit {
             let Some(token) = self.free.last_mut() else {
                 return;
             };
