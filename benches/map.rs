@@ -5,10 +5,6 @@
 //! |---|---|
 //! | `fresh_10m` | 10M `u64`, `x * 2 + 1`, into a new `Vec` |
 //! | `reuse_10m` | the same into a reused buffer |
-//! | `items_1us_1m` | 1M items of ~1 µs each |
-//! | `ramp_100k` | 100k items whose cost grows with the index |
-//! | `tiny_1k` | 1k trivial items |
-//! | `plain_iter_1m` | 1M trivial items from an iterator without a size hint, ordered |
 //! | `imap_200k_1us` | 200k items of ~1 µs from a plain iterator, lazily |
 //! | `imap_chunk1` | cost per item of `imap` with chunk size 1 (100k trivial items) |
 //! | `kit_for_each_mut_10m` | 10M `u64` updated in place, `x = x * 2 + 1` |
@@ -16,7 +12,7 @@
 //! | `kit_1us_1m` | the same two over 1M items of ~1 µs each |
 //! | `kit_chunks_mut_10m` | 10M `u64` updated in place in chunks of 4096 |
 //! | `kit_tiny_1k` | every operation of the kit over 1k trivial items, beside its loop |
-//! | `shapes` | the commonest shapes, each as `case/sequential`, `case/parpool`, `case/rayon` |
+//! | `shapes` | the commonest shapes (uniform, ramp, skewed, random, coarse, 1k trivial items, a plain iterator, fib with `join`), each as `case/sequential`, `case/parpool`, `case/rayon` |
 //! | `watch_1us_1m` | 1M items of ~1 µs, `par_map` and `pool.map`, with and without a watch (token + progress, and + deadline) |
 //!
 //! Run with `cargo bench --bench map`; quote the medians and the ratios within a group
@@ -121,98 +117,10 @@ fn slices(c: &mut Criterion) {
         })
     });
     group.finish();
-
-    let items: Vec<u64> = (0..1_000_000).collect();
-    let mut group = c.benchmark_group("items_1us_1m");
-    group.sample_size(10);
-    group.bench_function("sequential", |b| {
-        b.iter(|| items.iter().map(|&x| one_micro(x)).collect::<Vec<u64>>())
-    });
-    group.bench_function("parpool", |b| {
-        b.iter(|| pool.install(|| items.par_map(|&x| one_micro(x))))
-    });
-    group.bench_function("rayon", |b| {
-        b.iter(|| rayon.install(|| items.par_iter().map(|&x| one_micro(x)).collect::<Vec<_>>()))
-    });
-    group.finish();
-
-    // Item i costs ~i × 0.17 ns (~17 µs for the last); ~0.85 s of work in all.
-    let ramp: Vec<u64> = (0..100_000).collect();
-    let cost = |i: u64| spin(i / 25);
-    let mut group = c.benchmark_group("ramp_100k");
-    group.sample_size(10);
-    group.bench_function("sequential", |b| {
-        b.iter(|| ramp.iter().map(|&i| cost(i)).collect::<Vec<u64>>())
-    });
-    group.bench_function("static_split", |b| {
-        b.iter(|| {
-            let (left, right) = ramp.split_at(ramp.len() / 2);
-            let (a, b) = pool.join(
-                || left.iter().map(|&i| cost(i)).collect::<Vec<u64>>(),
-                || right.iter().map(|&i| cost(i)).collect::<Vec<u64>>(),
-            );
-            [a, b].concat()
-        })
-    });
-    group.bench_function("parpool", |b| {
-        b.iter(|| pool.install(|| ramp.par_map(|&i| cost(i))))
-    });
-    group.bench_function("rayon", |b| {
-        b.iter(|| rayon.install(|| ramp.par_iter().map(|&i| cost(i)).collect::<Vec<_>>()))
-    });
-    group.finish();
-
-    let tiny: Vec<u64> = (0..1000).collect();
-    let mut group = c.benchmark_group("tiny_1k");
-    group.bench_function("sequential", |b| {
-        b.iter(|| {
-            black_box(&tiny)
-                .iter()
-                .map(|x| x * 2 + 1)
-                .collect::<Vec<u64>>()
-        })
-    });
-    group.bench_function("parpool", |b| {
-        b.iter(|| pool.install(|| black_box(&tiny).par_map(|x| x * 2 + 1)))
-    });
-    group.bench_function("parpool_from_outside", |b| {
-        b.iter(|| black_box(&tiny).par_map(|x| x * 2 + 1))
-    });
-    group.bench_function("rayon", |b| {
-        b.iter(|| {
-            rayon.install(|| {
-                black_box(&tiny)
-                    .par_iter()
-                    .map(|x| x * 2 + 1)
-                    .collect::<Vec<u64>>()
-            })
-        })
-    });
-    group.finish();
 }
 
 fn iterators(c: &mut Criterion) {
     let (pool, rayon) = pools();
-
-    let mut group = c.benchmark_group("plain_iter_1m");
-    group.sample_size(20);
-    group.bench_function("sequential", |b| {
-        b.iter(|| plain(1_000_000).map(|x| x * 2 + 1).collect::<Vec<u64>>())
-    });
-    group.bench_function("parpool_map", |b| {
-        b.iter(|| pool.map(plain(1_000_000), |x| x * 2 + 1))
-    });
-    group.bench_function("rayon_par_bridge", |b| {
-        b.iter(|| {
-            rayon.install(|| {
-                plain(1_000_000)
-                    .par_bridge()
-                    .map(|x| x * 2 + 1)
-                    .collect::<Vec<u64>>()
-            })
-        })
-    });
-    group.finish();
 
     let mut group = c.benchmark_group("imap_200k_1us");
     group.sample_size(10);
