@@ -130,6 +130,12 @@ impl HandOver {
         true
     }
 
+    /// Whether the pool has handed these items back before: a new hand-over is then
+    /// confirmed before it fills the window (see [`run_window`]).
+    fn in_doubt(&self) -> bool {
+        self.needed > HandOver::new().needed
+    }
+
     /// The rule after the pool measured the items cheap and handed them back (see
     /// [`run_window`]).
     fn handed_back(self) -> Self {
@@ -470,7 +476,6 @@ where
         return out;
     }
     let (mut probe, mut hand_over) = (CostProbe::new(), HandOver::new());
-    let mut doubted = false;
     loop {
         let mut stopped = None;
         let run = watched_run(
@@ -492,11 +497,10 @@ where
             &mut feeder,
             &mut IntoVec(&mut out),
             ITEM_HAND_BACK_NS,
-            doubted,
+            hand_over.in_doubt(),
         ) {
             Ok(Some(cheap_ns)) => {
                 (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
-                doubted = true;
             }
             Ok(None) => break,
             Err(stopped) => {
@@ -526,7 +530,6 @@ where
     };
     let slots = window_size(&registry);
     let (mut probe, mut hand_over) = (CostProbe::new(), HandOver::new());
-    let mut doubted = false;
     loop {
         let mut stopped = None;
         let run = watched_run(active.as_ref(), &mut stopped, |batch| {
@@ -551,10 +554,14 @@ where
         let chunk = ChunkSize::Auto { per_item_ns };
         let watch = active.clone();
         let mut feeder = Feeder::new(op, slots, registry, &mut input, chunk, true, watch);
-        match run_window(&mut feeder, &mut collect, ITEM_HAND_BACK_NS, doubted) {
+        match run_window(
+            &mut feeder,
+            &mut collect,
+            ITEM_HAND_BACK_NS,
+            hand_over.in_doubt(),
+        ) {
             Ok(Some(cheap_ns)) => {
                 (probe, hand_over) = (CostProbe::expecting(cheap_ns), hand_over.handed_back());
-                doubted = true;
             }
             Ok(None) => break,
             Err(stopped) => {
