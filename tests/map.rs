@@ -163,13 +163,9 @@ fn edge_lengths_for_every_variant() {
     }
 }
 
-/// `normal`, or `small` under `PARPOOL_TEST_SCALE=small` (CI's valgrind run).
-fn scaled(normal: u64, small: u64) -> u64 {
-    match std::env::var("PARPOOL_TEST_SCALE").as_deref() {
-        Ok("small") => small,
-        _ => normal,
-    }
-}
+#[path = "common/scale.rs"]
+mod scale;
+use scale::scaled;
 
 #[test]
 fn about_a_million_items_for_every_variant() {

@@ -474,6 +474,8 @@ fn terminate_drops_queued_spawned_closures_unrun() {
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/scale.rs"]
+mod scale;
 
 /// The child side: runs the scenario named in the environment.
 #[test]
@@ -663,7 +665,7 @@ fn random_join_trees() {
     let mut rng = Rng::from_env_or_clock();
     for threads in [1, 2, 16] {
         let pool = ThreadPool::new(threads).unwrap();
-        for round in 0..4000 {
+        for round in 0..scale::scaled(4000, 40) {
             let bad = [0, 0, 3, 20, 200][round % 5];
             let mut leaves = 0;
             let budget = 1 + rng.below(300) as usize;
@@ -807,7 +809,7 @@ fn random_join_trees_deep_in_waits() {
     let mut rng = Rng::from_env_or_clock();
     for threads in [1, 2] {
         let pool = ThreadPool::new(threads).unwrap();
-        for round in 0..1500 {
+        for round in 0..scale::scaled(1500, 20) {
             let mut leaves = 0;
             let budget = 1 + rng.below(300) as usize;
             let tree = Tree::random(&mut rng, budget, [0, 20][round % 2], &mut leaves);

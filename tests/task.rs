@@ -222,12 +222,12 @@ fn get_inside_a_worker_runs_other_work_instead_of_deadlocking() {
     assert_eq!(outer.get().unwrap(), 45);
 }
 
+#[path = "common/scale.rs"]
+mod scale;
+
 /// `PARPOOL_TEST_SCALE=small` (CI's valgrind run) shrinks the stress tests by 100.
 fn scaled(normal: u64) -> u64 {
-    match std::env::var("PARPOOL_TEST_SCALE").as_deref() {
-        Ok("small") => normal / 100,
-        _ => normal,
-    }
+    scale::scaled(normal, normal / 100)
 }
 
 #[test]

@@ -110,12 +110,12 @@ impl Drop for Item<'_> {
     }
 }
 
+#[path = "common/scale.rs"]
+mod scale;
+
 /// Scale of the soak loops: `PARPOOL_TEST_SCALE=small` (under valgrind) runs fewer rounds.
 fn rounds(normal: usize) -> usize {
-    match std::env::var("PARPOOL_TEST_SCALE").as_deref() {
-        Ok("small") => (normal / 10).max(1),
-        _ => normal,
-    }
+    scale::scaled(normal, (normal / 10).max(1))
 }
 
 /// Defect 1: `next()` panics while the feeder fills a chunk. Every item pulled must have
@@ -684,10 +684,7 @@ fn deep_scope_woken_by_off_pool_spawn() {
     // Natively 0.2-0.3 ms, and a spinning waiter burnt 106 ms on a loaded machine. Under
     // valgrind (`PARPOOL_TEST_SCALE=small`), whose emulation slows the waiter's own few
     // steps ~100 times, 27 ms: half the wait is the bound there.
-    let bound = match std::env::var("PARPOOL_TEST_SCALE").as_deref() {
-        Ok("small") => Duration::from_millis(150),
-        _ => Duration::from_millis(30),
-    };
+    let bound = scale::scaled(Duration::from_millis(30), Duration::from_millis(150));
     assert!(
         cpu < bound,
         "the deep waiter burned {cpu:?} of CPU while it waited 300 ms"
