@@ -792,8 +792,6 @@ fn cross_pool_cycle_deep_in_waits() {
 }
 
 #[test]
-#[ignore = "known defect, kept as its reproducer: a worker more than 16 waits deep blocks \
-            instead of running its pool's jobs, and a cross-pool cycle there hangs"]
 fn a_cross_pool_cycle_deep_in_waits_finishes() {
     in_child(
         "cross_pool_cycle_deep_in_waits",

@@ -298,19 +298,15 @@ pub(crate) enum Wait {
 pub(crate) struct WaitLatch {
     core: CoreLatch,
     waiter: Waiter,
+    wait: Wait,
 }
 
 impl WaitLatch {
     /// A latch whose waiter is the calling thread, waiting for `wait`: on a worker, one
     /// that runs other jobs while it waits, or one that blocks (see [`Wait`]).
     pub(crate) fn for_current_thread(wait: Wait) -> Self {
-        let runs_jobs = |worker: &WorkerThread| match wait {
-            Wait::Forked => true,
-            Wait::Unrelated => worker.may_run_jobs_while_waiting(),
-            Wait::Timed => false,
-        };
         let waiter = match WorkerThread::current() {
-            Some(worker) if runs_jobs(worker) => Waiter::Worker {
+            Some(worker) if wait != Wait::Timed => Waiter::Worker {
                 registry: Arc::clone(worker.registry_arc()),
                 index: worker.index(),
             },
@@ -319,6 +315,7 @@ impl WaitLatch {
         WaitLatch {
             core: CoreLatch::new(),
             waiter,
+            wait,
         }
     }
 
@@ -352,7 +349,7 @@ impl WaitLatch {
                 assert!(deadline.is_none(), "a job-running wait with a deadline");
                 let worker =
                     WorkerThread::current().expect("a worker's latch waited off its thread");
-                worker.wait_until(&self.core, forked);
+                worker.wait_until(&self.core, self.wait, forked);
                 true
             }
             Waiter::Thread(_) => {

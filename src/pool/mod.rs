@@ -27,6 +27,7 @@ mod job;
 mod join;
 mod latch;
 mod registry;
+mod relay;
 mod scope;
 mod sleep;
 #[cfg(all(test, parpool_loom))]
