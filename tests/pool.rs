@@ -883,12 +883,20 @@ fn cross_pool_cycles_forty_deep() {
         });
         let (depth, threads) = a.install(|| cycle(&a, &b, 40, || 0));
         assert_eq!(depth, 40, "{na} + {nb} threads");
-        assert!(threads.iter().all(|(name, _)| name.as_deref().unwrap().starts_with("a-")));
+        assert!(
+            threads
+                .iter()
+                .all(|(name, _)| name.as_deref().unwrap().starts_with("a-"))
+        );
         if na == 1 {
             let ids: std::collections::HashSet<_> = threads.iter().map(|(_, id)| *id).collect();
             // 40 `install`s and 13 `scope`s nest 53 waits on `a`'s only worker: hops at
             // the 17th, 34th and 51st.
-            assert_eq!(ids.len(), 4, "the worker and three relays ran the levels on `a`");
+            assert_eq!(
+                ids.len(),
+                4,
+                "the worker and three relays ran the levels on `a`"
+            );
         }
         println!("{na} + {nb} threads: done");
     }

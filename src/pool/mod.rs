@@ -170,8 +170,10 @@ impl ThreadPool {
     ///
     /// Called on a worker of another pool, that worker waits as in
     /// [`Task::wait`](crate::Task::wait): by running its own pool's jobs, at most 16 waits
-    /// deep, then by blocking (`op` must run on this pool, so unlike a task it is never run
-    /// inline on the waiting worker).
+    /// deep on one thread, then on a relay that takes the worker's place with a fresh stack
+    /// (`op` must run on this pool, so unlike a task it is never run inline on the waiting
+    /// worker). So `other.install(|| pool.submit(f).get())` on a worker of `pool` ends at
+    /// any depth, even on a one-thread `pool`: `f` runs on the worker, or its relay.
     ///
     /// # Examples
     ///

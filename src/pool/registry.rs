@@ -94,17 +94,19 @@ const PRIVATE_FRAMES: usize = 4;
 /// still look at every deque in every round.
 const STEAL_VICTIMS_PER_ROUND: usize = 8;
 
-/// How many waits that run other jobs may nest on one worker's stack (beyond the main
-/// loop's); a wait that would be deeper blocks its thread instead, or runs the queued task
-/// it waits for inline, or, waiting for work it forked (`join`, `scope`), runs only its own
-/// jobs (see "Waiting inside a worker" in `latch.rs`).
+/// How many waits that run other jobs may nest on one thread's stack (beyond the main
+/// loop's, or a relay's own); a wait that would be deeper runs the queued task it waits
+/// for inline, or, waiting for work it forked (`join`, `scope`), runs only its own jobs,
+/// or else hops to a relay, which goes on running the pool's jobs on a fresh stack (see
+/// "Waiting inside a worker" in `latch.rs`, and `relay.rs`).
 ///
 /// Each level costs the pool's frames (a few hundred bytes in release builds: the default
 /// 2 MiB stack overflowed between 3,000 and 6,000 nested task waits) plus the frames of the
-/// job that waits, so 16 levels stay far inside any stack a job could already use, and a waiting
-/// task is held up by at most 16 later jobs before its own wait can return. Deeper nesting
-/// buys no parallelism (it only stacks waiters on one thread), while blocking too early
-/// would idle a worker whenever a task waits for a sibling task.
+/// job that waits, so 16 levels stay far inside any stack a job could already use, and a
+/// waiting task is held up by at most 16 later jobs on its stack before its own wait can
+/// return. Deeper nesting buys no parallelism (it only stacks waiters on one thread), while
+/// a lower limit would hop (two thread hand-offs) whenever a task waits for a sibling task
+/// a few levels down.
 pub(crate) const MAX_NESTED_WAITS: u32 = 16;
 
 /// A pool's identity, to tell whether the current thread is one of its workers without
@@ -553,7 +555,10 @@ impl WorkerThread {
                 WORKER_THREAD.with(|current| current.set(std::ptr::null()));
             }
         }
-        debug_assert!(WorkerThread::current().is_none(), "a relay is no worker itself");
+        debug_assert!(
+            WorkerThread::current().is_none(),
+            "a relay is no worker itself"
+        );
         WORKER_THREAD.with(|current| current.set(std::ptr::from_ref(self)));
         let leave = Leave;
         let result = f(self);
@@ -986,8 +991,13 @@ mod test {
     /// A random recursion of `join`s with the things that publish frames or start jobs
     /// in between (a `scope` and its spawns, a task's `get`, an `install` into another
     /// pool, a nested watch); checks the frame list at every step. Returns how many leaves
-    /// it ran. Inside `other` it only joins: a job of `other` that waited for `pool` could
-    /// deadlock a `pool` worker that waits for `other` beyond the nesting limit.
+    /// it ran. Inside `other` it goes on alike in the lowest [`CYCLE_DEPTH`] levels, so the
+    /// two pools wait for each other in cycles, which relays keep alive beyond the nesting
+    /// limit; higher up it only joins there.
+    /// How many levels above the leaves `walk` makes cycles between the pools: enough to
+    /// go past the nesting limit on relays, few enough to stay far from `MAX_RELAYS`
+    /// (see its docs for the relays this needed).
+    const CYCLE_DEPTH: u32 = 8;
     fn walk(pool: &Arc<ThreadPool>, other: Option<&ThreadPool>, seed: u64, depth: u32) -> u64 {
         let mut state = seed | 1;
         let before = check_frames();
@@ -1013,7 +1023,14 @@ mod test {
                 walk(pool, other, next(&mut state), depth - 1) + task.get().unwrap()
             }
             2 => match other {
-                Some(other) => other.install(|| walk(pool, None, next(&mut state), depth - 1)),
+                Some(other) => other.install(|| {
+                    walk(
+                        pool,
+                        (depth <= CYCLE_DEPTH).then_some(other),
+                        next(&mut state),
+                        depth - 1,
+                    )
+                }),
                 None => walk(pool, other, next(&mut state), depth - 1),
             },
             3 => crate::Watch::new()

@@ -55,6 +55,17 @@
 //! if the OS refuses a thread) a wait blocks as it used to: the last resort, documented
 //! under "Deadlock" in `latch.rs`.
 //!
+//! `D` is not only the program's own nesting. A job-running wait takes whatever job the
+//! pool has queued, and that job may wait in turn, so waits nest *unrelated* jobs on top
+//! of each other, and the nest unwinds in order: a wait whose latch is set returns only
+//! once everything stacked above it has. Within one stack that is bounded by
+//! `MAX_NESTED_WAITS`; across relays it is bounded only by `MAX_RELAYS`. On a pool with
+//! a long queue of jobs that each wait for another pool which waits back (random join
+//! trees with cross-pool cycles), a one-thread pool's worker reached 20–39 relays. A
+//! remedy would give a relay a worker slot of its own (Java's compensation threads), so
+//! that a wait resumes as soon as its latch is set instead of after the relay's stack;
+//! it needs a registry whose set of deques and sleepers can grow, and is not done.
+//!
 //! # Lifetime
 //!
 //! A relay ends with its worker: when the worker's own thread leaves its loop (the pool
@@ -88,13 +99,17 @@ use crate::sync::lock;
 /// The most relays one worker starts; a wait that would need one more blocks (see
 /// "Depth, and how many threads" in the module docs).
 ///
-/// 32 relays carry a worker through about 32 × 17 = 544 nested waits, far beyond what
-/// a program nests on purpose (the cross-pool cycles in `tests/pool.rs` need one or
-/// two), and still cap what runaway recursion through waits costs: 32 threads per worker,
-/// each with its stack (2 MiB of address space by default, touched only as far as used),
-/// where a single stack of the default size overflowed between 3,000 and 6,000 nested
-/// task waits.
-pub(crate) const MAX_RELAYS: usize = 32;
+/// 64 relays carry a worker through about 64 × 17 = 1,088 nested waits. A program's own
+/// nesting needs few (the 40-level cross-pool cycles in `tests/pool.rs` need three), but
+/// waits also stack *unrelated* jobs, each of which may wait in turn: the random join
+/// trees of depth 24 in `registry.rs`'s tests, with cycles between two pools in their
+/// lower 8 levels, reached 10–29 relays on a one-thread pool (and 20–39 with cycles at
+/// every level, where 32 was once too few and the wait blocked). 64 leaves twice the
+/// margin and still caps what runaway recursion through waits costs: 64 threads per
+/// worker, each with its stack (2 MiB of address space by default, touched only as far
+/// as used), where a single stack of the default size overflowed between 3,000 and 6,000
+/// nested task waits.
+pub(crate) const MAX_RELAYS: usize = 64;
 
 /// The relays of one worker, by hop depth (relay `k` holds the worker during hops to
 /// depth `k + 1`). Part of the worker: only the thread holding the worker touches it.
@@ -174,7 +189,10 @@ impl Relays {
         shared.changed.notify_all();
         // From here the relay holds the worker: touch nothing of it until `Done`.
         while !matches!(*state, State::Done) {
-            state = shared.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
         }
         *state = State::Idle;
         true
@@ -236,7 +254,10 @@ fn relay_loop(
                     State::Hop(latch) => break Some(latch),
                     State::Exit => break None,
                     State::Idle | State::Done => {
-                        state = shared.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                        state = shared
+                            .changed
+                            .wait(state)
+                            .unwrap_or_else(|p| p.into_inner());
                     }
                 }
             }
