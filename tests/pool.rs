@@ -1042,8 +1042,10 @@ fn relays_end_with_their_pool() {
     assert!(threads > 2, "relays were started");
     assert_eq!(started.load(Ordering::SeqCst), threads);
     drop((a, b));
-    assert_eq!(thread_count(), baseline, "drop joined every relay");
+    // Every exit handler ran before `drop` returned: the threads were joined (a joined
+    // thread may stay listed in /proc for a moment).
     assert_eq!(exited.load(Ordering::SeqCst), threads);
+    assert_thread_count_reaches(baseline);
 }
 
 #[test]
