@@ -678,3 +678,88 @@ fn stress_imap_unordered_small_window_many_threads() {
         assert_eq!(got, (0..n).collect::<Vec<_>>(), "round {round}");
     }
 }
+
+/// Calls at one site remember what their items cost (see "Call-site memory" in
+/// `src/map/sample.rs`): after a loop of small calls, the next call maps its items in one
+/// batch on the caller without sampling (in optimised builds: unoptimised code is too slow
+/// for these calls to count as small). When the items turn expensive, that memory may cost
+/// one call its parallelism, never more: the call after it samples again and shares its
+/// items with the pool's other worker.
+#[test]
+fn a_call_site_whose_items_turn_expensive_is_split_again_after_one_call() {
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    let pool = pool(2);
+    let data: Vec<u64> = (0..64).collect();
+    let sleep_us = AtomicU64::new(0);
+    pool.install(|| {
+        // Every call runs on this worker, so they share its memory.
+        let threads_used = || {
+            let ran = data.par_map(|&x| {
+                let us = sleep_us.load(Ordering::Relaxed);
+                if us > 0 {
+                    std::thread::sleep(Duration::from_micros(us));
+                }
+                (x, std::thread::current().id())
+            });
+            assert!(ran.iter().enumerate().all(|(i, &(x, _))| x == i as u64));
+            ran.iter().map(|&(_, id)| id).collect::<HashSet<_>>().len()
+        };
+        for _ in 0..scaled(1000, 50) {
+            threads_used();
+        }
+        sleep_us.store(1000, Ordering::Relaxed);
+        // This call may pay for the memory of cheap items.
+        threads_used();
+        assert_eq!(threads_used(), 2, "the next call splits its 64 ms of items");
+    });
+}
+
+/// A loop of calls at one site (where later calls recall what earlier ones measured, in
+/// optimised builds) fails, panics and drops exactly as single calls do: the first error or
+/// panic in input order wins, and every result is dropped once. The calls are small enough
+/// to be recalled: 100 items, a few ns each.
+#[test]
+fn a_loop_of_calls_at_one_site_fails_and_panics_as_single_calls_do() {
+    let live = Arc::new(AtomicIsize::new(0));
+    let pool = pool(2);
+    let data: Vec<u64> = (0..100).collect();
+    pool.install(|| {
+        for round in 0..scaled(3000, 60) as u64 {
+            // Every third round or so has no failure.
+            let fail_at = round * 7 % 150;
+            let tried = data.try_par_map(|&x| if x == fail_at { Err(x) } else { Ok(x * 3) });
+            match tried {
+                Ok(results) => {
+                    assert!(fail_at >= 100, "round {round}");
+                    assert!(results.iter().enumerate().all(|(i, &r)| r == 3 * i as u64));
+                }
+                Err(at) => assert_eq!(at, fail_at, "round {round}"),
+            }
+            let mapped = panic::catch_unwind(AssertUnwindSafe(|| {
+                data.par_map(|&x| {
+                    assert!(x != fail_at, "boom at {x}");
+                    Tracked::new(&live, x)
+                })
+            }));
+            match mapped {
+                Ok(results) => {
+                    assert!(fail_at >= 100, "round {round}");
+                    assert!(results.iter().enumerate().all(|(i, t)| t.value == i as u64));
+                }
+                Err(payload) => assert_eq!(
+                    payload.downcast_ref::<String>().map(String::as_str),
+                    Some(format!("boom at {fail_at}").as_str()),
+                    "round {round}"
+                ),
+            }
+            assert_eq!(
+                live.load(Ordering::SeqCst),
+                0,
+                "round {round}: every result dropped once"
+            );
+        }
+    });
+}

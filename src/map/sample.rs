@@ -1,5 +1,6 @@
-//! Sampling what items cost: a cheap stopwatch, and [`CostProbe`], which maps items window
-//! by window and measures them.
+//! Sampling what items cost: a cheap stopwatch, [`CostProbe`], which maps items window by
+//! window and measures them, and a per-thread memory of what each call site measured at its
+//! last small call (see [`CostProbe::at_site`]).
 //!
 //! Sampling reads the clock a few times per call, and for a small map those reads are most
 //! of the overhead: `Instant::now` costs ~24 ns on the reference machine, the x86-64
@@ -11,6 +12,30 @@
 //! Elsewhere, or if the calibration looks wrong (a TSC that is not constant-rate), it falls
 //! back to `Instant`. A wrong reading can only make a split decision worse, never a result
 //! wrong.
+//!
+//! # Call-site memory
+//!
+//! A call that the sampling finished within its first window leaves what it measured (items,
+//! nanoseconds, the stopwatch at its last read) in a small thread-local table, keyed by its
+//! call site: the address of the sampling function's instance for that closure type. The
+//! next call at that site on this thread, if those measurements say that it too fits one
+//! window, maps all its items in one batch without reading the clock first (a *recalled*
+//! call), and reads the clock once at the end. The time since the memory's last read bounds
+//! the call's time from above (it also holds whatever ran between the two calls), so:
+//!
+//! - within [`SAMPLE_NS`], it confirms that the call was rightly sequential, and becomes the
+//!   site's new memory: a loop of small calls reads the clock once per call, not three
+//!   times;
+//! - beyond it (the items cost more now, or the caller did other work between the calls),
+//!   the site is forgotten, and its next call samples from one item again.
+//!
+//! A memory serves one call: a recalled call takes it from the table, and only its
+//! confirmation puts one back (a call that fails, panics or is stopped leaves none). So the
+//! price of a wrong memory is one call: a site whose items suddenly cost far more than at
+//! its last call maps that one call alone, at most [`GROWTH`] times the items it measured
+//! before (the same bound as a batch within one window, across two calls). A site that
+//! never recalls pays nothing for the memory but a table lookup: the first window keeps its
+//! last clock read anyway.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -62,6 +87,14 @@ impl Stopwatch {
             Start::Ticks(start, rate) => ticks().wrapping_sub(start) as f64 * rate,
             Start::Instant(start) => start.elapsed().as_nanos() as f64,
         }
+    }
+
+    /// Nanoseconds since `start`, and a stopwatch started at the same clock reading: one
+    /// read.
+    #[inline]
+    fn split(&self) -> (f64, Stopwatch) {
+        let mut now = *self;
+        (now.lap_ns(), now)
     }
 
     /// Nanoseconds since `start` (or the last lap), restarting from the same clock reading:
@@ -157,15 +190,34 @@ const GROWTH: usize = 32;
 /// Within a window, each batch is sized to fill what is left of the window at the cost
 /// measured so far, but to at most [`GROWTH`] times the items done: cheap items need only a
 /// few clock reads, and a skewed input (cheap items first, expensive ones later) overshoots
-/// a window by a bounded factor instead of being mapped whole on one thread.
+/// a window by a bounded factor instead of being mapped whole on one thread. A probe made
+/// [`at_site`](CostProbe::at_site) also uses and keeps the site's memory (see "Call-site
+/// memory" in the module docs).
 #[derive(Debug)]
 pub(crate) struct CostProbe {
     batch: usize,
+    memory: Memory,
+}
+
+/// Where a probe stands with its call site's memory.
+#[derive(Debug)]
+enum Memory {
+    /// Not kept: an iterator's probe, or a call past its first window.
+    Off,
+    /// The first window, sampling from one item; `last` is what it measured up to its last
+    /// clock read so far, if that read was within the window.
+    Sampling { site: usize, last: Option<Measured> },
+    /// A recalled call: its one batch holds every item, and `since` runs from the last
+    /// clock read of the memory it recalled.
+    Recalled { site: usize, since: Stopwatch },
 }
 
 impl CostProbe {
     pub(crate) fn new() -> Self {
-        CostProbe { batch: 1 }
+        CostProbe {
+            batch: 1,
+            memory: Memory::Off,
+        }
     }
 
     /// A probe for items known to cost about `per_item_ns` each: its first batch is a
@@ -173,6 +225,31 @@ impl CostProbe {
     pub(crate) fn expecting(per_item_ns: f64) -> Self {
         CostProbe {
             batch: quarter_window(per_item_ns),
+            memory: Memory::Off,
+        }
+    }
+
+    /// A probe for a call of `len` items at `site` (any address unique to the call site):
+    /// a recalled call if the site's memory on this thread says that `len` items fit one
+    /// window, else a call that samples from one item and may leave a memory. A call of
+    /// fewer than two items has nothing to split or remember.
+    #[inline]
+    pub(crate) fn at_site(site: usize, len: usize) -> Self {
+        if len < 2 {
+            return CostProbe::new();
+        }
+        match sites::take_if(site, |measured| measured.fits(len)) {
+            Some(measured) => CostProbe {
+                batch: len,
+                memory: Memory::Recalled {
+                    site,
+                    since: measured.since,
+                },
+            },
+            None => CostProbe {
+                batch: 1,
+                memory: Memory::Sampling { site, last: None },
+            },
         }
     }
 
@@ -180,6 +257,12 @@ impl CostProbe {
     /// returns how many it mapped and whether to go on (false: the input ran out, or a
     /// `try_map` error). Returns the cost per item in ns, or `None` once `run` says stop.
     pub(crate) fn window(&mut self, mut run: impl FnMut(usize) -> (usize, bool)) -> Option<f64> {
+        if let Memory::Recalled { .. } = self.memory {
+            // The batch holds every item, so `run` stops; the clock is read in `finished`.
+            let (_, go_on) = run(self.batch);
+            debug_assert!(!go_on, "a recalled call maps all its items in one batch");
+            return None;
+        }
         let watch = Stopwatch::start();
         let mut done = 0usize;
         loop {
@@ -188,11 +271,20 @@ impl CostProbe {
                 return None;
             }
             done += mapped;
-            let elapsed = watch.elapsed_ns();
+            let (elapsed, now) = watch.split();
             if elapsed >= SAMPLE_NS {
                 let per_item_ns = elapsed.max(1.0) / done.max(1) as f64;
                 self.batch = quarter_window(per_item_ns);
+                // A call past its first window is not small: nothing to remember.
+                self.memory = Memory::Off;
                 return Some(per_item_ns);
+            }
+            if let Memory::Sampling { last, .. } = &mut self.memory {
+                *last = Some(Measured {
+                    items: done,
+                    ns: elapsed,
+                    since: now,
+                });
             }
             // What is left of the window at the cost so far, `left / (elapsed / done)` items,
             // but at most `GROWTH` times the items done. Cheap items reach that bound with
@@ -207,6 +299,103 @@ impl CostProbe {
             };
         }
     }
+
+    /// The call's items are done, all `items` of them, without a failure, after a
+    /// [`window`](CostProbe::window) that returned `None`: leaves the site's memory (a
+    /// recalled call reads the clock once here, to confirm it; see the module docs). A call
+    /// that failed, panicked or was stopped does not get here: a recalled one has taken its
+    /// site's memory, so the next call samples from one item.
+    #[inline]
+    pub(crate) fn finished(self, items: usize) {
+        match self.memory {
+            Memory::Off => {}
+            Memory::Sampling { site, last } => {
+                if let Some(measured) = last {
+                    sites::keep(site, measured);
+                }
+            }
+            Memory::Recalled { site, since } => {
+                // The memory was taken when the call started: only a confirmation puts one
+                // back.
+                let (ns, now) = since.split();
+                if ns < SAMPLE_NS && items > 0 {
+                    sites::keep(
+                        site,
+                        Measured {
+                            items,
+                            ns,
+                            since: now,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What a call site measured: `items` took at most `ns`, up to the clock read where `since`
+/// starts.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    items: usize,
+    ns: f64,
+    since: Stopwatch,
+}
+
+impl Measured {
+    /// Whether `len` items may run as one batch on this measurement: they would fit one
+    /// window at the cost measured, and they are at most [`GROWTH`] times the items
+    /// measured (the skew bound of a batch within a window).
+    #[inline]
+    fn fits(&self, len: usize) -> bool {
+        len <= self.items.saturating_mul(GROWTH)
+            && len as f64 * self.ns < SAMPLE_NS * self.items as f64
+    }
+}
+
+/// The per-thread table of call-site memories: direct-mapped, [`SITES`] slots, each holding
+/// one site's [`Measured`] (a site that lands on a taken slot replaces it).
+mod sites {
+    use std::cell::Cell;
+
+    use super::Measured;
+
+    /// Slots in a thread's table: a loop rarely alternates between more small-call sites
+    /// than this, and a miss costs only the three reads of sampling from one item.
+    pub(super) const SITES: usize = 32;
+
+    thread_local! {
+        static TABLE: [Cell<Option<(usize, Measured)>>; SITES] =
+            const { [const { Cell::new(None) }; SITES] };
+    }
+
+    /// The slot of `site`: a multiplicative hash of its address.
+    #[inline]
+    pub(super) fn slot(site: usize) -> usize {
+        ((site as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59) as usize % SITES
+    }
+
+    /// Takes `site`'s memory on this thread, if it has one and `fits` it: a memory serves
+    /// one call, which puts back a new one only if it confirms it.
+    #[inline]
+    pub(super) fn take_if(site: usize, fits: impl FnOnce(&Measured) -> bool) -> Option<Measured> {
+        TABLE.with(|table| {
+            let cell = &table[slot(site)];
+            match cell.get() {
+                Some((key, measured)) if key == site && fits(&measured) => {
+                    cell.set(None);
+                    Some(measured)
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Makes `measured` `site`'s memory on this thread.
+    #[inline]
+    pub(super) fn keep(site: usize, measured: Measured) {
+        TABLE.with(|table| table[slot(site)].set(Some((site, measured))));
+    }
 }
 
 /// The batch a window starts with, for items of `per_item_ns`: a quarter of a window.
@@ -219,6 +408,133 @@ mod test {
     use std::time::Duration;
 
     use super::*;
+
+    /// A measurement of `items` that took `ns`, its last read now.
+    fn measured(items: usize, ns: f64) -> Measured {
+        Measured {
+            items,
+            ns,
+            since: Stopwatch::start(),
+        }
+    }
+
+    /// A site of its own for each test (tests run on threads of their own, so the tables
+    /// are separate anyway).
+    fn site(test: &str) -> usize {
+        test.as_ptr() as usize
+    }
+
+    #[test]
+    fn a_measurement_fits_what_one_window_holds_within_the_growth_bound() {
+        // 33 items in 10 ns: up to 1,056 items, which take ~320 ns, fit.
+        let cheap = measured(33, 10.0);
+        assert!(cheap.fits(33 * GROWTH));
+        assert!(
+            !cheap.fits(33 * GROWTH + 1),
+            "the skew bound holds across calls"
+        );
+        // 10 items in 1 µs: 40 items would take the whole window.
+        let dear = measured(10, 1_000.0);
+        assert!(dear.fits(39));
+        assert!(
+            !dear.fits(40),
+            "a call predicted to fill the window samples"
+        );
+    }
+
+    #[test]
+    fn a_site_is_recalled_only_after_a_small_call_and_forgotten_after_a_long_one() {
+        let site = site("recall");
+        let probe = CostProbe::at_site(site, 1000);
+        assert_eq!(probe.batch, 1, "a new site samples from one item");
+        assert!(matches!(probe.memory, Memory::Sampling { last: None, .. }));
+        // What the first window of a small call leaves.
+        CostProbe {
+            batch: 1,
+            memory: Memory::Sampling {
+                site,
+                last: Some(measured(33, 10.0)),
+            },
+        }
+        .finished(1000);
+        let mut probe = CostProbe::at_site(site, 1000);
+        assert!(matches!(probe.memory, Memory::Recalled { .. }));
+        let mut batches = Vec::new();
+        let per_item = probe.window(|batch| {
+            batches.push(batch);
+            (batch, false)
+        });
+        assert_eq!(
+            (batches, per_item),
+            (vec![1000], None),
+            "a recalled call maps its items in one batch, without a read"
+        );
+        assert!(
+            sites::take_if(site, |_| true).is_none(),
+            "a recalled call holds its site's memory"
+        );
+        // The call's one read is a millisecond after the memory's last: far beyond a window.
+        std::thread::sleep(Duration::from_millis(1));
+        probe.finished(1000);
+        let probe = CostProbe::at_site(site, 1000);
+        assert_eq!(
+            probe.batch, 1,
+            "a long call leaves no memory: the next one samples"
+        );
+    }
+
+    #[test]
+    fn a_recalled_call_that_fails_leaves_no_memory() {
+        let site = site("fails");
+        sites::keep(site, measured(33, 10.0));
+        let mut probe = CostProbe::at_site(site, 100);
+        // A failure halfway: `drive` does not call `finished`.
+        assert_eq!(probe.window(|batch| (batch / 2, false)), None);
+        assert_eq!(CostProbe::at_site(site, 100).batch, 1);
+    }
+
+    #[test]
+    fn a_memory_that_does_not_fit_stays_for_a_call_it_fits() {
+        let site = site("stays");
+        sites::keep(site, measured(33, 10.0));
+        assert_eq!(CostProbe::at_site(site, 100_000).batch, 1, "too many items");
+        assert_eq!(CostProbe::at_site(site, 1).batch, 1, "too few items");
+        assert_eq!(CostProbe::at_site(site, 0).batch, 1);
+        assert_eq!(CostProbe::at_site(site, 100).batch, 100);
+    }
+
+    #[test]
+    fn a_sample_that_leaves_its_first_window_leaves_no_memory() {
+        let site = site("long");
+        let mut probe = CostProbe::at_site(site, 10);
+        let per_item = probe.window(|batch| {
+            std::thread::sleep(Duration::from_millis(1));
+            (batch, true)
+        });
+        assert!(per_item.is_some_and(|ns| ns >= SAMPLE_NS));
+        assert!(matches!(probe.memory, Memory::Off));
+        probe.finished(10);
+        assert!(sites::take_if(site, |_| true).is_none());
+    }
+
+    #[test]
+    fn a_memory_is_taken_once_and_only_by_its_own_site() {
+        let first = 0x1000usize;
+        let second = (1..)
+            .map(|k| first + k * 16)
+            .find(|&other| sites::slot(other) == sites::slot(first))
+            .expect("two addresses share a slot");
+        sites::keep(first, measured(1, 1.0));
+        assert!(sites::take_if(second, |_| true).is_none());
+        assert!(
+            sites::take_if(first, |_| false).is_none(),
+            "taken only if it fits"
+        );
+        sites::keep(second, measured(2, 1.0));
+        assert!(sites::take_if(first, |_| true).is_none(), "replaced");
+        assert_eq!(sites::take_if(second, |_| true).map(|m| m.items), Some(2));
+        assert!(sites::take_if(second, |_| true).is_none(), "taken once");
+    }
 
     #[test]
     fn stopwatch_agrees_with_instant() {

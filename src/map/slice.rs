@@ -16,8 +16,11 @@
 //!    [`CostProbe`]),
 //!    each batch sized from the cost per item measured so far to fill the rest of that
 //!    window. A small input is done by then, sequentially, at nearly the cost of a plain
-//!    loop (a handful of clock reads in all). Otherwise the sample gives the cost of an
-//!    item.
+//!    loop (three clock reads in all). Otherwise the sample gives the cost of an item.
+//!    A call site whose last call on this thread was that small maps its next call in one
+//!    batch without sampling, and reads the clock once, at the end, to confirm that it was
+//!    still small ("Call-site memory" in `sample.rs`): a loop of small calls costs one
+//!    read per call, and a wrong memory costs one call.
 //! 2. **Is it worth it?** If the rest would take less than [`PARALLEL_MIN_NS`] on one thread,
 //!    the caller samples another window instead of handing the rest over: waking workers
 //!    would cost more than it saves, unless later items turn out to cost more (a ramp).
@@ -883,7 +886,9 @@ where
 
     // 1. Sampling on this thread, window by window, until the input is done (or failed) or
     //    the rest is estimated to be worth parallel work.
-    let mut probe = CostProbe::new();
+    // The call site: this function's instance for the operation's closure types.
+    let site = drive::<S, C> as fn(S, C::Place, &C, usize) -> C::Out as usize;
+    let mut probe = CostProbe::at_site(site, rest.as_ref().map_or(0, |(source, _)| source.len()));
     // The items already added to the progress.
     let mut counted = 0;
     let per_item_ns = loop {
@@ -936,7 +941,12 @@ where
                 break per_item_ns;
             }
             Some(_) => {}
-            None => return out.expect("the out is put back after every batch"),
+            None => {
+                if remaining == 0 && stop.load(Ordering::Relaxed) == GO_ON {
+                    probe.finished(start);
+                }
+                return out.expect("the out is put back after every batch");
+            }
         }
     };
     let (rest, place) = rest.expect("the rest is put back after every batch");
