@@ -190,26 +190,64 @@ const GROWTH: usize = 32;
 /// Within a window, each batch is sized to fill what is left of the window at the cost
 /// measured so far, but to at most [`GROWTH`] times the items done: cheap items need only a
 /// few clock reads, and a skewed input (cheap items first, expensive ones later) overshoots
-/// a window by a bounded factor instead of being mapped whole on one thread. A probe made
-/// [`at_site`](CostProbe::at_site) also uses and keeps the site's memory (see "Call-site
-/// memory" in the module docs).
+/// a window by a bounded factor instead of being mapped whole on one thread. A probe that
+/// [`at_site`](CostProbe::at_site) made also keeps what its first window measured, as the
+/// site's memory (see "Call-site memory" in the module docs).
 #[derive(Debug)]
 pub(crate) struct CostProbe {
     batch: usize,
     memory: Memory,
 }
 
-/// Where a probe stands with its call site's memory.
+/// What a probe keeps for its call site's memory.
 #[derive(Debug)]
 enum Memory {
-    /// Not kept: an iterator's probe, or a call past its first window.
+    /// Nothing: an iterator's probe, a call of fewer than two items, or a call past its
+    /// first window.
     Off,
-    /// The first window, sampling from one item; `last` is what it measured up to its last
+    /// The first window of a call at `site`; `last` is what it measured up to its last
     /// clock read so far, if that read was within the window.
     Sampling { site: usize, last: Option<Measured> },
-    /// A recalled call: its one batch holds every item, and `since` runs from the last
-    /// clock read of the memory it recalled.
-    Recalled { site: usize, since: Stopwatch },
+}
+
+/// How a call at a site starts: [`CostProbe::at_site`].
+#[derive(Debug)]
+pub(crate) enum CallStart {
+    /// The site's memory says the call fits one window: map every item in one batch, then
+    /// [`Recall::finished`].
+    Recalled(Recall),
+    /// Sample from one item.
+    Sampling(CostProbe),
+}
+
+/// A recalled call: it took its site's memory when it started, and puts a new one back
+/// only if [`finished`](Recall::finished) confirms it.
+#[derive(Debug)]
+pub(crate) struct Recall {
+    site: usize,
+    /// Running from the last clock read of the memory it took.
+    since: Stopwatch,
+}
+
+impl Recall {
+    /// The call's `items` are all done, without a failure: one clock read, which keeps a
+    /// memory for the site's next call if the time since the memory's last read is within
+    /// a window (see the module docs). A call that failed, panicked or was stopped does not
+    /// get here, and leaves no memory: the next call samples from one item.
+    #[inline]
+    pub(crate) fn finished(self, items: usize) {
+        let (ns, now) = self.since.split();
+        if ns < SAMPLE_NS {
+            sites::keep(
+                self.site,
+                Measured {
+                    items,
+                    ns,
+                    since: now,
+                },
+            );
+        }
+    }
 }
 
 impl CostProbe {
@@ -229,27 +267,24 @@ impl CostProbe {
         }
     }
 
-    /// A probe for a call of `len` items at `site` (any address unique to the call site):
-    /// a recalled call if the site's memory on this thread says that `len` items fit one
-    /// window, else a call that samples from one item and may leave a memory. A call of
-    /// fewer than two items has nothing to split or remember.
+    /// How a call of `len` items at `site` (any address unique to the call site) starts:
+    /// recalled if the site's memory on this thread says that `len` items fit one window,
+    /// else sampling from one item, which may leave a memory. A call of fewer than two
+    /// items has nothing to split or remember.
     #[inline]
-    pub(crate) fn at_site(site: usize, len: usize) -> Self {
+    pub(crate) fn at_site(site: usize, len: usize) -> CallStart {
         if len < 2 {
-            return CostProbe::new();
+            return CallStart::Sampling(CostProbe::new());
         }
         match sites::take_if(site, |measured| measured.fits(len)) {
-            Some(measured) => CostProbe {
-                batch: len,
-                memory: Memory::Recalled {
-                    site,
-                    since: measured.since,
-                },
-            },
-            None => CostProbe {
+            Some(measured) => CallStart::Recalled(Recall {
+                site,
+                since: measured.since,
+            }),
+            None => CallStart::Sampling(CostProbe {
                 batch: 1,
                 memory: Memory::Sampling { site, last: None },
-            },
+            }),
         }
     }
 
@@ -257,12 +292,6 @@ impl CostProbe {
     /// returns how many it mapped and whether to go on (false: the input ran out, or a
     /// `try_map` error). Returns the cost per item in ns, or `None` once `run` says stop.
     pub(crate) fn window(&mut self, mut run: impl FnMut(usize) -> (usize, bool)) -> Option<f64> {
-        if let Memory::Recalled { .. } = self.memory {
-            // The batch holds every item, so `run` stops; the clock is read in `finished`.
-            let (_, go_on) = run(self.batch);
-            debug_assert!(!go_on, "a recalled call maps all its items in one batch");
-            return None;
-        }
         let watch = Stopwatch::start();
         let mut done = 0usize;
         loop {
@@ -300,35 +329,17 @@ impl CostProbe {
         }
     }
 
-    /// The call's items are done, all `items` of them, without a failure, after a
-    /// [`window`](CostProbe::window) that returned `None`: leaves the site's memory (a
-    /// recalled call reads the clock once here, to confirm it; see the module docs). A call
-    /// that failed, panicked or was stopped does not get here: a recalled one has taken its
-    /// site's memory, so the next call samples from one item.
+    /// The call's items are all done, without a failure, after a
+    /// [`window`](CostProbe::window) that returned `None`: what its first window measured
+    /// becomes the site's memory (no clock read: the window's last read serves).
     #[inline]
-    pub(crate) fn finished(self, items: usize) {
-        match self.memory {
-            Memory::Off => {}
-            Memory::Sampling { site, last } => {
-                if let Some(measured) = last {
-                    sites::keep(site, measured);
-                }
-            }
-            Memory::Recalled { site, since } => {
-                // The memory was taken when the call started: only a confirmation puts one
-                // back.
-                let (ns, now) = since.split();
-                if ns < SAMPLE_NS && items > 0 {
-                    sites::keep(
-                        site,
-                        Measured {
-                            items,
-                            ns,
-                            since: now,
-                        },
-                    );
-                }
-            }
+    pub(crate) fn finished(self) {
+        if let Memory::Sampling {
+            site,
+            last: Some(measured),
+        } = self.memory
+        {
+            sites::keep(site, measured);
         }
     }
 }
@@ -442,11 +453,21 @@ mod test {
         );
     }
 
+    /// The first batch of a call of `len` at `site`: all of them if recalled.
+    fn first_batch(site: usize, len: usize) -> usize {
+        match CostProbe::at_site(site, len) {
+            CallStart::Recalled(_) => len,
+            CallStart::Sampling(probe) => probe.batch,
+        }
+    }
+
     #[test]
     fn a_site_is_recalled_only_after_a_small_call_and_forgotten_after_a_long_one() {
         let site = site("recall");
-        let probe = CostProbe::at_site(site, 1000);
-        assert_eq!(probe.batch, 1, "a new site samples from one item");
+        let CallStart::Sampling(probe) = CostProbe::at_site(site, 1000) else {
+            panic!("a new site samples");
+        };
+        assert_eq!(probe.batch, 1, "from one item");
         assert!(matches!(probe.memory, Memory::Sampling { last: None, .. }));
         // What the first window of a small call leaves.
         CostProbe {
@@ -456,29 +477,20 @@ mod test {
                 last: Some(measured(33, 10.0)),
             },
         }
-        .finished(1000);
-        let mut probe = CostProbe::at_site(site, 1000);
-        assert!(matches!(probe.memory, Memory::Recalled { .. }));
-        let mut batches = Vec::new();
-        let per_item = probe.window(|batch| {
-            batches.push(batch);
-            (batch, false)
-        });
-        assert_eq!(
-            (batches, per_item),
-            (vec![1000], None),
-            "a recalled call maps its items in one batch, without a read"
-        );
+        .finished();
+        let CallStart::Recalled(recall) = CostProbe::at_site(site, 1000) else {
+            panic!("a small call's site is recalled");
+        };
         assert!(
             sites::take_if(site, |_| true).is_none(),
             "a recalled call holds its site's memory"
         );
         // The call's one read is a millisecond after the memory's last: far beyond a window.
         std::thread::sleep(Duration::from_millis(1));
-        probe.finished(1000);
-        let probe = CostProbe::at_site(site, 1000);
+        recall.finished(1000);
         assert_eq!(
-            probe.batch, 1,
+            first_batch(site, 1000),
+            1,
             "a long call leaves no memory: the next one samples"
         );
     }
@@ -487,33 +499,37 @@ mod test {
     fn a_recalled_call_that_fails_leaves_no_memory() {
         let site = site("fails");
         sites::keep(site, measured(33, 10.0));
-        let mut probe = CostProbe::at_site(site, 100);
-        // A failure halfway: `drive` does not call `finished`.
-        assert_eq!(probe.window(|batch| (batch / 2, false)), None);
-        assert_eq!(CostProbe::at_site(site, 100).batch, 1);
+        // Recalled, and then a failure: `drive` does not call `finished`.
+        assert!(matches!(
+            CostProbe::at_site(site, 100),
+            CallStart::Recalled(_)
+        ));
+        assert_eq!(first_batch(site, 100), 1);
     }
 
     #[test]
     fn a_memory_that_does_not_fit_stays_for_a_call_it_fits() {
         let site = site("stays");
         sites::keep(site, measured(33, 10.0));
-        assert_eq!(CostProbe::at_site(site, 100_000).batch, 1, "too many items");
-        assert_eq!(CostProbe::at_site(site, 1).batch, 1, "too few items");
-        assert_eq!(CostProbe::at_site(site, 0).batch, 1);
-        assert_eq!(CostProbe::at_site(site, 100).batch, 100);
+        assert_eq!(first_batch(site, 100_000), 1, "too many items");
+        assert_eq!(first_batch(site, 1), 1, "too few items");
+        assert_eq!(first_batch(site, 0), 1);
+        assert_eq!(first_batch(site, 100), 100);
     }
 
     #[test]
     fn a_sample_that_leaves_its_first_window_leaves_no_memory() {
         let site = site("long");
-        let mut probe = CostProbe::at_site(site, 10);
+        let CallStart::Sampling(mut probe) = CostProbe::at_site(site, 10) else {
+            panic!("a new site samples");
+        };
         let per_item = probe.window(|batch| {
             std::thread::sleep(Duration::from_millis(1));
             (batch, true)
         });
         assert!(per_item.is_some_and(|ns| ns >= SAMPLE_NS));
         assert!(matches!(probe.memory, Memory::Off));
-        probe.finished(10);
+        probe.finished();
         assert!(sites::take_if(site, |_| true).is_none());
     }
 

@@ -68,7 +68,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::sample::{CostProbe, Stopwatch};
+use super::sample::{CallStart, CostProbe, Recall, Stopwatch};
 
 use crate::pool::{Panic, catch, current_registry, join, on_worker};
 use crate::watch::{self, Active, StopCell, Stopped};
@@ -625,6 +625,19 @@ impl<C> Ctx<'_, C> {
         self.stopped.record(stopped);
         self.stop.store(0, Ordering::Relaxed);
     }
+
+    /// After a stretch of `items` on the calling thread: adds them to the watch's progress
+    /// and checks the watch, if the call has one.
+    #[inline]
+    fn count_and_check(&self, items: usize) -> Result<(), Stopped> {
+        match &self.watch {
+            Some(active) => {
+                active.add(items as u64);
+                active.check()
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// How much work (ns) a piece does between two additions to its watch's progress. An
@@ -855,6 +868,37 @@ where
     out
 }
 
+/// A recalled call ("Call-site memory" in `sample.rs`): every item in one batch on this
+/// thread, then the watch, as after a sample window, and the one clock read that confirms
+/// the memory.
+fn drive_recalled<S, C>(source: S, place: C::Place, ctx: &Ctx<'_, C>, recall: Recall) -> C::Out
+where
+    S: Source,
+    C: Consumer<S::Item>,
+{
+    let len = source.len();
+    let out = run_batch(
+        ctx.consumer,
+        &mut None,
+        (source, place),
+        0,
+        &ctx.stop,
+        Peers::Alone,
+    );
+    if let Err(stopped) = ctx.count_and_check(len) {
+        if C::holds_panic(&out) {
+            // The batch panicked: its panic wins (the caller re-raises it).
+            return out;
+        }
+        drop(out);
+        watch::unwind(stopped);
+    }
+    if ctx.stop.load(Ordering::Relaxed) == GO_ON {
+        recall.finished(len);
+    }
+    out
+}
+
 /// Consumes every item of `source` into `place` on the current pool: sampling on the
 /// caller, then splitting on demand (see the module docs). `min_len` is the shortest piece
 /// the pool may cut (0 counts as 1).
@@ -878,6 +922,12 @@ where
         }
         active.expect(Some(source.len() as u64));
     }
+    // The call site: this function's instance for the operation's closure types.
+    let site = drive::<S, C> as fn(S, C::Place, &C, usize) -> C::Out as usize;
+    let mut probe = match CostProbe::at_site(site, source.len()) {
+        CallStart::Recalled(recall) => return drive_recalled(source, place, &ctx, recall),
+        CallStart::Sampling(probe) => probe,
+    };
     let stop = &ctx.stop;
     let mut start = 0;
     let mut state = None;
@@ -886,9 +936,6 @@ where
 
     // 1. Sampling on this thread, window by window, until the input is done (or failed) or
     //    the rest is estimated to be worth parallel work.
-    // The call site: this function's instance for the operation's closure types.
-    let site = drive::<S, C> as fn(S, C::Place, &C, usize) -> C::Out as usize;
-    let mut probe = CostProbe::at_site(site, rest.as_ref().map_or(0, |(source, _)| source.len()));
     // The items already added to the progress.
     let mut counted = 0;
     let per_item_ns = loop {
@@ -919,20 +966,17 @@ where
             (take, more && stop.load(Ordering::Relaxed) > start)
         });
         let remaining = rest.as_ref().map_or(0, |(source, _)| source.len());
-        if let Some(active) = &ctx.watch {
-            active.add((start - counted) as u64);
-            counted = start;
-            if let Err(stopped) = active.check() {
-                let out = out.expect("the out is put back after every batch");
-                if C::holds_panic(&out) {
-                    // A batch panicked: its panic wins (the caller re-raises it).
-                    return out;
-                }
-                // The rest is dropped unconsumed, and the results so far with `out`.
-                drop((rest, out));
-                watch::unwind(stopped);
+        if let Err(stopped) = ctx.count_and_check(start - counted) {
+            let out = out.expect("the out is put back after every batch");
+            if C::holds_panic(&out) {
+                // A batch panicked: its panic wins (the caller re-raises it).
+                return out;
             }
+            // The rest is dropped unconsumed, and the results so far with `out`.
+            drop((rest, out));
+            watch::unwind(stopped);
         }
+        counted = start;
         match window {
             Some(per_item_ns)
                 if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64
@@ -943,7 +987,7 @@ where
             Some(_) => {}
             None => {
                 if remaining == 0 && stop.load(Ordering::Relaxed) == GO_ON {
-                    probe.finished(start);
+                    probe.finished();
                 }
                 return out.expect("the out is put back after every batch");
             }
