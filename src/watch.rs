@@ -49,7 +49,7 @@
 //!
 //! An unwatched call pays one thread-local read when it starts, and each job one more;
 //! while no watch exists in the process, one relaxed load instead. A `join` reads the
-//! watch only if its `b` half is published (see `FrameHead::publish`), and borrows
+//! watch only if its `b` half is published (see `StackJob::new_frame`), and borrows
 //! its owner's watch (the owner waits for it) rather than counting a reference.
 //!
 //! Unwinding needs `panic = "unwind"` (the default): under `panic = "abort"` a stop inside a

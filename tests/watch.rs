@@ -1484,8 +1484,8 @@ impl Drop for PanicsInDrop {
 /// One half of a `join` is stopped while the other returned a value whose `Drop` panics
 /// (the loser, dropped by the `join`): that panic reaches the caller (a panic is never
 /// hidden behind a stop), and the process does not abort (dropping `a`'s result while
-/// `b`'s stop unwinds would). Whether the `join`'s frame was published at once (0 levels
-/// deep) or stayed private (16 levels deep, on one thread).
+/// `b`'s stop unwinds would). Whether the `join` made a frame (0 levels deep) or ran as
+/// two plain calls (16 levels deep, on one thread).
 fn join_loser_drop_panics_during_a_stop() {
     let pool = ThreadPool::new(1).unwrap();
     let stop_here = |token: &CancelToken| {
@@ -1525,11 +1525,11 @@ fn join_loser_drop_panics_during_a_stop() {
     assert_eq!(pool.map(0..100u32, |x| x * 2)[99], 198);
 }
 
-/// A `join` 16 levels deep (its frame private) whose `a` enters a nested run (which
+/// A `join` run as two plain calls (16 levels deep) whose `a` enters a nested run (which
 /// publishes the worker's private frames under the outer watch): `a`'s maps count in both
 /// watches, `b`'s only in the outer one, and a stop of the nested run's token ends that run
 /// alone, while one of the outer token inside the nested run stops `b` too. Whether the
-/// frame was private or published at once, on one thread and on two.
+/// `join` ran inline or made a frame, on one thread and on two.
 fn inline_joins_keep_their_watches() {
     const A: u64 = 300;
     const B: u64 = 500;
