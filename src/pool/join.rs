@@ -12,8 +12,10 @@
 //! Called from outside a pool, `join` injects itself into the global pool and waits.
 
 use super::ThreadPool;
+use std::mem::ManuallyDrop;
 
-use super::job::{JoinJob, Outcome, Panic, catch, resume_winner};
+use super::job::{Outcome, Panic, StackJob, catch, resume_winner};
+use super::latch::SpinLatch;
 use super::registry::{Frame, WorkerThread};
 
 /// Runs `a` and `b`, potentially in parallel, on the current pool (the pool whose worker
@@ -77,9 +79,7 @@ where
         .in_worker(|worker| join_in_worker(worker, a, b))
 }
 
-/// `join` on the given worker (the current thread's): `b` is recorded as the worker's
-/// newest frame (see "Join frames" in `registry.rs`), `a` runs, and `b` then runs here
-/// unless its frame was published and another worker took it.
+/// `join` on the given worker (the current thread's).
 ///
 /// Always inlined into `join` (and `join_cold`): left to the optimiser, `join` was inlined
 /// into the caller instead and this became the recursive function, taking the worker as an
@@ -93,26 +93,65 @@ where
     RA: Send,
     RB: Send,
 {
-    let job_b = JoinJob::new(b);
-    // SAFETY: `job_b` lives in this frame and is not moved; every way out of this function
-    // pops its frame first (`catch` does not unwind, and `resolve_after_panic` pops it),
-    // and the frames pushed while `a` runs are popped before `a` returns.
-    unsafe { worker.push_frame(job_b.head()) };
+    if worker.wants_frame() {
+        join_framed(worker, a, b)
+    } else {
+        join_inline(a, b)
+    }
+}
+
+/// `join` with `b` recorded as a frame that another worker may take.
+///
+/// Never inlined: only the oldest few `join`s of a worker's stack come here (see
+/// [`WorkerThread::wants_frame`]), and kept apart from the inline path it leaves that path
+/// a small function that saves and restores fewer registers.
+#[inline(never)]
+fn join_framed<A, B, RA, RB>(worker: &WorkerThread, a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    // No drop glue on the fast path: every way out of this function leaves both the
+    // closure and the result slot empty (run inline, taken back, or the thief's outcome
+    // taken; `resolve_after_panic` does the same when `a` panics), so there is nothing to
+    // drop.
+    let job_b = ManuallyDrop::new(StackJob::new_frame(b, SpinLatch::new(worker)));
+    // SAFETY: `job_b` is a `new_frame` job that lives in this frame, and the frame is not
+    // left (normally, or by the unwind resumed below) before `job_b` has run or has been
+    // taken back.
+    let frame = unsafe { worker.push_frame(job_b.as_job_ref()) };
     // `a`'s panic is caught, not left to unwind through this frame: resolving `b` may run
     // other jobs (while `b`'s thief finishes), and no unrelated job may run while this
     // thread unwinds (it would see `thread::panicking()`, and a lock it held at a panic of
     // its own would not be poisoned). The unwind resumes once `b` is resolved.
     let result_a = match catch(a) {
         Ok(value) => value,
-        Err(payload) => resolve_after_panic(worker, &job_b, payload),
+        Err(payload) => resolve_after_panic(worker, &job_b, frame, payload),
     };
-    match worker.pop_frame(job_b.head()) {
-        // SAFETY: never published: nobody else can reach the job.
-        Frame::Private => run_b(result_a, unsafe { job_b.take_func() }),
-        Frame::Published => match take_back_or_wait(worker, &job_b) {
+    match worker.pop_frame(frame) {
+        Frame::Private => run_b(result_a, job_b.take_func()),
+        Frame::Published => match take_back_or_wait(worker, &*job_b) {
             Ok(result_b) => (result_a, result_b),
             Err(payload) => resume_winner(payload, Ok(result_a)),
         },
+    }
+}
+
+/// `join` as two plain calls: `a`, then `b`, on this thread; nothing is recorded, so
+/// nothing can be taken by another worker.
+#[inline(always)]
+fn join_inline<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA,
+    B: FnOnce() -> RB,
+{
+    // `a`'s panic is caught so that `b` runs on a thread in its normal state (as when `b`
+    // is a frame: see `join_framed`).
+    match catch(a) {
+        Ok(result_a) => run_b(result_a, b),
+        Err(payload) => resume_winner(payload, catch(b)),
     }
 }
 
@@ -138,30 +177,22 @@ where
 
 /// `b` was published: run it here if it is still in our deque, else wait for its thief.
 #[cold]
-fn take_back_or_wait<B, RB>(worker: &WorkerThread, job_b: &JoinJob<B, RB>) -> Outcome<RB>
+fn take_back_or_wait<B, RB>(
+    worker: &WorkerThread,
+    job_b: &StackJob<SpinLatch<'_>, B, RB>,
+) -> Outcome<RB>
 where
     B: FnOnce() -> RB + Send,
     RB: Send,
 {
-    if take_back(worker, job_b) {
-        // SAFETY: popped back from the own deque: nobody else took it.
-        catch(unsafe { job_b.take_func() })
+    // SAFETY: only used for identity comparison against the deque's jobs.
+    let job_b_ref = unsafe { job_b.as_job_ref() };
+    if worker.take_back(&job_b_ref, &job_b.latch.core) {
+        catch(job_b.take_func())
     } else {
         // SAFETY: `take_back` returned false only once the latch was set.
         unsafe { job_b.take_outcome() }
     }
-}
-
-/// For a published `b`: whether it came back from the own deque (true), else it was taken
-/// by another worker, whose run has ended when this returns.
-fn take_back<B, RB>(worker: &WorkerThread, job_b: &JoinJob<B, RB>) -> bool
-where
-    B: FnOnce() -> RB + Send,
-    RB: Send,
-{
-    // SAFETY: the frame was published, so its latch is written.
-    let latch = unsafe { job_b.head().latch() };
-    worker.take_back(job_b.head(), &latch.core)
 }
 
 /// Finishes a `join` whose `a` half panicked with `payload`, then resumes that panic: runs
@@ -169,18 +200,26 @@ where
 /// that did. Called outside any unwind, so the jobs the wait runs meanwhile see a thread in
 /// its normal state.
 #[cold]
-fn resolve_after_panic<B, RB>(worker: &WorkerThread, job_b: &JoinJob<B, RB>, payload: Panic) -> !
+fn resolve_after_panic<B, RB>(
+    worker: &WorkerThread,
+    job_b: &StackJob<SpinLatch<'_>, B, RB>,
+    frame: usize,
+    payload: Panic,
+) -> !
 where
     B: FnOnce() -> RB + Send,
     RB: Send,
 {
-    let run_here = match worker.pop_frame(job_b.head()) {
+    let run_here = match worker.pop_frame(frame) {
         Frame::Private => true,
-        Frame::Published => take_back(worker, job_b),
+        Frame::Published => {
+            // SAFETY: identity comparison only.
+            let job_b_ref = unsafe { job_b.as_job_ref() };
+            worker.take_back(&job_b_ref, &job_b.latch.core)
+        }
     };
     let outcome_b = if run_here {
-        // SAFETY: private, or popped back from the own deque: nobody else can reach it.
-        catch(unsafe { job_b.take_func() })
+        catch(job_b.take_func())
     } else {
         // SAFETY: `take_back` returned false only once the latch was set.
         unsafe { job_b.take_outcome() }

@@ -219,20 +219,17 @@ pub(crate) trait Latch {
     unsafe fn set(this: *const Self);
 }
 
-/// The latch of a published `join` frame: waited for by the worker that owns the frame, set
-/// by a worker of the same registry (so the registry outlives the `set` call without a
-/// reference count of its own). Written when the frame is published (see `JoinJob`), so a
-/// `join` whose `b` half stays private never builds one.
+/// The latch of a `join` frame: waited for by the worker that owns the frame, set by a
+/// worker of the same registry (so the registry outlives the `set` call without a reference
+/// count of its own).
 #[derive(Debug)]
-pub(crate) struct SpinLatch {
+pub(crate) struct SpinLatch<'r> {
     pub(crate) core: CoreLatch,
-    /// The worker that owns the frame. A frame lives in a stack frame of its owner's
-    /// thread, inside that worker's loop, so the owner outlives the latch.
-    owner: *const WorkerThread,
+    owner: &'r WorkerThread,
 }
 
-impl SpinLatch {
-    pub(crate) fn new(owner: &WorkerThread) -> Self {
+impl<'r> SpinLatch<'r> {
+    pub(crate) fn new(owner: &'r WorkerThread) -> Self {
         SpinLatch {
             core: CoreLatch::new(),
             owner,
@@ -240,16 +237,15 @@ impl SpinLatch {
     }
 }
 
-impl Latch for SpinLatch {
+impl Latch for SpinLatch<'_> {
     #[inline]
     unsafe fn set(this: *const Self) {
-        // SAFETY: `this` is live until `CoreLatch::set` (the caller's contract), and so is
-        // its owner (see `owner`: the latch lives in a frame of the owner's stack). The
-        // owner's registry and index are read first: they are immutable fields, and once the
-        // latch is set the owner may go on and, eventually, its thread may exit. The
-        // registry itself stays alive because the setting thread is one of its workers.
+        // SAFETY: `this` is live until `CoreLatch::set` (the caller's contract). The owner's
+        // registry and index are read first: they are immutable fields, and once the latch
+        // is set the owner may go on and, eventually, its thread may exit. The registry
+        // itself stays alive because the setting thread is one of its workers.
         let (registry, index, core) = unsafe {
-            let owner = &*(*this).owner;
+            let owner = (*this).owner;
             (owner.registry(), owner.index(), &raw const (*this).core)
         };
         // SAFETY: `core` is live until the swap inside `set`; not used after.

@@ -6,37 +6,41 @@
 //!   whose [`Stealer`] the other workers take from at the front (FIFO, so thieves get the
 //!   oldest, largest pieces).
 //! - Work from outside the pool enters through the [`Injector`].
-//! - **Join frames.** The `b` half of every `join` is recorded as a *frame*: a
-//!   [`JoinJob`](super::job::JoinJob) in the `join`'s own stack frame, linked to the
-//!   worker's previous newest frame (an intrusive list, newest first, ending at a root in
-//!   the worker). Recording writes the closure, the link and the job's entry point, and
-//!   moves the list's head: no atomics, no allocation. A frame is *private* until it is
-//!   *published* (its watch and latch filled in, its job pushed on the deque), which
-//!   happens only when someone could take it: right away for the first [`EAGER_JOINS`]
-//!   joins of each job the worker takes on (the top of its divide-and-conquer tree), and
-//!   after that only when another worker is idle, oldest frame first. The idle check runs
-//!   when a `join`'s `a` returns and its frame was private: the `join` then publishes the
-//!   oldest private frame left, the `b` half of an enclosing `join`. A worker that has to
-//!   wait (for a stolen half, a scope, a task) publishes all of its private frames first,
-//!   so that while it is blocked every half it holds can be taken (by an idle worker, or by
-//!   the waiting worker itself, which runs its own deque first).
+//! - **Private join frames.** The `b` half of a `join` is first recorded in the worker's
+//!   private frame list (a plain `Vec`, no atomics) and only *published* to the deque when
+//!   someone could take it: right away for the first [`EAGER_JOINS`] joins of each job the
+//!   worker takes on (the top of its divide-and-conquer tree), and after that only when
+//!   another worker is idle, oldest frame first. A `join` that nobody needs to share
+//!   therefore costs a `Vec` push and pop and one relaxed load, not a deque push with its
+//!   fences. A worker that has to wait (for a stolen half, a scope, a task) publishes all of
+//!   its private frames first, so that while it is blocked every frame it holds can be
+//!   taken (by an idle worker, or by the waiting worker itself, which runs its own deque
+//!   first). The `b` halves of the inline joins on its stack (below) are no frames: they
+//!   stay hidden until their `a` returns.
+//! - **Inline joins.** A worker keeps at most [`PRIVATE_FRAMES`] private frames. A `join`
+//!   made while it holds that many records nothing: it runs `a` and then `b` as plain calls,
+//!   after a thread-local read, a compare of two counters and the idle check. The frames it
+//!   holds are older, hence in a divide-and-conquer tree larger, than anything the new
+//!   `join` could offer. The idle check still runs at every `join`: when another worker is
+//!   idle, the oldest private frame is published and the `join` at hand takes the freed
+//!   place (chili keeps the top three of its job queue in the same way, and shares them on
+//!   a heartbeat instead). The freed place goes to that `join`, not to the older inline
+//!   joins between the frames and it, whose `b` halves were never recorded: once the four
+//!   frames a worker held when it went inline have been handed out, idle workers get the
+//!   halves of the `join`s it makes next, deeper (smaller) than those hidden above them.
+//!   fib(25) with a `join` at every level costs 40 instructions per `join` on one thread
+//!   (callgrind) against 60 when every `join` made a frame, and 19 for plain recursion.
+//!   The cost: a `b` half made while four older ones are private never moves to another
+//!   worker, only the `join`s inside it can; a tree whose upper halves are small and whose
+//!   large halves lie deeper shares less than it would with a frame per `join`. Nor can a
+//!   wait inside `a` hand such a `b` to anyone: a `join` whose `a` waits for something
+//!   only its `b` does (an `install` into another pool that waits for it, say) hangs when
+//!   it runs inline. The docs of `join` forbid that, as rayon's do.
 //!
-//!   Every `join` is recorded, however deep: a tree whose large halves lie deep below small
-//!   ones (a spine `join(recurse, leaf)`, whose leaves are all `b` halves made before any
-//!   of them runs) hands them out oldest first while the worker runs the newest. (Until
-//!   0.x a worker kept at most four private frames and ran deeper `join`s as plain calls,
-//!   at 40 instructions per `join` against 47 now, fib(25) on one thread with callgrind;
-//!   those hidden halves never moved, and a 400-level spine ran at 1.0× sequential time
-//!   on two threads against rayon's 0.55×.)
-//!
-//!   Finding the oldest private frame walks the list down from the newest (the links go
-//!   one way, which keeps recording to one link): as long as the worker's private frames
-//!   go, in a path where each step publishes one frame for a worker that was idle.
-//!
-//! Published frames always form the oldest part of the list, which keeps the deque's order
-//! consistent with the stack: when a `join` returns from `a`, its frame is the newest
-//! published one if it was published, so popping the deque either returns it (taken back,
-//! run inline) or shows that a thief took it.
+//! Published frames always form a prefix of the frame list (oldest first), which keeps the
+//! deque's order consistent with the stack: when a `join` returns from `a`, its frame is the
+//! newest published one, so popping the deque either returns it (taken back, run inline) or
+//! shows that a thief took it.
 //!
 //! # Shutdown
 //!
@@ -48,7 +52,7 @@
 //! nothing left to run, leaves its loop and exits. The steps of dropping a pool are in the
 //! docs of [`ThreadPool`](super::ThreadPool).
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -56,7 +60,7 @@ use std::thread::JoinHandle;
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
 use super::backoff::{THREAD_SPIN_ROUNDS, snooze};
-use super::job::{AbortIfPanic, FrameHead, HeapJob, JobRef, StackJob, catch, resume};
+use super::job::{AbortIfPanic, HeapJob, JobRef, StackJob, catch, resume};
 use super::latch::{CoreLatch, Wait, WaitLatch};
 use super::sleep::Sleep;
 use super::{ThreadHandler, ThreadPoolBuildError, ThreadPoolBuilder};
@@ -71,6 +75,14 @@ use crate::watch::Active;
 /// run inline starts its own joins at its parent's depth, so fib(30) published ~3000 frames
 /// per run for 5–7 steals; with a per-job budget of 4 it publishes ~4 per steal.)
 const EAGER_JOINS: u32 = 4;
+
+/// How many private (unpublished) join frames a worker keeps; a `join` made while it holds
+/// this many runs its halves as plain calls (see "Inline joins" in the module docs). The
+/// count barely changes the cost of a `join` (only the top levels of a path make frames);
+/// it is how many halves an idle worker can be handed, oldest first, before the busy one
+/// reaches its next `join`. As many as the eager joins of a job, so a thief that takes the
+/// oldest of them finds the next ones ready.
+const PRIVATE_FRAMES: usize = 4;
 
 /// How many deques a search round looks at before the last one (which looks at all).
 ///
@@ -401,18 +413,14 @@ fn main_loop(
 ) {
     let worker = WorkerThread {
         deque,
-        root: FrameHead::root(),
-        newest: Cell::new(std::ptr::null()),
-        newest_published: Cell::new(std::ptr::null()),
+        frames: UnsafeCell::new(Vec::new()),
+        published: Cell::new(0),
         eager_joins: Cell::new(EAGER_JOINS),
         waits: Cell::new(0),
         index,
         rng: Cell::new(seed(index)),
         registry,
     };
-    // The list starts at the root, which never moves again: `worker` stays in this frame.
-    worker.newest.set(&worker.root);
-    worker.newest_published.set(&worker.root);
     WORKER_THREAD.with(|current| current.set(&raw const worker));
     // Internal panics abort; user panics are caught inside the jobs.
     let abort = AbortIfPanic;
@@ -445,13 +453,10 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct WorkerThread {
     deque: Worker<JobRef>,
-    /// The root of the frame list (see "Join frames" in the module docs): never published.
-    root: FrameHead,
-    /// The newest frame of the list (`root` when it holds none).
-    newest: Cell<*const FrameHead>,
-    /// The newest published frame (`root` when none is); it and every older frame are
-    /// published, every newer one is private.
-    newest_published: Cell<*const FrameHead>,
+    /// Private join frames, oldest first; see "Private join frames" in the module docs.
+    frames: UnsafeCell<Vec<JobRef>>,
+    /// How many of the oldest frames have been published to the deque.
+    published: Cell<usize>,
     /// Joins left that publish eagerly; refilled when the worker takes on a new job.
     eager_joins: Cell<u32>,
     /// How many [`WorkerThread::wait_until`] frames are on this thread's stack (the main
@@ -513,49 +518,51 @@ impl WorkerThread {
         self.registry.sleep.has_idle_workers() && self.deque.is_empty()
     }
 
-    /// Records the `b` half of a `join` as the newest frame; the first [`EAGER_JOINS`] of a
-    /// job are published at once. (Idle workers are served when a frame is popped, see
-    /// [`Self::pop_frame`].)
+    /// Whether a new `join` records its `b` half as a frame (true) or runs both halves as
+    /// plain calls (false): the worker already holds [`PRIVATE_FRAMES`] private frames,
+    /// which are older, hence in a balanced tree larger, than anything this `join` could
+    /// offer. An idle worker is served first: the oldest private frame is published, and
+    /// this `join` takes the freed place.
+    #[inline]
+    pub(crate) fn wants_frame(&self) -> bool {
+        // SAFETY: as in `push_frame`.
+        let len = unsafe { (*self.frames.get()).len() };
+        len - self.published.get() < PRIVATE_FRAMES
+            || (self.registry.sleep.has_idle_workers() && self.frame_for_idle())
+    }
+
+    /// [`Self::wants_frame`] with every private place taken and a worker idle: publish the
+    /// oldest private frame (unless the deque still holds work for the idle worker), and
+    /// say whether that freed a place.
+    #[cold]
+    fn frame_for_idle(&self) -> bool {
+        self.publish_for_idle();
+        // SAFETY: as in `push_frame`.
+        let len = unsafe { (*self.frames.get()).len() };
+        len - self.published.get() < PRIVATE_FRAMES
+    }
+
+    /// Records the `b` half of a `join`; returns its frame index for [`Self::pop_frame`].
     ///
     /// # Safety
     ///
-    /// `frame` is the head of a [`JoinJob`](super::job::JoinJob) that stays where it is
-    /// until [`Self::pop_frame`] has removed it, which must happen before any frame older
-    /// than it is popped.
+    /// `job` comes from a [`StackJob::new_frame`] job kept alive until its frame is popped:
+    /// publishing it writes its watch through the pointer.
     #[inline]
-    pub(crate) unsafe fn push_frame(&self, frame: &FrameHead) {
-        // SAFETY: `newest` is the root or a frame that is still live (popped frames are
-        // unlinked in order, see `pop_frame`).
-        frame.link_above(self.newest.get());
-        self.newest.set(frame);
+    pub(crate) unsafe fn push_frame(&self, job: JobRef) -> usize {
+        // SAFETY: the frame list is only touched by this thread, and no reference to it
+        // outlives a single method call.
+        let frames = unsafe { &mut *self.frames.get() };
+        let index = frames.len();
+        frames.push(job);
         let eager = self.eager_joins.get();
         if eager > 0 {
             self.eager_joins.set(eager - 1);
             self.publish_next_frame();
+        } else if self.registry.sleep.has_idle_workers() {
+            self.publish_for_idle();
         }
-    }
-
-    /// Removes `frame`, the newest frame (the caller's), and says whether it had been
-    /// published. A private one leaves the `join` with nothing shared, so an idle worker is
-    /// served here: the oldest private frame left, the `b` half of an enclosing `join`, is
-    /// published.
-    #[inline]
-    pub(crate) fn pop_frame(&self, frame: &FrameHead) -> Frame {
-        debug_assert!(
-            std::ptr::eq(self.newest.get(), frame),
-            "join frames popped out of order"
-        );
-        let prev = frame.prev();
-        self.newest.set(prev);
-        if std::ptr::eq(self.newest_published.get(), frame) {
-            self.newest_published.set(prev);
-            Frame::Published
-        } else {
-            if self.registry.sleep.has_idle_workers() {
-                self.publish_for_idle();
-            }
-            Frame::Private
-        }
+        index
     }
 
     /// Another worker is idle: publish our oldest private frame, unless our deque already
@@ -569,39 +576,18 @@ impl WorkerThread {
 
     /// Publishes the oldest private frame, if any.
     fn publish_next_frame(&self) {
-        if let Some(oldest) = self.oldest_private() {
-            self.publish_frame(oldest);
+        // SAFETY: as in `push_frame`.
+        let frames = unsafe { &*self.frames.get() };
+        let published = self.published.get();
+        if let Some(frame) = frames.get(published) {
+            // The thread's watch now is the one the frame was pushed under: a change of
+            // watch publishes every private frame first (`before_watch_change`).
+            // SAFETY: every frame is a `join`'s `StackJob`, alive while listed, and private
+            // until the push below.
+            unsafe { frame.set_frame_watch(Active::borrow_current()) };
+            self.published.set(published + 1);
+            self.push(frame.duplicate());
         }
-    }
-
-    /// The oldest private frame, if any. The list links frames only to older ones, so this
-    /// walks down from the newest (as far as the worker's private frames go).
-    fn oldest_private(&self) -> Option<&FrameHead> {
-        let published = self.newest_published.get();
-        let mut frame = self.newest.get();
-        if std::ptr::eq(frame, published) {
-            return None;
-        }
-        loop {
-            // SAFETY: `frame` is a live frame of this worker's list, newer than
-            // `published` (which is on the list), so not the root.
-            let older = unsafe { (*frame).prev() };
-            if std::ptr::eq(older, published) {
-                // SAFETY: as above.
-                return Some(unsafe { &*frame });
-            }
-            frame = older;
-        }
-    }
-
-    /// Publishes `frame`, the oldest private frame.
-    fn publish_frame(&self, frame: &FrameHead) {
-        // The thread's watch now is the one the frame was pushed under: a change of watch
-        // publishes every private frame first (`before_watch_change`).
-        // SAFETY: a private frame of this worker's list, not the root.
-        let job = unsafe { frame.publish(self, Active::borrow_current()) };
-        self.newest_published.set(frame);
-        self.push(job);
     }
 
     /// This thread's watch is about to change: on a worker, publish every private frame
@@ -617,44 +603,38 @@ impl WorkerThread {
     /// Publishes every private frame: the worker is about to wait, and idle workers must be
     /// able to take everything it is not running.
     pub(crate) fn publish_all_frames(&self) {
-        let published = self.newest_published.get();
-        let newest = self.newest.get();
-        if std::ptr::eq(published, newest) {
-            return;
+        // SAFETY: as in `push_frame`.
+        let len = unsafe { (*self.frames.get()).len() };
+        while self.published.get() < len {
+            self.publish_next_frame();
         }
-        // Oldest first, as the deque's order must follow the stack's: one walk down links
-        // each private frame to the next newer one, one walk up publishes them.
-        let mut frame = newest;
-        loop {
-            // SAFETY: `frame` is a live private frame of this list (newer than
-            // `published`), and so is the one below it until `published` is reached.
-            let older = unsafe { (*frame).prev() };
-            if std::ptr::eq(older, published) {
-                break;
-            }
-            // SAFETY: as above; `older` is live and private.
-            unsafe { (*older).set_next(frame) };
-            frame = older;
-        }
-        loop {
-            // SAFETY: `frame` is live and private: the walk above started here.
-            let current = unsafe { &*frame };
-            self.publish_frame(current);
-            if std::ptr::eq(frame, newest) {
-                break;
-            }
-            // SAFETY: `current` is older than `newest`: the walk above set its `next`.
-            frame = unsafe { current.next() };
+    }
+
+    /// Removes the newest frame (the caller's, at `index`) and says whether it had been
+    /// published.
+    #[inline]
+    pub(crate) fn pop_frame(&self, index: usize) -> Frame {
+        // SAFETY: as in `push_frame`.
+        let frames = unsafe { &mut *self.frames.get() };
+        debug_assert_eq!(frames.len(), index + 1, "join frames popped out of order");
+        // SAFETY: `index` is the newest frame (the joins nest), so shrinking the list to
+        // `index` drops exactly it; `JobRef` has no destructor.
+        unsafe { frames.set_len(index) };
+        if index < self.published.get() {
+            self.published.set(index);
+            Frame::Published
+        } else {
+            Frame::Private
         }
     }
 
     /// For a published frame whose `a` half is done: pops the own deque until the frame's
     /// job comes back (true: the caller runs it inline) or shows it was stolen, running any
     /// newer jobs found on the way; in the stolen case waits for `latch` (false).
-    pub(crate) fn take_back(&self, frame: &FrameHead, latch: &CoreLatch) -> bool {
+    pub(crate) fn take_back(&self, job: &JobRef, latch: &CoreLatch) -> bool {
         while !latch.probe() {
             match self.deque.pop() {
-                Some(popped) if popped.is_frame(frame) => return true,
+                Some(popped) if popped.same(job) => return true,
                 // SAFETY: a job popped from the own deque is live and runs exactly once here.
                 Some(other) => unsafe { self.execute(other) },
                 None => {
@@ -845,33 +825,33 @@ impl WorkerThread {
 #[cfg(all(test, not(parpool_loom)))]
 mod test {
     use super::super::ThreadPool;
-    use super::WorkerThread;
+    use super::{PRIVATE_FRAMES, WorkerThread};
     use crate::sync::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    /// The most frames [`check_frames`] saw on a worker's list.
-    static DEEPEST: AtomicUsize = AtomicUsize::new(0);
+    /// The most private frames [`check_frames`] saw on a worker.
+    static MOST_PRIVATE: AtomicUsize = AtomicUsize::new(0);
 
-    /// The frame list of the current worker, if any, is as "Join frames" says: it runs from
-    /// the newest frame down to the root, and its published frames are the oldest ones
-    /// (the newest published frame is on the list). Returns the list's length.
+    /// The frame list of the current worker, if any, is as "Private join frames" says: its
+    /// published frames are a prefix of it, and at most [`PRIVATE_FRAMES`] are private.
+    /// Returns the list's length.
     fn check_frames() -> usize {
         let Some(worker) = WorkerThread::current() else {
             return 0;
         };
-        let root = &raw const worker.root;
-        let published = worker.newest_published.get();
-        let mut frame = worker.newest.get();
-        let (mut len, mut seen_published) = (0, std::ptr::eq(published, root));
-        while !std::ptr::eq(frame, root) {
-            assert!(!frame.is_null(), "the frame list does not end at its root");
-            seen_published |= std::ptr::eq(frame, published);
-            len += 1;
-            // SAFETY: a frame of this thread's list is live (its `join` has not returned).
-            frame = unsafe { (*frame).prev() };
-        }
-        assert!(seen_published, "the newest published frame is off the list");
-        DEEPEST.fetch_max(len, Ordering::Relaxed);
+        // SAFETY: this thread's own list, not borrowed across the call.
+        let len = unsafe { (*worker.frames.get()).len() };
+        let published = worker.published.get();
+        assert!(
+            published <= len,
+            "{published} frames published out of {len}"
+        );
+        assert!(
+            len - published <= PRIVATE_FRAMES,
+            "{} private frames",
+            len - published
+        );
+        MOST_PRIVATE.fetch_max(len - published, Ordering::Relaxed);
         len
     }
 
@@ -955,8 +935,8 @@ mod test {
                 assert!(leaves > 0);
             }
         }
-        // The recursions went deep.
-        assert!(DEEPEST.load(Ordering::Relaxed) >= 16);
+        // The recursions went deep enough for `join`s to run inline.
+        assert_eq!(MOST_PRIVATE.load(Ordering::Relaxed), PRIVATE_FRAMES);
     }
 
     /// Starting a pool of `n` workers (every one idle from the start) must not make each
