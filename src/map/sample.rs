@@ -19,23 +19,37 @@
 //! nanoseconds, the stopwatch at its last read) in a small thread-local table, keyed by its
 //! call site: the address of the sampling function's instance for that closure type. The
 //! next call at that site on this thread, if those measurements say that it too fits one
-//! window, maps all its items in one batch without reading the clock first (a *recalled*
-//! call), and reads the clock once at the end. The time since the memory's last read bounds
-//! the call's time from above (it also holds whatever ran between the two calls), so:
+//! window, maps its first item without reading the clock first (a *recalled* call), then
+//! reads the clock once. The time since the memory's last read spans the rest of the last
+//! call (the items it mapped after that read), whatever ran between the two calls, and this
+//! call's first item, so:
 //!
-//! - within [`SAMPLE_NS`], it confirms that the call was rightly sequential, and becomes the
-//!   site's new memory: a loop of small calls reads the clock once per call, not three
-//!   times;
+//! - within [`SAMPLE_NS`], it confirms that the last call was rightly sequential and that
+//!   this call's first item is as cheap: the call maps the rest of its items in one batch,
+//!   and if it finishes, its read becomes the site's new memory, for the next call to
+//!   confirm. A loop of small calls reads the clock once per call, not three times.
 //! - beyond it (the items cost more now, or the caller did other work between the calls),
-//!   the site is forgotten, and its next call samples from one item again.
+//!   the call samples from its second item on, in a window that starts at that read, as a
+//!   call without a memory would from its first.
 //!
-//! A memory serves one call: a recalled call takes it from the table, and only its
-//! confirmation puts one back (a call that fails, panics or is stopped leaves none). So the
-//! price of a wrong memory is one call: a site whose items suddenly cost far more than at
-//! its last call maps that one call alone, at most [`GROWTH`] times the items it measured
-//! before (the same bound as a batch within one window, across two calls). A site that
-//! never recalls pays nothing for the memory but a table lookup: the first window keeps its
-//! last clock read anyway.
+//! The read after the first item is what keeps a memory from costing parallelism: a site is
+//! not one kind of call. One closure type may be called with cheap and with expensive
+//! captured data in turn; a helper that maps through a `&dyn Fn` is one site for all its
+//! callers; two closures whose code is the same may be merged into one instance by the
+//! compiler; and a recursive map is one site at every depth, where the small calls at the
+//! bottom leave memories on the threads that ran them, to be found by the calls above,
+//! whose items hold whole subtrees. Each such call maps one item before it samples, not all
+//! of them. What no read catches is a call whose first item is cheap and the rest are not:
+//! it maps them in one batch, at most [`GROWTH`] times the items the read measured (the
+//! same skew bound as a batch within one window), and the next call's read, which spans
+//! them, samples again. (An adversarial review found all of these costing whole calls in a
+//! first version that read the clock only at the end of a recalled call.)
+//!
+//! A memory serves one call: a recalled call takes it from the table, and only a recalled
+//! call that finishes, or a sample that finishes within its first window, puts one back (a
+//! call that fails, panics or is stopped leaves none). A site that never recalls pays
+//! nothing for the memory but a table lookup: the first window keeps its last clock read
+//! anyway.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -197,6 +211,8 @@ const GROWTH: usize = 32;
 pub(crate) struct CostProbe {
     batch: usize,
     memory: Memory,
+    /// Where the first window starts, if not at its first batch: a recalled call's read.
+    started: Option<Stopwatch>,
 }
 
 /// What a probe keeps for its call site's memory.
@@ -213,15 +229,15 @@ enum Memory {
 /// How a call at a site starts: [`CostProbe::at_site`].
 #[derive(Debug)]
 pub(crate) enum CallStart {
-    /// The site's memory says the call fits one window: map every item in one batch, then
-    /// [`Recall::finished`].
+    /// The site's memory says the call fits one window: map the first item, then
+    /// [`Recall::confirm`].
     Recalled(Recall),
     /// Sample from one item.
     Sampling(CostProbe),
 }
 
 /// A recalled call: it took its site's memory when it started, and puts a new one back
-/// only if [`finished`](Recall::finished) confirms it.
+/// only if its first item confirms the memory and the call finishes.
 #[derive(Debug)]
 pub(crate) struct Recall {
     site: usize,
@@ -230,23 +246,51 @@ pub(crate) struct Recall {
 }
 
 impl Recall {
-    /// The call's `items` are all done, without a failure: one clock read, which keeps a
-    /// memory for the site's next call if the time since the memory's last read is within
-    /// a window (see the module docs). A call that failed, panicked or was stopped does not
-    /// get here, and leaves no memory: the next call samples from one item.
+    /// The call's first item is done: the call's one clock read. Within a window of the
+    /// memory's last read, the call may map its other items in one batch ([`Confirmed`]);
+    /// beyond it, a probe samples them from one item, in a window that starts at this read
+    /// (see the module docs).
     #[inline]
-    pub(crate) fn finished(self, items: usize) {
+    pub(crate) fn confirm(self, len: usize) -> Result<Confirmed, CostProbe> {
         let (ns, now) = self.since.split();
         if ns < SAMPLE_NS {
-            sites::keep(
-                self.site,
-                Measured {
-                    items,
+            Ok(Confirmed {
+                site: self.site,
+                next: Measured {
+                    items: len,
                     ns,
                     since: now,
                 },
-            );
+            })
+        } else {
+            Err(CostProbe {
+                batch: 1,
+                memory: Memory::Sampling {
+                    site: self.site,
+                    last: None,
+                },
+                started: Some(now),
+            })
         }
+    }
+}
+
+/// A recalled call whose first item confirmed its memory: it maps its other items in one
+/// batch, and [`finished`](Confirmed::finished) leaves `next` for the site's next call,
+/// whose read spans this call's items.
+#[derive(Debug)]
+pub(crate) struct Confirmed {
+    site: usize,
+    next: Measured,
+}
+
+impl Confirmed {
+    /// The call's items are all done, without a failure: leaves the site's memory, without
+    /// a clock read. A call that failed, panicked or was stopped does not get here, and
+    /// leaves no memory: the next call samples from one item.
+    #[inline]
+    pub(crate) fn finished(self) {
+        sites::keep(self.site, self.next);
     }
 }
 
@@ -255,6 +299,7 @@ impl CostProbe {
         CostProbe {
             batch: 1,
             memory: Memory::Off,
+            started: None,
         }
     }
 
@@ -264,6 +309,7 @@ impl CostProbe {
         CostProbe {
             batch: quarter_window(per_item_ns),
             memory: Memory::Off,
+            started: None,
         }
     }
 
@@ -284,6 +330,7 @@ impl CostProbe {
             None => CallStart::Sampling(CostProbe {
                 batch: 1,
                 memory: Memory::Sampling { site, last: None },
+                started: None,
             }),
         }
     }
@@ -292,7 +339,7 @@ impl CostProbe {
     /// returns how many it mapped and whether to go on (false: the input ran out, or a
     /// `try_map` error). Returns the cost per item in ns, or `None` once `run` says stop.
     pub(crate) fn window(&mut self, mut run: impl FnMut(usize) -> (usize, bool)) -> Option<f64> {
-        let watch = Stopwatch::start();
+        let watch = self.started.take().unwrap_or_else(Stopwatch::start);
         let mut done = 0usize;
         loop {
             let (mapped, go_on) = run(self.batch);
@@ -453,7 +500,8 @@ mod test {
         );
     }
 
-    /// The first batch of a call of `len` at `site`: all of them if recalled.
+    /// The first batch of a call of `len` at `site`: `len` if recalled (its first item is
+    /// mapped without sampling).
     fn first_batch(site: usize, len: usize) -> usize {
         match CostProbe::at_site(site, len) {
             CallStart::Recalled(_) => len,
@@ -461,8 +509,39 @@ mod test {
         }
     }
 
+    /// Runs `probe`'s first window over a source of `len` items that all succeed: the
+    /// batches it asked for, and what it returned.
+    fn window_over(probe: &mut CostProbe, len: usize) -> (Vec<usize>, Option<f64>) {
+        let mut left = len;
+        let mut batches = Vec::new();
+        let per_item = probe.window(|batch| {
+            batches.push(batch);
+            let take = batch.min(left);
+            left -= take;
+            (take, left > 0)
+        });
+        (batches, per_item)
+    }
+
+    /// A stopwatch whose start lies far ahead of this thread's clock: a TSC that another
+    /// core ran ahead, or that went backwards.
+    fn ahead() -> Stopwatch {
+        Stopwatch {
+            start: Start::Ticks(ticks().wrapping_add(1 << 40), 0.3),
+        }
+    }
+
+    /// A stopwatch on the `Instant` fallback, started a millisecond ago.
+    fn instant_a_millisecond_ago() -> Stopwatch {
+        let watch = Stopwatch {
+            start: Start::Instant(Instant::now()),
+        };
+        std::thread::sleep(Duration::from_millis(1));
+        watch
+    }
+
     #[test]
-    fn a_site_is_recalled_only_after_a_small_call_and_forgotten_after_a_long_one() {
+    fn a_site_is_recalled_only_after_a_small_call() {
         let site = site("recall");
         let CallStart::Sampling(probe) = CostProbe::at_site(site, 1000) else {
             panic!("a new site samples");
@@ -476,30 +555,87 @@ mod test {
                 site,
                 last: Some(measured(33, 10.0)),
             },
+            started: None,
         }
         .finished();
-        let CallStart::Recalled(recall) = CostProbe::at_site(site, 1000) else {
-            panic!("a small call's site is recalled");
-        };
+        assert!(matches!(
+            CostProbe::at_site(site, 1000),
+            CallStart::Recalled(_)
+        ));
         assert!(
             sites::take_if(site, |_| true).is_none(),
             "a recalled call holds its site's memory"
         );
-        // The call's one read is a millisecond after the memory's last: far beyond a window.
-        std::thread::sleep(Duration::from_millis(1));
-        recall.finished(1000);
-        assert_eq!(
-            first_batch(site, 1000),
-            1,
-            "a long call leaves no memory: the next one samples"
-        );
+    }
+
+    #[test]
+    fn a_recalled_call_reads_once_after_its_first_item_and_leaves_a_memory() {
+        // A preemption between the memory's read and the call's may push the call past a
+        // window; one of a few tries is not preempted.
+        let site = site("confirm");
+        let confirmed = (0..100).any(|_| {
+            sites::keep(site, measured(33, 10.0));
+            let CallStart::Recalled(recall) = CostProbe::at_site(site, 1000) else {
+                panic!("a fitting memory is recalled");
+            };
+            let Ok(confirmed) = recall.confirm(1000) else {
+                return false;
+            };
+            confirmed.finished();
+            let kept = sites::take_if(site, |_| true).expect("a confirmed call leaves a memory");
+            assert_eq!(kept.items, 1000);
+            assert!(kept.ns < SAMPLE_NS);
+            true
+        });
+        assert!(confirmed, "no try confirmed its memory");
+    }
+
+    #[test]
+    fn a_recalled_call_whose_first_item_leaves_the_window_samples_from_the_second() {
+        let site = site("stale");
+        // A memory read a millisecond before the first item ends (expensive items now, or
+        // other work between the calls), on either clock, or one read on a TSC ahead of
+        // this thread's (wrapping makes it read as centuries, not as a negative time).
+        let stale = [
+            {
+                let stale = measured(33, 10.0);
+                std::thread::sleep(Duration::from_millis(1));
+                stale
+            },
+            Measured {
+                since: instant_a_millisecond_ago(),
+                ..measured(33, 10.0)
+            },
+            Measured {
+                since: ahead(),
+                ..measured(33, 10.0)
+            },
+        ];
+        for (case, memory) in stale.into_iter().enumerate() {
+            sites::keep(site, memory);
+            let CallStart::Recalled(recall) = CostProbe::at_site(site, 1000) else {
+                panic!("case {case}: a fitting memory is recalled");
+            };
+            let Err(mut probe) = recall.confirm(1000) else {
+                panic!("case {case}: not confirmed");
+            };
+            // The 999 items left, sampled from one item, in a window that starts at the
+            // confirming read.
+            assert!(probe.started.is_some(), "case {case}");
+            let (batches, _) = window_over(&mut probe, 999);
+            assert_eq!(batches[0], 1, "case {case}: sampled from the second item");
+            assert!(
+                probe.started.is_none(),
+                "case {case}: the read started the window"
+            );
+        }
     }
 
     #[test]
     fn a_recalled_call_that_fails_leaves_no_memory() {
         let site = site("fails");
         sites::keep(site, measured(33, 10.0));
-        // Recalled, and then a failure: `drive` does not call `finished`.
+        // Recalled, and then a failure: `drive` neither confirms nor finishes it.
         assert!(matches!(
             CostProbe::at_site(site, 100),
             CallStart::Recalled(_)
@@ -531,6 +667,18 @@ mod test {
         assert!(matches!(probe.memory, Memory::Off));
         probe.finished();
         assert!(sites::take_if(site, |_| true).is_none());
+    }
+
+    #[test]
+    fn a_measurement_fits_no_overflowing_or_unreadable_call() {
+        let huge = measured(usize::MAX / 2, 0.0);
+        assert!(huge.fits(usize::MAX), "the growth bound saturates");
+        assert!(!measured(1, f64::INFINITY).fits(2));
+        assert!(!measured(1, f64::NAN).fits(2));
+        assert!(
+            !measured(1, 0.0).fits(GROWTH + 1),
+            "a zero time keeps the skew bound"
+        );
     }
 
     #[test]

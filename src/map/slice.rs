@@ -17,10 +17,11 @@
 //!    each batch sized from the cost per item measured so far to fill the rest of that
 //!    window. A small input is done by then, sequentially, at nearly the cost of a plain
 //!    loop (three clock reads in all). Otherwise the sample gives the cost of an item.
-//!    A call site whose last call on this thread was that small maps its next call in one
-//!    batch without sampling, and reads the clock once, at the end, to confirm that it was
-//!    still small ("Call-site memory" in `sample.rs`): a loop of small calls costs one
-//!    read per call, and a wrong memory costs one call.
+//!    A call site whose last call on this thread was that small maps its next call's first
+//!    item without sampling, and reads the clock once, to confirm that the last call and
+//!    that item were still small, then maps the rest in one batch ("Call-site memory" in
+//!    `sample.rs`): a loop of small calls costs one read per call, and a wrong memory
+//!    costs one item.
 //! 2. **Is it worth it?** If the rest would take less than [`PARALLEL_MIN_NS`] on one thread,
 //!    the caller samples another window instead of handing the rest over: waking workers
 //!    would cost more than it saves, unless later items turn out to cost more (a ramp).
@@ -68,7 +69,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::sample::{CallStart, CostProbe, Recall, Stopwatch};
+use super::sample::{CallStart, Confirmed, CostProbe, Stopwatch};
 
 use crate::pool::{Panic, catch, current_registry, join, on_worker};
 use crate::watch::{self, Active, StopCell, Stopped};
@@ -868,23 +869,30 @@ where
     out
 }
 
-/// A recalled call ("Call-site memory" in `sample.rs`): every item in one batch on this
-/// thread, then the watch, as after a sample window, and the one clock read that confirms
-/// the memory.
-fn drive_recalled<S, C>(source: S, place: C::Place, ctx: &Ctx<'_, C>, recall: Recall) -> C::Out
+/// A recalled call whose first item confirmed its memory ("Call-site memory" in
+/// `sample.rs`): the other items (`source`, from index 1) in one batch on this thread, then
+/// the watch, as after a sample window. `first` is the first item's result.
+fn drive_confirmed<S, C>(
+    (source, place): (S, C::Place),
+    first: C::Out,
+    state: &mut Option<C::State>,
+    ctx: &Ctx<'_, C>,
+    confirmed: Confirmed,
+) -> C::Out
 where
     S: Source,
     C: Consumer<S::Item>,
 {
-    let len = source.len();
-    let out = run_batch(
+    let len = 1 + source.len();
+    let rest = run_batch(
         ctx.consumer,
-        &mut None,
+        state,
         (source, place),
-        0,
+        1,
         &ctx.stop,
         Peers::Alone,
     );
+    let out = ctx.consumer.merge(first, rest);
     if let Err(stopped) = ctx.count_and_check(len) {
         if C::holds_panic(&out) {
             // The batch panicked: its panic wins (the caller re-raises it).
@@ -894,7 +902,7 @@ where
         watch::unwind(stopped);
     }
     if ctx.stop.load(Ordering::Relaxed) == GO_ON {
-        recall.finished(len);
+        confirmed.finished();
     }
     out
 }
@@ -922,16 +930,48 @@ where
         }
         active.expect(Some(source.len() as u64));
     }
+    let stop = &ctx.stop;
+    let mut state = None;
     // The call site: this function's instance for the operation's closure types.
     let site = drive::<S, C> as fn(S, C::Place, &C, usize) -> C::Out as usize;
-    let mut probe = match CostProbe::at_site(site, source.len()) {
-        CallStart::Recalled(recall) => return drive_recalled(source, place, &ctx, recall),
-        CallStart::Sampling(probe) => probe,
-    };
-    let stop = &ctx.stop;
-    let mut start = 0;
-    let mut state = None;
-    let mut out = Some(consumer.empty(&place));
+    let (mut probe, mut start, first, (source, place)) =
+        match CostProbe::at_site(site, source.len()) {
+            CallStart::Sampling(probe) => (probe, 0, consumer.empty(&place), (source, place)),
+            CallStart::Recalled(recall) => {
+                // Its first item, then its one clock read (see "Call-site memory" in
+                // `sample.rs`).
+                let len = source.len();
+                let (head, tail) = source.split_at(1);
+                let (head_place, tail_place) = C::split_place(place, 1);
+                let first = run_batch(
+                    consumer,
+                    &mut state,
+                    (head, head_place),
+                    0,
+                    stop,
+                    Peers::Alone,
+                );
+                let probe = if stop.load(Ordering::Relaxed) == GO_ON {
+                    match recall.confirm(len) {
+                        Ok(confirmed) => {
+                            return drive_confirmed(
+                                (tail, tail_place),
+                                first,
+                                &mut state,
+                                &ctx,
+                                confirmed,
+                            );
+                        }
+                        Err(probe) => probe,
+                    }
+                } else {
+                    // A failure: the sampling below maps nothing more and ends the call.
+                    CostProbe::new()
+                };
+                (probe, 1, first, (tail, tail_place))
+            }
+        };
+    let mut out = Some(first);
     let mut rest = Some((source, place));
 
     // 1. Sampling on this thread, window by window, until the input is done (or failed) or
