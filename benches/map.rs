@@ -12,7 +12,7 @@
 //! | `kit_1us_1m` | the same two over 1M items of ~1 µs each |
 //! | `kit_chunks_mut_10m` | 10M `u64` updated in place in chunks of 4096 |
 //! | `kit_tiny_1k` | every operation of the kit over 1k trivial items, beside its loop |
-//! | `shapes` | the commonest shapes (uniform, ramp, skewed, random, coarse, 1k trivial items, a plain iterator, fib with `join`), each as `case/sequential`, `case/parpool`, `case/rayon` |
+//! | `shapes` | the commonest shapes (uniform, ramp, skewed, random, coarse, 1k trivial items, a plain iterator, fib and unbalanced `join` trees), each as `case/sequential`, `case/parpool`, `case/rayon` |
 //! | `watch_1us_1m` | 1M items of ~1 µs, `par_map` and `pool.map`, with and without a watch (token + progress, and + deadline) |
 //!
 //! Run with `cargo bench --bench map`; quote the medians and the ratios within a group
@@ -401,28 +401,116 @@ fn random_units(i: u64) -> u64 {
     (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 480
 }
 
-fn fib_sequential(n: u64) -> u64 {
-    if n < 2 {
-        n
-    } else {
-        fib_sequential(n - 1) + fib_sequential(n - 2)
+/// How a shape's `join`s run: one after the other, or on parpool or rayon. The shapes are
+/// written once, generic over this.
+trait Fork {
+    fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send;
+}
+
+/// Sequential code: `a`, then `b`.
+struct Sequential;
+/// `parpool::join`.
+struct Parpool;
+/// `rayon::join`.
+struct Rayon;
+
+impl Fork for Sequential {
+    #[inline(always)]
+    fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send,
+    {
+        (a(), b())
     }
 }
 
-fn fib_parpool(n: u64) -> u64 {
+impl Fork for Parpool {
+    #[inline(always)]
+    fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send,
+    {
+        parpool::join(a, b)
+    }
+}
+
+impl Fork for Rayon {
+    #[inline(always)]
+    fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send,
+    {
+        rayon::join(a, b)
+    }
+}
+
+fn fib<J: Fork>(n: u64) -> u64 {
     if n < 2 {
         return n;
     }
-    let (a, b) = parpool::join(|| fib_parpool(n - 1), || fib_parpool(n - 2));
+    let (a, b) = J::join(|| fib::<J>(n - 1), || fib::<J>(n - 2));
     a + b
 }
 
-fn fib_rayon(n: u64) -> u64 {
-    if n < 2 {
+/// fib with an uneven split, T(n) = T(n-4) + T(n-1): the large half is `b`.
+fn fib_uneven<J: Fork>(n: u64) -> u64 {
+    if n < 4 {
         return n;
     }
-    let (a, b) = rayon::join(|| fib_rayon(n - 1), || fib_rayon(n - 2));
+    let (a, b) = J::join(|| fib_uneven::<J>(n - 4), || fib_uneven::<J>(n - 1));
     a + b
+}
+
+/// A spine of `n` joins whose `a` recurses and whose `b` is a ~10 µs leaf: every leaf is a
+/// `b` half, the deep ones made below a worker's first few `join`s.
+fn spine_a<J: Fork>(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    let (a, b) = J::join(|| spine_a::<J>(n - 1), || spin(2_400));
+    a ^ b
+}
+
+/// The reverse spine: `a` is the leaf, `b` recurses (the large half is `b` at every level).
+fn spine_b<J: Fork>(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    let (a, b) = J::join(|| spin(2_400), || spine_b::<J>(n - 1));
+    a ^ b
+}
+
+/// A balanced tree of `2^k` leaves of ~1 µs.
+fn tree<J: Fork>(k: u64) -> u64 {
+    if k == 0 {
+        return spin(240);
+    }
+    let (a, b) = J::join(|| tree::<J>(k - 1), || tree::<J>(k - 1));
+    a ^ b
+}
+
+/// Six levels of cheap `b` leaves (~0.1 µs) above one expensive balanced subtree (4096 ×
+/// ~1 µs): the worker holds cheap frames while the expensive halves are made below them.
+fn deep_6<J: Fork>(depth: u64) -> u64 {
+    if depth == 6 {
+        return tree::<J>(12);
+    }
+    let (a, b) = J::join(|| deep_6::<J>(depth + 1), || spin(24));
+    a ^ b
 }
 
 /// The shapes users run most, each beside sequential code and rayon in the same group (issue
@@ -442,6 +530,10 @@ fn fib_rayon(n: u64) -> u64 {
 /// | `plain_iter_1m` | ordered `map` over an iterator without a size hint, 1M trivial |
 /// | `lines_1m` | ordered `map` over `str::lines()`, 1M short lines, `str::len` |
 /// | `fib_30` | fib(30) with a `join` at every level |
+/// | `fib_uneven_45` | T(n) = T(n-4) + T(n-1) with a `join` at every level, the large half `b` |
+/// | `spine_a_400` | 400 nested `join(recurse, ~10 µs leaf)` |
+/// | `spine_b_400` | 400 nested `join(~10 µs leaf, recurse)` |
+/// | `deep_6` | 6 levels of `join(recurse, ~0.1 µs leaf)` above a balanced tree of 4096 × ~1 µs |
 fn shapes(c: &mut Criterion) {
     fn case<T: Send + Sync, R: Send>(
         group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -564,15 +656,66 @@ fn shapes(c: &mut Criterion) {
             })
         })
     });
-    group.bench_function("fib_30/sequential", |b| {
-        b.iter(|| fib_sequential(black_box(30)))
-    });
-    group.bench_function("fib_30/parpool", |b| {
-        b.iter(|| pool.install(|| fib_parpool(black_box(30))))
-    });
-    group.bench_function("fib_30/rayon", |b| {
-        b.iter(|| rayon.install(|| fib_rayon(black_box(30))))
-    });
+    // Join trees: each case runs one function, generic over how it forks.
+    fn tree_case(
+        group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        name: &str,
+        arg: u64,
+        run: [fn(u64) -> u64; 3],
+        pools: &(parpool::ThreadPool, rayon::ThreadPool),
+    ) {
+        let (pool, rayon) = pools;
+        let [sequential, parpool, rayon_run] = run;
+        group.bench_function(format!("{name}/sequential"), |b| {
+            b.iter(|| sequential(black_box(arg)))
+        });
+        group.bench_function(format!("{name}/parpool"), |b| {
+            b.iter(|| pool.install(|| parpool(black_box(arg))))
+        });
+        group.bench_function(format!("{name}/rayon"), |b| {
+            b.iter(|| rayon.install(|| rayon_run(black_box(arg))))
+        });
+    }
+    tree_case(
+        &mut group,
+        "fib_30",
+        30,
+        [fib::<Sequential>, fib::<Parpool>, fib::<Rayon>],
+        &pools,
+    );
+    group.sample_size(10);
+    tree_case(
+        &mut group,
+        "fib_uneven_45",
+        45,
+        [
+            fib_uneven::<Sequential>,
+            fib_uneven::<Parpool>,
+            fib_uneven::<Rayon>,
+        ],
+        &pools,
+    );
+    tree_case(
+        &mut group,
+        "spine_a_400",
+        400,
+        [spine_a::<Sequential>, spine_a::<Parpool>, spine_a::<Rayon>],
+        &pools,
+    );
+    tree_case(
+        &mut group,
+        "spine_b_400",
+        400,
+        [spine_b::<Sequential>, spine_b::<Parpool>, spine_b::<Rayon>],
+        &pools,
+    );
+    tree_case(
+        &mut group,
+        "deep_6",
+        0,
+        [deep_6::<Sequential>, deep_6::<Parpool>, deep_6::<Rayon>],
+        &pools,
+    );
     group.finish();
 }
 

@@ -678,3 +678,208 @@ fn stress_imap_unordered_small_window_many_threads() {
         assert_eq!(got, (0..n).collect::<Vec<_>>(), "round {round}");
     }
 }
+
+/// Calls at one site remember what their items cost (see "Call-site memory" in
+/// `src/map/sample.rs`): after a loop of small calls, the next call maps its first item
+/// without sampling (in optimised builds: unoptimised code is too slow for these calls to
+/// count as small). When the items turn expensive, that memory costs one item: the call
+/// samples from its second item and shares the rest with the pool's other worker.
+#[test]
+fn a_call_site_whose_items_turn_expensive_splits_its_first_expensive_call() {
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    let pool = pool(2);
+    let data: Vec<u64> = (0..64).collect();
+    let sleep_us = AtomicU64::new(0);
+    pool.install(|| {
+        // Every call runs on this worker, so they share its memory.
+        let threads_used = || {
+            let ran = data.par_map(|&x| {
+                let us = sleep_us.load(Ordering::Relaxed);
+                if us > 0 {
+                    std::thread::sleep(Duration::from_micros(us));
+                }
+                (x, std::thread::current().id())
+            });
+            assert!(ran.iter().enumerate().all(|(i, &(x, _))| x == i as u64));
+            ran.iter().map(|&(_, id)| id).collect::<HashSet<_>>().len()
+        };
+        for _ in 0..scaled(1000, 50) {
+            threads_used();
+        }
+        sleep_us.store(1000, Ordering::Relaxed);
+        assert_eq!(
+            threads_used(),
+            2,
+            "the first expensive call splits its 64 ms of items"
+        );
+        assert_eq!(threads_used(), 2, "and the next one");
+    });
+}
+
+/// A loop of calls at one site (where later calls recall what earlier ones measured, in
+/// optimised builds) fails, panics and drops exactly as single calls do: the first error or
+/// panic in input order wins, and every result is dropped once. The calls are small enough
+/// to be recalled: 100 items, a few ns each.
+#[test]
+fn a_loop_of_calls_at_one_site_fails_and_panics_as_single_calls_do() {
+    let live = Arc::new(AtomicIsize::new(0));
+    let pool = pool(2);
+    let data: Vec<u64> = (0..100).collect();
+    pool.install(|| {
+        for round in 0..scaled(3000, 60) as u64 {
+            // Every third round or so has no failure.
+            let fail_at = round * 7 % 150;
+            let tried = data.try_par_map(|&x| if x == fail_at { Err(x) } else { Ok(x * 3) });
+            match tried {
+                Ok(results) => {
+                    assert!(fail_at >= 100, "round {round}");
+                    assert!(results.iter().enumerate().all(|(i, &r)| r == 3 * i as u64));
+                }
+                Err(at) => assert_eq!(at, fail_at, "round {round}"),
+            }
+            let mapped = panic::catch_unwind(AssertUnwindSafe(|| {
+                data.par_map(|&x| {
+                    assert!(x != fail_at, "boom at {x}");
+                    Tracked::new(&live, x)
+                })
+            }));
+            match mapped {
+                Ok(results) => {
+                    assert!(fail_at >= 100, "round {round}");
+                    assert!(results.iter().enumerate().all(|(i, t)| t.value == i as u64));
+                }
+                Err(payload) => assert_eq!(
+                    payload.downcast_ref::<String>().map(String::as_str),
+                    Some(format!("boom at {fail_at}").as_str()),
+                    "round {round}"
+                ),
+            }
+            assert_eq!(
+                live.load(Ordering::SeqCst),
+                0,
+                "round {round}: every result dropped once"
+            );
+        }
+    });
+}
+
+// Found by the adversarial review of the call-site memory (each failed before its fix).
+
+/// How many threads mapped the items of a call, from a value each item recorded.
+fn threads_of<T: Eq + std::hash::Hash>(ids: &[T]) -> usize {
+    ids.iter().collect::<std::collections::HashSet<_>>().len()
+}
+
+/// One site alternating between cheap calls and expensive ones (one closure whose captured
+/// cost changes; the same holds for a helper that maps through a `&dyn Fn`, or for two
+/// closures whose code the compiler merged into one instance): the memory of the cheap
+/// calls must not take an expensive call's parallelism, however often the site alternates.
+/// A site whose last call was cheap may map one expensive item before it samples.
+#[test]
+fn a_site_alternating_cheap_and_expensive_calls_splits_every_expensive_call() {
+    use std::time::Duration;
+
+    let data: Vec<u64> = (0..32).collect();
+    for threads in [2, 16] {
+        let pool = pool(threads);
+        let rounds = scaled(20, 4);
+        let split = pool.install(|| {
+            let call = |sleep: Duration| {
+                let ran = data.par_map(|&x| {
+                    if !sleep.is_zero() {
+                        std::thread::sleep(sleep);
+                    }
+                    (x, std::thread::current().id())
+                });
+                assert!(ran.iter().enumerate().all(|(i, &(x, _))| x == i as u64));
+                threads_of(&ran.iter().map(|&(_, id)| id).collect::<Vec<_>>())
+            };
+            (0..rounds)
+                .filter(|_| {
+                    for _ in 0..100 {
+                        call(Duration::ZERO);
+                    }
+                    // 32 ms of items: any idle worker has time to take half.
+                    call(Duration::from_millis(1)) > 1
+                })
+                .count()
+        });
+        // Before the fix, every expensive call after a cheap one ran on the caller alone.
+        assert!(
+            split * 4 >= rounds * 3,
+            "{threads} threads: only {split} of {rounds} expensive calls were split"
+        );
+    }
+}
+
+/// A recursive map is one closure type, so one site at every depth: the small calls at the
+/// bottom leave memories on the threads that ran them, and the calls above them, whose
+/// items hold whole subtrees, must not recall those memories and map their subtrees one
+/// after the other on one thread.
+#[test]
+fn a_recursive_site_splits_its_expensive_calls_in_every_round() {
+    use std::time::Duration;
+
+    thread_local! {
+        /// A mark of the thread, whose address tells threads apart in a few ns: the
+        /// leaves stay cheap (`thread::current` costs ~0.5 µs on this machine).
+        static MARK: u8 = const { 0 };
+    }
+
+    /// The threads that mapped the items of this call (each as the address of its
+    /// [`MARK`]); at depth 1 the items are trivial, above it each sleeps 2 ms besides its
+    /// subtrees.
+    fn node(depth: u32) -> Vec<usize> {
+        (0..4u64).par_map(|_| {
+            if depth > 1 {
+                std::thread::sleep(Duration::from_millis(2));
+                // Calls in a row, as the leaves of a recursion run: the first samples and
+                // the second recalls it.
+                for _ in 0..2 {
+                    node(depth - 1);
+                }
+            }
+            MARK.with(|mark| std::ptr::from_ref(mark) as usize)
+        })
+    }
+
+    let pool = pool(2);
+    let rounds = scaled(30, 5);
+    let split = pool.install(|| (0..rounds).filter(|_| threads_of(&node(3)) > 1).count());
+    // Before the fix, only the first round split: every later top call recalled the memory
+    // of a bottom call and mapped its four subtrees (~24 ms) on the caller alone.
+    assert!(
+        split * 4 >= rounds * 3,
+        "only {split} of {rounds} top calls were split"
+    );
+}
+
+/// Calls of 0, 1 and 2 items at a site that remembers cheap calls of 2 (the smallest call
+/// with something to split): each maps exactly its items, and a panic in a recalled call
+/// of 2 drops the result made before it once.
+#[test]
+fn calls_of_zero_one_and_two_items_at_a_remembered_site() {
+    let live = Arc::new(AtomicIsize::new(0));
+    let pool = pool(2);
+    pool.install(|| {
+        let call = |data: &[u64], bad: u64| {
+            data.par_map(|&x| {
+                assert!(x != bad, "boom at {x}");
+                Tracked::new(&live, x * 2)
+            })
+        };
+        for round in 0..scaled(2000, 50) {
+            for len in [2, 2, 1, 0, 2] {
+                let data: Vec<u64> = (0..len).collect();
+                let got: Vec<u64> = call(&data, u64::MAX).iter().map(|t| t.value).collect();
+                assert_eq!(got, (0..len).map(|x| x * 2).collect::<Vec<_>>(), "{round}");
+            }
+            let message = panic_message(|| drop(call(&[0, 1], 1)));
+            assert_eq!(message, "boom at 1", "round {round}");
+            assert_eq!(live.load(Ordering::SeqCst), 0, "round {round}");
+        }
+    });
+}

@@ -70,6 +70,8 @@ scenarios!(
     join_loser_drop_panics_during_a_stop,
     inline_joins_keep_their_watches,
     scope_value_drop_panics_during_a_stop,
+    // Found by the adversarial review of the call-site memory.
+    recalled_call_stops_within_a_batch,
 );
 
 /// The child side: runs the scenario named in the environment.
@@ -1634,5 +1636,63 @@ fn scope_value_drop_panics_during_a_stop() {
             })
         });
         assert_eq!(message, "drop of the body's value", "{threads} threads");
+    }
+}
+
+/// A call site that remembers cheap calls (a loop of them, unwatched) is then called under a
+/// watch with items of 1 ms, and stopped during its first item, by the token or by a
+/// deadline: the call stops within a batch, as a call without a memory does, instead of
+/// mapping its 64 items in one blind batch (64 ms) before its first check. The stop is
+/// attributed to what caused it, and the progress holds every item mapped.
+fn recalled_call_stops_within_a_batch() {
+    const ITEM: Duration = Duration::from_millis(1);
+    let pool = ThreadPool::new(2).unwrap();
+    let data: Vec<u64> = (0..64).collect();
+    for by_deadline in [false, true] {
+        for round in 0..3 {
+            let token = CancelToken::new();
+            let dear = AtomicBool::new(false);
+            let mapped = AtomicUsize::new(0);
+            let call = || {
+                drop(data.par_map(|&x| {
+                    if dear.load(Ordering::Relaxed) {
+                        mapped.fetch_add(1, Ordering::SeqCst);
+                        if x == 0 {
+                            token.cancel();
+                        }
+                        std::thread::sleep(ITEM);
+                    }
+                    x
+                }))
+            };
+            let progress = Progress::new();
+            let stopped = pool.install(|| {
+                for _ in 0..200 {
+                    call();
+                }
+                dear.store(true, Ordering::Relaxed);
+                let watch = Watch::new().progress(&progress);
+                let watch = if by_deadline {
+                    // Passed during the first item, which sleeps 1 ms.
+                    watch.deadline(Instant::now() + ITEM / 2)
+                } else {
+                    watch.cancel_token(&token)
+                };
+                watch.run(call).unwrap_err()
+            });
+            assert_eq!(
+                (stopped.is_cancelled(), stopped.is_deadline()),
+                (!by_deadline, by_deadline),
+                "round {round}"
+            );
+            let mapped = mapped.load(Ordering::SeqCst);
+            // The first item, a sample, and one item on each thread that took a piece
+            // meanwhile (before the fix: all 64, on the caller).
+            assert!(
+                mapped <= 4,
+                "deadline {by_deadline}, round {round}: {mapped} items mapped after the stop"
+            );
+            assert_eq!(progress.done(), mapped as u64, "round {round}");
+        }
     }
 }

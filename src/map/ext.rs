@@ -66,7 +66,10 @@ use sealed::Indexed;
 /// The closures may borrow local data: every call returns only when all items are done.
 ///
 /// Small inputs run sequentially on the caller (it decides from what the first items cost,
-/// not from the length), so a tiny call costs about as much as a plain loop. Larger ones
+/// not from the length), so a tiny call costs about as much as a plain loop. In a loop, a
+/// call site remembers, per thread, that its last call was small: the next one skips the
+/// sampling and only confirms after its first item that it is still small, so if the items
+/// turn expensive, that one item runs before the call samples as usual. Larger inputs
 /// are cut into pieces only when a worker is idle (see
 /// [`with_min_len`](ParMap::with_min_len) to bound how small).
 ///

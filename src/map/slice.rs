@@ -16,8 +16,12 @@
 //!    [`CostProbe`]),
 //!    each batch sized from the cost per item measured so far to fill the rest of that
 //!    window. A small input is done by then, sequentially, at nearly the cost of a plain
-//!    loop (a handful of clock reads in all). Otherwise the sample gives the cost of an
-//!    item.
+//!    loop (three clock reads in all). Otherwise the sample gives the cost of an item.
+//!    A call site whose last call on this thread was that small maps its next call's first
+//!    item without sampling, and reads the clock once, to confirm that the last call and
+//!    that item were still small, then maps the rest in one batch ("Call-site memory" in
+//!    `sample.rs`): a loop of small calls costs one read per call, and a wrong memory
+//!    costs one item.
 //! 2. **Is it worth it?** If the rest would take less than [`PARALLEL_MIN_NS`] on one thread,
 //!    the caller samples another window instead of handing the rest over: waking workers
 //!    would cost more than it saves, unless later items turn out to cost more (a ramp).
@@ -65,7 +69,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::sample::{CostProbe, Stopwatch};
+use super::sample::{CallStart, Confirmed, CostProbe, Stopwatch};
 
 use crate::pool::{Panic, catch, current_registry, join, on_worker};
 use crate::watch::{self, Active, StopCell, Stopped};
@@ -622,6 +626,19 @@ impl<C> Ctx<'_, C> {
         self.stopped.record(stopped);
         self.stop.store(0, Ordering::Relaxed);
     }
+
+    /// After a stretch of `items` on the calling thread: adds them to the watch's progress
+    /// and checks the watch, if the call has one.
+    #[inline]
+    fn count_and_check(&self, items: usize) -> Result<(), Stopped> {
+        match &self.watch {
+            Some(active) => {
+                active.add(items as u64);
+                active.check()
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// How much work (ns) a piece does between two additions to its watch's progress. An
@@ -852,6 +869,44 @@ where
     out
 }
 
+/// A recalled call whose first item confirmed its memory ("Call-site memory" in
+/// `sample.rs`): the other items (`source`, from index 1) in one batch on this thread, then
+/// the watch, as after a sample window. `first` is the first item's result.
+fn drive_confirmed<S, C>(
+    (source, place): (S, C::Place),
+    first: C::Out,
+    state: &mut Option<C::State>,
+    ctx: &Ctx<'_, C>,
+    confirmed: Confirmed,
+) -> C::Out
+where
+    S: Source,
+    C: Consumer<S::Item>,
+{
+    let len = 1 + source.len();
+    let rest = run_batch(
+        ctx.consumer,
+        state,
+        (source, place),
+        1,
+        &ctx.stop,
+        Peers::Alone,
+    );
+    let out = ctx.consumer.merge(first, rest);
+    if let Err(stopped) = ctx.count_and_check(len) {
+        if C::holds_panic(&out) {
+            // The batch panicked: its panic wins (the caller re-raises it).
+            return out;
+        }
+        drop(out);
+        watch::unwind(stopped);
+    }
+    if ctx.stop.load(Ordering::Relaxed) == GO_ON {
+        confirmed.finished();
+    }
+    out
+}
+
 /// Consumes every item of `source` into `place` on the current pool: sampling on the
 /// caller, then splitting on demand (see the module docs). `min_len` is the shortest piece
 /// the pool may cut (0 counts as 1).
@@ -876,14 +931,51 @@ where
         active.expect(Some(source.len() as u64));
     }
     let stop = &ctx.stop;
-    let mut start = 0;
     let mut state = None;
-    let mut out = Some(consumer.empty(&place));
+    // The call site: this function's instance for the operation's closure types.
+    let site = drive::<S, C> as fn(S, C::Place, &C, usize) -> C::Out as usize;
+    let (mut probe, mut start, first, (source, place)) =
+        match CostProbe::at_site(site, source.len()) {
+            CallStart::Sampling(probe) => (probe, 0, consumer.empty(&place), (source, place)),
+            CallStart::Recalled(recall) => {
+                // Its first item, then its one clock read (see "Call-site memory" in
+                // `sample.rs`).
+                let len = source.len();
+                let (head, tail) = source.split_at(1);
+                let (head_place, tail_place) = C::split_place(place, 1);
+                let first = run_batch(
+                    consumer,
+                    &mut state,
+                    (head, head_place),
+                    0,
+                    stop,
+                    Peers::Alone,
+                );
+                let probe = if stop.load(Ordering::Relaxed) == GO_ON {
+                    match recall.confirm(len) {
+                        Ok(confirmed) => {
+                            return drive_confirmed(
+                                (tail, tail_place),
+                                first,
+                                &mut state,
+                                &ctx,
+                                confirmed,
+                            );
+                        }
+                        Err(probe) => probe,
+                    }
+                } else {
+                    // A failure: the sampling below maps nothing more and ends the call.
+                    CostProbe::new()
+                };
+                (probe, 1, first, (tail, tail_place))
+            }
+        };
+    let mut out = Some(first);
     let mut rest = Some((source, place));
 
     // 1. Sampling on this thread, window by window, until the input is done (or failed) or
     //    the rest is estimated to be worth parallel work.
-    let mut probe = CostProbe::new();
     // The items already added to the progress.
     let mut counted = 0;
     let per_item_ns = loop {
@@ -914,20 +1006,17 @@ where
             (take, more && stop.load(Ordering::Relaxed) > start)
         });
         let remaining = rest.as_ref().map_or(0, |(source, _)| source.len());
-        if let Some(active) = &ctx.watch {
-            active.add((start - counted) as u64);
-            counted = start;
-            if let Err(stopped) = active.check() {
-                let out = out.expect("the out is put back after every batch");
-                if C::holds_panic(&out) {
-                    // A batch panicked: its panic wins (the caller re-raises it).
-                    return out;
-                }
-                // The rest is dropped unconsumed, and the results so far with `out`.
-                drop((rest, out));
-                watch::unwind(stopped);
+        if let Err(stopped) = ctx.count_and_check(start - counted) {
+            let out = out.expect("the out is put back after every batch");
+            if C::holds_panic(&out) {
+                // A batch panicked: its panic wins (the caller re-raises it).
+                return out;
             }
+            // The rest is dropped unconsumed, and the results so far with `out`.
+            drop((rest, out));
+            watch::unwind(stopped);
         }
+        counted = start;
         match window {
             Some(per_item_ns)
                 if per_item_ns * remaining as f64 >= PARALLEL_MIN_NS as f64
@@ -936,7 +1025,12 @@ where
                 break per_item_ns;
             }
             Some(_) => {}
-            None => return out.expect("the out is put back after every batch"),
+            None => {
+                if remaining == 0 && stop.load(Ordering::Relaxed) == GO_ON {
+                    probe.finished();
+                }
+                return out.expect("the out is put back after every batch");
+            }
         }
     };
     let (rest, place) = rest.expect("the rest is put back after every batch");

@@ -32,7 +32,16 @@
 //!   (callgrind) against 60 when every `join` made a frame, and 19 for plain recursion.
 //!   The cost: a `b` half made while four older ones are private never moves to another
 //!   worker, only the `join`s inside it can; a tree whose upper halves are small and whose
-//!   large halves lie deeper shares less than it would with a frame per `join`. Nor can a
+//!   large halves lie deeper shares less than it would with a frame per `join`. The worst
+//!   shape is a spine `join(recurse, leaf)`: every leaf is such a `b` half, and the worker
+//!   makes no `join` while it runs them, so nothing is handed out. 400 levels with ~10 µs
+//!   leaves (`shapes/spine_a_400` in `benches/map.rs`) run at 0.95–1.10× sequential time
+//!   on two threads, against 0.52–0.60× for rayon (interleaved rounds, loaded machine);
+//!   `a_spines_deep_b_halves_move_to_an_idle_worker` in `tests/pool.rs` is the (ignored)
+//!   reproducer. Recording every `join` instead (an intrusive list of frames on the stack,
+//!   the idle check where a `join` returns) takes that spine to 0.71–0.82× sequential time
+//!   but costs 49 instructions per `join` against 40 (fib(25), one thread, callgrind) and
+//!   about 20 % more time for fib(30) on two threads. Nor can a
 //!   wait inside `a` hand such a `b` to anyone: a `join` whose `a` waits for something
 //!   only its `b` does (an `install` into another pool that waits for it, say) hangs when
 //!   it runs inline. The docs of `join` forbid that, as rayon's do.
