@@ -582,6 +582,7 @@ const CHILD_SCENARIOS: &[(&str, fn())] = &[
         "pool_dropped_on_a_relay_mid_cycle",
         pool_dropped_on_a_relay_mid_cycle,
     ),
+    ("progress_callback_waits_deep", progress_callback_waits_deep),
     ("scope_value_panics_in_drop", scope_value_panics_in_drop),
 ];
 
@@ -1190,6 +1191,80 @@ fn pool_dropped_on_a_relay_mid_cycle() {
 fn a_pool_dropped_on_a_relay_ends_all_its_threads() {
     in_child(
         "pool_dropped_on_a_relay_mid_cycle",
+        std::time::Duration::from_secs(60),
+    );
+}
+
+/// The pools and the progress of `progress_callback_waits_deep`, for its cycle's leaf.
+static CALLBACK_SETUP: std::sync::OnceLock<(Arc<ThreadPool>, Arc<ThreadPool>, parpool::Progress)> =
+    std::sync::OnceLock::new();
+
+/// A progress callback that waits 40 levels deep in a cross-pool cycle (so its worker hops
+/// to relays), and at the deepest level, on a relay, runs a task that ends a block of the
+/// same progress. Inside a callback a thread makes no nested call of it; the relay
+/// continues the callback's wait, so it makes none either: before relays carried that, the
+/// task's final call waited for the callback's lock, held by the thread parked below the
+/// relay, which waited for the relay: a deadlock. Both blocks end, and the outer block's
+/// final call reports all its items.
+fn progress_callback_waits_deep() {
+    use parpool::prelude::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    fn leaf() -> u32 {
+        let (a, _, progress) = CALLBACK_SETUP.get().unwrap();
+        let progress = progress.clone();
+        let task = a.submit(move || {
+            parpool::Watch::new()
+                .progress(&progress)
+                .run(|| progress.done())
+                .unwrap()
+        });
+        task.get().unwrap();
+        0
+    }
+
+    let (a, b) = two_pools(1, 1);
+    let cycled = Arc::new(AtomicBool::new(false));
+    let finals = Arc::new(Mutex::new(Vec::new()));
+    let progress = parpool::Progress::with_callback(Duration::ZERO, {
+        let (cycled, finals) = (Arc::clone(&cycled), Arc::clone(&finals));
+        move |update| {
+            if update.finished {
+                finals.lock().unwrap().push(update.done);
+            } else if parpool::current_thread_index().is_some()
+                && !cycled.swap(true, Ordering::SeqCst)
+            {
+                let (a, b, _) = CALLBACK_SETUP.get().unwrap();
+                assert_eq!(cycle(a, b, 40, leaf).0, 40);
+            }
+        }
+    });
+    assert!(
+        CALLBACK_SETUP
+            .set((Arc::clone(&a), Arc::clone(&b), progress.clone()))
+            .is_ok()
+    );
+    let mapped = a.install(|| {
+        parpool::Watch::new()
+            .progress(&progress)
+            .run(|| (0..1000u64).par_map(|x| x + 1))
+            .unwrap()
+    });
+    assert_eq!(mapped.len(), 1000);
+    assert!(
+        cycled.load(Ordering::SeqCst),
+        "the callback ran on a's worker"
+    );
+    // The inner block's final call was skipped (it ended inside the callback); the outer
+    // block's was made, with every item counted.
+    assert_eq!(*finals.lock().unwrap(), [1000]);
+}
+
+#[test]
+fn a_progress_callback_may_wait_deep() {
+    in_child(
+        "progress_callback_waits_deep",
         std::time::Duration::from_secs(60),
     );
 }

@@ -997,16 +997,17 @@ mod test {
         state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32
     }
 
+    /// How many levels above the leaves `walk` makes cycles between the pools: enough to
+    /// go past the nesting limit on relays, few enough to stay far from `MAX_RELAYS`
+    /// (see its docs for the relays this needed).
+    const CYCLE_DEPTH: u32 = 8;
+
     /// A random recursion of `join`s with the things that publish frames or start jobs
     /// in between (a `scope` and its spawns, a task's `get`, an `install` into another
     /// pool, a nested watch); checks the frame list at every step. Returns how many leaves
     /// it ran. Inside `other` it goes on alike in the lowest [`CYCLE_DEPTH`] levels, so the
     /// two pools wait for each other in cycles, which relays keep alive beyond the nesting
     /// limit; higher up it only joins there.
-    /// How many levels above the leaves `walk` makes cycles between the pools: enough to
-    /// go past the nesting limit on relays, few enough to stay far from `MAX_RELAYS`
-    /// (see its docs for the relays this needed).
-    const CYCLE_DEPTH: u32 = 8;
     fn walk(pool: &Arc<ThreadPool>, other: Option<&ThreadPool>, seed: u64, depth: u32) -> u64 {
         let mut state = seed | 1;
         let before = check_frames();
@@ -1067,19 +1068,35 @@ mod test {
     /// Random recursions on pools of 1, 2 and 4 threads (another pool's install in
     /// between): the frame list keeps its invariants at every step, and is empty again
     /// when a job ends.
+    ///
+    /// The cross-pool cycles rely on relays, and a wait past `MAX_RELAYS` blocks: the
+    /// rounds run on a thread of their own, and the test fails if they have not ended
+    /// within a bound (about 1–3 s here) instead of stalling the suite.
     #[test]
     fn frame_list_keeps_its_invariants() {
-        for threads in [1, 2, 4] {
-            let pool = Arc::new(ThreadPool::new(threads).unwrap());
-            let other = ThreadPool::new(2).unwrap();
-            for round in 0..100u64 {
-                let seed = round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let leaves = pool.install(|| {
-                    assert_eq!(check_frames(), 0);
-                    walk(&pool, Some(&other), seed, 24)
-                });
-                assert!(leaves > 0);
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for threads in [1, 2, 4] {
+                let pool = Arc::new(ThreadPool::new(threads).unwrap());
+                let other = ThreadPool::new(2).unwrap();
+                for round in 0..100u64 {
+                    let seed = round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let leaves = pool.install(|| {
+                        assert_eq!(check_frames(), 0);
+                        walk(&pool, Some(&other), seed, 24)
+                    });
+                    assert!(leaves > 0);
+                }
             }
+            // Not sent if a round panicked: the channel then closes, and the test fails.
+            done.send(()).unwrap();
+        });
+        match ended.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the rounds hung (a wait blocked at MAX_RELAYS?)")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("a round panicked"),
         }
         // The recursions went deep enough for `join`s to run inline.
         assert_eq!(MOST_PRIVATE.load(Ordering::Relaxed), PRIVATE_FRAMES);

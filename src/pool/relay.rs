@@ -18,7 +18,12 @@
 //! `i`'s condvar, `current_thread_index()` says `i`), and the thread below does nothing
 //! at all. So at every moment each worker is held by exactly one running thread, and a
 //! pool of `n` workers runs at most `n` jobs at once, as before. Nothing else in the pool
-//! (the sleep protocol, stealing, the deques) knows that relays exist. This is rayon's
+//! (the sleep protocol, stealing, the deques) knows that relays exist. Of the waiting
+//! thread's own thread-locals, one moves with the worker: whether the wait was made inside
+//! a progress callback ([`InCallback`]), which forbids nested calls of callbacks on the
+//! relay as on the thread below. The others describe the job a thread runs (its watch,
+//! its shared-memory buffers), are set by each job the relay runs, and start empty there,
+//! as on any worker. This is rayon's
 //! answer (a worker waiting across pools keeps running its own pool's jobs) with the stack
 //! bounded, and Java's `ForkJoinPool` compensation (a blocked worker's place goes to a
 //! spare thread) without the extra parallelism: Java's compensating thread is a new worker
@@ -95,6 +100,7 @@ use super::job::AbortIfPanic;
 use super::latch::CoreLatch;
 use super::registry::WorkerThread;
 use crate::sync::lock;
+use crate::watch::InCallback;
 
 /// The most relays one worker starts; a wait that would need one more blocks (see
 /// "Depth, and how many threads" in the module docs).
@@ -136,8 +142,9 @@ enum State {
     /// The thread below holds the worker; the relay is parked.
     #[default]
     Idle,
-    /// The relay holds the worker and waits for the latch, running the pool's jobs.
-    Hop(LatchPtr),
+    /// The relay holds the worker and waits for the latch, running the pool's jobs, inside
+    /// a progress callback if the thread below waited in one.
+    Hop(LatchPtr, InCallback),
     /// The latch was set and the relay let go of the worker: the thread below takes it back.
     Done,
     /// The worker is exiting: the relay runs the exit handler and ends.
@@ -185,7 +192,7 @@ impl Relays {
         };
         let mut state = lock(&shared.state);
         debug_assert!(matches!(*state, State::Idle), "a relay asked for twice");
-        *state = State::Hop(LatchPtr(latch));
+        *state = State::Hop(LatchPtr(latch), InCallback::here());
         shared.changed.notify_all();
         // From here the relay holds the worker: touch nothing of it until `Done`.
         while !matches!(*state, State::Done) {
@@ -251,7 +258,7 @@ fn relay_loop(
             let mut state = lock(&shared.state);
             loop {
                 match *state {
-                    State::Hop(latch) => break Some(latch),
+                    State::Hop(latch, in_callback) => break Some((latch, in_callback)),
                     State::Exit => break None,
                     State::Idle | State::Done => {
                         state = shared
@@ -262,7 +269,9 @@ fn relay_loop(
                 }
             }
         };
-        let Some(latch) = latch else { break };
+        let Some((latch, in_callback)) = latch else {
+            break;
+        };
         // SAFETY: `Hop` hands us the worker: the thread below parks until `Done` and wrote
         // `Hop` under the mutex we read it under. The latch lives in its frame meanwhile.
         unsafe {
@@ -273,7 +282,7 @@ fn relay_loop(
                         handler(worker.index());
                     }
                 }
-                worker.relayed_wait(&*latch.0);
+                in_callback.carry(|| worker.relayed_wait(&*latch.0));
             });
         }
         let mut state = lock(&shared.state);
