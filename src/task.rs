@@ -10,9 +10,9 @@
 //! The closure lives in the shared state ([`TaskShared`]), not in the queued job, so that a
 //! worker whose waits have reached the nesting limit (see "Waiting inside a worker" in
 //! `pool/latch.rs`) can claim the very task it waits for and run it on its own stack
-//! instead of blocking behind it: `fn rec(d) = submit(|| rec(d - 1)).get()` then nests as
-//! deep as the program recurses, as a plain function call would, instead of deadlocking
-//! once every worker waits 16 deep. The queued job still runs later and finds the task
+//! instead of waiting for it on a relay (`pool/relay.rs`): `fn rec(d) = submit(|| rec(d -
+//! 1)).get()` then nests as deep as the program recurses, on one stack, as a plain
+//! function call would, instead of starting a relay thread every 17 levels. The queued job still runs later and finds the task
 //! claimed. Whoever moves the task out of `QUEUED` — `start` to run it, `cancel` to drop it
 //! — owns the closure; the state machine lets exactly one party do that once.
 //!
@@ -167,12 +167,15 @@ impl<R> Task<R> {
     /// waits by running that pool's other jobs on its own stack, which costs two things:
     /// the stack grows by those jobs (and by their own waits), and this wait cannot return
     /// before the job it is running returns. Both are bounded: a worker runs jobs in at most
-    /// 16 nested waits. A wait deeper than that runs no unrelated job: if the task belongs
-    /// to the waiter's own pool and has not started, the waiter runs the task itself, right
-    /// here (so a recursion through `submit(..).get()` nests like plain function calls);
-    /// otherwise it blocks its thread. (A worker that blocks holds its thread: if every
-    /// worker of a pool waits, that deep, on tasks that other blocked tasks must finish
-    /// first, nothing runs them.)
+    /// 16 nested waits on one thread. A wait deeper than that runs no job on this stack: if
+    /// the task belongs to the waiter's own pool and has not started, the waiter runs the
+    /// task itself, right here (so a recursion through `submit(..).get()` nests like plain
+    /// function calls); otherwise the worker goes on waiting, and running its pool's jobs,
+    /// on a *relay*: a thread with a fresh stack that takes the worker's place (same index,
+    /// name and handlers) while this thread parks, and hands it back once the task has
+    /// finished and the job the relay runs meanwhile has returned. So a wait never holds a
+    /// worker away from its pool's queue, and work that only the waiter's pool can run
+    /// always finds a thread (see [`ThreadPool`] for the threads relays add).
     ///
     /// # Examples
     ///

@@ -244,6 +244,30 @@ thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether the current thread is inside a progress callback, as a value that can move to
+/// another thread: a relay that continues a worker's wait (`pool/relay.rs`) continues it
+/// inside the callback the wait was made in, if any, and must make no nested call either.
+/// Else a job run on the relay that ends a block of the same progress would wait for the
+/// callback's lock, held by the thread parked below the relay until the relay is done.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InCallback(bool);
+
+impl InCallback {
+    /// The current thread's.
+    pub(crate) fn here() -> Self {
+        Self(IN_CALLBACK.with(Cell::get))
+    }
+
+    /// Runs `f` with this as the current thread's, then restores the thread's own. For a
+    /// relay, whose `f` never unwinds (it runs under an abort guard).
+    pub(crate) fn carry<R>(self, f: impl FnOnce() -> R) -> R {
+        let own = IN_CALLBACK.with(|flag| flag.replace(self.0));
+        let result = f();
+        IN_CALLBACK.with(|flag| flag.set(own));
+        result
+    }
+}
+
 /// How often, at most, the bar of [`Progress::bar`] is redrawn through its callback:
 /// indicatif redraws a bar at most 20 times a second, so 50 ms loses nothing it would show.
 #[cfg(feature = "indicatif")]

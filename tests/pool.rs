@@ -574,6 +574,15 @@ const CHILD_SCENARIOS: &[(&str, fn())] = &[
         "random_join_trees_deep_in_waits",
         random_join_trees_deep_in_waits,
     ),
+    ("cross_pool_cycles_forty_deep", cross_pool_cycles_forty_deep),
+    ("cross_pool_cycle_panics_deep", cross_pool_cycle_panics_deep),
+    ("relays_stay_within_the_bound", relays_stay_within_the_bound),
+    ("relays_end_with_their_pool", relays_end_with_their_pool),
+    (
+        "pool_dropped_on_a_relay_mid_cycle",
+        pool_dropped_on_a_relay_mid_cycle,
+    ),
+    ("progress_callback_waits_deep", progress_callback_waits_deep),
     ("scope_value_panics_in_drop", scope_value_panics_in_drop),
 ];
 
@@ -865,12 +874,398 @@ fn cross_pool_cycle_deep_in_waits() {
 }
 
 #[test]
-#[ignore = "known defect, kept as its reproducer: a worker more than 16 waits deep blocks \
-            instead of running its pool's jobs, and a cross-pool cycle there hangs"]
 fn a_cross_pool_cycle_deep_in_waits_finishes() {
     in_child(
         "cross_pool_cycle_deep_in_waits",
         std::time::Duration::from_secs(30),
+    );
+}
+
+// The attack on relays (`src/pool/relay.rs`): an unrelated wait more than 16 waits deep
+// hands its worker to a relay thread with a fresh stack instead of blocking.
+
+/// One level of a cycle between two pools, called on a worker of `here`: wait in
+/// `there` for a task of `here` that goes one level deeper. Each level nests one wait on
+/// a worker of each pool (the `install` on `here`'s, the `get` on `there`'s); every
+/// third level also nests a `scope` (a forked wait). The deepest level runs `leaf`.
+/// Returns the names and ids of the threads that ran the levels on `here`.
+fn cycle(
+    here: &Arc<ThreadPool>,
+    there: &Arc<ThreadPool>,
+    levels: u32,
+    leaf: fn() -> u32,
+) -> (u32, Vec<(Option<String>, std::thread::ThreadId)>) {
+    let current = std::thread::current();
+    let me = (current.name().map(str::to_owned), current.id());
+    if levels == 0 {
+        return (leaf(), vec![me]);
+    }
+    let (for_task, other) = (Arc::clone(here), Arc::clone(there));
+    let deeper = move || {
+        let task = for_task.submit({
+            let (here, there) = (Arc::clone(&for_task), Arc::clone(&other));
+            move || cycle(&here, &there, levels - 1, leaf)
+        });
+        match task.get() {
+            Ok(result) => result,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    };
+    let (value, mut threads) = if levels % 3 == 0 {
+        let mut result = None;
+        here.scope(|s| {
+            s.spawn(|_| result = Some(there.install(deeper)));
+        });
+        result.unwrap()
+    } else {
+        there.install(deeper)
+    };
+    threads.push(me);
+    (value + 1, threads)
+}
+
+/// Two pools named `a` and `b` with the given sizes.
+fn two_pools(a: usize, b: usize) -> (Arc<ThreadPool>, Arc<ThreadPool>) {
+    let named = |name: &'static str, n| {
+        Arc::new(
+            ThreadPool::builder()
+                .num_threads(n)
+                .thread_name(move |i| format!("{name}-{i}"))
+                .build()
+                .unwrap(),
+        )
+    };
+    (named("a", a), named("b", b))
+}
+
+/// Runs a 40-level cycle from a worker of `a`.
+fn cycle_from(a: &Arc<ThreadPool>, b: &Arc<ThreadPool>, levels: u32) -> u32 {
+    a.install(|| cycle(a, b, levels, || 0)).0
+}
+
+/// 40-level cycles between two pools, each waiting on the other, on pools of 1 and 2
+/// threads and on 8 + 8 threads (more than the cores), from three outside threads at once
+/// and then one at a time: each ends with its depth. On one-thread pools the levels on
+/// `a` ran on the worker and on three relays, each under `a-0`'s name.
+fn cross_pool_cycles_forty_deep() {
+    for (na, nb) in [(1, 1), (1, 2), (2, 1), (2, 2), (8, 8)] {
+        let (a, b) = two_pools(na, nb);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| assert_eq!(cycle_from(&a, &b, 40), 40, "{na} + {nb} threads"));
+            }
+        });
+        let (depth, threads) = a.install(|| cycle(&a, &b, 40, || 0));
+        assert_eq!(depth, 40, "{na} + {nb} threads");
+        assert!(
+            threads
+                .iter()
+                .all(|(name, _)| name.as_deref().unwrap().starts_with("a-"))
+        );
+        if na == 1 {
+            let ids: std::collections::HashSet<_> = threads.iter().map(|(_, id)| *id).collect();
+            // 40 `install`s and 13 `scope`s nest 53 waits on `a`'s only worker: hops at
+            // the 17th, 34th and 51st.
+            assert_eq!(
+                ids.len(),
+                4,
+                "the worker and three relays ran the levels on `a`"
+            );
+        }
+        println!("{na} + {nb} threads: done");
+    }
+}
+
+#[test]
+fn cross_pool_cycles_forty_deep_finish() {
+    in_child(
+        "cross_pool_cycles_forty_deep",
+        std::time::Duration::from_secs(120),
+    );
+}
+
+/// The deepest task of a 40-level cycle panics: the panic travels up through every level
+/// (each `get` returns it, each `install` re-raises it) and reaches the caller, and both
+/// pools, relays included, go on serving: the same cycle then ends with its depth.
+fn cross_pool_cycle_panics_deep() {
+    std::panic::set_hook(Box::new(|_| {}));
+    for (na, nb) in [(1, 1), (2, 2)] {
+        let (a, b) = two_pools(na, nb);
+        for _ in 0..3 {
+            let message = panic_message(|| {
+                a.install(|| cycle(&a, &b, 40, || panic!("deep")));
+            });
+            assert_eq!(message, "deep");
+            assert_eq!(cycle_from(&a, &b, 40), 40);
+        }
+        assert_all_workers_serve(&a);
+        assert_all_workers_serve(&b);
+    }
+}
+
+#[test]
+fn a_panic_deep_in_a_cross_pool_cycle_reaches_the_caller() {
+    in_child(
+        "cross_pool_cycle_panics_deep",
+        std::time::Duration::from_secs(120),
+    );
+}
+
+/// The threads of this process, from `/proc/self/task` (Linux).
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("Linux /proc")
+        .count()
+}
+
+/// Waits (bounded) for the thread count to reach `expected`: a thread that ended on its
+/// own can stay listed for a moment.
+fn assert_thread_count_reaches(expected: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while thread_count() != expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(thread_count(), expected);
+}
+
+/// A cycle of `levels` on two pools of `n` threads; returns the most threads the process
+/// had at any level's deepest point.
+fn most_threads_in_cycle(a: &Arc<ThreadPool>, b: &Arc<ThreadPool>, levels: u32) -> usize {
+    static MOST: AtomicUsize = AtomicUsize::new(0);
+    MOST.store(0, Ordering::SeqCst);
+    let depth = cycle_from(a, b, levels);
+    assert_eq!(depth, levels);
+    a.install(|| {
+        cycle(a, b, levels, || {
+            MOST.fetch_max(thread_count(), Ordering::SeqCst);
+            0
+        })
+    });
+    MOST.load(Ordering::SeqCst)
+}
+
+/// The documented bound (`relay.rs`, "Depth, and how many threads"): a pool of `n`
+/// workers whose waits nest at most `D` deep runs on at most `n × (1 + ⌊D / 17⌋)` threads.
+/// A cycle of `L` levels nests at most `L` waits of its own (plus a `scope` every third
+/// level, and the `install` that starts it) on a worker of each pool. On one-thread pools
+/// the count is exact: every hop is needed, and running more cycles of the same depth
+/// starts no more threads (relays are reused). On bigger pools the levels spread over the
+/// workers differently each time, so later cycles may start a few more relays, within the
+/// same bound.
+fn relays_stay_within_the_bound() {
+    let baseline = thread_count();
+    for (n, levels) in [(1, 40), (1, 200), (2, 120), (4, 60)] {
+        let (a, b) = two_pools(n, n);
+        let nested = levels + levels / 3 + 1;
+        let bound = baseline + 2 * n * (1 + nested as usize / 17);
+        let most = most_threads_in_cycle(&a, &b, levels);
+        println!("{n} threads, {levels} levels: {most} threads (bound {bound})");
+        assert!(most <= bound, "{most} threads, bound {bound}");
+        if n == 1 {
+            assert!(most > baseline + 2, "the cycle used relays");
+        }
+        for _ in 0..5 {
+            let again = most_threads_in_cycle(&a, &b, levels);
+            if n == 1 {
+                assert_eq!(again, most, "relays are reused");
+            }
+            assert!(again <= bound, "{again} threads, bound {bound}");
+        }
+        drop((a, b));
+        assert_thread_count_reaches(baseline);
+    }
+}
+
+#[test]
+fn relays_stay_within_the_documented_thread_bound() {
+    in_child(
+        "relays_stay_within_the_bound",
+        std::time::Duration::from_secs(120),
+    );
+}
+
+/// Relays end with their pool: dropping the pools joins every relay, each of which ran
+/// its worker's start handler (with the worker's index) when it first took the worker,
+/// and its exit handler as it ended; `drop` returns with the threads gone.
+fn relays_end_with_their_pool() {
+    let baseline = thread_count();
+    let started = Arc::new(AtomicUsize::new(0));
+    let exited = Arc::new(AtomicUsize::new(0));
+    let pool = |name: &'static str| {
+        let (started, exited) = (Arc::clone(&started), Arc::clone(&exited));
+        Arc::new(
+            ThreadPool::builder()
+                .num_threads(1)
+                .thread_name(move |i| format!("{name}-{i}"))
+                .start_handler(move |i| {
+                    assert_eq!(i, 0);
+                    assert_eq!(parpool::current_thread_index(), Some(0));
+                    started.fetch_add(1, Ordering::SeqCst);
+                })
+                .exit_handler(move |i| {
+                    assert_eq!(parpool::current_thread_index(), Some(i));
+                    exited.fetch_add(1, Ordering::SeqCst);
+                })
+                .build()
+                .unwrap(),
+        )
+    };
+    let (a, b) = (pool("a"), pool("b"));
+    assert_eq!(cycle_from(&a, &b, 60), 60);
+    let threads = thread_count() - baseline;
+    assert!(threads > 2, "relays were started");
+    assert_eq!(started.load(Ordering::SeqCst), threads);
+    drop((a, b));
+    // Every exit handler ran before `drop` returned: the threads were joined (a joined
+    // thread may stay listed in /proc for a moment).
+    assert_eq!(exited.load(Ordering::SeqCst), threads);
+    assert_thread_count_reaches(baseline);
+}
+
+#[test]
+fn relays_end_with_their_pool_and_run_the_handlers() {
+    in_child(
+        "relays_end_with_their_pool",
+        std::time::Duration::from_secs(60),
+    );
+}
+
+/// The only handle of pool `a` in [`pool_dropped_on_a_relay_mid_cycle`].
+static ONLY_A: std::sync::Mutex<Option<ThreadPool>> = std::sync::Mutex::new(None);
+
+/// A cycle in which `a` is only reached through [`ONLY_A`] (`get` needs no handle, and
+/// nothing borrows `a` across a wait), so its deepest level can drop it: on a worker of
+/// `a` at level `levels`, wait in `b` for a task of `a` one level deeper. Returns the
+/// depth and the id of the thread that ran the deepest level.
+fn cycle_without_a_handle(
+    b: Arc<ThreadPool>,
+    levels: u32,
+) -> (u32, std::thread::ThreadId, Option<String>) {
+    if levels == 0 {
+        // The deepest level drops the last handle to its own pool, as a worker of it.
+        assert_eq!(parpool::current_thread_index(), Some(0));
+        drop(ONLY_A.lock().unwrap().take().expect("a is still there"));
+        let current = std::thread::current();
+        return (0, current.id(), current.name().map(str::to_owned));
+    }
+    let for_task = Arc::clone(&b);
+    let (depth, id, name) = b.install(move || {
+        let task = ONLY_A
+            .lock()
+            .unwrap()
+            .as_ref()
+            .expect("a is still there")
+            .submit(move || cycle_without_a_handle(for_task, levels - 1));
+        task.get().unwrap()
+    });
+    (depth + 1, id, name)
+}
+
+/// The last handle to pool `a` is dropped 40 waits deep in a cycle, on a relay of `a`'s
+/// worker (so `drop` does not join, as on any worker: it would wait for the worker's own
+/// thread, parked under the relay): the cycle still ends, `a` runs nothing more, and then
+/// every thread of `a`, relays included, ends on its own.
+fn pool_dropped_on_a_relay_mid_cycle() {
+    let baseline = thread_count();
+    for _ in 0..3 {
+        let (a, b) = two_pools(1, 1);
+        let a = Arc::into_inner(a).unwrap();
+        let worker = a.install(|| std::thread::current().id());
+        *ONLY_A.lock().unwrap() = Some(a);
+        let task = ONLY_A
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .submit(move || cycle_without_a_handle(b, 40));
+        let (depth, deepest, name) = task.get().unwrap();
+        assert_eq!(depth, 40);
+        assert_ne!(deepest, worker, "the deepest level ran on a relay");
+        assert_eq!(name.as_deref(), Some("a-0"));
+        assert!(ONLY_A.lock().unwrap().is_none());
+        assert_thread_count_reaches(baseline);
+    }
+}
+
+#[test]
+fn a_pool_dropped_on_a_relay_ends_all_its_threads() {
+    in_child(
+        "pool_dropped_on_a_relay_mid_cycle",
+        std::time::Duration::from_secs(60),
+    );
+}
+
+/// The pools and the progress of `progress_callback_waits_deep`, for its cycle's leaf.
+static CALLBACK_SETUP: std::sync::OnceLock<(Arc<ThreadPool>, Arc<ThreadPool>, parpool::Progress)> =
+    std::sync::OnceLock::new();
+
+/// A progress callback that waits 40 levels deep in a cross-pool cycle (so its worker hops
+/// to relays), and at the deepest level, on a relay, runs a task that ends a block of the
+/// same progress. Inside a callback a thread makes no nested call of it; the relay
+/// continues the callback's wait, so it makes none either: before relays carried that, the
+/// task's final call waited for the callback's lock, held by the thread parked below the
+/// relay, which waited for the relay: a deadlock. Both blocks end, and the outer block's
+/// final call reports all its items.
+fn progress_callback_waits_deep() {
+    use parpool::prelude::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    fn leaf() -> u32 {
+        let (a, _, progress) = CALLBACK_SETUP.get().unwrap();
+        let progress = progress.clone();
+        let task = a.submit(move || {
+            parpool::Watch::new()
+                .progress(&progress)
+                .run(|| progress.done())
+                .unwrap()
+        });
+        task.get().unwrap();
+        0
+    }
+
+    let (a, b) = two_pools(1, 1);
+    let cycled = Arc::new(AtomicBool::new(false));
+    let finals = Arc::new(Mutex::new(Vec::new()));
+    let progress = parpool::Progress::with_callback(Duration::ZERO, {
+        let (cycled, finals) = (Arc::clone(&cycled), Arc::clone(&finals));
+        move |update| {
+            if update.finished {
+                finals.lock().unwrap().push(update.done);
+            } else if parpool::current_thread_index().is_some()
+                && !cycled.swap(true, Ordering::SeqCst)
+            {
+                let (a, b, _) = CALLBACK_SETUP.get().unwrap();
+                assert_eq!(cycle(a, b, 40, leaf).0, 40);
+            }
+        }
+    });
+    assert!(
+        CALLBACK_SETUP
+            .set((Arc::clone(&a), Arc::clone(&b), progress.clone()))
+            .is_ok()
+    );
+    let mapped = a.install(|| {
+        parpool::Watch::new()
+            .progress(&progress)
+            .run(|| (0..1000u64).par_map(|x| x + 1))
+            .unwrap()
+    });
+    assert_eq!(mapped.len(), 1000);
+    assert!(
+        cycled.load(Ordering::SeqCst),
+        "the callback ran on a's worker"
+    );
+    // The inner block's final call was skipped (it ended inside the callback); the outer
+    // block's was made, with every item counted.
+    assert_eq!(*finals.lock().unwrap(), [1000]);
+}
+
+#[test]
+fn a_progress_callback_may_wait_deep() {
+    in_child(
+        "progress_callback_waits_deep",
+        std::time::Duration::from_secs(60),
     );
 }
 

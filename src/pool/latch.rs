@@ -42,44 +42,49 @@
 //!   ([`Wait::Unrelated`]: a task, an `install` into another pool, a map's chunks running
 //!   elsewhere) that starts while
 //!   [`MAX_NESTED_WAITS`](super::registry::MAX_NESTED_WAITS) job-running waits are already
-//!   under way (besides the main loop's) blocks its thread instead, like a thread outside
-//!   the pool (spin, then park), after publishing its private `join` frames so that idle
-//!   workers can take them. So unrelated waits grow the stack by at most that many levels,
-//!   whatever the queue length. One exception keeps a recursion through tasks alive: a
-//!   wait that deep for a task of the waiter's own pool that nobody has started claims the
-//!   task and runs it inline (`task.rs`, "Running a task inline"), which grows the stack
-//!   with the program's own recursion, like a function call, not with the queue. A wait
-//!   for work the waiter forked itself ([`Wait::Forked`]: a `scope`'s jobs, like a
-//!   `join`'s stolen half) cannot simply block, since those jobs may sit in its own deque;
-//!   beyond the same limit it runs only *its own* jobs — its own deque's, and its scope's
-//!   spawns made off the pool (`scope.rs`, "Spawning from outside the pool") — never
-//!   stolen or injected ones, which would stack unrelated tasks that each `join` or `scope`
-//!   on one worker in proportion to the queue. With none left it spins briefly, then
-//!   sleeps on its latch without counting as an idle worker (`Sleep::block_on_latch`), and
-//!   the latch's setter, or an off-pool spawn's poke, wakes it: no CPU is burnt while the
-//!   stolen half runs elsewhere. What stays unbounded is nesting through the own deque: a
-//!   thread that pushed many tasks itself and then waits deep may run them on top of each
-//!   other.
+//!   under way (besides the main loop's) *hops*: the worker goes on waiting, and running
+//!   its pool's jobs, on a **relay**, a parked thread with a fresh stack, while the thread
+//!   that waited parks until the latch is set and the relay hands the worker back
+//!   (`relay.rs`). The relay *is* the worker for that time (same index, deque and sleep
+//!   state), so the pool still runs at most one thread per worker, and no thread's stack
+//!   holds more than that many job-running waits, whatever the queue length. The relays
+//!   of a worker nest like its waits; `relay.rs` gives the bound on threads. One exception
+//!   avoids the hop in a recursion through tasks: a wait that deep for a task of the
+//!   waiter's own pool that nobody has started claims the task and runs it inline
+//!   (`task.rs`, "Running a task inline"), which grows the stack with the program's own
+//!   recursion, like a function call, not with the queue. A wait for work the waiter
+//!   forked itself ([`Wait::Forked`]: a `scope`'s jobs, like a `join`'s stolen half)
+//!   does not hop (its jobs may sit in its own deque, and a hop per stolen half would
+//!   cost two thread hand-offs each); beyond the same limit it runs only *its own* jobs
+//!   — its own deque's, and its scope's spawns made off the pool (`scope.rs`, "Spawning
+//!   from outside the pool") — never stolen or injected ones, which would stack
+//!   unrelated tasks that each `join` or `scope` on one worker in proportion to the
+//!   queue. With none left it spins briefly, then sleeps on its latch without counting as
+//!   an idle worker (`Sleep::block_on_latch`), and the latch's setter, or an off-pool
+//!   spawn's poke, wakes it: no CPU is burnt while the stolen half runs elsewhere. What
+//!   stays unbounded is nesting through the own deque: a thread that pushed many tasks
+//!   itself and then waits deep may run them on top of each other.
 //! - **Head-of-line blocking.** A wait returns only when the job it is running meanwhile
 //!   returns: a task whose result is ready stays blocked under the later jobs stacked on
-//!   it, at most `MAX_NESTED_WAITS` of them (each of which may wait in turn).
+//!   it, at most `MAX_NESTED_WAITS` of them on one stack (each of which may wait in turn).
+//!   A wait that hopped returns when the relay hands the worker back, after the job the
+//!   relay is running then (and what is nested in it, up to the same limit per relay).
 //! - **Timeouts.** A timed wait (`get_timeout`, `wait_timeout`) runs no other job: a job
 //!   cannot be interrupted, so one taken meanwhile could outlast the timeout by its whole
 //!   run time. It blocks its thread (spin, then `park_timeout`) and returns within its
 //!   timeout plus the wake-up latency. The price: on a pool whose every worker is in such a
 //!   wait, queued jobs wait too, and a timed wait for a task queued behind it on the same
 //!   worker can only time out.
-//! - **Deadlock.** A blocked waiter (a timed one, or one beyond the nesting limit) holds its
-//!   worker; if every worker of a pool blocks on work queued in that same pool, nothing
-//!   runs it, as in Python's `ThreadPoolExecutor` once all its threads wait. The nesting
-//!   limit makes that need `MAX_NESTED_WAITS` nested waits on every worker, and the inline
-//!   claim rules out the common case, a wait for a queued task of the same pool; what is
-//!   left is a wait that deep for a task that is already running and itself waits on
-//!   work that is queued behind a blocked waiter, or for an `install` into another pool
-//!   (its job must run on that pool's workers, so it cannot be run inline). A forked wait
-//!   that deep takes no other worker's jobs: a scope job spawned *by a job running on
-//!   another worker* sits in that worker's deque, and if that worker blocks (a timed wait,
-//!   or its own wait beyond the limit) only idle workers can steal it.
+//! - **Deadlock.** No untimed wait holds its worker away from the pool's jobs: it runs
+//!   them, or hops to a relay that does, or (forked, deep) runs its own while its stolen
+//!   jobs run on workers that are themselves live by the same rule. So work that only the
+//!   waiter's pool can run always finds a thread: `other.install(|| pool.submit(f).get())`
+//!   on the only worker of `pool`, at any depth, ends. What is left: a timed wait holds
+//!   its worker until its deadline (it cannot hang, but queued work waits behind it, as
+//!   above); and a worker whose relays reach [`MAX_RELAYS`](super::relay::MAX_RELAYS)
+//!   (hundreds of nested waits), or that the OS refuses a relay thread, blocks as every
+//!   deep wait used to, so a cycle that needs its pool's jobs hangs there, as in Python's
+//!   `ThreadPoolExecutor` once all its threads wait.
 //!
 //! # The hazard
 //!
@@ -284,7 +289,7 @@ pub(crate) enum Wait {
     /// nesting limit only its own (its deque's, its scope's off-pool spawns), then sleep.
     Forked,
     /// Work anyone may hold (a task, an `install` into another pool, chunks claimed by
-    /// other threads): run other jobs meanwhile up to the nesting limit, then block.
+    /// other threads): run other jobs meanwhile; beyond the nesting limit, on a relay.
     Unrelated,
     /// A wait with a deadline: block, run nothing.
     Timed,
@@ -292,25 +297,21 @@ pub(crate) enum Wait {
 
 /// A latch for the thread that creates it: a worker of any pool waits by running its own
 /// pool's jobs (within the limits of "Waiting inside a worker" in the module docs), any
-/// other thread spins then parks. Used by `install` and `join` from outside a pool, across
+/// other thread, and a worker in a timed wait, spins then parks. Used by `install` and `join` from outside a pool, across
 /// pools, by `scope`, by the map window's feeder, and by task handles.
 #[derive(Debug)]
 pub(crate) struct WaitLatch {
     core: CoreLatch,
     waiter: Waiter,
+    wait: Wait,
 }
 
 impl WaitLatch {
     /// A latch whose waiter is the calling thread, waiting for `wait`: on a worker, one
     /// that runs other jobs while it waits, or one that blocks (see [`Wait`]).
     pub(crate) fn for_current_thread(wait: Wait) -> Self {
-        let runs_jobs = |worker: &WorkerThread| match wait {
-            Wait::Forked => true,
-            Wait::Unrelated => worker.may_run_jobs_while_waiting(),
-            Wait::Timed => false,
-        };
         let waiter = match WorkerThread::current() {
-            Some(worker) if runs_jobs(worker) => Waiter::Worker {
+            Some(worker) if wait != Wait::Timed => Waiter::Worker {
                 registry: Arc::clone(worker.registry_arc()),
                 index: worker.index(),
             },
@@ -319,6 +320,7 @@ impl WaitLatch {
         WaitLatch {
             core: CoreLatch::new(),
             waiter,
+            wait,
         }
     }
 
@@ -352,7 +354,7 @@ impl WaitLatch {
                 assert!(deadline.is_none(), "a job-running wait with a deadline");
                 let worker =
                     WorkerThread::current().expect("a worker's latch waited off its thread");
-                worker.wait_until(&self.core, forked);
+                worker.wait_until(&self.core, self.wait, forked);
                 true
             }
             Waiter::Thread(_) => {

@@ -27,6 +27,7 @@ mod job;
 mod join;
 mod latch;
 mod registry;
+mod relay;
 mod scope;
 mod sleep;
 #[cfg(all(test, parpool_loom))]
@@ -61,6 +62,19 @@ pub const NUM_THREADS_ENV: &str = "PARPOOL_NUM_THREADS";
 /// [`join`](ThreadPool::join), [`scope`](ThreadPool::scope) and
 /// [`submit`](ThreadPool::submit). An idle pool blocks its workers in the kernel and uses
 /// no CPU.
+///
+/// # Threads
+///
+/// A pool of `n` workers starts `n` threads, and never runs more than `n` jobs at once.
+/// A worker that waits (a [`Task::get`](crate::Task::get), an `install` into another
+/// pool) runs the pool's other jobs meanwhile, at most 16 waits deep on one stack; a wait
+/// deeper than that moves the worker onto a *relay*, a thread with a fresh stack that is
+/// the worker while the waiting thread sleeps (same index, thread name, stack size, start
+/// and exit handlers). Relays are started on first need, sleep between uses, and end with
+/// the pool (`drop` joins them with the workers). A worker whose waits nest `D` deep uses
+/// at most `⌊D / 17⌋` relays, and never more than 64: a pool runs on at most
+/// `n × (1 + 64)` threads. Waits nest the program's own waits and, since a waiting worker
+/// takes whatever job is queued, other jobs that wait in turn.
 ///
 /// # Examples
 ///
@@ -169,8 +183,10 @@ impl ThreadPool {
     ///
     /// Called on a worker of another pool, that worker waits as in
     /// [`Task::wait`](crate::Task::wait): by running its own pool's jobs, at most 16 waits
-    /// deep, then by blocking (`op` must run on this pool, so unlike a task it is never run
-    /// inline on the waiting worker).
+    /// deep on one thread, then on a relay that takes the worker's place with a fresh stack
+    /// (`op` must run on this pool, so unlike a task it is never run inline on the waiting
+    /// worker). So `other.install(|| pool.submit(f).get())` on a worker of `pool` ends at
+    /// any depth, even on a one-thread `pool`: `f` runs on the worker, or its relay.
     ///
     /// # Examples
     ///
@@ -541,7 +557,8 @@ impl ThreadPoolBuilder {
     /// Runs `handler(i)` on worker `i` when it starts, before it takes any work: per-thread
     /// setup such as pinning, thread-local buffers or a profiler hook (rayon's
     /// `start_handler`). [`current_thread_index`](crate::current_thread_index) already
-    /// works inside it.
+    /// works inside it. A relay of worker `i` (see "Threads" in [`ThreadPool`]) runs it
+    /// too, with `i`, before it first runs the worker's jobs.
     ///
     /// # Panics
     ///
@@ -573,8 +590,9 @@ impl ThreadPoolBuilder {
     }
 
     /// Runs `handler(i)` on worker `i` as it exits, after its last job: per-thread
-    /// teardown (rayon's `exit_handler`). Dropping the pool waits for its workers, so every
-    /// exit handler has run when `drop` returns.
+    /// teardown (rayon's `exit_handler`); and on each relay of worker `i` as it ends, just
+    /// before the worker's own. Dropping the pool waits for its workers, so every exit
+    /// handler has run when `drop` returns.
     ///
     /// # Panics
     ///

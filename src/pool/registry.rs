@@ -71,6 +71,7 @@ use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 use super::backoff::{THREAD_SPIN_ROUNDS, snooze};
 use super::job::{AbortIfPanic, HeapJob, JobRef, StackJob, catch, resume};
 use super::latch::{CoreLatch, Wait, WaitLatch};
+use super::relay::Relays;
 use super::sleep::Sleep;
 use super::{ThreadHandler, ThreadPoolBuildError, ThreadPoolBuilder};
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
@@ -102,17 +103,19 @@ const PRIVATE_FRAMES: usize = 4;
 /// still look at every deque in every round.
 const STEAL_VICTIMS_PER_ROUND: usize = 8;
 
-/// How many waits that run other jobs may nest on one worker's stack (beyond the main
-/// loop's); a wait that would be deeper blocks its thread instead, or runs the queued task
-/// it waits for inline, or, waiting for work it forked (`join`, `scope`), runs only its own
-/// jobs (see "Waiting inside a worker" in `latch.rs`).
+/// How many waits that run other jobs may nest on one thread's stack (beyond the main
+/// loop's, or a relay's own); a wait that would be deeper runs the queued task it waits
+/// for inline, or, waiting for work it forked (`join`, `scope`), runs only its own jobs,
+/// or else hops to a relay, which goes on running the pool's jobs on a fresh stack (see
+/// "Waiting inside a worker" in `latch.rs`, and `relay.rs`).
 ///
 /// Each level costs the pool's frames (a few hundred bytes in release builds: the default
 /// 2 MiB stack overflowed between 3,000 and 6,000 nested task waits) plus the frames of the
-/// job that waits, so 16 levels stay far inside any stack a job could already use, and a waiting
-/// task is held up by at most 16 later jobs before its own wait can return. Deeper nesting
-/// buys no parallelism (it only stacks waiters on one thread), while blocking too early
-/// would idle a worker whenever a task waits for a sibling task.
+/// job that waits, so 16 levels stay far inside any stack a job could already use, and a
+/// waiting task is held up by at most 16 later jobs on its stack before its own wait can
+/// return. Deeper nesting buys no parallelism (it only stacks waiters on one thread), while
+/// a lower limit would hop (two thread hand-offs) whenever a task waits for a sibling task
+/// a few levels down.
 pub(crate) const MAX_NESTED_WAITS: u32 = 16;
 
 /// A pool's identity, to tell whether the current thread is one of its workers without
@@ -218,16 +221,16 @@ impl Registry {
             probes: AtomicUsize::new(0),
         });
         for ((index, worker), name) in workers.into_iter().enumerate().zip(names) {
-            let mut thread = std::thread::Builder::new();
-            if let Some(name) = name {
-                thread = thread.name(name);
-            }
-            if let Some(size) = builder.configured_stack_size() {
-                thread = thread.stack_size(size);
-            }
+            let (start_handler, exit_handler) = builder.handlers();
+            let setup = WorkerSetup {
+                name,
+                stack_size: builder.configured_stack_size(),
+                start_handler,
+                exit_handler,
+            };
+            let thread = setup.thread();
             let for_thread = Arc::clone(&registry);
-            let handlers = builder.handlers();
-            match thread.spawn(move || main_loop(for_thread, index, worker, handlers)) {
+            match thread.spawn(move || main_loop(for_thread, index, worker, setup)) {
                 Ok(handle) => lock(&registry.handles).push(handle),
                 Err(error) => {
                     // Stop the workers already started; they have no work yet.
@@ -410,37 +413,75 @@ fn thread_name(
     }
 }
 
+/// What the threads of one worker start with: the worker's own thread, and its relays
+/// (`relay.rs`), which carry its name, its stack size and its handlers.
+pub(crate) struct WorkerSetup {
+    name: Option<String>,
+    stack_size: Option<usize>,
+    start_handler: Option<ThreadHandler>,
+    exit_handler: Option<ThreadHandler>,
+}
+
+impl WorkerSetup {
+    /// A thread builder with the worker's name and stack size.
+    pub(crate) fn thread(&self) -> std::thread::Builder {
+        let mut thread = std::thread::Builder::new();
+        if let Some(name) = &self.name {
+            thread = thread.name(name.clone());
+        }
+        if let Some(size) = self.stack_size {
+            thread = thread.stack_size(size);
+        }
+        thread
+    }
+
+    /// The start and exit handlers, for a relay.
+    pub(crate) fn handlers(&self) -> (Option<ThreadHandler>, Option<ThreadHandler>) {
+        (self.start_handler.clone(), self.exit_handler.clone())
+    }
+}
+
+impl std::fmt::Debug for WorkerSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSetup")
+            .field("name", &self.name)
+            .field("stack_size", &self.stack_size)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The worker's loop: run jobs until the terminate latch is set. The start and exit
 /// handlers run on either side of it, with the worker registered (so
 /// `current_thread_index` works in them), under the abort guard: a panic in a handler
-/// aborts the process rather than leave a pool with a worker missing its setup.
-fn main_loop(
-    registry: Arc<Registry>,
-    index: usize,
-    deque: Worker<JobRef>,
-    (start_handler, exit_handler): (Option<ThreadHandler>, Option<ThreadHandler>),
-) {
+/// aborts the process rather than leave a pool with a worker missing its setup. Before
+/// its exit handler the worker ends its relays (`relay.rs`), which are all idle by then:
+/// a hop lasts one wait, and the loop's own wait has returned.
+fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>, setup: WorkerSetup) {
     let worker = WorkerThread {
         deque,
         frames: UnsafeCell::new(Vec::new()),
         published: Cell::new(0),
         eager_joins: Cell::new(EAGER_JOINS),
         waits: Cell::new(0),
+        hops: Cell::new(0),
+        relays: Relays::default(),
         index,
         rng: Cell::new(seed(index)),
         registry,
+        setup,
     };
     WORKER_THREAD.with(|current| current.set(&raw const worker));
     // Internal panics abort; user panics are caught inside the jobs.
     let abort = AbortIfPanic;
-    if let Some(handler) = start_handler {
+    if let Some(handler) = &worker.setup.start_handler {
         handler(index);
     }
     let terminate = &worker.registry.thread_infos[index].terminate;
     worker.sleep_at_start(terminate);
-    worker.wait_until(terminate, None);
+    worker.wait_until(terminate, Wait::Unrelated, None);
     debug_assert!(worker.deque.is_empty(), "worker exits with queued jobs");
-    if let Some(handler) = exit_handler {
+    worker.relays.stop();
+    if let Some(handler) = &worker.setup.exit_handler {
         handler(index);
     }
     std::mem::forget(abort);
@@ -468,12 +509,19 @@ pub(crate) struct WorkerThread {
     published: Cell<usize>,
     /// Joins left that publish eagerly; refilled when the worker takes on a new job.
     eager_joins: Cell<u32>,
-    /// How many [`WorkerThread::wait_until`] frames are on this thread's stack (the main
-    /// loop's included); see "Waiting inside a worker" in `latch.rs`.
+    /// How many [`WorkerThread::wait_until`] frames are on the stack of the thread that
+    /// holds the worker now (the main loop's, or a relay's own loop, included); see
+    /// "Waiting inside a worker" in `latch.rs`.
     waits: Cell<u32>,
+    /// How many relays hold the worker above its own thread: 0 on its own thread, `k` on
+    /// the relay of its `k`-th nested hop (see `relay.rs`).
+    hops: Cell<usize>,
+    /// The worker's relays, by hop depth.
+    relays: Relays,
     index: usize,
     rng: Cell<u64>,
     registry: Arc<Registry>,
+    setup: WorkerSetup,
 }
 
 /// Where the `b` half of a `join` is when `a` returns.
@@ -492,9 +540,44 @@ impl WorkerThread {
         let ptr = WORKER_THREAD.with(Cell::get);
         // SAFETY: a non-null pointer was set by `main_loop` of this very thread and points
         // at its `WorkerThread`, which lives until `main_loop` clears the pointer; all code
-        // that can observe it runs inside that loop on this thread. `WorkerThread` is not
-        // `Sync`, so the reference cannot leave the thread.
+        // that can observe it runs inside that loop on this thread. Or it was set by
+        // `act_as` on a relay, for as long as the relay holds the worker: the worker's own
+        // thread is parked inside that loop meanwhile (see `relay.rs`), so the
+        // `WorkerThread` lives, and only this thread uses it. `WorkerThread` is not `Sync`,
+        // so the reference cannot leave the thread.
         unsafe { ptr.as_ref() }
+    }
+
+    /// Runs `f` with this worker as the current thread's worker (on a relay).
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds the worker for the whole call: every other thread that
+    /// could use it (its own, and the relays of lower hops) is parked until the call is
+    /// over, and the hand-over to and from this thread synchronises (`relay.rs`).
+    pub(crate) unsafe fn act_as<R>(&self, f: impl FnOnce(&WorkerThread) -> R) -> R {
+        /// Clears the current worker again, also when `f` unwinds (it cannot: the relay
+        /// runs under an abort guard).
+        struct Leave;
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                WORKER_THREAD.with(|current| current.set(std::ptr::null()));
+            }
+        }
+        debug_assert!(
+            WorkerThread::current().is_none(),
+            "a relay is no worker itself"
+        );
+        WORKER_THREAD.with(|current| current.set(std::ptr::from_ref(self)));
+        let leave = Leave;
+        let result = f(self);
+        drop(leave);
+        result
+    }
+
+    /// The settings the worker's threads start with.
+    pub(crate) fn setup(&self) -> &WorkerSetup {
+        &self.setup
     }
 
     #[inline]
@@ -647,7 +730,7 @@ impl WorkerThread {
                 // SAFETY: a job popped from the own deque is live and runs exactly once here.
                 Some(other) => unsafe { self.execute(other) },
                 None => {
-                    self.wait_until(latch, None);
+                    self.wait_until(latch, Wait::Forked, None);
                     break;
                 }
             }
@@ -655,13 +738,14 @@ impl WorkerThread {
         false
     }
 
-    /// Runs other jobs (and sleeps when there are none) until `latch` is set; `forked`: the
+    /// Runs other jobs (and sleeps when there are none) until `latch` is set; `wait`: what
+    /// the latch waits for ([`Wait::Forked`] or [`Wait::Unrelated`]); `forked`: the
     /// waiting scope's jobs spawned off the pool, which it runs too (see "Waiting inside a
     /// worker" in `latch.rs` for what a wait may run, and at which depth).
     #[inline]
-    pub(crate) fn wait_until(&self, latch: &CoreLatch, forked: Option<&ForkedJobs>) {
+    pub(crate) fn wait_until(&self, latch: &CoreLatch, wait: Wait, forked: Option<&ForkedJobs>) {
         if !latch.probe() {
-            self.wait_until_cold(latch, forked);
+            self.wait_until_cold(latch, wait, forked);
         }
     }
 
@@ -680,26 +764,67 @@ impl WorkerThread {
     }
 
     /// Whether a wait starting now may run other jobs on this stack: fewer than
-    /// [`MAX_NESTED_WAITS`] job-running waits are under way besides the main loop's.
+    /// [`MAX_NESTED_WAITS`] job-running waits are under way besides the main loop's (or
+    /// the relay's own loop, on a relay).
     #[inline]
     pub(crate) fn may_run_jobs_while_waiting(&self) -> bool {
         self.waits.get() <= MAX_NESTED_WAITS
     }
 
     #[cold]
-    fn wait_until_cold(&self, latch: &CoreLatch, forked: Option<&ForkedJobs>) {
+    fn wait_until_cold(&self, latch: &CoreLatch, wait: Wait, forked: Option<&ForkedJobs>) {
         // Jobs catch their own panics; a panic here is a bug that would leave latches unset.
         let abort = AbortIfPanic;
         let too_deep = !self.may_run_jobs_while_waiting();
         self.waits.set(self.waits.get() + 1);
         self.publish_all_frames();
-        if too_deep {
-            self.wait_running_own_jobs(latch, forked);
-        } else {
+        if !too_deep {
             self.wait_running_any_jobs(latch, forked);
+        } else if wait == Wait::Forked {
+            self.wait_running_own_jobs(latch, forked);
+        } else if !self.wait_on_relay(latch) {
+            self.block_on(latch);
         }
         self.waits.set(self.waits.get() - 1);
         std::mem::forget(abort);
+    }
+
+    /// An unrelated wait beyond the nesting limit: the worker goes on waiting, running
+    /// its pool's jobs, on a relay's fresh stack while this thread parks (see `relay.rs`).
+    /// False, with nothing done, if no relay can be had
+    /// ([`MAX_RELAYS`](super::relay::MAX_RELAYS) of them in use on
+    /// this worker already, or the OS refused a thread).
+    fn wait_on_relay(&self, latch: &CoreLatch) -> bool {
+        let depth = self.hops.get();
+        // The relay starts with a stack of its own: one job-running wait (its loop).
+        let waits = self.waits.replace(1);
+        self.hops.set(depth + 1);
+        let relayed = self.relays.hop(self, depth, latch);
+        self.hops.set(depth);
+        self.waits.set(waits);
+        relayed
+    }
+
+    /// On a relay: the wait handed over by the thread below, run like the main loop's.
+    pub(crate) fn relayed_wait(&self, latch: &CoreLatch) {
+        self.wait_running_any_jobs(latch, None);
+    }
+
+    /// The last resort for an unrelated wait beyond the nesting limit that gets no relay:
+    /// spin briefly, then sleep on the latch, running nothing (see "Deadlock" in
+    /// `latch.rs`).
+    fn block_on(&self, latch: &CoreLatch) {
+        let mut round = 0;
+        while !latch.probe() {
+            if round < THREAD_SPIN_ROUNDS {
+                snooze(round);
+                round += 1;
+            } else {
+                self.registry
+                    .sleep
+                    .block_on_latch(self.index, latch, || false);
+            }
+        }
     }
 
     /// A wait beyond the nesting limit (only waits for forked work get here: `join`'s
@@ -872,11 +997,17 @@ mod test {
         state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32
     }
 
+    /// How many levels above the leaves `walk` makes cycles between the pools: enough to
+    /// go past the nesting limit on relays, few enough to stay far from `MAX_RELAYS`
+    /// (see its docs for the relays this needed).
+    const CYCLE_DEPTH: u32 = 8;
+
     /// A random recursion of `join`s with the things that publish frames or start jobs
     /// in between (a `scope` and its spawns, a task's `get`, an `install` into another
     /// pool, a nested watch); checks the frame list at every step. Returns how many leaves
-    /// it ran. Inside `other` it only joins: a job of `other` that waited for `pool` could
-    /// deadlock a `pool` worker that waits for `other` beyond the nesting limit.
+    /// it ran. Inside `other` it goes on alike in the lowest [`CYCLE_DEPTH`] levels, so the
+    /// two pools wait for each other in cycles, which relays keep alive beyond the nesting
+    /// limit; higher up it only joins there.
     fn walk(pool: &Arc<ThreadPool>, other: Option<&ThreadPool>, seed: u64, depth: u32) -> u64 {
         let mut state = seed | 1;
         let before = check_frames();
@@ -902,7 +1033,14 @@ mod test {
                 walk(pool, other, next(&mut state), depth - 1) + task.get().unwrap()
             }
             2 => match other {
-                Some(other) => other.install(|| walk(pool, None, next(&mut state), depth - 1)),
+                Some(other) => other.install(|| {
+                    walk(
+                        pool,
+                        (depth <= CYCLE_DEPTH).then_some(other),
+                        next(&mut state),
+                        depth - 1,
+                    )
+                }),
                 None => walk(pool, other, next(&mut state), depth - 1),
             },
             3 => crate::Watch::new()
@@ -930,19 +1068,35 @@ mod test {
     /// Random recursions on pools of 1, 2 and 4 threads (another pool's install in
     /// between): the frame list keeps its invariants at every step, and is empty again
     /// when a job ends.
+    ///
+    /// The cross-pool cycles rely on relays, and a wait past `MAX_RELAYS` blocks: the
+    /// rounds run on a thread of their own, and the test fails if they have not ended
+    /// within a bound (about 1–3 s here) instead of stalling the suite.
     #[test]
     fn frame_list_keeps_its_invariants() {
-        for threads in [1, 2, 4] {
-            let pool = Arc::new(ThreadPool::new(threads).unwrap());
-            let other = ThreadPool::new(2).unwrap();
-            for round in 0..100u64 {
-                let seed = round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let leaves = pool.install(|| {
-                    assert_eq!(check_frames(), 0);
-                    walk(&pool, Some(&other), seed, 24)
-                });
-                assert!(leaves > 0);
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for threads in [1, 2, 4] {
+                let pool = Arc::new(ThreadPool::new(threads).unwrap());
+                let other = ThreadPool::new(2).unwrap();
+                for round in 0..100u64 {
+                    let seed = round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let leaves = pool.install(|| {
+                        assert_eq!(check_frames(), 0);
+                        walk(&pool, Some(&other), seed, 24)
+                    });
+                    assert!(leaves > 0);
+                }
             }
+            // Not sent if a round panicked: the channel then closes, and the test fails.
+            done.send(()).unwrap();
+        });
+        match ended.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the rounds hung (a wait blocked at MAX_RELAYS?)")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("a round panicked"),
         }
         // The recursions went deep enough for `join`s to run inline.
         assert_eq!(MOST_PRIVATE.load(Ordering::Relaxed), PRIVATE_FRAMES);

@@ -426,7 +426,8 @@ impl Sleep {
     }
 
     /// Blocks worker `worker_index`, which waits beyond the nesting limit and has found
-    /// nothing it may run, until `latch` is set or poked; returns at once if either
+    /// nothing it may run (a forked wait, or an unrelated one that got no relay), until
+    /// `latch` is set or poked; returns at once if either
     /// happened already, or if `has_work` says work arrived (then the caller looks again).
     ///
     /// Unlike [`Sleep::sleep`] the worker does not register as an idle sleeper: it would
